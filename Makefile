@@ -1,0 +1,20 @@
+# meetcache: PGXS build. The version lives only in meetcache.control.
+EXTENSION  = meetcache
+EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
+MODULE_big = meetcache
+OBJS       = src/meetcache.o src/redis.o src/pending.o src/rules.o src/trigger.o \
+             src/cache.o src/stats.o
+DATA       = sql/$(EXTENSION)--$(EXTVERSION).sql
+PGFILEDESC = "meetcache - Redis cache invalidation"
+
+REGRESS      = core rules txn get_or_set matrix_snake matrix_camel
+REGRESS_OPTS = --inputdir=test
+
+PG_CPPFLAGS = -DMEETCACHE_VERSION=\"$(EXTVERSION)\" -Wall -Wextra -Werror \
+              -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+SHLIB_LINK  = -lhiredis
+EXTRA_CLEAN = tmp_check results regression.diffs regression.out
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

@@ -1,0 +1,861 @@
+/*
+ * cache.c
+ *	  The SQL-callable cache: key(), cache_get/set/del/del_pattern/exists/
+ *	  ttl/keys/ping and cache_get_or_set.  Values are JSON text, stored
+ *	  compact (as JSON.stringify writes it), so applications and SQL read
+ *	  each other's values.  Keys are given and returned without
+ *	  meetcache.key_prefix; it is applied here.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/jsonapi.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/params.h"
+#include "parser/parse_param.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/fmgrprotos.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/plancache.h"
+#include "utils/tuplestore.h"
+
+#include "meetcache.h"
+
+#define MC_MAX_KEY_BYTES 1024
+
+/* ---- helpers ---- */
+
+static char *
+arg_key(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	char	   *key;
+	int			len;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+	key = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	len = strlen(key);
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", what)));
+	if (len > MC_MAX_KEY_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s is too long", what),
+				 errdetail("It has %d bytes; the limit is %d.", len, MC_MAX_KEY_BYTES)));
+	return key;
+}
+
+static char *
+prefixed(const char *key)
+{
+	return psprintf("%s%s", mc_key_prefix, key);
+}
+
+/* a SCAN pattern under the prefix: the prefix is literal, the rest a glob */
+static char *
+prefixed_pattern(const char *pattern)
+{
+	StringInfoData s;
+
+	initStringInfo(&s);
+	mc_append_glob_escaped(&s, mc_key_prefix, strlen(mc_key_prefix));
+	appendStringInfoString(&s, pattern);
+	return s.data;
+}
+
+static void
+check_reply_error(McReply *r, const char *key)
+{
+	if (r->type != MC_REPLY_ERROR)
+		return;
+	if (strncmp(r->str, "WRONGTYPE", 9) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("cache key \"%s\" does not hold a string value", key),
+				 errdetail("Redis said: %s", r->str)));
+	ereport(ERROR,
+			(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+			 errmsg("redis refused the command for key \"%s\"", key ? key : ""),
+			 errdetail("Redis said: %s", r->str)));
+}
+
+static int
+ttl_for(const char *key, FunctionCallInfo fcinfo, int argno)
+{
+	McFamily   *f;
+
+	if (!PG_ARGISNULL(argno))
+	{
+		int			ttl = PG_GETARG_INT32(argno);
+
+		if (ttl <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("ttl_seconds must be positive, not %d", ttl),
+					 errhint("Use meetcache.cache_del() to remove a key.")));
+		return ttl;
+	}
+	f = mc_family_for_key(key, strlen(key));
+	if (f == NULL || f->ttl_seconds <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("no ttl_seconds given and no key family with a TTL matches \"%s\"", key),
+				 errhint("Pass ttl_seconds, or add a family with a ttl to meetcache.families.")));
+	return f->ttl_seconds;
+}
+
+/* JSON text without insignificant whitespace, as JSON.stringify writes it */
+static char *
+json_compact(const char *in, int len, int *outlen)
+{
+	char	   *out = palloc(len + 1);
+	int			o = 0;
+	bool		instr = false;
+
+	for (int i = 0; i < len; i++)
+	{
+		char		c = in[i];
+
+		if (instr)
+		{
+			out[o++] = c;
+			if (c == '\\' && i + 1 < len)
+				out[o++] = in[++i];
+			else if (c == '"')
+				instr = false;
+		}
+		else if (c == '"')
+		{
+			instr = true;
+			out[o++] = c;
+		}
+		else if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
+			out[o++] = c;
+	}
+	out[o] = '\0';
+	*outlen = o;
+	return out;
+}
+
+static bool
+json_valid(const char *s, int len)
+{
+	JsonParseErrorType rc;
+
+	if (!pg_verifymbstr(s, len, true))
+		return false;
+#if PG_VERSION_NUM >= 170000
+	{
+		JsonLexContext lex;
+
+		makeJsonLexContextCstringLen(&lex, s, len, GetDatabaseEncoding(), true);
+		rc = pg_parse_json(&lex, &nullSemAction);
+		freeJsonLexContext(&lex);
+	}
+#else
+	rc = pg_parse_json(makeJsonLexContextCstringLen((char *) s, len, GetDatabaseEncoding(), true),
+					   &nullSemAction);
+#endif
+	return rc == JSON_SUCCESS;
+}
+
+static Datum
+json_text_to_jsonb(const char *key, const char *s, size_t len)
+{
+	char	   *z = pnstrdup(s, len);
+
+	if (!json_valid(z, (int) len))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("cache key \"%s\" does not hold valid JSON", key),
+				 errdetail("The value starts with: %.40s", z),
+				 errhint("meetcache stores JSON text; delete the key with meetcache.cache_del().")));
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(z));
+}
+
+/* ---- key() ---- */
+
+PG_FUNCTION_INFO_V1(meetcache_key);
+Datum
+meetcache_key(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	McFamily   *f;
+	Datum	   *elems = NULL;
+	bool	   *enulls = NULL;
+	int			n = 0;
+	const char **values;
+	StringInfoData out;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("key family must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	f = mc_lookup_family(name);
+	if (f == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("unknown cache key family \"%s\"", name),
+				 errhint("The families are listed by: SELECT name, template FROM meetcache.families;")));
+	if (!PG_ARGISNULL(1))
+		deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), TEXTOID, -1, false, TYPALIGN_INT,
+						  &elems, &enulls, &n);
+	if (n != f->tmpl->nargs)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("key family \"%s\" takes %d arguments, not %d",
+						name, f->tmpl->nargs, n),
+				 errdetail("Its template is \"%s\".", f->tmpl->glob)));
+	values = palloc(sizeof(char *) * Max(1, n));
+	for (int i = 0; i < n; i++)
+	{
+		if (enulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("argument %d of key family \"%s\" is null", i + 1, name)));
+		values[i] = TextDatumGetCString(elems[i]);
+	}
+	initStringInfo(&out);
+	mc_render(&out, f->tmpl, NULL, values);
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(out.data, out.len));
+}
+
+/* ---- simple commands ---- */
+
+static McReply *
+command1(const char *cmd, const char *arg)
+{
+	const char *argv[2] = {cmd, arg};
+	size_t		lens[2] = {strlen(cmd), strlen(arg)};
+
+	return mc_redis_command(2, argv, lens);
+}
+
+PG_FUNCTION_INFO_V1(meetcache_cache_get);
+Datum
+meetcache_cache_get(PG_FUNCTION_ARGS)
+{
+	char	   *key = arg_key(fcinfo, 0, "cache key");
+	McReply    *r = command1("GET", prefixed(key));
+
+	check_reply_error(r, key);
+	if (r->type == MC_REPLY_NIL)
+	{
+		mc_stat_add(MC_STAT_CACHE_MISSES, 1);
+		PG_RETURN_NULL();
+	}
+	mc_stat_add(MC_STAT_CACHE_HITS, 1);
+	PG_RETURN_DATUM(json_text_to_jsonb(key, r->str, r->len));
+}
+
+static char *
+jsonb_compact_text(Datum jb, int *len)
+{
+	char	   *txt = DatumGetCString(DirectFunctionCall1(jsonb_out, jb));
+
+	return json_compact(txt, strlen(txt), len);
+}
+
+static McReply *
+set_command(const char *fullkey, const char *json, int jlen, int ttl, McErr *err)
+{
+	McPipe		pipe;
+	char		ttlbuf[16];
+	const char *argv[5];
+	size_t		lens[5];
+	McReply   **r;
+
+	snprintf(ttlbuf, sizeof(ttlbuf), "%d", ttl);
+	argv[0] = "SET";
+	lens[0] = 3;
+	argv[1] = fullkey;
+	lens[1] = strlen(fullkey);
+	argv[2] = json;
+	lens[2] = jlen;
+	argv[3] = "EX";
+	lens[3] = 2;
+	argv[4] = ttlbuf;
+	lens[4] = strlen(ttlbuf);
+	mc_pipe_init(&pipe);
+	mc_pipe_add(&pipe, 5, argv, lens);
+	r = err ? mc_pipe_try(&pipe, err) : mc_pipe_exec(&pipe);
+	return r ? r[0] : NULL;
+}
+
+PG_FUNCTION_INFO_V1(meetcache_cache_set);
+Datum
+meetcache_cache_set(PG_FUNCTION_ARGS)
+{
+	char	   *key = arg_key(fcinfo, 0, "cache key");
+	char	   *json;
+	int			jlen;
+	int			ttl;
+	McReply    *r;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("cache value must not be null"),
+				 errhint("Store the JSON null as 'null'::jsonb, or delete the key with meetcache.cache_del().")));
+	ttl = ttl_for(key, fcinfo, 2);
+	json = jsonb_compact_text(PG_GETARG_DATUM(1), &jlen);
+	r = set_command(prefixed(key), json, jlen, ttl, NULL);
+	check_reply_error(r, key);
+	PG_RETURN_VOID();
+}
+
+/* UNLINK keys in pipelined batches; returns how many existed */
+static int64
+unlink_keys(char **keys, int n)
+{
+	McPipe		pipe;
+	McReply   **r;
+	int64		total = 0;
+	int			ncmds = 0;
+
+	if (n == 0)
+		return 0;
+	mc_pipe_init(&pipe);
+	for (int i = 0; i < n; i += 100)
+	{
+		int			m = Min(100, n - i);
+		const char **argv = palloc(sizeof(char *) * (m + 1));
+		size_t	   *lens = palloc(sizeof(size_t) * (m + 1));
+
+		argv[0] = "UNLINK";
+		lens[0] = 6;
+		for (int k = 0; k < m; k++)
+		{
+			argv[k + 1] = keys[i + k];
+			lens[k + 1] = strlen(keys[i + k]);
+		}
+		mc_pipe_add(&pipe, m + 1, argv, lens);
+		ncmds++;
+	}
+	r = mc_pipe_exec(&pipe);
+	for (int i = 0; i < ncmds; i++)
+	{
+		check_reply_error(r[i], NULL);
+		total += r[i]->integer;
+	}
+	return total;
+}
+
+PG_FUNCTION_INFO_V1(meetcache_cache_del);
+Datum
+meetcache_cache_del(PG_FUNCTION_ARGS)
+{
+	Datum	   *elems;
+	bool	   *enulls;
+	int			n;
+	char	  **keys;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("cache keys must not be null")));
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &enulls, &n);
+	keys = palloc(sizeof(char *) * Max(1, n));
+	for (int i = 0; i < n; i++)
+	{
+		char	   *k;
+
+		if (enulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("cache key %d must not be null", i + 1)));
+		k = TextDatumGetCString(elems[i]);
+		if (k[0] == '\0')
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("cache key %d must not be empty", i + 1)));
+		if (strlen(k) > MC_MAX_KEY_BYTES)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("cache key %d is too long", i + 1),
+					 errdetail("The limit is %d bytes.", MC_MAX_KEY_BYTES)));
+		keys[i] = prefixed(k);
+	}
+	PG_RETURN_INT64(unlink_keys(keys, n));
+}
+
+/*
+ * SCAN under the prefix with a glob.  Calls fn for every page of keys
+ * (full Redis keys) until fn returns false or the cursor is back to 0.
+ */
+typedef bool (*scan_page_fn) (McReply *keys, void *arg);
+
+static void
+scan_keys(const char *pattern, scan_page_fn fn, void *arg)
+{
+	char	   *match = prefixed_pattern(pattern);
+	char	   *cursor = pstrdup("0");
+
+	do
+	{
+		const char *argv[6] = {"SCAN", cursor, "MATCH", match, "COUNT", "1000"};
+		size_t		lens[6] = {4, strlen(cursor), 5, strlen(match), 5, 4};
+		McReply    *r = mc_redis_command(6, argv, lens);
+
+		check_reply_error(r, NULL);
+		if (r->type != MC_REPLY_ARRAY || r->nelems != 2 ||
+			r->elems[1]->type != MC_REPLY_ARRAY)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("redis sent an unexpected SCAN reply")));
+		cursor = r->elems[0]->str;
+		if (r->elems[1]->nelems > 0 && !fn(r->elems[1], arg))
+			break;
+		CHECK_FOR_INTERRUPTS();
+	} while (strcmp(cursor, "0") != 0);
+}
+
+static bool
+del_page(McReply *keys, void *arg)
+{
+	int64	   *total = (int64 *) arg;
+	char	  **k = palloc(sizeof(char *) * keys->nelems);
+
+	for (int i = 0; i < keys->nelems; i++)
+		k[i] = keys->elems[i]->str;
+	*total += unlink_keys(k, keys->nelems);
+	return true;
+}
+
+static char *
+arg_pattern(FunctionCallInfo fcinfo, int argno)
+{
+	char	   *p;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("pattern must not be null")));
+	p = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	if (p[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("pattern must not be empty"),
+				 errhint("Use '*' to match every key under meetcache.key_prefix.")));
+	return p;
+}
+
+PG_FUNCTION_INFO_V1(meetcache_cache_del_pattern);
+Datum
+meetcache_cache_del_pattern(PG_FUNCTION_ARGS)
+{
+	char	   *pattern = arg_pattern(fcinfo, 0);
+	int64		total = 0;
+
+	scan_keys(pattern, del_page, &total);
+	PG_RETURN_INT64(total);
+}
+
+PG_FUNCTION_INFO_V1(meetcache_cache_exists);
+Datum
+meetcache_cache_exists(PG_FUNCTION_ARGS)
+{
+	char	   *key = arg_key(fcinfo, 0, "cache key");
+	McReply    *r = command1("EXISTS", prefixed(key));
+
+	check_reply_error(r, key);
+	PG_RETURN_BOOL(r->integer > 0);
+}
+
+PG_FUNCTION_INFO_V1(meetcache_cache_ttl);
+Datum
+meetcache_cache_ttl(PG_FUNCTION_ARGS)
+{
+	char	   *key = arg_key(fcinfo, 0, "cache key");
+	McReply    *r = command1("TTL", prefixed(key));
+
+	check_reply_error(r, key);
+	if (r->integer == -2)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(r->integer);
+}
+
+PG_FUNCTION_INFO_V1(meetcache_cache_ping);
+Datum
+meetcache_cache_ping(PG_FUNCTION_ARGS)
+{
+	const char *argv[1] = {"PING"};
+	size_t		lens[1] = {4};
+	McReply    *r = mc_redis_command(1, argv, lens);
+
+	check_reply_error(r, NULL);
+	PG_RETURN_TEXT_P(cstring_to_text(r->str ? r->str : ""));
+}
+
+/* ---- cache_keys ---- */
+
+typedef struct KeysState
+{
+	List	   *keys;			/* full keys */
+	int			max;
+} KeysState;
+
+static bool
+keys_page(McReply *keys, void *arg)
+{
+	KeysState  *st = (KeysState *) arg;
+
+	for (int i = 0; i < keys->nelems && list_length(st->keys) < st->max; i++)
+		st->keys = lappend(st->keys, keys->elems[i]->str);
+	return list_length(st->keys) < st->max;
+}
+
+static int
+cmp_str(const ListCell *a, const ListCell *b)
+{
+	return strcmp((char *) lfirst(a), (char *) lfirst(b));
+}
+
+PG_FUNCTION_INFO_V1(meetcache_cache_keys);
+Datum
+meetcache_cache_keys(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *pattern = arg_pattern(fcinfo, 0);
+	KeysState	st = {NIL, 0};
+	TupleDesc	desc;
+	Tuplestorestate *ts;
+	MemoryContext old;
+	McPipe		pipe;
+	McReply   **r = NULL;
+	int			plen = strlen(mc_key_prefix);
+	int			i;
+	ListCell   *lc;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		!(rsinfo->allowedModes & SFRM_Materialize))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("set-valued function called in context that cannot accept a set")));
+	if (PG_ARGISNULL(1) || PG_GETARG_INT32(1) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_keys must be a positive number")));
+	st.max = PG_GETARG_INT32(1);
+
+	scan_keys(pattern, keys_page, &st);
+	list_sort(st.keys, cmp_str);
+
+	if (st.keys != NIL)
+	{
+		mc_pipe_init(&pipe);
+		foreach(lc, st.keys)
+		{
+			const char *k = lfirst(lc);
+			const char *a1[2] = {"TYPE", k};
+			const char *a2[2] = {"TTL", k};
+			const char *a3[3] = {"MEMORY", "USAGE", k};
+			size_t		l1[2] = {4, strlen(k)};
+			size_t		l2[2] = {3, strlen(k)};
+			size_t		l3[3] = {6, 5, strlen(k)};
+
+			mc_pipe_add(&pipe, 2, a1, l1);
+			mc_pipe_add(&pipe, 2, a2, l2);
+			mc_pipe_add(&pipe, 3, a3, l3);
+		}
+		r = mc_pipe_exec(&pipe);
+	}
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	desc = CreateTupleDescCopy(desc);
+	ts = tuplestore_begin_heap(true, false, work_mem);
+	MemoryContextSwitchTo(old);
+
+	i = 0;
+	foreach(lc, st.keys)
+	{
+		const char *k = lfirst(lc);
+		McReply    *type = r[i * 3],
+				   *ttl = r[i * 3 + 1],
+				   *size = r[i * 3 + 2];
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+
+		i++;
+		if (type->type == MC_REPLY_STATUS && strcmp(type->str, "none") == 0)
+			continue;			/* expired or deleted since the SCAN */
+		values[0] = CStringGetTextDatum(k + plen);
+		if (type->type == MC_REPLY_STATUS)
+			values[1] = CStringGetTextDatum(type->str);
+		else
+			nulls[1] = true;
+		if (ttl->type == MC_REPLY_INTEGER && ttl->integer >= -1)
+			values[2] = Int64GetDatum(ttl->integer);
+		else
+			nulls[2] = true;
+		if (size->type == MC_REPLY_INTEGER)
+			values[3] = Int64GetDatum(size->integer);
+		else
+			nulls[3] = true;
+		tuplestore_putvalues(ts, desc, values, nulls);
+	}
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = ts;
+	rsinfo->setDesc = desc;
+	return (Datum) 0;
+}
+
+/* ---- cache_get_or_set ---- */
+
+typedef struct VarParams
+{
+	Oid		   *types;
+	int			n;
+} VarParams;
+
+static void
+var_param_setup(ParseState *pstate, void *arg)
+{
+	VarParams  *vp = (VarParams *) arg;
+
+#if PG_VERSION_NUM >= 150000
+	setup_parse_variable_parameters(pstate, &vp->types, &vp->n);
+#else
+	parse_variable_parameters(pstate, &vp->types, &vp->n);
+#endif
+}
+
+/* to_json(value) for a value of any type */
+static char *
+value_to_json(Datum value, Oid type)
+{
+	FmgrInfo	flinfo;
+	FuncExpr   *expr;
+	Datum		res;
+
+	fmgr_info(F_TO_JSON, &flinfo);
+	expr = makeFuncExpr(F_TO_JSON, JSONOID,
+						list_make1(makeNullConst(type, -1, InvalidOid)),
+						InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
+	fmgr_info_set_expr((Node *) expr, &flinfo);
+	res = FunctionCall1(&flinfo, value);
+	return text_to_cstring(DatumGetTextPP(res));
+}
+
+/*
+ * Run the query read-only, as the caller, with its parameters bound (types
+ * inferred from the query, values given as text).  Returns its JSON.
+ */
+static char *
+run_query(const char *key, const char *query, Datum *ptexts, bool *pnulls, int nparams)
+{
+	VarParams	vp = {NULL, 0};
+	SPIPlanPtr	plan;
+	ParamListInfo params;
+	List	   *sources;
+	int			ret;
+	char	   *json = NULL;
+	bool		save_ro = XactReadOnly;
+	MemoryContext outer = CurrentMemoryContext;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	vp.types = NULL;
+	vp.n = 0;
+#if PG_VERSION_NUM >= 140000
+	{
+		SPIPrepareOptions opts;
+
+		memset(&opts, 0, sizeof(opts));
+		opts.parserSetup = var_param_setup;
+		opts.parserSetupArg = &vp;
+		opts.parseMode = RAW_PARSE_DEFAULT;
+		plan = SPI_prepare_extended(query, &opts);
+	}
+#else
+	plan = SPI_prepare_params(query, var_param_setup, &vp, 0);
+#endif
+	if (plan == NULL)
+		elog(ERROR, "meetcache: could not prepare query: %s", SPI_result_code_string(SPI_result));
+	sources = SPI_plan_get_plan_sources(plan);
+	if (list_length(sources) != 1 ||
+		((CachedPlanSource *) linitial(sources))->commandTag != CMDTAG_SELECT)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the query of cache_get_or_set must be a single SELECT")));
+	if (vp.n != nparams)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_PARAMETER),
+				 errmsg_plural("the query uses %d parameter but %d were given",
+								"the query uses %d parameters but %d were given",
+								vp.n, vp.n, nparams),
+				 errhint("Pass one value per $n after ttl_seconds.")));
+
+	params = makeParamList(nparams);
+	for (int i = 0; i < nparams; i++)
+	{
+		ParamExternData *p = &params->params[i];
+		Oid			typ = vp.types[i] == InvalidOid || vp.types[i] == UNKNOWNOID ? TEXTOID : vp.types[i];
+
+		p->ptype = typ;
+		p->pflags = PARAM_FLAG_CONST;
+		p->isnull = pnulls[i];
+		if (pnulls[i])
+			p->value = (Datum) 0;
+		else
+		{
+			Oid			infn,
+						ioparam;
+
+			getTypeInputInfo(typ, &infn, &ioparam);
+			p->value = OidInputFunctionCall(infn, TextDatumGetCString(ptexts[i]), ioparam, -1);
+		}
+	}
+	if (nparams > 0 && vp.types[0] == InvalidOid)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_PARAMETER),
+				 errmsg("the query does not use parameter $1")));
+
+	/* read-only for real: functions called by the query cannot write */
+	XactReadOnly = true;
+	PG_TRY();
+	{
+		ret = SPI_execute_plan_with_paramlist(plan, params, true, 2);
+	}
+	PG_FINALLY();
+	{
+		XactReadOnly = save_ro;
+	}
+	PG_END_TRY();
+	if (ret != SPI_OK_SELECT)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the query of cache_get_or_set must be a single SELECT")));
+	if (SPI_processed > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_CARDINALITY_VIOLATION),
+				 errmsg("the query for cache key \"%s\" returned more than one row", key),
+				 errhint("Aggregate rows into one value, e.g. SELECT json_agg(t) FROM (...) t, to cache a list.")));
+	if (SPI_processed == 0)
+		json = "null";
+	else
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	td = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		if (td->natts == 1)
+		{
+			Datum		v = SPI_getbinval(tup, td, 1, &isnull);
+
+			json = isnull ? "null" : value_to_json(v, TupleDescAttr(td, 0)->atttypid);
+		}
+		else
+		{
+			Datum		rec = heap_copy_tuple_as_datum(tup, BlessTupleDesc(td));
+
+			json = text_to_cstring(DatumGetTextPP(DirectFunctionCall1(row_to_json, rec)));
+		}
+	}
+	{
+		MemoryContext old = MemoryContextSwitchTo(outer);
+
+		json = pstrdup(json);
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+	return json;
+}
+
+PG_FUNCTION_INFO_V1(meetcache_cache_get_or_set);
+Datum
+meetcache_cache_get_or_set(PG_FUNCTION_ARGS)
+{
+	char	   *key = arg_key(fcinfo, 0, "cache key");
+	char	   *query;
+	int			ttl;
+	Datum	   *ptexts = NULL;
+	bool	   *pnulls = NULL;
+	int			nparams = 0;
+	char	   *full = prefixed(key);
+	McErr		err;
+	McReply    *r;
+	McPipe		pipe;
+	McReply   **rs;
+	char	   *json;
+	int			jlen;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("query must not be null")));
+	query = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	ttl = ttl_for(key, fcinfo, 2);
+	if (!PG_ARGISNULL(3))
+		deconstruct_array(PG_GETARG_ARRAYTYPE_P(3), TEXTOID, -1, false, TYPALIGN_INT,
+						  &ptexts, &pnulls, &nparams);
+
+	/* GET; a dead Redis degrades to running the query */
+	{
+		const char *argv[2] = {"GET", full};
+		size_t		lens[2] = {3, strlen(full)};
+
+		mc_pipe_init(&pipe);
+		mc_pipe_add(&pipe, 2, argv, lens);
+		rs = mc_pipe_try(&pipe, &err);
+	}
+	if (rs != NULL)
+	{
+		r = rs[0];
+		check_reply_error(r, key);
+		if (r->type == MC_REPLY_STRING)
+		{
+			mc_stat_add(MC_STAT_CACHE_HITS, 1);
+			PG_RETURN_DATUM(json_text_to_jsonb(key, r->str, r->len));
+		}
+	}
+	mc_stat_add(MC_STAT_CACHE_MISSES, 1);
+
+	json = run_query(key, query, ptexts, pnulls, nparams);
+	json = json_compact(json, strlen(json), &jlen);
+
+	/*
+	 * Never publish what this transaction may not have committed: a result
+	 * computed after it wrote anything, or while it has pending
+	 * invalidations, stays out of the cache.
+	 */
+	if (GetTopTransactionIdIfAny() != InvalidTransactionId || mc_pending_any())
+		mc_stat_add(MC_STAT_CACHE_BYPASSES, 1);
+	else if (rs == NULL)
+	{
+		mc_stat_add(MC_STAT_CACHE_BYPASSES, 1);
+		ereport(WARNING,
+				(errcode(err.sqlstate),
+				 errmsg("meetcache: cache unavailable, returning the query result uncached: %s", err.msg)));
+	}
+	else
+	{
+		r = set_command(full, json, jlen, ttl, &err);
+		if (r == NULL)
+			ereport(WARNING,
+					(errcode(err.sqlstate),
+					 errmsg("meetcache: could not store cache key \"%s\": %s", key, err.msg)));
+		else
+			check_reply_error(r, key);
+	}
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+}

@@ -1,0 +1,342 @@
+/*
+ * meetcache.c
+ *	  Module load: _PG_init, the meetcache.* GUCs and the redis_url parser.
+ *
+ * The parsed URL lives in a malloc'd struct handed from the check hook to
+ * the assign hook ("extra"), so nothing here allocates at use time.  The
+ * password never appears in any message: a bad URL is described, not
+ * echoed.
+ */
+#include "postgres.h"
+
+#include <ctype.h>
+#include <limits.h>
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/guc.h"
+
+#include "meetcache.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+McRedisUrl *mc_url = NULL;
+uint64		mc_url_generation = 0;
+char	   *mc_key_prefix = NULL;
+int			mc_connect_timeout = 1000;
+int			mc_command_timeout = 1000;
+int			mc_commit_timeout = 2000;
+int			mc_delivery = MC_DELIVERY_SYNC;
+int			mc_max_keys = 100000;
+
+static char *redis_url_string = NULL;
+
+static const struct config_enum_entry delivery_options[] = {
+	{"sync", MC_DELIVERY_SYNC, false},
+	{NULL, 0, false}
+};
+
+/* decode %XX escapes in place; false on a malformed escape */
+static bool
+percent_decode(char *s)
+{
+	char	   *r = s,
+			   *w = s;
+
+	while (*r)
+	{
+		if (*r == '%')
+		{
+			int			hi,
+						lo;
+
+			if (!isxdigit((unsigned char) r[1]) || !isxdigit((unsigned char) r[2]))
+				return false;
+			hi = isdigit((unsigned char) r[1]) ? r[1] - '0' : (tolower((unsigned char) r[1]) - 'a' + 10);
+			lo = isdigit((unsigned char) r[2]) ? r[2] - '0' : (tolower((unsigned char) r[2]) - 'a' + 10);
+			*w++ = (char) (hi * 16 + lo);
+			r += 3;
+		}
+		else
+			*w++ = *r++;
+	}
+	*w = '\0';
+	return true;
+}
+
+static bool
+copy_part(char *dst, size_t dstlen, const char *src, size_t n)
+{
+	if (n >= dstlen)
+		return false;
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+	return true;
+}
+
+/*
+ * Parse redis://[user[:password]@]host[:port][/db].  On failure returns
+ * false and sets *why to a description that never contains the password.
+ */
+static bool
+parse_redis_url(const char *url, McRedisUrl *out, const char **why)
+{
+	const char *p,
+			   *at,
+			   *hostend,
+			   *slash;
+
+	memset(out, 0, sizeof(*out));
+	out->port = 6379;
+
+	if (strncmp(url, "redis://", 8) != 0)
+	{
+		*why = "The URL must start with \"redis://\" (TLS, \"rediss://\", is not supported yet).";
+		return false;
+	}
+	p = url + 8;
+	slash = strchr(p, '/');
+	/* userinfo ends at the last '@' before the path */
+	at = NULL;
+	for (const char *q = p; *q && (slash == NULL || q < slash); q++)
+		if (*q == '@')
+			at = q;
+	if (at)
+	{
+		const char *colon = memchr(p, ':', at - p);
+
+		if (colon)
+		{
+			if (!copy_part(out->user, sizeof(out->user), p, colon - p) ||
+				!copy_part(out->password, sizeof(out->password), colon + 1, at - colon - 1))
+			{
+				*why = "The user name or password is too long.";
+				return false;
+			}
+		}
+		else if (!copy_part(out->password, sizeof(out->password), p, at - p))
+		{
+			/* redis://secret@host: a lone userinfo is the password */
+			*why = "The password is too long.";
+			return false;
+		}
+		if (!percent_decode(out->user) || !percent_decode(out->password))
+		{
+			*why = "The user name or password has a malformed %-escape.";
+			return false;
+		}
+		p = at + 1;
+	}
+
+	/* host, possibly [v6] */
+	if (*p == '[')
+	{
+		const char *close = strchr(p, ']');
+
+		if (!close || close == p + 1)
+		{
+			*why = "The IPv6 host is not closed with \"]\".";
+			return false;
+		}
+		if (!copy_part(out->host, sizeof(out->host), p + 1, close - p - 1))
+		{
+			*why = "The host name is too long.";
+			return false;
+		}
+		hostend = close + 1;
+	}
+	else
+	{
+		hostend = p;
+		while (*hostend && *hostend != ':' && *hostend != '/')
+			hostend++;
+		if (!copy_part(out->host, sizeof(out->host), p, hostend - p))
+		{
+			*why = "The host name is too long.";
+			return false;
+		}
+	}
+	if (out->host[0] == '\0')
+	{
+		*why = "The URL has no host.";
+		return false;
+	}
+	for (const char *h = out->host; *h; h++)
+		if (!(isalnum((unsigned char) *h) || *h == '.' || *h == '-' || *h == ':' || *h == '_'))
+		{
+			*why = "The host name contains an invalid character.";
+			return false;
+		}
+
+	p = hostend;
+	if (*p == ':')
+	{
+		long		port;
+		char	   *end;
+
+		p++;
+		if (!isdigit((unsigned char) *p))
+		{
+			*why = "The port must be a number from 1 to 65535.";
+			return false;
+		}
+		port = strtol(p, &end, 10);
+		if (port < 1 || port > 65535 || (*end != '\0' && *end != '/'))
+		{
+			*why = "The port must be a number from 1 to 65535.";
+			return false;
+		}
+		out->port = (int) port;
+		p = end;
+	}
+	if (*p == '/')
+	{
+		long		db;
+		char	   *end;
+
+		p++;
+		if (*p == '\0')
+			return true;
+		if (!isdigit((unsigned char) *p))
+		{
+			*why = "The database must be a non-negative number.";
+			return false;
+		}
+		db = strtol(p, &end, 10);
+		if (*end != '\0' || db < 0 || db > INT_MAX)
+		{
+			*why = "The database must be a non-negative number.";
+			return false;
+		}
+		out->db = (int) db;
+		p = end;
+	}
+	if (*p != '\0')
+	{
+		*why = "Unexpected text after the host and port.";
+		return false;
+	}
+	return true;
+}
+
+static bool
+check_redis_url(char **newval, void **extra, GucSource source)
+{
+	McRedisUrl	parsed;
+	McRedisUrl *copy;
+	const char *why = NULL;
+
+	if (*newval == NULL || !parse_redis_url(*newval, &parsed, &why))
+	{
+		/* never echo the value: it may hold a password */
+		GUC_check_errmsg("invalid value for parameter \"meetcache.redis_url\"");
+		GUC_check_errdetail("%s", why ? why : "The URL is empty.");
+		GUC_check_errhint("The format is redis://[user[:password]@]host[:port][/db].");
+		return false;
+	}
+	copy = (McRedisUrl *) malloc(sizeof(McRedisUrl));
+	if (copy == NULL)
+		return false;
+	*copy = parsed;
+	*extra = copy;
+	return true;
+}
+
+static void
+assign_redis_url(const char *newval, void *extra)
+{
+	mc_url = (McRedisUrl *) extra;
+	mc_url_generation++;
+}
+
+static bool
+check_key_prefix(char **newval, void **extra, GucSource source)
+{
+	if (*newval && strlen(*newval) > 512)
+	{
+		GUC_check_errdetail("The key prefix may be at most 512 bytes long.");
+		return false;
+	}
+	return true;
+}
+
+void
+_PG_init(void)
+{
+	DefineCustomStringVariable("meetcache.redis_url",
+							   "Redis server that holds the cache.",
+							   "Format: redis://[user[:password]@]host[:port][/db].",
+							   &redis_url_string,
+							   "redis://127.0.0.1:6379/0",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY,
+							   check_redis_url, assign_redis_url, NULL);
+
+	DefineCustomStringVariable("meetcache.key_prefix",
+							   "Prefix of every cache key.",
+							   "SQL functions take and return keys without it.",
+							   &mc_key_prefix,
+							   "",
+							   PGC_SUSET,
+							   0,
+							   check_key_prefix, NULL, NULL);
+
+	DefineCustomIntVariable("meetcache.connect_timeout",
+							"Deadline for connecting to Redis, handshake included.",
+							NULL,
+							&mc_connect_timeout,
+							1000, 1, 600000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("meetcache.command_timeout",
+							"Deadline for one Redis command or pipeline sent by a SQL function.",
+							NULL,
+							&mc_command_timeout,
+							1000, 1, 600000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("meetcache.commit_timeout",
+							"Deadline for deleting a transaction's keys after its commit.",
+							"The commit itself is never undone; past the deadline the failure is logged and counted.",
+							&mc_commit_timeout,
+							2000, 1, 600000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("meetcache.delivery",
+							 "How committed invalidations reach Redis.",
+							 "sync: the committing backend deletes the keys right after the commit.",
+							 &mc_delivery,
+							 MC_DELIVERY_SYNC,
+							 delivery_options,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("meetcache.max_keys",
+							"Distinct keys one transaction keeps before it falls back to whole families.",
+							"Past the limit, each further key is replaced by its family, deleted by SCAN after commit.",
+							&mc_max_keys,
+							100000, 1, INT_MAX / 2,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+#if PG_VERSION_NUM >= 150000
+	MarkGUCPrefixReserved("meetcache");
+#else
+	EmitWarningsOnPlaceholders("meetcache");
+#endif
+
+	mc_pending_init();
+	mc_rules_init();
+	if (process_shared_preload_libraries_in_progress)
+		mc_stats_shmem_request();
+}

@@ -1,0 +1,200 @@
+/*
+ * meetcache.h
+ *	  Declarations shared by the meetcache source files.
+ *
+ * Who owns what:
+ *	  meetcache.c  _PG_init, GUCs and the parsed redis_url
+ *	  redis.c      every byte exchanged with Redis (the only hiredis user)
+ *	  pending.c    the per-transaction set of keys and its commit/abort path
+ *	  rules.c      the rule catalog cache, key templates and key rendering
+ *	  trigger.c    the trigger function, attach checks, affected_keys()
+ *	  cache.c      the SQL-callable cache_* functions and key()
+ *	  stats.c      counters (shared memory when preloaded, else per backend)
+ */
+#ifndef MEETCACHE_H
+#define MEETCACHE_H
+
+#include "postgres.h"
+
+#include "access/tupdesc.h"
+#include "datatype/timestamp.h"
+#include "executor/tuptable.h"
+#include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
+#include "utils/relcache.h"
+#include "utils/tuplestore.h"
+
+/* ---- configuration (meetcache.c) ---- */
+
+typedef struct McRedisUrl
+{
+	char		host[256];
+	int			port;
+	char		user[128];		/* empty: no ACL user */
+	char		password[256];	/* empty: no AUTH */
+	int			db;
+} McRedisUrl;
+
+typedef enum McDelivery
+{
+	MC_DELIVERY_SYNC = 0
+} McDelivery;
+
+extern McRedisUrl *mc_url;		/* parsed meetcache.redis_url */
+extern uint64 mc_url_generation;	/* bumped whenever redis_url changes */
+extern char *mc_key_prefix;
+extern int	mc_connect_timeout;
+extern int	mc_command_timeout;
+extern int	mc_commit_timeout;
+extern int	mc_delivery;
+extern int	mc_max_keys;
+
+/* ---- shared small types ---- */
+
+typedef struct McStr
+{
+	char	   *s;
+	int			len;
+} McStr;
+
+/* an error described by a function that must not throw */
+typedef struct McErr
+{
+	int			sqlstate;
+	char		msg[256];
+	char		detail[256];
+} McErr;
+
+/* ---- redis.c ---- */
+
+typedef enum McReplyType
+{
+	MC_REPLY_NIL,
+	MC_REPLY_STATUS,
+	MC_REPLY_ERROR,
+	MC_REPLY_INTEGER,
+	MC_REPLY_STRING,
+	MC_REPLY_ARRAY
+} McReplyType;
+
+/* a reply copied into palloc'd memory */
+typedef struct McReply
+{
+	McReplyType type;
+	long long	integer;
+	char	   *str;
+	size_t		len;
+	int			nelems;
+	struct McReply **elems;
+} McReply;
+
+/* a pipeline of commands under construction (palloc'd buffer) */
+typedef struct McPipe
+{
+	StringInfoData buf;
+	int			ncmds;
+} McPipe;
+
+typedef struct McInvResult
+{
+	uint64		commands;
+	uint64		keys_sent;
+	uint64		keys_deleted;
+	uint64		keys_scanned;
+} McInvResult;
+
+extern void mc_pipe_init(McPipe *pipe);
+extern void mc_pipe_add(McPipe *pipe, int argc, const char **argv,
+						const size_t *lens);
+extern McReply **mc_pipe_exec(McPipe *pipe);
+extern McReply **mc_pipe_try(McPipe *pipe, McErr *err);
+extern void mc_throw(McErr *err) pg_attribute_noreturn();
+extern McReply *mc_redis_command(int argc, const char **argv,
+								 const size_t *lens);
+extern bool mc_redis_invalidate(McStr *keys, int nkeys,
+								McStr *patterns, int npatterns,
+								TimestampTz deadline,
+								McInvResult *res, McErr *err);
+extern void mc_redis_disconnect(void);
+extern const char *mc_redis_endpoint(void);
+
+/* ---- rules.c ---- */
+
+typedef struct McTemplate
+{
+	int			nargs;
+	char	  **argnames;		/* nargs */
+	char	  **lits;			/* nargs + 1 literal pieces */
+	int		   *litlens;
+	char	   *glob;			/* SCAN pattern: literals escaped, args = '*' */
+	int			literal_chars;	/* specificity when matching keys */
+} McTemplate;
+
+typedef struct McFamily
+{
+	char	   *name;
+	McTemplate *tmpl;
+	int			ttl_seconds;	/* 0 = none */
+} McFamily;
+
+struct McRelRules;
+
+/* where collected keys go */
+typedef void (*McKeySink) (void *arg, const char *key, int len,
+						   McFamily *family, int rule_id);
+
+#define MC_EV_INSERT	0x01
+#define MC_EV_UPDATE	0x02
+#define MC_EV_DELETE	0x04
+
+extern McTemplate *mc_parse_template(const char *tmpl, bool throw_error);
+extern void mc_render(StringInfo out, McTemplate *t, const char *prefix,
+					  const char **values);
+extern void mc_append_glob_escaped(StringInfo out, const char *s, int len);
+extern bool mc_glob_match(const char *pat, int plen, const char *s, int slen);
+extern McFamily *mc_find_family(const char *name);
+extern McFamily *mc_lookup_family(const char *name);
+extern McFamily *mc_family_for_key(const char *key, int len);
+extern struct McRelRules *mc_rel_rules(Relation rel, const char *table_name,
+									   bool fresh);
+extern void mc_collect(struct McRelRules *rr, Relation rel, int event,
+					   Tuplestorestate *oldtab, Tuplestorestate *newtab,
+					   TupleTableSlot *oldslot, TupleTableSlot *newslot,
+					   const char *prefix, McKeySink sink, void *arg);
+extern List *mc_rel_families(struct McRelRules *rr);
+extern int	mc_rel_nrules(struct McRelRules *rr);
+extern void mc_rules_init(void);
+
+/* ---- pending.c ---- */
+
+extern void mc_pending_init(void);
+extern void mc_pending_sink(void *arg, const char *key, int len,
+							McFamily *family, int rule_id);
+extern void mc_pending_add_pattern(const char *pat, int len);
+extern bool mc_pending_any(void);
+
+/* ---- stats.c ---- */
+
+typedef enum McCounter
+{
+	MC_STAT_KEYS_QUEUED,		/* distinct keys recorded by triggers */
+	MC_STAT_PATTERNS_QUEUED,	/* family patterns recorded (TRUNCATE, overflow) */
+	MC_STAT_OVERFLOWS,			/* transactions that hit meetcache.max_keys */
+	MC_STAT_XACTS_DELIVERED,	/* transactions whose keys were deleted */
+	MC_STAT_KEYS_SENT,
+	MC_STAT_KEYS_DELETED,
+	MC_STAT_COMMANDS,
+	MC_STAT_DELIVERY_FAILURES,	/* transactions whose delete failed */
+	MC_STAT_REDIS_ERRORS,		/* all failed Redis exchanges */
+	MC_STAT_CACHE_HITS,
+	MC_STAT_CACHE_MISSES,
+	MC_STAT_CACHE_BYPASSES,		/* get_or_set results not stored */
+	MC_STAT__COUNT
+} McCounter;
+
+extern void mc_stats_shmem_request(void);
+extern void mc_stats_shmem_startup(void);
+extern void mc_stat_add(McCounter c, uint64 n);
+extern void mc_stat_error(const char *msg);
+
+#endif							/* MEETCACHE_H */

@@ -1,0 +1,322 @@
+/*
+ * pending.c
+ *	  The per-transaction set of keys (and family patterns) to delete, and
+ *	  what happens to it at subtransaction and transaction end.
+ *
+ * Keys are stored already prefixed, deduplicated with an open-addressing
+ * hash, in insertion order.  Savepoints need no per-entry level: every entry
+ * added after a subtransaction started sits after the position recorded at
+ * its start, so ABORT_SUB truncates to that position and COMMIT_SUB merely
+ * forgets it.  Past meetcache.max_keys new keys are replaced by their
+ * family's pattern, so memory stays bounded for any transaction.
+ *
+ * The commit callback does no catalog access, no palloc and never throws:
+ * everything it needs lives in TopTransactionContext already, and the Redis
+ * side (mc_redis_invalidate) allocates with malloc and reports failures as
+ * values.  A failure is a WARNING and a counter, never an error.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "common/hashfn.h"
+#include "miscadmin.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "meetcache.h"
+
+typedef struct SubStart
+{
+	int			level;
+	int			nkeys;
+	int			npatterns;
+} SubStart;
+
+typedef struct PendingSet
+{
+	MemoryContext cxt;
+	McStr	   *keys;
+	int			nkeys;
+	int			keycap;
+	uint32	   *slots;			/* index + 1 into keys; 0 = empty */
+	uint32		nslots;			/* power of two */
+	McStr	   *patterns;
+	int			npatterns;
+	int			patcap;
+	SubStart   *subs;
+	int			nsubs;
+	int			subcap;
+	bool		overflowed;
+} PendingSet;
+
+static PendingSet *pending = NULL;
+
+static PendingSet *
+pending_get(void)
+{
+	if (pending == NULL)
+	{
+		MemoryContext cxt = AllocSetContextCreate(TopTransactionContext,
+												  "meetcache pending keys",
+												  ALLOCSET_DEFAULT_SIZES);
+		PendingSet *p = MemoryContextAllocZero(cxt, sizeof(PendingSet));
+
+		p->cxt = cxt;
+		p->keycap = 64;
+		p->keys = MemoryContextAlloc(cxt, sizeof(McStr) * p->keycap);
+		p->nslots = 256;
+		p->slots = MemoryContextAllocZero(cxt, sizeof(uint32) * p->nslots);
+		p->patcap = 8;
+		p->patterns = MemoryContextAlloc(cxt, sizeof(McStr) * p->patcap);
+		pending = p;
+	}
+	return pending;
+}
+
+static void
+rehash(PendingSet *p, uint32 nslots)
+{
+	if (nslots != p->nslots)
+	{
+		pfree(p->slots);
+		p->slots = MemoryContextAllocZero(p->cxt, sizeof(uint32) * nslots);
+		p->nslots = nslots;
+	}
+	else
+		memset(p->slots, 0, sizeof(uint32) * nslots);
+	for (int i = 0; i < p->nkeys; i++)
+	{
+		uint32		h = hash_bytes((const unsigned char *) p->keys[i].s, p->keys[i].len);
+		uint32		mask = p->nslots - 1;
+		uint32		pos = h & mask;
+
+		while (p->slots[pos] != 0)
+			pos = (pos + 1) & mask;
+		p->slots[pos] = i + 1;
+	}
+}
+
+/* true if added or already present; false if the set is full */
+static bool
+add_key(PendingSet *p, const char *key, int len)
+{
+	uint32		h = hash_bytes((const unsigned char *) key, len);
+	uint32		mask = p->nslots - 1;
+	uint32		pos = h & mask;
+	char	   *copy;
+
+	while (p->slots[pos] != 0)
+	{
+		McStr	   *e = &p->keys[p->slots[pos] - 1];
+
+		if (e->len == len && memcmp(e->s, key, len) == 0)
+			return true;
+		pos = (pos + 1) & mask;
+	}
+	if (p->nkeys >= mc_max_keys)
+		return false;
+	if (p->nkeys == p->keycap)
+	{
+		p->keycap *= 2;
+		p->keys = repalloc_huge(p->keys, sizeof(McStr) * p->keycap);
+	}
+	copy = MemoryContextAlloc(p->cxt, len + 1);
+	memcpy(copy, key, len);
+	copy[len] = '\0';
+	p->keys[p->nkeys].s = copy;
+	p->keys[p->nkeys].len = len;
+	p->nkeys++;
+	p->slots[pos] = p->nkeys;
+	if ((uint32) p->nkeys * 2 > p->nslots)
+		rehash(p, p->nslots * 2);
+	mc_stat_add(MC_STAT_KEYS_QUEUED, 1);
+	return true;
+}
+
+void
+mc_pending_add_pattern(const char *pat, int len)
+{
+	PendingSet *p = pending_get();
+	char	   *copy;
+
+	for (int i = 0; i < p->npatterns; i++)
+		if (p->patterns[i].len == len && memcmp(p->patterns[i].s, pat, len) == 0)
+			return;
+	if (p->npatterns == p->patcap)
+	{
+		p->patcap *= 2;
+		p->patterns = repalloc(p->patterns, sizeof(McStr) * p->patcap);
+	}
+	copy = MemoryContextAlloc(p->cxt, len + 1);
+	memcpy(copy, pat, len);
+	copy[len] = '\0';
+	p->patterns[p->npatterns].s = copy;
+	p->patterns[p->npatterns].len = len;
+	p->npatterns++;
+	mc_stat_add(MC_STAT_PATTERNS_QUEUED, 1);
+}
+
+/*
+ * Key sink for the triggers: keys arrive prefixed.  When the set is full,
+ * the key's whole family is recorded instead (its glob, prefixed).
+ */
+void
+mc_pending_sink(void *arg, const char *key, int len, McFamily *family, int rule_id)
+{
+	PendingSet *p = pending_get();
+
+	if (add_key(p, key, len))
+		return;
+	if (!p->overflowed)
+	{
+		p->overflowed = true;
+		mc_stat_add(MC_STAT_OVERFLOWS, 1);
+		ereport(NOTICE,
+				(errmsg("meetcache: more than %d keys in this transaction, invalidating whole families instead",
+						mc_max_keys),
+				 errdetail("Keys of family \"%s\" and later families are deleted by SCAN after commit.",
+						   family->name),
+				 errhint("Raise meetcache.max_keys to keep exact keys for bulk writes.")));
+	}
+	{
+		StringInfoData pat;
+
+		initStringInfo(&pat);
+		mc_append_glob_escaped(&pat, mc_key_prefix, strlen(mc_key_prefix));
+		appendStringInfoString(&pat, family->tmpl->glob);
+		mc_pending_add_pattern(pat.data, pat.len);
+		pfree(pat.data);
+	}
+}
+
+bool
+mc_pending_any(void)
+{
+	return pending != NULL && (pending->nkeys > 0 || pending->npatterns > 0);
+}
+
+/* ---- transaction end ---- */
+
+static void
+deliver_sync(PendingSet *p)
+{
+	McInvResult res;
+	McErr		err;
+	TimestampTz deadline;
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), mc_commit_timeout);
+	if (mc_redis_invalidate(p->keys, p->nkeys, p->patterns, p->npatterns,
+							deadline, &res, &err))
+	{
+		mc_stat_add(MC_STAT_XACTS_DELIVERED, 1);
+		mc_stat_add(MC_STAT_KEYS_SENT, res.keys_sent);
+		mc_stat_add(MC_STAT_KEYS_DELETED, res.keys_deleted);
+		mc_stat_add(MC_STAT_COMMANDS, res.commands);
+		return;
+	}
+	mc_stat_add(MC_STAT_DELIVERY_FAILURES, 1);
+	mc_stat_add(MC_STAT_COMMANDS, res.commands);
+	mc_stat_error(err.msg);
+	/* a WARNING is safe here; an ERROR would PANIC */
+	ereport(WARNING,
+			(errcode(err.sqlstate),
+			 errmsg("meetcache: could not delete %d cache keys after commit: %s",
+					p->nkeys + p->npatterns, err.msg),
+			 errdetail("The transaction is committed. Its cache keys stay until their TTL expires."),
+			 errhint("Check that Redis is reachable at meetcache.redis_url.")));
+}
+
+static void
+xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (mc_pending_any())
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot prepare a transaction that has pending cache invalidations"),
+						 errdetail("meetcache.delivery = 'sync' deletes keys from the committing backend, and COMMIT PREPARED runs elsewhere."),
+						 errhint("Commit without two-phase commit.")));
+			break;
+		case XACT_EVENT_COMMIT:
+			if (mc_pending_any())
+				deliver_sync(pending);
+			pending = NULL;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			/* memory goes with TopTransactionContext */
+			pending = NULL;
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+				 SubTransactionId parentSubid, void *arg)
+{
+	PendingSet *p = pending;
+	int			level = GetCurrentTransactionNestLevel();
+
+	if (p == NULL)
+		return;
+	switch (event)
+	{
+		case SUBXACT_EVENT_START_SUB:
+			/* level is the new subtransaction's; record where it starts */
+			if (p->nkeys == 0 && p->npatterns == 0)
+				break;			/* absent entry means "started empty" */
+			if (p->nsubs == p->subcap)
+			{
+				p->subcap = Max(8, p->subcap * 2);
+				if (p->subs)
+					p->subs = repalloc(p->subs, sizeof(SubStart) * p->subcap);
+				else
+					p->subs = MemoryContextAlloc(p->cxt, sizeof(SubStart) * p->subcap);
+			}
+			p->subs[p->nsubs].level = level;
+			p->subs[p->nsubs].nkeys = p->nkeys;
+			p->subs[p->nsubs].npatterns = p->npatterns;
+			p->nsubs++;
+			break;
+		case SUBXACT_EVENT_COMMIT_SUB:
+			if (p->nsubs > 0 && p->subs[p->nsubs - 1].level >= level)
+				p->nsubs--;
+			break;
+		case SUBXACT_EVENT_ABORT_SUB:
+			{
+				int			nk = 0,
+							np = 0;
+
+				if (p->nsubs > 0 && p->subs[p->nsubs - 1].level >= level)
+				{
+					nk = p->subs[p->nsubs - 1].nkeys;
+					np = p->subs[p->nsubs - 1].npatterns;
+					p->nsubs--;
+				}
+				if (nk != p->nkeys)
+				{
+					p->nkeys = nk;
+					rehash(p, p->nslots);
+				}
+				p->npatterns = np;
+				if (p->nkeys < mc_max_keys)
+					p->overflowed = false;
+				break;
+			}
+		default:
+			break;
+	}
+}
+
+void
+mc_pending_init(void)
+{
+	RegisterXactCallback(xact_callback, NULL);
+	RegisterSubXactCallback(subxact_callback, NULL);
+}

@@ -1,0 +1,1004 @@
+/*
+ * redis.c
+ *	  All Redis I/O: the backend's single lazily opened connection, its
+ *	  handshake, pipelined round trips under deadlines, and the post-commit
+ *	  invalidation path.  This is the only file that includes hiredis, and
+ *	  hiredis is used as a protocol layer only (command formatting and the
+ *	  reply reader) over a non-blocking socket of our own, so a TLS transport
+ *	  can later replace conn_send/conn_recv without touching callers.
+ *
+ * Two kinds of callers:
+ *	  - SQL functions (interruptible): every wait goes through a WaitEventSet
+ *		with the process latch, so statement_timeout and pg_cancel_backend
+ *		work; failures are thrown as ERRORs, after hiredis replies are freed.
+ *	  - the commit callback (mc_redis_invalidate): never throws, never
+ *		pallocs; it waits with poll() against its own deadline (interrupts are
+ *		held there) and reports failure through an McErr.
+ * After any timeout, cancel or protocol error the connection is out of step
+ * and is dropped; the next use reconnects.
+ */
+#include "postgres.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "miscadmin.h"
+#include "storage/latch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "meetcache.h"
+
+typedef struct McConn
+{
+	pgsocket	fd;
+	redisReader *reader;
+	WaitEventSet *wes;			/* for interruptible waits; lazily made */
+	int			wes_pos;
+	bool		busy;			/* an exchange was cut short: out of step */
+	uint64		generation;		/* mc_url_generation at connect time */
+	char		endpoint[300];	/* host:port, for messages */
+} McConn;
+
+static McConn conn = {PGINVALID_SOCKET, NULL, NULL, -1, false, 0, ""};
+
+/* where replies of a round trip go; returns false to report a bad reply */
+typedef bool (*reply_cb) (redisReply *r, void *arg, McErr *err);
+
+static void
+set_err(McErr *err, int sqlstate, const char *fmt,...)
+pg_attribute_printf(3, 4);
+
+static void
+set_err(McErr *err, int sqlstate, const char *fmt,...)
+{
+	va_list		ap;
+
+	err->sqlstate = sqlstate;
+	va_start(ap, fmt);
+	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+	va_end(ap);
+	err->detail[0] = '\0';
+}
+
+const char *
+mc_redis_endpoint(void)
+{
+	static char buf[300];
+
+	if (mc_url == NULL)
+		return "(unset)";
+	if (strchr(mc_url->host, ':'))
+		snprintf(buf, sizeof(buf), "[%s]:%d", mc_url->host, mc_url->port);
+	else
+		snprintf(buf, sizeof(buf), "%s:%d", mc_url->host, mc_url->port);
+	return buf;
+}
+
+void
+mc_redis_disconnect(void)
+{
+	if (conn.wes)
+	{
+		FreeWaitEventSet(conn.wes);
+		conn.wes = NULL;
+		conn.wes_pos = -1;
+	}
+	if (conn.fd != PGINVALID_SOCKET)
+	{
+		close(conn.fd);
+		conn.fd = PGINVALID_SOCKET;
+	}
+	if (conn.reader)
+	{
+		redisReaderFree(conn.reader);
+		conn.reader = NULL;
+	}
+	conn.busy = false;
+}
+
+static long
+ms_left(TimestampTz deadline)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (now >= deadline)
+		return 0;
+	return (long) ((deadline - now + 999) / 1000);
+}
+
+/*
+ * Wait until the socket is ready for `events` (WL_SOCKET_READABLE and/or
+ * WL_SOCKET_WRITEABLE).  Returns the ready events, or 0 on timeout.
+ * Interruptible waits may throw (query cancel, statement_timeout).
+ */
+static int
+wait_socket(int events, TimestampTz deadline, bool interruptible)
+{
+	for (;;)
+	{
+		long		timeout = ms_left(deadline);
+
+		if (timeout <= 0)
+			return 0;
+
+		if (interruptible)
+		{
+			WaitEvent	ev;
+			int			rc;
+
+			if (conn.wes == NULL)
+			{
+#if PG_VERSION_NUM >= 170000
+				conn.wes = CreateWaitEventSet(NULL, 3);
+#else
+				conn.wes = CreateWaitEventSet(TopMemoryContext, 3);
+#endif
+				AddWaitEventToSet(conn.wes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+				AddWaitEventToSet(conn.wes, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+				conn.wes_pos = AddWaitEventToSet(conn.wes, events, conn.fd, NULL, NULL);
+			}
+			else
+				ModifyWaitEvent(conn.wes, conn.wes_pos, events, NULL);
+
+			rc = WaitEventSetWait(conn.wes, timeout, &ev, 1, PG_WAIT_EXTENSION);
+			if (rc == 0)
+				continue;		/* re-check the deadline */
+			if (ev.events & WL_LATCH_SET)
+			{
+				ResetLatch(MyLatch);
+				CHECK_FOR_INTERRUPTS();
+				continue;
+			}
+			if (ev.events & (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE))
+				return ev.events & (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE);
+		}
+		else
+		{
+			struct pollfd pfd;
+			int			rc;
+
+			pfd.fd = conn.fd;
+			pfd.events = ((events & WL_SOCKET_READABLE) ? POLLIN : 0) |
+				((events & WL_SOCKET_WRITEABLE) ? POLLOUT : 0);
+			pfd.revents = 0;
+			rc = poll(&pfd, 1, (int) Min(timeout, 1000));
+			if (rc < 0 && errno != EINTR)
+				return events;	/* let the following read/write see the error */
+			if (rc > 0)
+			{
+				int			r = 0;
+
+				if (pfd.revents & (POLLIN | POLLERR | POLLHUP))
+					r |= WL_SOCKET_READABLE;
+				if (pfd.revents & (POLLOUT | POLLERR | POLLHUP))
+					r |= WL_SOCKET_WRITEABLE;
+				r &= events;
+				if (r)
+					return r;
+				return events;
+			}
+		}
+	}
+}
+
+/* transport: plain TCP today; TLS would replace these two */
+static ssize_t
+conn_send(const char *buf, size_t len)
+{
+	return send(conn.fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+static ssize_t
+conn_recv(char *buf, size_t len)
+{
+	return recv(conn.fd, buf, len, MSG_DONTWAIT);
+}
+
+/*
+ * Send buf and collect exactly nreplies replies, reading while writing so
+ * that neither side's buffers fill up.  Each reply is handed to cb, which
+ * owns it.  On failure fills err and returns false; *got_any tells whether
+ * any reply arrived (a stale connection fails before the first one).
+ */
+static bool
+roundtrip(const char *buf, size_t len, int nreplies, reply_cb cb, void *arg,
+		  TimestampTz deadline, bool interruptible, McErr *err, bool *got_any)
+{
+	size_t		sent = 0;
+	int			received = 0;
+	bool		ok = true;
+
+	*got_any = false;
+	conn.busy = true;
+	while (received < nreplies)
+	{
+		int			want = WL_SOCKET_READABLE;
+		int			ready;
+
+		if (sent < len)
+			want |= WL_SOCKET_WRITEABLE;
+		ready = wait_socket(want, deadline, interruptible);
+		if (ready == 0)
+		{
+			set_err(err, ERRCODE_CONNECTION_FAILURE,
+					"redis at %s did not answer within the deadline", conn.endpoint);
+			return false;
+		}
+		if ((ready & WL_SOCKET_WRITEABLE) && sent < len)
+		{
+			ssize_t		n = conn_send(buf + sent, len - sent);
+
+			if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+			{
+				set_err(err, ERRCODE_CONNECTION_FAILURE,
+						"could not send to redis at %s: %s", conn.endpoint, strerror(errno));
+				return false;
+			}
+			if (n > 0)
+				sent += n;
+		}
+		if (ready & WL_SOCKET_READABLE)
+		{
+			char		rbuf[16384];
+			ssize_t		n = conn_recv(rbuf, sizeof(rbuf));
+
+			if (n == 0)
+			{
+				set_err(err, ERRCODE_CONNECTION_FAILURE,
+						"redis at %s closed the connection", conn.endpoint);
+				return false;
+			}
+			if (n < 0)
+			{
+				if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+					continue;
+				set_err(err, ERRCODE_CONNECTION_FAILURE,
+						"could not read from redis at %s: %s", conn.endpoint, strerror(errno));
+				return false;
+			}
+			if (redisReaderFeed(conn.reader, rbuf, n) != REDIS_OK)
+			{
+				set_err(err, ERRCODE_PROTOCOL_VIOLATION,
+						"could not parse the reply of redis at %s", conn.endpoint);
+				return false;
+			}
+			while (received < nreplies)
+			{
+				void	   *reply = NULL;
+
+				if (redisReaderGetReply(conn.reader, &reply) != REDIS_OK)
+				{
+					set_err(err, ERRCODE_PROTOCOL_VIOLATION,
+							"could not parse the reply of redis at %s: %s",
+							conn.endpoint, conn.reader->errstr);
+					return false;
+				}
+				if (reply == NULL)
+					break;
+				*got_any = true;
+				received++;
+				if (!cb((redisReply *) reply, arg, err))
+					ok = false; /* keep reading: the stream stays in step */
+			}
+		}
+	}
+	conn.busy = false;
+	return ok;
+}
+
+/* ---- connection and handshake ---- */
+
+typedef struct HandshakeState
+{
+	int			idx;
+	int			auth_idx;
+	int			select_idx;
+} HandshakeState;
+
+static bool
+handshake_cb(redisReply *r, void *arg, McErr *err)
+{
+	HandshakeState *hs = (HandshakeState *) arg;
+	bool		ok = true;
+
+	if (r->type == REDIS_REPLY_ERROR && err->msg[0] == '\0')
+	{
+		if (hs->idx == hs->auth_idx)
+		{
+			set_err(err, ERRCODE_INVALID_PASSWORD,
+					"redis at %s refused the credentials", conn.endpoint);
+			snprintf(err->detail, sizeof(err->detail), "Redis said: %.200s", r->str);
+		}
+		else if (hs->idx == hs->select_idx)
+		{
+			set_err(err, ERRCODE_INVALID_PARAMETER_VALUE,
+					"redis at %s refused to select database %d", conn.endpoint, mc_url->db);
+			snprintf(err->detail, sizeof(err->detail), "Redis said: %.200s", r->str);
+		}
+		else
+		{
+			set_err(err, ERRCODE_CONNECTION_FAILURE,
+					"redis at %s refused the connection handshake", conn.endpoint);
+			snprintf(err->detail, sizeof(err->detail), "Redis said: %.200s", r->str);
+		}
+		ok = false;
+	}
+	else if (r->type == REDIS_REPLY_ERROR)
+		ok = false;
+	hs->idx++;
+	freeReplyObject(r);
+	return ok;
+}
+
+/* append one command formatted by hiredis to a malloc'd buffer */
+typedef struct RawBuf
+{
+	char	   *data;
+	size_t		len;
+	size_t		cap;
+} RawBuf;
+
+static bool
+rawbuf_add(RawBuf *b, int argc, const char **argv, const size_t *lens)
+{
+	char	   *cmd = NULL;
+	long long	n = redisFormatCommandArgv(&cmd, argc, argv, lens);
+
+	if (n < 0 || cmd == NULL)
+		return false;
+	if (b->len + n > b->cap)
+	{
+		size_t		ncap = Max(b->cap * 2, b->len + n + 4096);
+		char	   *nd = realloc(b->data, ncap);
+
+		if (nd == NULL)
+		{
+			free(cmd);
+			return false;
+		}
+		b->data = nd;
+		b->cap = ncap;
+	}
+	memcpy(b->data + b->len, cmd, n);
+	b->len += n;
+	free(cmd);
+	return true;
+}
+
+/*
+ * Open a connection and run the handshake (AUTH, SELECT, CLIENT SETNAME,
+ * PING) in one round trip.  Never throws unless interruptible and
+ * interrupted.  A frozen Redis still accepts TCP connections, so health is
+ * only confirmed by the PING reply.
+ */
+static bool
+conn_open(bool interruptible, McErr *err)
+{
+	struct addrinfo hints,
+			   *res = NULL,
+			   *ai;
+	char		portstr[16];
+	int			rc;
+	TimestampTz deadline;
+	HandshakeState hs = {0, -1, -1};
+	RawBuf		b = {NULL, 0, 0};
+	const char *argv[3];
+	size_t		lens[3];
+	char		name[64];
+	char		dbstr[16];
+	volatile int ncmds = 0;
+	bool		got_any;
+	bool		ok;
+
+	mc_redis_disconnect();
+	err->msg[0] = '\0';
+	if (mc_url == NULL)
+	{
+		set_err(err, ERRCODE_CONFIG_FILE_ERROR, "meetcache.redis_url is not set");
+		return false;
+	}
+	strlcpy(conn.endpoint, mc_redis_endpoint(), sizeof(conn.endpoint));
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), mc_connect_timeout);
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICSERV;
+	snprintf(portstr, sizeof(portstr), "%d", mc_url->port);
+	rc = getaddrinfo(mc_url->host, portstr, &hints, &res);
+	if (rc != 0 || res == NULL)
+	{
+		set_err(err, ERRCODE_CONNECTION_FAILURE,
+				"could not resolve redis host \"%s\": %s", mc_url->host, gai_strerror(rc));
+		return false;
+	}
+
+	for (ai = res; ai != NULL; ai = ai->ai_next)
+	{
+		int			one = 1;
+
+		conn.fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (conn.fd < 0)
+		{
+			conn.fd = PGINVALID_SOCKET;
+			continue;
+		}
+		(void) setsockopt(conn.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		if (connect(conn.fd, ai->ai_addr, ai->ai_addrlen) == 0)
+			break;
+		if (errno == EINPROGRESS)
+		{
+			int			soerr = 0;
+			socklen_t	sl = sizeof(soerr);
+
+			if (wait_socket(WL_SOCKET_WRITEABLE, deadline, interruptible) == 0)
+			{
+				set_err(err, ERRCODE_CONNECTION_FAILURE,
+						"could not connect to redis at %s: timed out", conn.endpoint);
+				mc_redis_disconnect();
+				continue;
+			}
+			if (getsockopt(conn.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0)
+				break;
+			set_err(err, ERRCODE_CONNECTION_FAILURE,
+					"could not connect to redis at %s: %s", conn.endpoint, strerror(soerr));
+		}
+		else
+			set_err(err, ERRCODE_CONNECTION_FAILURE,
+					"could not connect to redis at %s: %s", conn.endpoint, strerror(errno));
+		mc_redis_disconnect();
+	}
+	freeaddrinfo(res);
+	if (conn.fd == PGINVALID_SOCKET)
+		return false;
+	/* the WaitEventSet was made for a closed socket during the loop */
+	if (conn.wes)
+	{
+		FreeWaitEventSet(conn.wes);
+		conn.wes = NULL;
+	}
+
+	conn.reader = redisReaderCreate();
+	if (conn.reader == NULL)
+	{
+		set_err(err, ERRCODE_OUT_OF_MEMORY, "out of memory creating a redis reply reader");
+		mc_redis_disconnect();
+		return false;
+	}
+
+	ok = true;
+	if (mc_url->password[0])
+	{
+		int			argc = 0;
+
+		argv[argc] = "AUTH";
+		lens[argc++] = 4;
+		if (mc_url->user[0])
+		{
+			argv[argc] = mc_url->user;
+			lens[argc++] = strlen(mc_url->user);
+		}
+		argv[argc] = mc_url->password;
+		lens[argc++] = strlen(mc_url->password);
+		hs.auth_idx = ncmds++;
+		ok &= rawbuf_add(&b, argc, argv, lens);
+	}
+	if (mc_url->db != 0)
+	{
+		snprintf(dbstr, sizeof(dbstr), "%d", mc_url->db);
+		argv[0] = "SELECT";
+		lens[0] = 6;
+		argv[1] = dbstr;
+		lens[1] = strlen(dbstr);
+		hs.select_idx = ncmds++;
+		ok &= rawbuf_add(&b, 2, argv, lens);
+	}
+	snprintf(name, sizeof(name), "meetcache-%d", MyProcPid);
+	argv[0] = "CLIENT";
+	lens[0] = 6;
+	argv[1] = "SETNAME";
+	lens[1] = 7;
+	argv[2] = name;
+	lens[2] = strlen(name);
+	ncmds++;
+	ok &= rawbuf_add(&b, 3, argv, lens);
+	argv[0] = "PING";
+	lens[0] = 4;
+	ncmds++;
+	ok &= rawbuf_add(&b, 1, argv, lens);
+	if (!ok)
+	{
+		free(b.data);
+		set_err(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting the redis handshake");
+		mc_redis_disconnect();
+		return false;
+	}
+
+	err->msg[0] = '\0';
+	PG_TRY();
+	{
+		ok = roundtrip(b.data, b.len, ncmds, handshake_cb, &hs, deadline,
+					   interruptible, err, &got_any);
+	}
+	PG_FINALLY();
+	{
+		/* the password is in this buffer: wipe it */
+		if (b.data)
+		{
+			explicit_bzero(b.data, b.len);
+			free(b.data);
+		}
+	}
+	PG_END_TRY();
+	if (!ok)
+	{
+		mc_redis_disconnect();
+		return false;
+	}
+	conn.generation = mc_url_generation;
+	return true;
+}
+
+/* make sure a usable connection exists */
+static bool
+conn_ensure(bool interruptible, McErr *err, bool *fresh)
+{
+	*fresh = false;
+	if (conn.fd != PGINVALID_SOCKET &&
+		(conn.busy || conn.generation != mc_url_generation))
+		mc_redis_disconnect();
+	if (conn.fd != PGINVALID_SOCKET)
+		return true;
+	*fresh = true;
+	return conn_open(interruptible, err);
+}
+
+/*
+ * One exchange with a retry: a reused connection that fails before any
+ * reply (the server restarted since) is reopened once.  Timeouts are not
+ * retried.
+ */
+static bool
+exchange(const char *buf, size_t len, int nreplies, reply_cb cb, void *arg,
+		 TimestampTz deadline, bool interruptible, McErr *err)
+{
+	bool		fresh;
+	bool		got_any;
+
+	for (int attempt = 0; attempt < 2; attempt++)
+	{
+		if (!conn_ensure(interruptible, err, &fresh))
+			return false;
+		err->msg[0] = '\0';
+		if (roundtrip(buf, len, nreplies, cb, arg, deadline, interruptible, err, &got_any))
+			return true;
+		if (!conn.busy)
+			return false;		/* in step: the replies said no */
+		mc_redis_disconnect();
+		if (fresh || got_any || ms_left(deadline) <= 0 ||
+			err->sqlstate == ERRCODE_PROTOCOL_VIOLATION)
+			return false;
+	}
+	return false;
+}
+
+/* ---- SQL-function path: palloc'd replies, errors thrown ---- */
+
+static McReply *
+copy_reply(redisReply *r)
+{
+	McReply    *m = palloc0(sizeof(McReply));
+
+	switch (r->type)
+	{
+		case REDIS_REPLY_NIL:
+			m->type = MC_REPLY_NIL;
+			break;
+		case REDIS_REPLY_STATUS:
+		case REDIS_REPLY_ERROR:
+		case REDIS_REPLY_STRING:
+			m->type = r->type == REDIS_REPLY_STATUS ? MC_REPLY_STATUS :
+				r->type == REDIS_REPLY_ERROR ? MC_REPLY_ERROR : MC_REPLY_STRING;
+			m->str = palloc(r->len + 1);
+			memcpy(m->str, r->str, r->len);
+			m->str[r->len] = '\0';
+			m->len = r->len;
+			break;
+		case REDIS_REPLY_INTEGER:
+			m->type = MC_REPLY_INTEGER;
+			m->integer = r->integer;
+			break;
+		case REDIS_REPLY_ARRAY:
+			m->type = MC_REPLY_ARRAY;
+			m->nelems = (int) r->elements;
+			m->elems = palloc0(sizeof(McReply *) * Max(1, r->elements));
+			for (size_t i = 0; i < r->elements; i++)
+				m->elems[i] = copy_reply(r->element[i]);
+			break;
+		default:
+			m->type = MC_REPLY_NIL;
+	}
+	return m;
+}
+
+typedef struct CollectState
+{
+	redisReply **raw;			/* malloc'd hiredis replies, freed by caller */
+	int			n;
+} CollectState;
+
+static bool
+collect_cb(redisReply *r, void *arg, McErr *err)
+{
+	CollectState *cs = (CollectState *) arg;
+
+	cs->raw[cs->n++] = r;
+	return true;
+}
+
+void
+mc_pipe_init(McPipe *pipe)
+{
+	initStringInfo(&pipe->buf);
+	pipe->ncmds = 0;
+}
+
+void
+mc_pipe_add(McPipe *pipe, int argc, const char **argv, const size_t *lens)
+{
+	char	   *cmd = NULL;
+	long long	n = redisFormatCommandArgv(&cmd, argc, argv, lens);
+
+	if (n < 0 || cmd == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory formatting a redis command")));
+	appendBinaryStringInfo(&pipe->buf, cmd, (int) n);
+	free(cmd);
+	pipe->ncmds++;
+}
+
+void
+mc_throw(McErr *err)
+{
+	if (err->detail[0])
+		ereport(ERROR,
+				(errcode(err->sqlstate),
+				 errmsg("%s", err->msg),
+				 errdetail("%s", err->detail)));
+	ereport(ERROR,
+			(errcode(err->sqlstate),
+			 errmsg("%s", err->msg),
+			 errhint("Check that Redis is running and that meetcache.redis_url points to it.")));
+}
+
+/*
+ * Run a pipeline and return its replies (palloc'd; error replies are
+ * returned, not thrown).  On a connection failure or timeout returns NULL
+ * and fills err; only interrupts (cancel, statement_timeout) throw.
+ */
+McReply **
+mc_pipe_try(McPipe *pipe, McErr *err)
+{
+	CollectState cs;
+	McReply   **out;
+	volatile bool ok = false;
+	TimestampTz deadline;
+
+	memset(err, 0, sizeof(*err));
+	if (pipe->ncmds == 0)
+		return palloc0(sizeof(McReply *));
+	out = palloc0(sizeof(McReply *) * pipe->ncmds);
+	cs.raw = calloc(pipe->ncmds, sizeof(redisReply *));
+	cs.n = 0;
+	if (cs.raw == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), mc_command_timeout);
+
+	PG_TRY();
+	{
+		/* exchange() retries only when no reply arrived, so cs.n is exact */
+		ok = exchange(pipe->buf.data, pipe->buf.len, pipe->ncmds, collect_cb, &cs,
+					  deadline, true, err);
+		if (ok)
+		{
+			for (int i = 0; i < pipe->ncmds; i++)
+				out[i] = copy_reply(cs.raw[i]);
+		}
+	}
+	PG_FINALLY();
+	{
+		for (int i = 0; i < cs.n; i++)
+			freeReplyObject(cs.raw[i]);
+		free(cs.raw);
+	}
+	PG_END_TRY();
+
+	mc_stat_add(MC_STAT_COMMANDS, pipe->ncmds);
+	if (!ok)
+	{
+		mc_stat_error(err->msg);
+		return NULL;
+	}
+	return out;
+}
+
+/* as mc_pipe_try, but connection failures and timeouts throw */
+McReply **
+mc_pipe_exec(McPipe *pipe)
+{
+	McErr		err;
+	McReply   **r = mc_pipe_try(pipe, &err);
+
+	if (r == NULL)
+		mc_throw(&err);
+	return r;
+}
+
+McReply *
+mc_redis_command(int argc, const char **argv, const size_t *lens)
+{
+	McPipe		pipe;
+	McReply   **r;
+
+	mc_pipe_init(&pipe);
+	mc_pipe_add(&pipe, argc, argv, lens);
+	r = mc_pipe_exec(&pipe);
+	return r[0];
+}
+
+/* ---- commit path: no throw, no palloc ---- */
+
+typedef struct InvState
+{
+	McInvResult *res;
+	/* SCAN state */
+	char		cursor[32];
+	McStr	   *patterns;
+	int			npatterns;
+	RawBuf	   *unlink;			/* UNLINK commands built from scan results */
+	int			unlink_cmds;
+	bool		oom;
+} InvState;
+
+static bool
+unlink_cb(redisReply *r, void *arg, McErr *err)
+{
+	InvState   *st = (InvState *) arg;
+	bool		ok = true;
+
+	if (r->type == REDIS_REPLY_INTEGER)
+		st->res->keys_deleted += r->integer;
+	else if (r->type == REDIS_REPLY_ERROR)
+	{
+		if (err->msg[0] == '\0')
+			set_err(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+					"redis at %s refused UNLINK: %.200s", conn.endpoint, r->str);
+		ok = false;
+	}
+	freeReplyObject(r);
+	return ok;
+}
+
+#define KEYS_PER_UNLINK 100
+
+static bool
+add_unlink(RawBuf *b, McStr *keys, int n)
+{
+	const char *argv[KEYS_PER_UNLINK + 1];
+	size_t		lens[KEYS_PER_UNLINK + 1];
+
+	argv[0] = "UNLINK";
+	lens[0] = 6;
+	for (int i = 0; i < n; i++)
+	{
+		argv[i + 1] = keys[i].s;
+		lens[i + 1] = keys[i].len;
+	}
+	return rawbuf_add(b, n + 1, argv, lens);
+}
+
+/* reply to SCAN: [cursor, [keys...]]; queue UNLINKs for matching keys */
+static bool
+scan_cb(redisReply *r, void *arg, McErr *err)
+{
+	InvState   *st = (InvState *) arg;
+	McStr		batch[KEYS_PER_UNLINK];
+	int			nb = 0;
+
+	if (r->type == REDIS_REPLY_INTEGER || r->type == REDIS_REPLY_ERROR)
+		return unlink_cb(r, arg, err);	/* an UNLINK sent with this SCAN */
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+		r->element[0]->type != REDIS_REPLY_STRING ||
+		r->element[1]->type != REDIS_REPLY_ARRAY)
+	{
+		if (err->msg[0] == '\0')
+			set_err(err, ERRCODE_PROTOCOL_VIOLATION,
+					"redis at %s sent an unexpected SCAN reply", conn.endpoint);
+		freeReplyObject(r);
+		return false;
+	}
+	strlcpy(st->cursor, r->element[0]->str, sizeof(st->cursor));
+	for (size_t i = 0; i < r->element[1]->elements; i++)
+	{
+		redisReply *k = r->element[1]->element[i];
+
+		st->res->keys_scanned++;
+		if (k->type != REDIS_REPLY_STRING)
+			continue;
+		for (int p = 0; p < st->npatterns; p++)
+		{
+			if (mc_glob_match(st->patterns[p].s, st->patterns[p].len, k->str, (int) k->len))
+			{
+				batch[nb].s = k->str;
+				batch[nb].len = (int) k->len;
+				if (++nb == KEYS_PER_UNLINK)
+				{
+					if (!add_unlink(st->unlink, batch, nb))
+						st->oom = true;
+					st->unlink_cmds++;
+					st->res->keys_sent += nb;
+					nb = 0;
+				}
+				break;
+			}
+		}
+	}
+	if (nb > 0)
+	{
+		if (!add_unlink(st->unlink, batch, nb))
+			st->oom = true;
+		st->unlink_cmds++;
+		st->res->keys_sent += nb;
+	}
+	freeReplyObject(r);
+	return true;
+}
+
+/*
+ * Delete keys (pipelined UNLINK, KEYS_PER_UNLINK per command) and every key
+ * matching one of the patterns (one SCAN over the prefix, matched here, so
+ * any number of families costs one pass).  Runs inside the commit callback:
+ * never throws, allocates with malloc only, and gives up at the deadline.
+ */
+bool
+mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
+					TimestampTz deadline, McInvResult *res, McErr *err)
+{
+	InvState	st;
+	RawBuf		b = {NULL, 0, 0};
+	bool		ok = true;
+
+	memset(res, 0, sizeof(*res));
+	memset(&st, 0, sizeof(st));
+	memset(err, 0, sizeof(*err));
+	st.res = res;
+
+	if (nkeys > 0)
+	{
+		int			ncmds = 0;
+
+		for (int i = 0; i < nkeys; i += KEYS_PER_UNLINK)
+		{
+			int			n = Min(KEYS_PER_UNLINK, nkeys - i);
+
+			if (!add_unlink(&b, keys + i, n))
+			{
+				free(b.data);
+				set_err(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting UNLINK commands");
+				return false;
+			}
+			ncmds++;
+		}
+		ok = exchange(b.data, b.len, ncmds, unlink_cb, &st, deadline, false, err);
+		res->commands += ncmds;
+		if (ok)
+			res->keys_sent += nkeys;
+		free(b.data);
+		b.data = NULL;
+		b.len = b.cap = 0;
+		if (!ok)
+			return false;
+	}
+
+	if (npatterns > 0)
+	{
+		RawBuf		ub = {NULL, 0, 0};
+		const char *argv[6];
+		size_t		lens[6];
+		int			argc;
+		char	   *match = NULL;
+		size_t		matchlen = 0;
+
+		/* SCAN only under the prefix: patterns all start with it */
+		if (mc_key_prefix && mc_key_prefix[0])
+		{
+			/* the escaped prefix is the common head of every pattern */
+			const char *p0 = patterns[0].s;
+			size_t		i = 0;
+
+			while (i < (size_t) patterns[0].len && p0[i] != '*')
+			{
+				if (p0[i] == '\\')
+					i++;
+				i++;
+			}
+			match = malloc(i + 2);
+			if (match)
+			{
+				memcpy(match, p0, i);
+				match[i] = '*';
+				match[i + 1] = '\0';
+				matchlen = i + 1;
+			}
+		}
+		st.patterns = patterns;
+		st.npatterns = npatterns;
+		st.unlink = &ub;
+		strlcpy(st.cursor, "0", sizeof(st.cursor));
+		for (bool scan_done = false; !scan_done || st.unlink_cmds > 0;)
+		{
+			/* the previous page's UNLINKs ride along with the next SCAN */
+			RawBuf		cmd = ub;
+			int			nunlink = st.unlink_cmds;
+			int			nscan = 0;
+
+			ub.data = NULL;
+			ub.len = ub.cap = 0;
+			st.unlink_cmds = 0;
+			if (st.oom)
+			{
+				free(cmd.data);
+				set_err(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting UNLINK commands");
+				ok = false;
+				break;
+			}
+			if (!scan_done)
+			{
+				argc = 0;
+				argv[argc] = "SCAN";
+				lens[argc++] = 4;
+				argv[argc] = st.cursor;
+				lens[argc++] = strlen(st.cursor);
+				if (match)
+				{
+					argv[argc] = "MATCH";
+					lens[argc++] = 5;
+					argv[argc] = match;
+					lens[argc++] = matchlen;
+				}
+				argv[argc] = "COUNT";
+				lens[argc++] = 5;
+				argv[argc] = "1000";
+				lens[argc++] = 4;
+				if (!rawbuf_add(&cmd, argc, argv, lens))
+				{
+					free(cmd.data);
+					set_err(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting SCAN");
+					ok = false;
+					break;
+				}
+				nscan = 1;
+			}
+			ok = exchange(cmd.data, cmd.len, nunlink + nscan, scan_cb, &st, deadline, false, err);
+			res->commands += nunlink + nscan;
+			free(cmd.data);
+			if (!ok)
+				break;
+			if (nscan && strcmp(st.cursor, "0") == 0)
+				scan_done = true;
+		}
+		free(ub.data);
+		free(match);
+	}
+	return ok;
+}

@@ -1,0 +1,187 @@
+/*
+ * stats.c
+ *	  Counters behind meetcache.stats: in shared memory when the library is
+ *	  preloaded (cluster-wide), otherwise in the backend's own memory.
+ *
+ * Counters are lock-free atomics, safe to bump from a commit callback.  The
+ * last error is copied under a spinlock; no allocation happens here.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "meetcache.h"
+
+typedef struct McStatsShared
+{
+	pg_atomic_uint64 counters[MC_STAT__COUNT];
+	slock_t		mutex;
+	TimestampTz last_error_time;
+	TimestampTz reset_time;
+	char		last_error[256];
+} McStatsShared;
+
+static McStatsShared local_stats;
+static McStatsShared *stats = NULL;
+static bool stats_shared = false;
+
+#if PG_VERSION_NUM >= 150000
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+#endif
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void
+stats_init_struct(McStatsShared *s)
+{
+	for (int i = 0; i < MC_STAT__COUNT; i++)
+		pg_atomic_init_u64(&s->counters[i], 0);
+	SpinLockInit(&s->mutex);
+	s->last_error_time = 0;
+	s->reset_time = GetCurrentTimestamp();
+	s->last_error[0] = '\0';
+}
+
+static McStatsShared *
+get_stats(void)
+{
+	if (stats == NULL)
+	{
+		stats_init_struct(&local_stats);
+		stats = &local_stats;
+	}
+	return stats;
+}
+
+#if PG_VERSION_NUM >= 150000
+static void
+mc_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(McStatsShared)));
+}
+#endif
+
+static void
+mc_shmem_startup(void)
+{
+	bool		found;
+	McStatsShared *s;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	s = ShmemInitStruct("meetcache stats", sizeof(McStatsShared), &found);
+	if (!found)
+		stats_init_struct(s);
+	LWLockRelease(AddinShmemInitLock);
+	stats = s;
+	stats_shared = true;
+}
+
+void
+mc_stats_shmem_request(void)
+{
+#if PG_VERSION_NUM >= 150000
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = mc_shmem_request;
+#else
+	RequestAddinShmemSpace(MAXALIGN(sizeof(McStatsShared)));
+#endif
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = mc_shmem_startup;
+}
+
+void
+mc_stats_shmem_startup(void)
+{
+	mc_shmem_startup();
+}
+
+void
+mc_stat_add(McCounter c, uint64 n)
+{
+	pg_atomic_fetch_add_u64(&get_stats()->counters[c], n);
+}
+
+/* record the last error; the text must never hold a password */
+void
+mc_stat_error(const char *msg)
+{
+	McStatsShared *s = get_stats();
+
+	pg_atomic_fetch_add_u64(&s->counters[MC_STAT_REDIS_ERRORS], 1);
+	SpinLockAcquire(&s->mutex);
+	strlcpy(s->last_error, msg, sizeof(s->last_error));
+	s->last_error_time = GetCurrentTimestamp();
+	SpinLockRelease(&s->mutex);
+}
+
+
+PG_FUNCTION_INFO_V1(meetcache_stats);
+Datum
+meetcache_stats(PG_FUNCTION_ARGS)
+{
+	McStatsShared *s = get_stats();
+	TupleDesc	tupdesc;
+	Datum		values[MC_STAT__COUNT + 4];
+	bool		nulls[MC_STAT__COUNT + 4] = {0};
+	char		errbuf[256];
+	TimestampTz errtime,
+				resettime;
+	int			i;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (tupdesc->natts != MC_STAT__COUNT + 4)
+		elog(ERROR, "meetcache.stats() has %d columns, expected %d",
+			 tupdesc->natts, MC_STAT__COUNT + 4);
+	tupdesc = BlessTupleDesc(tupdesc);
+
+	values[0] = CStringGetTextDatum(stats_shared ? "cluster" : "backend");
+	for (i = 0; i < MC_STAT__COUNT; i++)
+		values[i + 1] = Int64GetDatum((int64) pg_atomic_read_u64(&s->counters[i]));
+	SpinLockAcquire(&s->mutex);
+	strlcpy(errbuf, s->last_error, sizeof(errbuf));
+	errtime = s->last_error_time;
+	resettime = s->reset_time;
+	SpinLockRelease(&s->mutex);
+	i = MC_STAT__COUNT + 1;
+	if (errbuf[0])
+		values[i] = CStringGetTextDatum(errbuf);
+	else
+		nulls[i] = true;
+	if (errtime)
+		values[i + 1] = TimestampTzGetDatum(errtime);
+	else
+		nulls[i + 1] = true;
+	values[i + 2] = TimestampTzGetDatum(resettime);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+PG_FUNCTION_INFO_V1(meetcache_stats_reset);
+Datum
+meetcache_stats_reset(PG_FUNCTION_ARGS)
+{
+	McStatsShared *s = get_stats();
+
+	for (int i = 0; i < MC_STAT__COUNT; i++)
+		pg_atomic_write_u64(&s->counters[i], 0);
+	SpinLockAcquire(&s->mutex);
+	s->last_error[0] = '\0';
+	s->last_error_time = 0;
+	s->reset_time = GetCurrentTimestamp();
+	SpinLockRelease(&s->mutex);
+	PG_RETURN_VOID();
+}
