@@ -18,3 +18,6 @@ EXTRA_CLEAN = tmp_check results regression.diffs regression.out
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# every object depends on the shared header (PGXS tracks no header dependencies)
+$(OBJS): src/meetcache.h

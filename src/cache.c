@@ -219,9 +219,10 @@ meetcache_key(PG_FUNCTION_ARGS)
 	if (n != f->tmpl->nargs)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("key family \"%s\" takes %d arguments, not %d",
-						name, f->tmpl->nargs, n),
-				 errdetail("Its template is \"%s\".", f->tmpl->glob)));
+				 errmsg_plural("key family \"%s\" takes %d argument, not %d",
+							   "key family \"%s\" takes %d arguments, not %d",
+							   f->tmpl->nargs, name, f->tmpl->nargs, n),
+				 errdetail("Its template is \"%s\".", f->tmpl->source)));
 	values = palloc(sizeof(char *) * Max(1, n));
 	for (int i = 0; i < n; i++)
 	{

@@ -122,6 +122,7 @@ extern const char *mc_redis_endpoint(void);
 
 typedef struct McTemplate
 {
+	char	   *source;		/* the template as written */
 	int			nargs;
 	char	  **argnames;		/* nargs */
 	char	  **lits;			/* nargs + 1 literal pieces */

@@ -216,6 +216,7 @@ mc_parse_template(const char *tmpl, bool throw_error)
 		i++;
 	}
 	t->glob = glob.data;
+	t->source = pstrdup(tmpl);
 	return t;
 
 bad:
