@@ -10,6 +10,7 @@ RESET client_min_messages;
 SELECT count(*) FROM meetcache.attach_defaults('t_txn');
 SELECT meetcache.cache_del_pattern('*') >= 0 AS flushed;
 
+CREATE TABLE t_txn_untracked (i int);
 INSERT INTO users VALUES ('u1', 'Ann', 'ann@example.com', NULL), ('u2', 'Bob', 'bob@example.com', NULL);
 INSERT INTO meetings (id, title, host_id, invite_code, status)
 VALUES ('m1', 'One', 'u1', 'inv1', 'LIVE'), ('m2', 'Two', 'u2', 'inv2', 'SCHEDULED');
@@ -148,10 +149,12 @@ BEGIN;
 UPDATE meetings SET title = 'g' WHERE id = 'm1';
 PREPARE TRANSACTION 'mc1';
 SELECT title FROM meetings WHERE id = 'm1';
--- but a transaction without pending keys may prepare (refused here only for lack of slots)
+-- a transaction without pending keys may prepare
 BEGIN;
-SELECT 1;
+INSERT INTO t_txn_untracked VALUES (1);
 PREPARE TRANSACTION 'mc2';
+COMMIT PREPARED 'mc2';
+SELECT count(*) FROM t_txn_untracked;
 
 -- a dead Redis never fails the transaction: WARNING, commit kept, counted
 SELECT fill();
