@@ -296,7 +296,13 @@ BEGIN
     RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
   END IF;
   SELECT c.relname, c.relkind INTO name, kind FROM pg_catalog.pg_class c WHERE c.oid = tbl;
-  IF kind NOT IN ('r', 'p') THEN
+  IF kind = 'p' THEN
+    RAISE EXCEPTION 'cannot attach partitioned table "%"', tbl::text
+      USING ERRCODE = 'feature_not_supported',
+            DETAIL = 'Statement triggers on a partitioned table do not fire for writes that name a partition directly.',
+            HINT = 'Attach each partition, under the parent''s rule name: meetcache.attach(''part_1'', ''meetings'').';
+  END IF;
+  IF kind <> 'r' THEN
     RAISE EXCEPTION '"%" is not a table', tbl::text USING ERRCODE = 'wrong_object_type';
   END IF;
   name := coalesce(attach.table_name, name);
@@ -381,5 +387,6 @@ REVOKE EXECUTE ON FUNCTION
   meetcache.cache_exists(text), meetcache.cache_ttl(text),
   meetcache.cache_keys(text, integer), meetcache.cache_get_or_set(text, text, integer, text[]),
   meetcache.stats_reset(), meetcache.attach(regclass, text), meetcache.detach(regclass),
-  meetcache.attach_defaults(name)
+  meetcache.attach_defaults(name), meetcache.affected_keys(regclass, jsonb, jsonb),
+  meetcache._affected_keys(regclass, jsonb, jsonb), meetcache._check_table(regclass, text)
   FROM PUBLIC;

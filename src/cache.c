@@ -27,6 +27,7 @@
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/plancache.h"
 #include "utils/tuplestore.h"
 
@@ -167,9 +168,11 @@ json_valid(const char *s, int len)
 		rc = pg_parse_json(&lex, &nullSemAction);
 		freeJsonLexContext(&lex);
 	}
-#else
+#elif PG_VERSION_NUM >= 140000
 	rc = pg_parse_json(makeJsonLexContextCstringLen((char *) s, len, GetDatabaseEncoding(), true),
 					   &nullSemAction);
+#else
+	rc = pg_parse_json(makeJsonLexContextCstringLen((char *) s, len, true), &nullSemAction);
 #endif
 	return rc == JSON_SUCCESS;
 }
@@ -407,9 +410,14 @@ static void
 scan_keys(const char *pattern, scan_page_fn fn, void *arg)
 {
 	char	   *match = prefixed_pattern(pattern);
-	char	   *cursor = pstrdup("0");
+	char		cursor[32] = "0";
+	MemoryContext page_cxt = AllocSetContextCreate(CurrentMemoryContext, "meetcache scan page",
+												   ALLOCSET_DEFAULT_SIZES);
+	MemoryContext outer = MemoryContextSwitchTo(page_cxt);
+	bool		more = true;
 
-	do
+	/* each page's replies are freed before the next: memory stays flat */
+	while (more)
 	{
 		const char *argv[6] = {"SCAN", cursor, "MATCH", match, "COUNT", "1000"};
 		size_t		lens[6] = {4, strlen(cursor), 5, strlen(match), 5, 4};
@@ -417,15 +425,21 @@ scan_keys(const char *pattern, scan_page_fn fn, void *arg)
 
 		check_reply_error(r, NULL);
 		if (r->type != MC_REPLY_ARRAY || r->nelems != 2 ||
+			r->elems[0]->type != MC_REPLY_STRING ||
 			r->elems[1]->type != MC_REPLY_ARRAY)
 			ereport(ERROR,
 					(errcode(ERRCODE_PROTOCOL_VIOLATION),
 					 errmsg("redis sent an unexpected SCAN reply")));
-		cursor = r->elems[0]->str;
+		strlcpy(cursor, r->elems[0]->str, sizeof(cursor));
 		if (r->elems[1]->nelems > 0 && !fn(r->elems[1], arg))
-			break;
+			more = false;
+		if (strcmp(cursor, "0") == 0)
+			more = false;
+		MemoryContextReset(page_cxt);
 		CHECK_FOR_INTERRUPTS();
-	} while (strcmp(cursor, "0") != 0);
+	}
+	MemoryContextSwitchTo(outer);
+	MemoryContextDelete(page_cxt);
 }
 
 static bool
@@ -511,15 +525,18 @@ typedef struct KeysState
 {
 	List	   *keys;			/* full keys */
 	int			max;
+	MemoryContext cxt;			/* where the list lives */
 } KeysState;
 
 static bool
 keys_page(McReply *keys, void *arg)
 {
 	KeysState  *st = (KeysState *) arg;
+	MemoryContext old = MemoryContextSwitchTo(st->cxt);
 
 	for (int i = 0; i < keys->nelems && list_length(st->keys) < st->max; i++)
-		st->keys = lappend(st->keys, keys->elems[i]->str);
+		st->keys = lappend(st->keys, pnstrdup(keys->elems[i]->str, keys->elems[i]->len));
+	MemoryContextSwitchTo(old);
 	return list_length(st->keys) < st->max;
 }
 
@@ -535,7 +552,7 @@ meetcache_cache_keys(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	char	   *pattern = arg_pattern(fcinfo, 0);
-	KeysState	st = {NIL, 0};
+	KeysState	st = {NIL, 0, CurrentMemoryContext};
 	TupleDesc	desc;
 	Tuplestorestate *ts;
 	MemoryContext old;
@@ -839,7 +856,8 @@ meetcache_cache_get_or_set(PG_FUNCTION_ARGS)
 	 * computed after it wrote anything, or while it has pending
 	 * invalidations, stays out of the cache.
 	 */
-	if (GetTopTransactionIdIfAny() != InvalidTransactionId || mc_pending_any())
+	if (GetTopTransactionIdIfAny() != InvalidTransactionId || mc_pending_any() ||
+		IsolationUsesXactSnapshot())
 		mc_stat_add(MC_STAT_CACHE_BYPASSES, 1);
 	else if (rs == NULL)
 	{

@@ -78,8 +78,11 @@ rehash(PendingSet *p, uint32 nslots)
 {
 	if (nslots != p->nslots)
 	{
+		/* allocate before freeing: an out-of-memory error leaves p intact */
+		uint32	   *nslots_arr = MemoryContextAllocZero(p->cxt, sizeof(uint32) * nslots);
+
 		pfree(p->slots);
-		p->slots = MemoryContextAllocZero(p->cxt, sizeof(uint32) * nslots);
+		p->slots = nslots_arr;
 		p->nslots = nslots;
 	}
 	else
@@ -129,7 +132,6 @@ add_key(PendingSet *p, const char *key, int len)
 	p->slots[pos] = p->nkeys;
 	if ((uint32) p->nkeys * 2 > p->nslots)
 		rehash(p, p->nslots * 2);
-	mc_stat_add(MC_STAT_KEYS_QUEUED, 1);
 	return true;
 }
 
@@ -153,7 +155,6 @@ mc_pending_add_pattern(const char *pat, int len)
 	p->patterns[p->npatterns].s = copy;
 	p->patterns[p->npatterns].len = len;
 	p->npatterns++;
-	mc_stat_add(MC_STAT_PATTERNS_QUEUED, 1);
 }
 
 /*
@@ -204,6 +205,9 @@ deliver_sync(PendingSet *p)
 	McErr		err;
 	TimestampTz deadline;
 
+	/* counted once per transaction: no shared-memory traffic per key */
+	mc_stat_add(MC_STAT_KEYS_QUEUED, p->nkeys);
+	mc_stat_add(MC_STAT_PATTERNS_QUEUED, p->npatterns);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), mc_commit_timeout);
 	if (mc_redis_invalidate(p->keys, p->nkeys, p->patterns, p->npatterns,
 							deadline, &res, &err))

@@ -216,6 +216,7 @@ roundtrip(const char *buf, size_t len, int nreplies, reply_cb cb, void *arg,
 	size_t		sent = 0;
 	int			received = 0;
 	bool		ok = true;
+	bool		first = true;
 
 	*got_any = false;
 	conn.busy = true;
@@ -226,7 +227,12 @@ roundtrip(const char *buf, size_t len, int nreplies, reply_cb cb, void *arg,
 
 		if (sent < len)
 			want |= WL_SOCKET_WRITEABLE;
-		ready = wait_socket(want, deadline, interruptible);
+		/* the socket is almost always writable: try before polling */
+		if (first)
+			ready = want;
+		else
+			ready = wait_socket(want, deadline, interruptible);
+		first = false;
 		if (ready == 0)
 		{
 			set_err(err, ERRCODE_CONNECTION_FAILURE,
@@ -302,6 +308,7 @@ typedef struct HandshakeState
 	int			idx;
 	int			auth_idx;
 	int			select_idx;
+	int			setname_idx;
 } HandshakeState;
 
 static bool
@@ -310,7 +317,9 @@ handshake_cb(redisReply *r, void *arg, McErr *err)
 	HandshakeState *hs = (HandshakeState *) arg;
 	bool		ok = true;
 
-	if (r->type == REDIS_REPLY_ERROR && err->msg[0] == '\0')
+	if (r->type == REDIS_REPLY_ERROR && hs->idx == hs->setname_idx)
+		ok = true;				/* CLIENT may be refused by ACLs or proxies */
+	else if (r->type == REDIS_REPLY_ERROR && err->msg[0] == '\0')
 	{
 		if (hs->idx == hs->auth_idx)
 		{
@@ -381,15 +390,19 @@ rawbuf_add(RawBuf *b, int argc, const char **argv, const size_t *lens)
  * only confirmed by the PING reply.
  */
 static bool
-conn_open(bool interruptible, McErr *err)
+conn_open(bool interruptible, TimestampTz outer_deadline, McErr *err)
 {
 	struct addrinfo hints,
 			   *res = NULL,
 			   *ai;
+	struct sockaddr_storage addrs[4];
+	socklen_t	addrlens[4];
+	int			families[4];
+	int			naddrs;
 	char		portstr[16];
 	int			rc;
 	TimestampTz deadline;
-	HandshakeState hs = {0, -1, -1};
+	HandshakeState hs = {0, -1, -1, -1};
 	RawBuf		b = {NULL, 0, 0};
 	const char *argv[3];
 	size_t		lens[3];
@@ -400,6 +413,9 @@ conn_open(bool interruptible, McErr *err)
 	bool		ok;
 
 	mc_redis_disconnect();
+	/* until the handshake succeeds the connection is unusable, even if a
+	 * cancel interrupts us half way: the next use starts over */
+	conn.busy = true;
 	err->msg[0] = '\0';
 	if (mc_url == NULL)
 	{
@@ -407,7 +423,10 @@ conn_open(bool interruptible, McErr *err)
 		return false;
 	}
 	strlcpy(conn.endpoint, mc_redis_endpoint(), sizeof(conn.endpoint));
+	/* the connect deadline never stretches the caller's */
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), mc_connect_timeout);
+	if (outer_deadline < deadline)
+		deadline = outer_deadline;
 
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_family = AF_UNSPEC;
@@ -422,18 +441,32 @@ conn_open(bool interruptible, McErr *err)
 		return false;
 	}
 
-	for (ai = res; ai != NULL; ai = ai->ai_next)
+	/* copy the addresses so nothing is leaked if a wait below throws */
+	naddrs = 0;
+	for (ai = res; ai != NULL && naddrs < 4; ai = ai->ai_next)
+	{
+		if (ai->ai_addrlen > sizeof(struct sockaddr_storage))
+			continue;
+		memcpy(&addrs[naddrs], ai->ai_addr, ai->ai_addrlen);
+		addrlens[naddrs] = ai->ai_addrlen;
+		families[naddrs] = ai->ai_family;
+		naddrs++;
+	}
+	freeaddrinfo(res);
+
+	for (int i = 0; i < naddrs; i++)
 	{
 		int			one = 1;
 
-		conn.fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		conn.fd = socket(families[i], SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		if (conn.fd < 0)
 		{
 			conn.fd = PGINVALID_SOCKET;
 			continue;
 		}
+		conn.busy = true;
 		(void) setsockopt(conn.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		if (connect(conn.fd, ai->ai_addr, ai->ai_addrlen) == 0)
+		if (connect(conn.fd, (struct sockaddr *) &addrs[i], addrlens[i]) == 0)
 			break;
 		if (errno == EINPROGRESS)
 		{
@@ -457,9 +490,9 @@ conn_open(bool interruptible, McErr *err)
 					"could not connect to redis at %s: %s", conn.endpoint, strerror(errno));
 		mc_redis_disconnect();
 	}
-	freeaddrinfo(res);
 	if (conn.fd == PGINVALID_SOCKET)
 		return false;
+	conn.busy = true;
 	/* the WaitEventSet was made for a closed socket during the loop */
 	if (conn.wes)
 	{
@@ -509,7 +542,7 @@ conn_open(bool interruptible, McErr *err)
 	lens[1] = 7;
 	argv[2] = name;
 	lens[2] = strlen(name);
-	ncmds++;
+	hs.setname_idx = ncmds++;
 	ok &= rawbuf_add(&b, 3, argv, lens);
 	argv[0] = "PING";
 	lens[0] = 4;
@@ -545,12 +578,13 @@ conn_open(bool interruptible, McErr *err)
 		return false;
 	}
 	conn.generation = mc_url_generation;
+	conn.busy = false;
 	return true;
 }
 
 /* make sure a usable connection exists */
 static bool
-conn_ensure(bool interruptible, McErr *err, bool *fresh)
+conn_ensure(bool interruptible, TimestampTz deadline, McErr *err, bool *fresh)
 {
 	*fresh = false;
 	if (conn.fd != PGINVALID_SOCKET &&
@@ -559,7 +593,7 @@ conn_ensure(bool interruptible, McErr *err, bool *fresh)
 	if (conn.fd != PGINVALID_SOCKET)
 		return true;
 	*fresh = true;
-	return conn_open(interruptible, err);
+	return conn_open(interruptible, deadline, err);
 }
 
 /*
@@ -576,7 +610,7 @@ exchange(const char *buf, size_t len, int nreplies, reply_cb cb, void *arg,
 
 	for (int attempt = 0; attempt < 2; attempt++)
 	{
-		if (!conn_ensure(interruptible, err, &fresh))
+		if (!conn_ensure(interruptible, deadline, err, &fresh))
 			return false;
 		err->msg[0] = '\0';
 		if (roundtrip(buf, len, nreplies, cb, arg, deadline, interruptible, err, &got_any))
@@ -919,26 +953,24 @@ mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 		char	   *match = NULL;
 		size_t		matchlen = 0;
 
-		/* SCAN only under the prefix: patterns all start with it */
+		/* SCAN only under the prefix: every pattern starts with it */
 		if (mc_key_prefix && mc_key_prefix[0])
 		{
-			/* the escaped prefix is the common head of every pattern */
-			const char *p0 = patterns[0].s;
-			size_t		i = 0;
+			size_t		plen = strlen(mc_key_prefix);
 
-			while (i < (size_t) patterns[0].len && p0[i] != '*')
-			{
-				if (p0[i] == '\\')
-					i++;
-				i++;
-			}
-			match = malloc(i + 2);
+			match = malloc(plen * 2 + 2);
 			if (match)
 			{
-				memcpy(match, p0, i);
-				match[i] = '*';
-				match[i + 1] = '\0';
-				matchlen = i + 1;
+				for (size_t i = 0; i < plen; i++)
+				{
+					char		c = mc_key_prefix[i];
+
+					if (c == '*' || c == '?' || c == '[' || c == ']' || c == '\\')
+						match[matchlen++] = '\\';
+					match[matchlen++] = c;
+				}
+				match[matchlen++] = '*';
+				match[matchlen] = '\0';
 			}
 		}
 		st.patterns = patterns;

@@ -13,11 +13,19 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/genam.h"
+#include "access/nbtree.h"
+#include "access/relscan.h"
 #include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/pg_am.h"
+#include "parser/parse_coerce.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "lib/stringinfo.h"
 #include "nodes/makefuncs.h"
 #include "utils/array.h"
@@ -28,6 +36,7 @@
 #include "utils/regproc.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/tuplestore.h"
 #include "utils/varlena.h"
 
@@ -66,7 +75,17 @@ typedef struct LGroup
 	int			ncols;
 	char	  **cols;			/* resolved via-table column names selected */
 	uint8		events;
-	SPIPlanPtr	plan;
+	SPIPlanPtr	plan;			/* fallback: SPI query (no usable index) */
+	/* preferred: a direct probe of a btree index on via_colname */
+	bool		index_checked;
+	Oid			indexoid;		/* InvalidOid: use the SPI plan */
+	RegProcedure eqproc;
+	Oid			collation;
+	Oid			typinput;		/* text -> via column type */
+	Oid			typioparam;
+	AttrNumber *col_attnos;		/* ncols, in the via table */
+	FmgrInfo   *col_out;
+	bool	   *col_is_text;
 } LGroup;
 
 typedef struct McRelRules
@@ -85,6 +104,7 @@ typedef struct McRelRules
 
 static MemoryContext rules_cxt = NULL;
 static bool rules_valid = false;
+static uint64 rules_inval_count = 0;	/* bumped by every relevant invalidation */
 static int	nfamilies = 0;
 static McFamily **families = NULL;
 static int	nraw = 0;
@@ -248,26 +268,23 @@ mc_render(StringInfo out, McTemplate *t, const char *prefix, const char **values
 static void
 rules_inval_callback(Datum arg, Oid relid)
 {
-	if (!rules_valid)
-		return;
-	if (!OidIsValid(relid) || relid == rules_relid || relid == families_relid)
-	{
-		rules_valid = false;
-		return;
-	}
-	for (int i = 0; i < nrels; i++)
+	bool		hit = false;
+
+	if (!OidIsValid(relid) || relid == rules_relid || relid == families_relid ||
+		!OidIsValid(rules_relid))
+		hit = true;
+	for (int i = 0; i < nrels && !hit; i++)
 	{
 		if (rels[i]->relid == relid)
-		{
-			rules_valid = false;
-			return;
-		}
-		for (int g = 0; g < rels[i]->ngroups; g++)
+			hit = true;
+		for (int g = 0; g < rels[i]->ngroups && !hit; g++)
 			if (rels[i]->groups[g].via_relid == relid)
-			{
-				rules_valid = false;
-				return;
-			}
+				hit = true;
+	}
+	if (hit)
+	{
+		rules_valid = false;
+		rules_inval_count++;
 	}
 }
 
@@ -321,11 +338,15 @@ drop_cache(void)
 				plans_to_free = lappend(plans_to_free, rels[i]->groups[g].plan);
 				MemoryContextSwitchTo(old);
 			}
+	/*
+	 * Callers up the stack may still hold pointers into the old generation
+	 * (a lookup that ran user code which reloaded the cache): it lives on
+	 * until the end of the transaction instead of being freed now.
+	 */
 	if (rules_cxt)
-		MemoryContextReset(rules_cxt);
-	else
-		rules_cxt = AllocSetContextCreate(CacheMemoryContext, "meetcache rules",
-										  ALLOCSET_DEFAULT_SIZES);
+		MemoryContextSetParent(rules_cxt, TopTransactionContext);
+	rules_cxt = AllocSetContextCreate(CacheMemoryContext, "meetcache rules",
+									  ALLOCSET_DEFAULT_SIZES);
 	nfamilies = 0;
 	families = NULL;
 	nraw = 0;
@@ -340,6 +361,8 @@ load_catalog(void)
 	Oid			nsp;
 	MemoryContext old;
 	int			ret;
+	uint64		inval_before;
+	SPIPlanPtr	plan;
 
 	drop_cache();
 	while (plans_to_free != NIL)
@@ -362,8 +385,18 @@ load_catalog(void)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
-	ret = SPI_execute("SELECT name, template, ttl_seconds FROM meetcache.families ORDER BY name",
-					  true, 0);
+	/*
+	 * Read the catalog with a fresh snapshot, not the caller's (which may be
+	 * an old REPEATABLE READ one), after taking the locks; an invalidation
+	 * arriving meanwhile leaves the cache marked stale for the next use.
+	 */
+	inval_before = rules_inval_count;
+	plan = SPI_prepare("SELECT name, template, ttl_seconds FROM meetcache.families ORDER BY name",
+					   0, NULL);
+	if (plan == NULL)
+		elog(ERROR, "could not read meetcache.families");
+	ret = SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							   true, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read meetcache.families");
 	old = MemoryContextSwitchTo(rules_cxt);
@@ -385,10 +418,14 @@ load_catalog(void)
 	}
 	MemoryContextSwitchTo(old);
 
-	ret = SPI_execute("SELECT id, table_name, family, args, on_insert, on_update, on_delete, "
-					  "when_column, when_values, via_table, via_column, match_column "
-					  "FROM meetcache.rules WHERE enabled ORDER BY id",
-					  true, 0);
+	plan = SPI_prepare("SELECT id, table_name, family, args, on_insert, on_update, on_delete, "
+					   "when_column, when_values, via_table, via_column, match_column "
+					   "FROM meetcache.rules WHERE enabled ORDER BY id",
+					   0, NULL);
+	if (plan == NULL)
+		elog(ERROR, "could not read meetcache.rules");
+	ret = SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							   true, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read meetcache.rules");
 	old = MemoryContextSwitchTo(rules_cxt);
@@ -436,7 +473,7 @@ load_catalog(void)
 	}
 	MemoryContextSwitchTo(old);
 	SPI_finish();
-	rules_valid = true;
+	rules_valid = (rules_inval_count == inval_before);
 }
 
 static void
@@ -716,14 +753,15 @@ prepare_group(LGroup *g)
 	if (g->ncols == 0)
 		appendStringInfoString(&sql, "NULL::text");
 	for (int k = 0; k < g->ncols; k++)
-		appendStringInfo(&sql, "%s%s::text", k ? ", " : "", quote_identifier(g->cols[k]));
-	appendStringInfo(&sql, " FROM %s WHERE %s = ANY ($1::text[]::%s[])",
+		appendStringInfo(&sql, "%s%s::pg_catalog.text", k ? ", " : "", quote_identifier(g->cols[k]));
+	appendStringInfo(&sql, " FROM %s WHERE %s OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[]::%s[])",
 					 quote_qualified_identifier(nspname, relname),
 					 quote_identifier(g->via_colname),
 					 format_type_be_qualified(typ));
 	if (g->ncols == 0)
 		appendStringInfoString(&sql, " LIMIT 1");
-	g->plan = SPI_prepare(sql.data, 1, argtypes);
+	/* a generic plan: custom plans would re-plan (and estimate the array) every time */
+	g->plan = SPI_prepare_cursor(sql.data, 1, argtypes, CURSOR_OPT_GENERIC_PLAN);
 	if (g->plan == NULL)
 		elog(ERROR, "meetcache: could not prepare lookup \"%s\": %s",
 			 sql.data, SPI_result_code_string(SPI_result));
@@ -741,6 +779,7 @@ mc_rel_rules(Relation rel, const char *table_name, bool fresh)
 	if (fresh)
 		rules_valid = false;
 	ensure_catalog();
+	/* the generation just loaded serves this call even if already stale */
 	for (int i = 0; i < nrels; i++)
 		if (rels[i]->relid == relid && strcmp(rels[i]->table_name, table_name) == 0)
 			return rels[i];
@@ -856,6 +895,216 @@ scan_table(McRelRules *rr, int event, Tuplestorestate *tab, TupleTableSlot *slot
 }
 
 /*
+ * Find a valid, non-partial btree index whose first column is the group's
+ * lookup column, so a lookup is an index probe instead of an SPI query
+ * (which costs more than the user's UPDATE).  Also sets up the output of
+ * the selected columns.
+ */
+static void
+choose_index(LGroup *g)
+{
+	Relation	heap = table_open(g->via_relid, AccessShareLock);
+	TupleDesc	td = RelationGetDescr(heap);
+	AttrNumber	att = get_attnum(g->via_relid, g->via_colname);
+	Oid			atttype = TupleDescAttr(td, att - 1)->atttypid;
+	List	   *indexes = RelationGetIndexList(heap);
+	ListCell   *lc;
+	MemoryContext old = MemoryContextSwitchTo(rules_cxt);
+
+	g->index_checked = true;
+	g->indexoid = InvalidOid;
+	foreach(lc, indexes)
+	{
+		Relation	idx = index_open(lfirst_oid(lc), AccessShareLock);
+		Form_pg_index ind = idx->rd_index;
+		bool		ok;
+
+		ok = idx->rd_rel->relam == BTREE_AM_OID &&
+			ind->indisvalid && ind->indisready && ind->indislive &&
+			ind->indkey.values[0] == att &&
+			heap_attisnull(idx->rd_indextuple, Anum_pg_index_indpred, NULL) &&
+			heap_attisnull(idx->rd_indextuple, Anum_pg_index_indexprs, NULL) &&
+			(idx->rd_opcintype[0] == atttype || IsBinaryCoercible(atttype, idx->rd_opcintype[0]));
+		if (ok)
+		{
+			Oid			eqop = get_opfamily_member(idx->rd_opfamily[0], idx->rd_opcintype[0],
+												   idx->rd_opcintype[0], BTEqualStrategyNumber);
+
+			if (OidIsValid(eqop))
+			{
+				g->indexoid = RelationGetRelid(idx);
+				g->eqproc = get_opcode(eqop);
+				g->collation = idx->rd_indcollation[0];
+			}
+		}
+		index_close(idx, AccessShareLock);
+		if (OidIsValid(g->indexoid))
+			break;
+	}
+	if (OidIsValid(g->indexoid))
+	{
+		getTypeInputInfo(atttype, &g->typinput, &g->typioparam);
+		g->col_attnos = palloc0(sizeof(AttrNumber) * Max(1, g->ncols));
+		g->col_out = palloc0(sizeof(FmgrInfo) * Max(1, g->ncols));
+		g->col_is_text = palloc0(sizeof(bool) * Max(1, g->ncols));
+		for (int k = 0; k < g->ncols; k++)
+		{
+			AttrNumber	a = get_attnum(g->via_relid, g->cols[k]);
+			Oid			typ = TupleDescAttr(td, a - 1)->atttypid;
+			Oid			outfn;
+			bool		isvarlena;
+
+			g->col_attnos[k] = a;
+			g->col_is_text[k] = (typ == TEXTOID || typ == VARCHAROID);
+			getTypeOutputInfo(typ, &outfn, &isvarlena);
+			fmgr_info_cxt(outfn, &g->col_out[k], rules_cxt);
+		}
+	}
+	MemoryContextSwitchTo(old);
+	list_free(indexes);
+	table_close(heap, AccessShareLock);
+}
+
+static const char *
+via_text(LGroup *g, TupleTableSlot *slot, int col)
+{
+	bool		isnull;
+	Datum		d = slot_getattr(slot, g->col_attnos[col - 1], &isnull);
+
+	if (isnull)
+		return NULL;
+	if (g->col_is_text[col - 1])
+		return TextDatumGetCString(d);
+	return OutputFunctionCall(&g->col_out[col - 1], d);
+}
+
+/*
+ * Probe the index once per value, with a fresh snapshot (rows committed by
+ * others up to now count too).  No permission or row-security check: the
+ * invalidation of a cache must not depend on who made the change.
+ */
+static void
+index_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
+			 McKeySink sink, void *arg, StringInfo buf)
+{
+	LGroup	   *grp = &rr->groups[g];
+	Relation	heap = table_open(grp->via_relid, AccessShareLock);
+	Relation	idx = index_open(grp->indexoid, AccessShareLock);
+	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+	TupleTableSlot *slot = table_slot_create(heap, NULL);
+	IndexScanDesc scan = index_beginscan(heap, idx, snap, 1, 0);
+	const char *values[64];
+	ListCell   *lc;
+
+	foreach(lc, vals)
+	{
+		ScanKeyData key;
+		Datum		d = OidInputFunctionCall(grp->typinput, (char *) lfirst(lc),
+											 grp->typioparam, -1);
+
+		ScanKeyEntryInitialize(&key, 0, 1, BTEqualStrategyNumber, InvalidOid,
+							   grp->collation, grp->eqproc, d);
+		index_rescan(scan, &key, 1, NULL, 0);
+		while (index_getnext_slot(scan, ForwardScanDirection, slot))
+		{
+			for (int i = 0; i < rr->nrules; i++)
+			{
+				CRule	   *c = &rr->rules[i];
+
+				if (c->group != g || !(c->raw->events & event))
+					continue;
+				for (int a = 0; a < c->raw->family->tmpl->nargs && a < 64; a++)
+					values[a] = via_text(grp, slot, c->cols[a]);
+				emit(buf, c, prefix, values, sink, arg);
+			}
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snap);
+	index_close(idx, AccessShareLock);
+	table_close(heap, AccessShareLock);
+}
+
+/* fallback: one SPI query per group, = ANY over all values */
+static void spi_lookup_as_owner(McRelRules *rr, int g, List *vals, int event,
+								const char *prefix, McKeySink sink, void *arg,
+								StringInfo buf);
+
+static void
+spi_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
+		   McKeySink sink, void *arg, StringInfo buf)
+{
+	Oid			save_userid;
+	int			save_sec;
+
+	/*
+	 * Like the index probe, the lookup must see every row whoever made the
+	 * change: run it as the bootstrap superuser (no ACL, no row security),
+	 * restricted so that no user code can exploit it.
+	 */
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID,
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		spi_lookup_as_owner(rr, g, vals, event, prefix, sink, arg, buf);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+	PG_END_TRY();
+}
+
+static void
+spi_lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix,
+					McKeySink sink, void *arg, StringInfo buf)
+{
+	LGroup	   *grp = &rr->groups[g];
+	Datum	   *elems;
+	int			n = 0;
+	Datum		param;
+	int			ret;
+	ListCell   *lc;
+	const char *values[64];
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (grp->plan == NULL)
+		prepare_group(grp);
+	elems = palloc(sizeof(Datum) * list_length(vals));
+	foreach(lc, vals)
+		elems[n++] = CStringGetTextDatum((char *) lfirst(lc));
+	param = PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+
+	/* a fresh snapshot: see rows committed by others until now too */
+	ret = SPI_execute_snapshot(grp->plan, &param, NULL, GetLatestSnapshot(),
+							   InvalidSnapshot, false, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "meetcache: lookup failed: %s", SPI_result_code_string(ret));
+	for (uint64 row = 0; row < SPI_processed; row++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[row];
+		TupleDesc	td = SPI_tuptable->tupdesc;
+
+		for (int i = 0; i < rr->nrules; i++)
+		{
+			CRule	   *c = &rr->rules[i];
+
+			if (c->group != g || !(c->raw->events & event))
+				continue;
+			for (int a = 0; a < c->raw->family->tmpl->nargs && a < 64; a++)
+				values[a] = SPI_getvalue(tup, td, c->cols[a]);
+			emit(buf, c, prefix, values, sink, arg);
+		}
+	}
+	SPI_freetuptable(SPI_tuptable);
+	SPI_finish();
+}
+
+/*
  * Collect the keys that changed rows (old and/or new images, from
  * transition tables) affect, then run each lookup group once.
  */
@@ -867,63 +1116,24 @@ mc_collect(McRelRules *rr, Relation rel, int event,
 {
 	List	  **groupvals = palloc0(sizeof(List *) * Max(1, rr->ngroups));
 	StringInfoData buf;
-	bool		need_lookup = false;
-	const char *values[64];
 
 	initStringInfo(&buf);
 	scan_table(rr, event, oldtab, oldslot, prefix, sink, arg, groupvals, &buf);
 	scan_table(rr, event, newtab, newslot, prefix, sink, arg, groupvals, &buf);
 
 	for (int g = 0; g < rr->ngroups; g++)
-		if (groupvals[g] != NIL)
-			need_lookup = true;
-	if (!need_lookup)
-		return;
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	for (int g = 0; g < rr->ngroups; g++)
 	{
 		LGroup	   *grp = &rr->groups[g];
-		Datum	   *elems;
-		int			n = 0;
-		Datum		param;
-		int			ret;
-		ListCell   *lc;
 
 		if (groupvals[g] == NIL)
 			continue;
-		if (grp->plan == NULL)
-			prepare_group(grp);
-		elems = palloc(sizeof(Datum) * list_length(groupvals[g]));
-		foreach(lc, groupvals[g])
-			elems[n++] = CStringGetTextDatum((char *) lfirst(lc));
-		param = PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
-
-		/* a fresh snapshot: see rows committed by others until now too */
-		ret = SPI_execute_snapshot(grp->plan, &param, NULL, GetLatestSnapshot(),
-								   InvalidSnapshot, false, false, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "meetcache: lookup failed: %s", SPI_result_code_string(ret));
-		for (uint64 row = 0; row < SPI_processed; row++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[row];
-			TupleDesc	td = SPI_tuptable->tupdesc;
-
-			for (int i = 0; i < rr->nrules; i++)
-			{
-				CRule	   *c = &rr->rules[i];
-
-				if (c->group != g || !(c->raw->events & event))
-					continue;
-				for (int a = 0; a < c->raw->family->tmpl->nargs && a < 64; a++)
-					values[a] = SPI_getvalue(tup, td, c->cols[a]);
-				emit(&buf, c, prefix, values, sink, arg);
-			}
-		}
-		SPI_freetuptable(SPI_tuptable);
+		if (!grp->index_checked)
+			choose_index(grp);
+		if (OidIsValid(grp->indexoid))
+			index_lookup(rr, g, groupvals[g], event, prefix, sink, arg, &buf);
+		else
+			spi_lookup(rr, g, groupvals[g], event, prefix, sink, arg, &buf);
 	}
-	SPI_finish();
 }
 
 /* every family any rule of the table can produce (for TRUNCATE) */

@@ -1,4 +1,5 @@
 -- core: extension, configuration, the SQL cache functions and their errors
+\set SHOW_CONTEXT never
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS meetcache;
 RESET client_min_messages;

@@ -1,5 +1,6 @@
 -- get_or_set: cache-aside from SQL, the JSON it stores, and when it must
 -- not store (uncommitted data, failures)
+\set SHOW_CONTEXT never
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS meetcache;
 DROP SCHEMA IF EXISTS t_gos CASCADE;

@@ -1,5 +1,6 @@
 -- rules: the catalog, its validation, attaching tables, custom rules,
 -- affected_keys() and key_prefix through the triggers
+\set SHOW_CONTEXT never
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS meetcache;
 DROP SCHEMA IF EXISTS t_rules CASCADE;

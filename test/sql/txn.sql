@@ -1,5 +1,6 @@
 -- txn: keys are deleted after commit only, exactly once, and never for
 -- work that rolls back; bulk writes stay bounded; nothing can skip it.
+\set SHOW_CONTEXT never
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS meetcache;
 DROP SCHEMA IF EXISTS t_txn CASCADE;

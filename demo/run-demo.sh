@@ -1,0 +1,412 @@
+#!/usr/bin/env bash
+# meetcache demo: bash demo/run-demo.sh
+#
+# Run as root on a Debian 12 machine: installs what is missing (apt-get), builds and
+# installs the extension (make && make install), then runs the demo as the unprivileged
+# `postgres` user (created if absent) against a throwaway PostgreSQL 15 (unix socket only,
+# in a temporary directory) and a throwaway redis-server on a free 127.0.0.1 port. Both
+# are stopped, and the temporary directory removed, when the script exits.
+#
+# Run as any other (non-root) user, it skips installing and building and uses the
+# extension already installed.
+#
+# Environment:
+#   PGBIN                   PostgreSQL 15 bin directory (default /usr/lib/postgresql/15/bin)
+#   MEETCACHE_SKIP_BUILD=1  as root: do not run make / make install (use the installed build)
+#   MEETCACHE_SKIP_APT=1    as root: do not install missing Debian packages
+#   MEETCACHE_PRELOAD=0     do not preload meetcache (default 1: shared_preload_libraries,
+#                           so meetcache.stats() counts across sessions)
+#   KEEP=1                  keep the temporary directory (logs, data) after exit
+set -euo pipefail
+
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+STAGE_ARG=--as-demo-user
+
+if [ -t 1 ]; then B=$'\e[1m'; G=$'\e[32m'; R=$'\e[31m'; D=$'\e[2m'; N=$'\e[0m'; else B= G= R= D= N=; fi
+say()  { printf '\n%s==> %s%s\n' "$B" "$*" "$N"; }
+info() { printf '    %s\n' "$*"; }
+ok()   { printf '    %sOK%s  %s\n' "$G" "$N" "$*"; }
+die()  { printf '%sERROR:%s %s\n' "$R" "$N" "$*" >&2; exit 1; }
+
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+###########################################################################################
+# Stage 1 (root): dependencies, build, install, then re-run this script as `postgres`.
+###########################################################################################
+stage_root() {
+    local repo; repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+    if [ "${MEETCACHE_SKIP_APT:-0}" != 1 ]; then
+        say "Checking Debian packages"
+        local need=() p
+        for p in postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server; do
+            pkg_installed "$p" || need+=("$p")
+        done
+        command -v make >/dev/null || need+=(make)
+        command -v gcc  >/dev/null || need+=(gcc)
+        if [ ${#need[@]} -gt 0 ]; then
+            info "installing: ${need[*]}"
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+        fi
+        ok "postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server present"
+    fi
+    [ -x "$PGBIN/initdb" ] || die "PostgreSQL 15 binaries not found in $PGBIN"
+
+    if [ "${MEETCACHE_SKIP_BUILD:-0}" != 1 ]; then
+        say "Building and installing meetcache (make && make install in $repo)"
+        make -C "$repo" -s PG_CONFIG="$PGBIN/pg_config" >/dev/null
+        make -C "$repo" -s PG_CONFIG="$PGBIN/pg_config" install >/dev/null
+        ok "installed into $("$PGBIN/pg_config" --pkglibdir)"
+    fi
+
+    if ! id postgres >/dev/null 2>&1; then
+        say "Creating the unprivileged user postgres"
+        useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
+    fi
+
+    # Copy what the unprivileged stage needs into a directory it owns (the repo may not be
+    # readable by postgres, e.g. under /root).
+    ROOT_WORK=$(mktemp -d /tmp/meetcache-demo.XXXXXX)
+    local work=$ROOT_WORK
+    trap 'cd /; rm -rf "$ROOT_WORK"' EXIT
+    install -m 0755 "${BASH_SOURCE[0]}" "$work/run-demo.sh"
+    if [ -f "$repo/test/fixtures/meet_snake.sql" ]; then
+        install -m 0644 "$repo/test/fixtures/meet_snake.sql" "$work/meet_snake.sql"
+    fi
+    chown -R postgres: "$work"
+    cd "$work"
+    local rc=0
+    runuser -u postgres -- env PGBIN="$PGBIN" KEEP="${KEEP:-0}" MEETCACHE_PRELOAD="${MEETCACHE_PRELOAD:-1}" \
+        TERM="${TERM:-dumb}" bash "$work/run-demo.sh" "$STAGE_ARG" "$work" || rc=$?
+    if [ "${KEEP:-0}" = 1 ]; then trap - EXIT; info "kept $work"; fi
+    return $rc
+}
+
+###########################################################################################
+# Helpers for the unprivileged stage
+###########################################################################################
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+    local p i
+    for i in $(seq 1 500); do
+        p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
+        port_in_use "$p" || { echo "$p"; return 0; }
+    done
+    return 1
+}
+
+start_redis() {
+    local try
+    for try in 1 2 3 4 5; do
+        REDIS_PORT=$(free_port) || die "no free port"
+        redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode yes \
+            --save '' --appendonly no --daemonize yes \
+            --pidfile "$WORK/redis.pid" --logfile "$WORK/redis.log" --dir "$WORK" >/dev/null
+        local i
+        for i in $(seq 1 50); do
+            if [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; then return 0; fi
+            sleep 0.1
+        done
+        # Lost a race for the port (or something else): clean up and try another port.
+        [ -f "$WORK/redis.pid" ] && kill "$(cat "$WORK/redis.pid")" 2>/dev/null || true
+        rm -f "$WORK/redis.pid"
+    done
+    cat "$WORK/redis.log" >&2 || true
+    die "could not start redis-server"
+}
+
+stop_redis() {
+    [ -n "${REDIS_PORT:-}" ] || return 0
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    if [ -f "$WORK/redis.pid" ]; then
+        local pid; pid=$(cat "$WORK/redis.pid" 2>/dev/null || true)
+        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    fi
+}
+
+start_pg() {
+    PGPORT=$(free_port) || die "no free port"
+    "$PGBIN/initdb" -D "$WORK/pgdata" -U postgres --auth=trust -E UTF8 --no-locale >"$WORK/initdb.log" 2>&1 \
+        || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+    {
+        echo "listen_addresses = ''"
+        echo "unix_socket_directories = '$WORK'"
+        echo "port = $PGPORT"
+        echo "meetcache.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'"
+        if [ "${MEETCACHE_PRELOAD:-1}" = 1 ]; then echo "shared_preload_libraries = 'meetcache'"; fi
+    } >>"$WORK/pgdata/postgresql.conf"
+    "$PGBIN/pg_ctl" -D "$WORK/pgdata" -l "$WORK/postgres.log" -w -t 60 start >/dev/null \
+        || { cat "$WORK/postgres.log" >&2; die "PostgreSQL did not start"; }
+    PG_STARTED=1
+    export PGHOST="$WORK" PGPORT PGUSER=postgres
+}
+
+stop_pg() {
+    [ "${PG_STARTED:-0}" = 1 ] || return 0
+    "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m fast -w -t 30 stop >/dev/null 2>&1 \
+        || "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m immediate -w stop >/dev/null 2>&1 || true
+}
+
+cleanup() {
+    local rc=$?
+    stop_pg
+    stop_redis
+    if [ "$rc" != 0 ] && [ -f "$WORK/postgres.log" ]; then
+        printf '\n%s--- last lines of the PostgreSQL log ---%s\n' "$D" "$N" >&2
+        tail -n 30 "$WORK/postgres.log" >&2 || true
+    fi
+    if [ "${KEEP:-0}" != 1 ]; then cd /; rm -rf "$WORK"; else echo "kept $WORK" >&2; fi
+    exit "$rc"
+}
+
+PSQL() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -P pager=off -d demo "$@"; }
+# show_sql TEXT: print an SQL statement, indented, then run it with psql (table output).
+run_sql() {
+    printf '%s' "$1" | sed 's/^/    sql> /'; echo
+    PSQL -c "$1" | sed 's/^/    /'
+}
+# sql_lines TEXT: run, unaligned tuples only (for checks).
+sql_lines() { PSQL -A -t -c "$1"; }
+
+###########################################################################################
+# Stage 2 (unprivileged): throwaway servers and the demo itself
+###########################################################################################
+SCHEMA_FALLBACK=$(cat <<'SQL'
+-- The application's data model with snake_case columns (Prisma models mapped with @map/@@map).
+CREATE TABLE users (
+  id          text PRIMARY KEY,
+  name        text,
+  email       text NOT NULL UNIQUE,
+  image       text,
+  created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE meetings (
+  id           text PRIMARY KEY,
+  title        text NOT NULL,
+  host_id      text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  invite_code  text NOT NULL UNIQUE,
+  status       text NOT NULL DEFAULT 'SCHEDULED' CHECK (status IN ('SCHEDULED', 'LIVE', 'ENDED')),
+  scheduled_at timestamptz,
+  started_at   timestamptz,
+  ended_at     timestamptz,
+  created_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ON meetings (host_id);
+CREATE TABLE participants (
+  id          text PRIMARY KEY,
+  meeting_id  text NOT NULL REFERENCES meetings(id) ON DELETE CASCADE,
+  user_id     text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  joined_at   timestamptz NOT NULL DEFAULT now(),
+  left_at     timestamptz
+);
+CREATE INDEX ON participants (meeting_id);
+CREATE INDEX ON participants (user_id);
+CREATE TABLE chat_messages (
+  id          text PRIMARY KEY,
+  meeting_id  text NOT NULL REFERENCES meetings(id) ON DELETE CASCADE,
+  user_id     text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  message     text NOT NULL,
+  sent_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ON chat_messages (meeting_id, sent_at);
+CREATE INDEX ON chat_messages (user_id);
+CREATE TABLE recordings (
+  id               text PRIMARY KEY,
+  meeting_id       text NOT NULL UNIQUE REFERENCES meetings(id) ON DELETE CASCADE,
+  status           text NOT NULL DEFAULT 'PROCESSING' CHECK (status IN ('PROCESSING', 'READY', 'FAILED')),
+  file_url         text,
+  duration_seconds integer,
+  file_size_bytes  bigint,
+  created_at       timestamptz NOT NULL DEFAULT now()
+);
+SQL
+)
+
+SAMPLE_DATA=$(cat <<'SQL'
+INSERT INTO users (id, name, email, image) VALUES
+  ('u1', 'Alice', 'alice@example.com', 'https://img.example.com/alice.png'),
+  ('u2', 'Bob',   'bob@example.com',   NULL),
+  ('u3', 'Carol', 'carol@example.com', 'https://img.example.com/carol.png'),
+  ('u4', 'Dave',  'dave@example.com',  NULL),
+  ('u5', 'Erin',  'erin@example.com',  NULL);
+-- m1 and m12 on purpose: the pattern meeting:m1* would also match meeting:m12.
+INSERT INTO meetings (id, title, host_id, invite_code, status, scheduled_at, started_at, ended_at) VALUES
+  ('m1',  'Weekly sync',        'u1', 'inv-m1',  'LIVE',      now() - interval '1 hour', now() - interval '10 minutes', NULL),
+  ('m2',  'Design review',      'u1', 'inv-m2',  'SCHEDULED', now() + interval '1 day',  NULL, NULL),
+  ('m3',  'Quarterly planning', 'u2', 'inv-m3',  'ENDED',     now() - interval '2 days', now() - interval '2 days', now() - interval '47 hours'),
+  ('m12', 'Hiring panel',       'u2', 'inv-m12', 'SCHEDULED', now() + interval '2 days', NULL, NULL),
+  ('m13', 'Standup',            'u3', 'inv-m13', 'LIVE',      now() - interval '5 minutes', now() - interval '5 minutes', NULL);
+INSERT INTO participants (id, meeting_id, user_id, joined_at, left_at) VALUES
+  ('p1', 'm1',  'u1', now() - interval '10 minutes', NULL),
+  ('p2', 'm1',  'u2', now() - interval '9 minutes',  NULL),
+  ('p3', 'm1',  'u3', now() - interval '8 minutes',  now() - interval '2 minutes'),
+  ('p4', 'm3',  'u2', now() - interval '2 days',     now() - interval '47 hours'),
+  ('p5', 'm3',  'u4', now() - interval '2 days',     now() - interval '47 hours'),
+  ('p6', 'm13', 'u3', now() - interval '5 minutes',  NULL),
+  ('p7', 'm13', 'u5', now() - interval '4 minutes',  NULL);
+INSERT INTO chat_messages (id, meeting_id, user_id, message, sent_at) VALUES
+  ('c1', 'm1',  'u1', 'Hi all!',                   now() - interval '9 minutes'),
+  ('c2', 'm1',  'u2', 'Hello',                     now() - interval '8 minutes'),
+  ('c3', 'm1',  'u3', 'Sorry, have to drop early', now() - interval '3 minutes'),
+  ('c4', 'm3',  'u4', 'Slides are in the drive',   now() - interval '2 days'),
+  ('c5', 'm13', 'u5', 'Morning',                   now() - interval '4 minutes');
+INSERT INTO recordings (id, meeting_id, status, file_url, duration_seconds, file_size_bytes) VALUES
+  ('r1', 'm3', 'READY', 'https://files.example.com/r1.mp4', 3540, 734003200);
+SQL
+)
+
+MEETING_QUERY=$(cat <<'SQL'
+SELECT json_build_object(
+         'id', m.id, 'title', m.title, 'status', m.status,
+         'host', json_build_object('id', u.id, 'name', u.name, 'image', u.image),
+         'participants', (SELECT count(*) FROM participants p WHERE p.meeting_id = m.id),
+         'chat_messages', (SELECT count(*) FROM chat_messages c WHERE c.meeting_id = m.id))
+       FROM meetings m JOIN users u ON u.id = m.host_id WHERE m.id = $1
+SQL
+)
+
+stage_demo() {
+    WORK=$1
+    [ -n "$WORK" ] || WORK=$(mktemp -d /tmp/meetcache-demo.XXXXXX)
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    cd "$WORK"
+
+    local sharedir; sharedir=$("$PGBIN/pg_config" --sharedir)
+    [ -f "$sharedir/extension/meetcache.control" ] \
+        || die "meetcache is not installed ($sharedir/extension/meetcache.control missing); run this script as root, or make install"
+
+    say "Starting a throwaway redis-server and PostgreSQL 15 (as $(id -un))"
+    start_redis
+    ok "redis-server on 127.0.0.1:$REDIS_PORT"
+    start_pg
+    ok "PostgreSQL on unix socket $WORK (port $PGPORT), data in $WORK/pgdata"
+    info "postgresql.conf: meetcache.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'"
+    "$PGBIN/createdb" demo
+
+    say "Loading the snake_case reference schema and sample data"
+    if [ -f "$WORK/meet_snake.sql" ]; then
+        PSQL -f "$WORK/meet_snake.sql" >/dev/null
+    else
+        PSQL -c "$SCHEMA_FALLBACK" >/dev/null
+    fi
+    PSQL -c "$SAMPLE_DATA" >/dev/null
+    run_sql "SELECT m.id, m.title, m.status, m.host_id, m.invite_code,
+       (SELECT count(*) FROM participants p WHERE p.meeting_id = m.id) AS participants
+FROM meetings m ORDER BY m.id;"
+
+    say "Installing the extension and attaching the default rules"
+    run_sql "CREATE EXTENSION meetcache;"
+    run_sql "SELECT meetcache.attach_defaults();"
+    run_sql "SELECT * FROM meetcache.attached ORDER BY 1;"
+    run_sql "SELECT meetcache.cache_ping();"
+
+    say "Filling the cache the way the application does (cache-aside, get-or-set)"
+    info "miss: runs the query, stores compact JSON with the TTL, returns it"
+    run_sql "SELECT meetcache.cache_get_or_set(meetcache.key('meeting', 'm1'),
+       \$q\$$MEETING_QUERY\$q\$,
+       600, 'm1') AS \"meeting:m1\";"
+    run_sql "SELECT meetcache.cache_get_or_set(meetcache.key('meeting', 'm12'),
+       \$q\$$MEETING_QUERY\$q\$,
+       600, 'm12') AS \"meeting:m12\";"
+    info "and a few other keys (a NULL TTL takes the TTL of the key's family):"
+    run_sql "SELECT k.key, meetcache.cache_get_or_set(k.key, k.query, NULL, VARIADIC k.params) AS value
+FROM (VALUES
+  (meetcache.key('meeting_by_invite', 'inv-m1'),
+     'SELECT m.id, m.title, m.status FROM meetings m WHERE m.invite_code = \$1', ARRAY['inv-m1']),
+  (meetcache.key('meeting_by_invite', 'inv-m12'),
+     'SELECT m.id, m.title, m.status FROM meetings m WHERE m.invite_code = \$1', ARRAY['inv-m12']),
+  (meetcache.key('user_meetings', 'u1'),
+     'SELECT coalesce(json_agg(json_build_object(''id'', id, ''title'', title) ORDER BY id), ''[]'') FROM meetings WHERE host_id = \$1', ARRAY['u1']),
+  (meetcache.key('user_meeting_count', 'u1'),
+     'SELECT count(*) AS total, count(*) FILTER (WHERE status = ''LIVE'') AS live, count(*) FILTER (WHERE status = ''SCHEDULED'') AS scheduled, count(*) FILTER (WHERE status = ''ENDED'') AS ended FROM meetings WHERE host_id = \$1', ARRAY['u1']),
+  (meetcache.key('user_participations', 'u2'),
+     'SELECT coalesce(json_agg(json_build_object(''meeting'', m.id, ''title'', m.title, ''status'', m.status) ORDER BY m.id), ''[]'') FROM participants p JOIN meetings m ON m.id = p.meeting_id WHERE p.user_id = \$1', ARRAY['u2']),
+  (meetcache.key('user_participations', 'u5'),
+     'SELECT coalesce(json_agg(json_build_object(''meeting'', m.id, ''title'', m.title, ''status'', m.status) ORDER BY m.id), ''[]'') FROM participants p JOIN meetings m ON m.id = p.meeting_id WHERE p.user_id = \$1', ARRAY['u5']),
+  (meetcache.key('live_meetings'),
+     'SELECT coalesce(json_agg(json_build_object(''id'', id, ''title'', title) ORDER BY id), ''[]'') FROM (SELECT * FROM meetings WHERE status = ''LIVE'' ORDER BY id LIMIT 20) s', '{}'::text[]),
+  (meetcache.key('meeting_participants', 'm1'),
+     'SELECT coalesce(json_agg(json_build_object(''user'', u.name, ''left_at'', p.left_at) ORDER BY p.id), ''[]'') FROM participants p JOIN users u ON u.id = p.user_id WHERE p.meeting_id = \$1', ARRAY['m1']),
+  (meetcache.key('recent_chats', 'm1'),
+     'SELECT coalesce(json_agg(json_build_object(''user'', user_id, ''message'', message) ORDER BY sent_at DESC), ''[]'') FROM (SELECT * FROM chat_messages WHERE meeting_id = \$1 ORDER BY sent_at DESC LIMIT 50) c', ARRAY['m1']),
+  (meetcache.key('meeting_recording', 'm3'),
+     'SELECT status, file_url, duration_seconds, file_size_bytes FROM recordings WHERE meeting_id = \$1', ARRAY['m3']),
+  (meetcache.key('user', 'u1'),
+     'SELECT id, name, email, image FROM users WHERE id = \$1', ARRAY['u1'])
+) AS k(key, query, params)
+ORDER BY k.key;"
+    info "meeting:m1 is now in Redis (compact JSON, TTL 600 s); a second get-or-set would not run the query:"
+    run_sql "SELECT meetcache.cache_get('meeting:m1')->>'title' AS cached_title, meetcache.cache_ttl('meeting:m1') AS ttl_s;"
+
+    say "What is in Redis now"
+    run_sql "SELECT * FROM meetcache.cache_keys('*') ORDER BY key;"
+    sql_lines "SELECT key FROM meetcache.cache_keys('*', 100000) ORDER BY key;" | LC_ALL=C sort >"$WORK/keys-before"
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --scan | LC_ALL=C sort >"$WORK/redis-before"
+    cmp -s "$WORK/keys-before" "$WORK/redis-before" \
+        || die "meetcache.cache_keys('*') and redis-cli --scan disagree: $(diff "$WORK/keys-before" "$WORK/redis-before" | tr '\n' ' ')"
+    ok "$(wc -l <"$WORK/keys-before") keys; redis-cli --scan shows the same list"
+
+    local newtitle='Weekly sync (moved to Thursday)'
+    say "Dry run: which keys would an UPDATE of meeting m1's title delete?"
+    local dry="SELECT a.key, a.family, a.rule_id
+FROM meetings m,
+     meetcache.affected_keys('meetings', to_jsonb(m),
+                             jsonb_set(to_jsonb(m), '{title}', to_jsonb('$newtitle'::text))) AS a
+WHERE m.id = 'm1'
+ORDER BY a.key, a.rule_id;"
+    run_sql "$dry"
+    sql_lines "SELECT DISTINCT key FROM (${dry%;}) s;" | LC_ALL=C sort -u >"$WORK/affected"
+    grep -qx 'meeting:m1' "$WORK/affected"  || die "affected_keys does not name meeting:m1"
+    grep -qx 'meeting:m12' "$WORK/affected" && die "affected_keys names meeting:m12 (another meeting)"
+    ok "names meeting:m1 and not meeting:m12 (no prefix patterns on the write path)"
+
+    say "The application updates the meeting (plain SQL from psql, autocommit)"
+    run_sql "UPDATE meetings SET title = '$newtitle' WHERE id = 'm1';"
+
+    say "Keys after the commit"
+    run_sql "SELECT * FROM meetcache.cache_keys('*') ORDER BY key;"
+    sql_lines "SELECT key FROM meetcache.cache_keys('*', 100000) ORDER BY key;" | LC_ALL=C sort >"$WORK/keys-after"
+    LC_ALL=C comm -23 "$WORK/keys-before" "$WORK/keys-after" >"$WORK/gone"
+    LC_ALL=C comm -12 "$WORK/keys-before" "$WORK/affected" >"$WORK/expected-gone"
+    LC_ALL=C comm -13 "$WORK/keys-before" "$WORK/keys-after" >"$WORK/appeared"
+    info "deleted:   $(tr '\n' ' ' <"$WORK/gone")"
+    info "remaining: $(tr '\n' ' ' <"$WORK/keys-after")"
+    if ! cmp -s "$WORK/gone" "$WORK/expected-gone"; then
+        info "expected deleted (cached keys named by affected_keys): $(tr '\n' ' ' <"$WORK/expected-gone")"
+        die "the keys deleted by the UPDATE differ from the keys affected_keys() announced"
+    fi
+    [ -s "$WORK/appeared" ] && die "keys appeared: $(tr '\n' ' ' <"$WORK/appeared")"
+    grep -qx 'meeting:m1' "$WORK/gone" || die "meeting:m1 survived the UPDATE"
+    grep -qx 'meeting:m12' "$WORK/keys-after" || die "meeting:m12 was deleted, it should remain"
+    ok "exactly the cached keys named by affected_keys() are gone: $(wc -l <"$WORK/gone") deleted, $(wc -l <"$WORK/keys-after") remain (meeting:m12 included)"
+
+    say "Next read is a miss and caches the fresh row"
+    run_sql "SELECT meetcache.cache_get_or_set(meetcache.key('meeting', 'm1'),
+       \$q\$$MEETING_QUERY\$q\$,
+       600, 'm1')->>'title' AS title;"
+
+    say "Nothing is deleted for work that rolls back"
+    run_sql "BEGIN; UPDATE meetings SET title = 'never committed' WHERE id = 'm12'; ROLLBACK;"
+    [ "$(sql_lines "SELECT meetcache.cache_exists('meeting:m12');")" = t ] || die "meeting:m12 deleted by a rolled-back UPDATE"
+    ok "meeting:m12 is still cached"
+    run_sql "UPDATE meetings SET title = 'Hiring panel (2 seats)' WHERE id = 'm12';"
+    [ "$(sql_lines "SELECT meetcache.cache_exists('meeting:m12');")" = f ] || die "meeting:m12 survived a committed UPDATE"
+    ok "after a committed UPDATE of m12, meeting:m12 is gone"
+
+    say "Counters"
+    printf '    sql> SELECT * FROM meetcache.stats;   (expanded display)\n'
+    if ! PSQL -x -c "SELECT * FROM meetcache.stats;" 2>&1 | sed 's/^/    /'; then info "(meetcache.stats not available)"; fi
+
+    say "${G}Demo finished successfully${N}${B}; stopping the throwaway servers"
+}
+
+if [ "${1:-}" = "$STAGE_ARG" ]; then
+    stage_demo "${2:-}"
+elif [ "$(id -u)" = 0 ]; then
+    stage_root
+else
+    stage_demo ""
+fi

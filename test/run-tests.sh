@@ -1,0 +1,312 @@
+#!/usr/bin/env bash
+# meetcache: THE test command (see README.md).
+#
+#   bash test/run-tests.sh
+#
+# As root (CI, fresh Debian 12): installs the missing packages with apt-get,
+# builds and installs the extension, then runs every test as the unprivileged
+# `postgres` user against throwaway servers (a private redis-server and
+# temporary PostgreSQL clusters, all on free 127.0.0.1 ports chosen at run
+# time) in a copy of the repository under a fresh temporary directory.
+# As a normal user: checks the packages (fails if one is missing), builds,
+# installs only if the PostgreSQL library directory is writable, and runs the
+# tests as that user.
+#
+# The last line printed is always: meetcache: N passed, M failed
+#
+# Environment knobs (all optional):
+#   MEETCACHE_KEEP_TMP=1   keep the temporary directory even on success
+#   MEETCACHE_TAP_TESTS="001_redis_restart.pl ..."  run only these TAP files
+#   MEETCACHE_TEST_TIMEOUT=300   per-suite timeout in seconds
+#   MEETCACHE_SKIP_INSTALL=1     do not run `make install` (test the installed build)
+set -uo pipefail
+
+PGBIN=/usr/lib/postgresql/15/bin
+PG_CONFIG=$PGBIN/pg_config
+PGXS_PERL=/usr/lib/postgresql/15/lib/pgxs/src/test/perl
+PG_REGRESS_BIN=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress
+PACKAGES=(postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server libipc-run-perl)
+SUITE_TIMEOUT=${MEETCACHE_TEST_TIMEOUT:-300}
+
+say() { printf '==> %s\n' "$*"; }
+warn() { printf '!!! %s\n' "$*" >&2; }
+
+free_port() {
+	# Ask the kernel for a free TCP port on 127.0.0.1.
+	perl -MIO::Socket::INET -e '
+		my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0,
+			Proto => "tcp", Listen => 1, ReuseAddr => 1) or die "no socket: $!";
+		print $s->sockport, "\n";'
+}
+
+###########################################################################
+# Inner phase: runs as the unprivileged user, inside the copy of the repo.
+#   run-tests.sh --inner WORKDIR
+###########################################################################
+inner() {
+	# globals on purpose: the EXIT trap uses them after this function returns
+	work=$1
+	repo=$work/repo
+	passed=0 failed=0
+	redis_dir=$work/redis redis_port="" redis_pidfile=$work/redis/redis.pid
+
+	cd "$repo" || exit 1
+	export HOME=$work
+	export PATH="$PGBIN:$PATH"
+	export LC_ALL=C.UTF-8 LANG=C.UTF-8 2>/dev/null || true
+	unset PGHOST PGPORT PGDATABASE PGUSER PGSERVICE PGOPTIONS
+
+	stop_redis() {
+		local pid
+		[ -f "$redis_pidfile" ] || return 0
+		pid=$(cat "$redis_pidfile" 2>/dev/null) || return 0
+		[ -n "$pid" ] || return 0
+		kill -CONT "$pid" 2>/dev/null
+		kill -TERM "$pid" 2>/dev/null
+		for _ in $(seq 1 50); do
+			# gone, or a zombie waiting for a reaper
+			[ -r "/proc/$pid/stat" ] || break
+			grep -q ') Z ' "/proc/$pid/stat" 2>/dev/null && break
+			sleep 0.1
+		done
+		kill -KILL "$pid" 2>/dev/null
+		rm -f "$redis_pidfile"
+	}
+	record() { printf '%s %s\n' "$passed" "$failed" >"$work/result"; }
+	trap 'stop_redis; record' EXIT
+
+	# (a) private redis-server for the pg_regress suites
+	mkdir -p "$redis_dir"
+	local try
+	for try in 1 2 3 4 5; do
+		redis_port=$(free_port) || { warn "cannot find a free port"; failed=$((failed + 1)); exit 1; }
+		redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+			--daemonize yes --pidfile "$redis_pidfile" --dir "$redis_dir" \
+			--logfile "$redis_dir/redis.log" </dev/null >/dev/null 2>&1
+		for _ in $(seq 1 50); do
+			[ "$(redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null)" = PONG ] && break 2
+			sleep 0.1
+		done
+		warn "redis-server did not start on port $redis_port (attempt $try)"
+		stop_redis
+		redis_port=""
+	done
+	if [ -z "$redis_port" ]; then
+		warn "could not start redis-server; log:"
+		cat "$redis_dir/redis.log" >&2 2>/dev/null
+		failed=$((failed + 1))
+		exit 1
+	fi
+	say "redis-server on 127.0.0.1:$redis_port (pid $(cat "$redis_pidfile"))"
+
+	# (b) temp config for the pg_regress instance
+	local conf=$work/regress.conf
+	cat >"$conf" <<EOF
+shared_preload_libraries = 'meetcache'
+meetcache.redis_url = 'redis://127.0.0.1:$redis_port/0'
+max_prepared_transactions = 10
+EOF
+
+	# (c) pg_regress suites against a temporary preloaded instance
+	local pg_port out rc
+	pg_port=$(free_port)
+	rm -rf tmp_check results regression.diffs regression.out
+	say "pg_regress (temporary instance on port $pg_port)"
+	out=$work/regress.out
+	timeout -k 10 "$SUITE_TIMEOUT" \
+		make -s PG_CONFIG="$PG_CONFIG" installcheck TAP_TESTS= \
+		EXTRA_REGRESS_OPTS="--temp-instance=./tmp_check --temp-config=$conf --port=$pg_port --inputdir=test" \
+		</dev/null 2>&1 | tee "$out"
+	rc=${PIPESTATUS[0]}
+	local ok bad
+	ok=$(grep -cE '\.\.\. ok' "$out")
+	bad=$(grep -cE '\.\.\. (FAILED|failed)' "$out")
+	passed=$((passed + ok))
+	failed=$((failed + bad))
+	if [ "$rc" -ne 0 ]; then
+		[ "$bad" -eq 0 ] && failed=$((failed + 1))
+		[ "$rc" -eq 124 ] && warn "pg_regress timed out after ${SUITE_TIMEOUT}s"
+		if [ -s regression.diffs ]; then
+			warn "pg_regress failed; regression.diffs:"
+			cat regression.diffs
+		else
+			warn "pg_regress failed (exit $rc)"
+		fi
+		if [ -f log/postmaster.log ]; then
+			warn "tail of log/postmaster.log:"
+			tail -n 40 log/postmaster.log
+		fi
+	fi
+	record
+
+	# (d) TAP tests
+	local -a tap=()
+	if [ -n "${MEETCACHE_TAP_TESTS:-}" ]; then
+		local t
+		for t in $MEETCACHE_TAP_TESTS; do tap+=("test/t/${t##*/}"); done
+	else
+		shopt -s nullglob
+		tap=(test/t/*.pl)
+		shopt -u nullglob
+	fi
+	if [ ${#tap[@]} -eq 0 ]; then
+		say "no TAP tests in test/t: skipped"
+	elif ! command -v prove >/dev/null 2>&1; then
+		warn "prove not found: TAP tests not run"
+		failed=$((failed + 1))
+	else
+		export PERL5LIB="$PGXS_PERL:$repo/test/perl${PERL5LIB:+:$PERL5LIB}"
+		export PG_REGRESS=$PG_REGRESS_BIN
+		export TESTDIR=$repo/test
+		export PG_TEST_PORT_DIR=$work/portlock
+		export PG_TEST_TIMEOUT_DEFAULT=${PG_TEST_TIMEOUT_DEFAULT:-60}
+		export MEETCACHE_REPO=$repo
+		mkdir -p "$PG_TEST_PORT_DIR"
+		local f name
+		for f in "${tap[@]}"; do
+			name=$(basename "$f" .pl)
+			say "TAP $f"
+			timeout -k 10 "$SUITE_TIMEOUT" prove -v "$f" </dev/null
+			rc=$?
+			if [ "$rc" -eq 0 ]; then
+				passed=$((passed + 1))
+			else
+				failed=$((failed + 1))
+				[ "$rc" -eq 124 ] && warn "$f timed out after ${SUITE_TIMEOUT}s"
+				warn "$f failed (exit $rc); tail of its logs:"
+				local lf
+				for lf in "$TESTDIR/tmp_check/log/regress_log_$name" "$TESTDIR"/tmp_check/log/"${name}"_*.log; do
+					[ -f "$lf" ] || continue
+					echo "----- $lf (last 80 lines)"
+					tail -n 80 "$lf"
+				done
+			fi
+			record
+		done
+	fi
+	record
+	[ "$failed" -eq 0 ]
+}
+
+if [ "${1:-}" = "--inner" ]; then
+	inner "$2"
+	exit $?
+fi
+
+###########################################################################
+# Outer phase: dependencies, build, install, then the inner phase.
+###########################################################################
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+is_root=0
+[ "$(id -u)" -eq 0 ] && is_root=1
+work=""
+final_passed=0
+final_failed=0
+
+summary() {
+	echo "meetcache: $final_passed passed, $final_failed failed"
+}
+cleanup() {
+	local rc=$?
+	if [ -n "$work" ] && [ -d "$work" ]; then
+		# a redis left behind by an interrupted inner phase
+		if [ -f "$work/redis/redis.pid" ]; then
+			local pid
+			pid=$(cat "$work/redis/redis.pid" 2>/dev/null)
+			[ -n "$pid" ] && kill -CONT "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null
+		fi
+		if [ "$final_failed" -eq 0 ] && [ "$rc" -eq 0 ] && [ -z "${MEETCACHE_KEEP_TMP:-}" ]; then
+			rm -rf "$work"
+		else
+			echo "(test files kept in $work)"
+		fi
+	fi
+	summary
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+fail() {
+	warn "$*"
+	final_failed=$((final_failed + 1))
+	exit 1
+}
+
+# 1. packages
+missing=()
+if command -v dpkg >/dev/null 2>&1; then
+	for p in "${PACKAGES[@]}"; do
+		dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed' || missing+=("$p")
+	done
+	# prove comes with the full perl package
+	command -v prove >/dev/null 2>&1 || missing+=(perl)
+else
+	for b in "$PG_CONFIG" "$PGBIN/initdb" redis-server redis-cli prove; do
+		command -v "$b" >/dev/null 2>&1 || missing+=("$b")
+	done
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+	if [ "$is_root" -eq 1 ] && command -v apt-get >/dev/null 2>&1; then
+		say "installing: ${missing[*]}"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update </dev/null || fail "apt-get update failed"
+		apt-get install -y --no-install-recommends "${missing[@]}" </dev/null ||
+			fail "apt-get install ${missing[*]} failed"
+	else
+		fail "missing packages: ${missing[*]} -- install them as root: apt-get install -y ${missing[*]} (or run this script as root)"
+	fi
+fi
+for b in "$PG_CONFIG" "$PGBIN/initdb" "$PGBIN/pg_ctl" "$PG_REGRESS_BIN" redis-server redis-cli prove perl make; do
+	[ -x "$b" ] || command -v "$b" >/dev/null 2>&1 || fail "required program not found: $b"
+done
+perl -MIPC::Run -e1 2>/dev/null || fail "perl module IPC::Run missing (package libipc-run-perl)"
+
+# 2. build and install
+say "building ($repo)"
+make -C "$repo" PG_CONFIG="$PG_CONFIG" </dev/null || fail "build failed"
+pkglibdir=$("$PG_CONFIG" --pkglibdir)
+if [ -n "${MEETCACHE_SKIP_INSTALL:-}" ]; then
+	say "MEETCACHE_SKIP_INSTALL set: testing the installed build"
+elif [ "$is_root" -eq 1 ] || [ -w "$pkglibdir" ]; then
+	say "installing"
+	make -C "$repo" PG_CONFIG="$PG_CONFIG" install </dev/null || fail "make install failed"
+elif [ -f "$pkglibdir/meetcache.so" ]; then
+	if ! cmp -s "$repo/meetcache.so" "$pkglibdir/meetcache.so"; then
+		warn "not root: cannot install; testing the INSTALLED meetcache.so, which differs from this build"
+	fi
+else
+	fail "not root and meetcache is not installed: run 'sudo make install PG_CONFIG=$PG_CONFIG' or run this script as root"
+fi
+# 3. copy the repository to a fresh directory owned by the test user
+work=$(mktemp -d "${TMPDIR:-/tmp}/meetcache-test.XXXXXX") || fail "mktemp failed"
+chmod 755 "$work"
+mkdir "$work/repo"
+tar -C "$repo" --exclude=./.git --exclude=./tmp_check --exclude=./results \
+	--exclude=./test/tmp_check -cf - . | tar -C "$work/repo" -xf - || fail "cannot copy the repository"
+
+if [ "$is_root" -eq 1 ]; then
+	if ! id -u postgres >/dev/null 2>&1; then
+		say "creating user postgres"
+		useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres ||
+			fail "cannot create user postgres"
+	fi
+	chown -R postgres: "$work" || fail "chown failed"
+	say "running tests as postgres in $work"
+	(cd "$work" && runuser -u postgres -- env HOME="$work" bash "$work/repo/test/run-tests.sh" --inner "$work" </dev/null)
+	rc=$?
+else
+	say "running tests as $(id -un) in $work"
+	(cd "$work" && bash "$work/repo/test/run-tests.sh" --inner "$work" </dev/null)
+	rc=$?
+fi
+
+if [ -f "$work/result" ]; then
+	read -r p f <"$work/result"
+	final_passed=$((final_passed + p))
+	final_failed=$((final_failed + f))
+fi
+if [ "$rc" -ne 0 ] && [ "$final_failed" -eq 0 ]; then
+	final_failed=1
+fi
+[ "$final_failed" -eq 0 ] && exit 0
+exit 1

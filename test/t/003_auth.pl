@@ -1,0 +1,174 @@
+# Redis authentication: requirepass and ACL users, SELECT db, CLIENT SETNAME;
+# passwords never leak (error messages, SHOW for non-superusers, server log).
+use strict;
+use warnings;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use MeetcacheTest qw(start_redis new_node setup_schema bg_session bg_query);
+
+my $pw = 'S3cretPw9f2a';
+my $apppw = 'AppPw77c1x';
+my $wrong = 'WrongPw31337';
+my $odd = 'Odd@Pw:x/y%z';    # %-encoded in the URL as Odd%40Pw%3Ax%2Fy%25z
+
+my $redis = start_redis(requirepass => $pw);
+is($redis->cli('ACL', 'SETUSER', 'app', 'on', ">$apppw", '~*', '&*', '+@all'),
+	'OK', 'ACL user app created');
+
+# log_statement = none: SET statements carry passwords, and logging them
+# would be PostgreSQL's doing, not meetcache's.
+my $node = new_node('auth', $redis,
+	url => $redis->url(password => $pw),
+	log_statement => 'none',
+	conf => "log_min_messages = debug1\n");
+setup_schema($node);
+$node->safe_psql('postgres', q{
+INSERT INTO users (id, name, email) VALUES ('u1', 'U1', 'u1@x');
+INSERT INTO meetings (id, title, host_id, invite_code, status) VALUES ('m1', 't0', 'u1', 'inv-m1', 'ENDED');
+CREATE ROLE alice LOGIN;
+GRANT USAGE ON SCHEMA meetcache TO alice;
+});
+my @m1 = qw(meeting:m1 meeting:invite:inv-m1 meetings:user:u1 user:u1:meetings:count);
+
+# psql with optional SET of the URL first; returns (exit code, stdout, stderr)
+sub run_sql
+{
+	my ($sql, %o) = @_;
+	my ($out, $err);
+	$sql = "SET meetcache.redis_url = '$o{url}';\n$sql" if defined $o{url};
+	my $ret = $node->psql('postgres', $sql,
+		stdout => \$out, stderr => \$err, timeout => 60,
+		(defined $o{user} ? (extra_params => [ '-U', $o{user} ]) : ()));
+	return ($ret, $out, $err);
+}
+sub no_secret
+{
+	my ($text, $what) = @_;
+	unlike($text // '', qr/\Q$pw\E|\Q$apppw\E|\Q$wrong\E|\Q$odd\E|Odd%40Pw/, "$what: no password in it");
+}
+
+# requirepass, password-only URL (redis://:pw@host:port/0) from the config file
+my ($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()');
+is($out, 'PONG', 'requirepass + correct password (config file): PONG');
+$redis->set_keys(@m1);
+($ret, $out, $err) = run_sql("UPDATE meetings SET title = 'a' WHERE id = 'm1'");
+is($err, '', 'requirepass: commit without warning');
+is_deeply([ $redis->existing(@m1) ], [], 'requirepass: commit deletes the keys');
+
+# the default user named explicitly
+($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()',
+	url => $redis->url(user => 'default', password => $pw));
+is($out, 'PONG', 'user default + password: PONG');
+
+# wrong password for the default user
+($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()',
+	url => $redis->url(password => $wrong));
+isnt($ret, 0, 'wrong password: cache_ping fails');
+like($err, qr/WRONGPASS|invalid username-password|auth/i, 'wrong password: clear error');
+no_secret("$out $err", 'wrong password error');
+note "error: $err";
+
+# no password at all
+($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()',
+	url => "redis://127.0.0.1:" . $redis->port . "/0");
+isnt($ret, 0, 'no password: cache_ping fails');
+like($err, qr/NOAUTH|auth/i, 'no password: clear error');
+note "error: $err";
+
+# ACL user, database 3
+my $appurl = $redis->url(user => 'app', password => $apppw, db => 3);
+($ret, $out, $err) = run_sql(
+	q{SELECT meetcache.cache_ping(); SELECT meetcache.cache_set('dbk', '"v3"'::jsonb, 600);},
+	url => $appurl);
+is($ret, 0, 'ACL user: cache_ping + cache_set succeed');
+is($err, '', 'ACL user: no error');
+is($redis->cli('-n', 3, 'GET', 'dbk'), '"v3"', 'SELECT db 3 honoured by cache_set');
+is($redis->cli('-n', 0, 'EXISTS', 'dbk'), '0', 'nothing written to db 0');
+($ret, $out, $err) = run_sql(q{SELECT meetcache.cache_get('dbk')}, url => $appurl);
+is($out, '"v3"', 'cache_get reads db 3');
+
+# invalidation goes to db 3 only
+$redis->set_keys([ -n => 3 ], @m1);
+$redis->set_keys([ -n => 0 ], @m1);
+($ret, $out, $err) = run_sql("UPDATE meetings SET title = 'b' WHERE id = 'm1'", url => $appurl);
+is($err, '', 'ACL user: commit without warning');
+is_deeply([ $redis->existing([ -n => 3 ], @m1) ], [], 'commit deleted the keys in db 3');
+is_deeply([ $redis->existing([ -n => 0 ], @m1) ], \@m1, 'keys in db 0 untouched');
+
+# wrong password for the ACL user: SQL function error and commit warning
+my $badurl = $redis->url(user => 'app', password => $wrong, db => 3);
+($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()', url => $badurl);
+isnt($ret, 0, 'ACL user, wrong password: fails');
+like($err, qr/WRONGPASS|invalid username-password|auth/i, 'ACL user, wrong password: clear error');
+no_secret("$out $err", 'ACL wrong password error');
+note "error: $err";
+($ret, $out, $err) = run_sql("UPDATE meetings SET title = 'c' WHERE id = 'm1'", url => $badurl);
+is($ret, 0, 'wrong password: the commit still succeeds');
+like($err, qr/WARNING/, 'wrong password: commit WARNING');
+no_secret($err, 'commit warning');
+note "warning: $err";
+
+# a password with URL-special characters, %-encoded in the URL
+is($redis->cli('ACL', 'SETUSER', 'app2', 'on', ">$odd", '~*', '&*', '+@all'),
+	'OK', 'ACL user app2 created');
+($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()',
+	url => 'redis://app2:Odd%40Pw%3Ax%2Fy%25z@127.0.0.1:' . $redis->port . '/0');
+is($out, 'PONG', '%-encoded password with @ : / % works');
+is($err, '', '%-encoded password: no error');
+
+# malformed URLs are rejected when set
+for my $bad ('http://127.0.0.1:6379/0', 'redis://127.0.0.1:notaport/0',
+	'redis://127.0.0.1:6379/x')
+{
+	($ret, $out, $err) = run_sql("SET meetcache.redis_url = '$bad'");
+	isnt($ret, 0, "malformed URL $bad rejected at SET");
+}
+
+# switching URL inside one session takes effect immediately
+my $s = bg_session($node);
+is(bg_query($s, 'SELECT meetcache.cache_ping()'), 'PONG', 'session: PONG with config URL');
+bg_query($s, "SET meetcache.redis_url = '$badurl'");
+($out, $err) = bg_query($s, 'SELECT meetcache.cache_ping()');
+like($err, qr/ERROR/, 'session: after SET to a wrong password, cache_ping fails');
+no_secret($err, 'session error');
+bg_query($s, "SET meetcache.redis_url = '$appurl'");
+($out, $err) = bg_query($s, q{SELECT meetcache.cache_get('dbk')});
+is($out, '"v3"', 'session: after SET to the ACL URL, reads db 3');
+
+# CLIENT SETNAME / CLIENT LIST while the session holds its connection
+my $list = $redis->cli('CLIENT', 'LIST');
+note "CLIENT LIST:\n$list";
+my @named = grep { /\bname=\S+/ && !/\bcmd=client\b/ } split /\n/, $list;
+ok(scalar(@named) >= 1, 'a meetcache connection has a CLIENT SETNAME name');
+ok((grep { /\buser=app\b/ && /\bdb=3\b/ } @named),
+	'the named connection is user app on db 3');
+$s->quit;
+
+# non-superuser cannot see the URL
+($ret, $out, $err) = run_sql('SHOW meetcache.redis_url', user => 'alice');
+isnt($ret, 0, 'non-superuser: SHOW meetcache.redis_url refused');
+no_secret("$out $err", 'SHOW as non-superuser');
+($ret, $out, $err) = run_sql(q{SELECT current_setting('meetcache.redis_url')}, user => 'alice');
+isnt($ret, 0, 'non-superuser: current_setting refused');
+no_secret("$out $err", 'current_setting as non-superuser');
+($ret, $out, $err) = run_sql(
+	q{SELECT string_agg(name || '=' || coalesce(setting, '') || coalesce(reset_val, '') || coalesce(boot_val, ''), ',') FROM pg_settings WHERE name LIKE 'meetcache.%'},
+	user => 'alice');
+no_secret("$out $err", 'pg_settings as non-superuser');
+($ret, $out, $err) = run_sql('SHOW ALL', user => 'alice');
+is($ret, 0, 'non-superuser: SHOW ALL works');
+no_secret("$out $err", 'SHOW ALL as non-superuser');
+($ret, $out, $err) = run_sql(q{SET meetcache.redis_url = 'redis://127.0.0.1:1/0'}, user => 'alice');
+isnt($ret, 0, 'non-superuser cannot SET meetcache.redis_url');
+
+# the superuser does see it (sanity check of the test itself)
+($ret, $out, $err) = run_sql('SHOW meetcache.redis_url');
+like($out, qr/^redis:/, 'superuser: SHOW meetcache.redis_url works');
+
+# the server log never contains a password
+my $log = slurp_file($node->logfile);
+like($log, qr/WRONGPASS|invalid username-password|auth/i,
+	'the authentication errors are in the server log');
+no_secret($log, 'server log');
+unlike($log, qr/PANIC|was terminated by signal/, 'no crash in the server log');
+done_testing();
