@@ -120,6 +120,7 @@ SELECT meetcache.cache_del('k:1');
 SHOW meetcache.redis_url;
 SELECT setting FROM pg_settings WHERE name = 'meetcache.redis_url';
 SELECT meetcache.key('meeting', 'm1');
+SELECT * FROM meetcache.affected_keys('pg_class', NULL, '{}');
 SET meetcache.key_prefix = 'evil:';
 RESET ROLE;
 GRANT EXECUTE ON FUNCTION meetcache.cache_get(text) TO mc_app;

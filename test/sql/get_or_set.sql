@@ -67,6 +67,16 @@ SELECT meetcache.cache_exists('meeting:m2') AS stored_with_xid;
 SELECT meetcache.cache_get_or_set('meeting:m2', 'SELECT title FROM meetings WHERE id = $1', 60, 'm2');
 SELECT meetcache.cache_exists('meeting:m2') AS stored_when_clean;
 
+-- nor from a snapshot that may predate a commit (REPEATABLE READ, SERIALIZABLE)
+SELECT meetcache.cache_del('meeting:m2');
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT meetcache.cache_get_or_set('meeting:m2', 'SELECT title FROM meetings WHERE id = $1', 60, 'm2');
+COMMIT;
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT meetcache.cache_get_or_set('meeting:m2', 'SELECT title FROM meetings WHERE id = $1', 60, 'm2');
+COMMIT;
+SELECT meetcache.cache_exists('meeting:m2') AS stored_from_old_snapshot;
+
 -- the query runs read-only, as the caller
 CREATE FUNCTION sneaky() RETURNS int LANGUAGE plpgsql AS $$
 BEGIN UPDATE users SET name = 'hacked'; RETURN 1; END $$;

@@ -34,6 +34,8 @@ SELECT meetcache.attach(NULL);
 CREATE VIEW v AS SELECT 1 AS id;
 SELECT meetcache.attach('v');
 SELECT meetcache.attach_defaults('no_such_schema');
+CREATE TABLE pmeetings (LIKE meetings) PARTITION BY LIST (status);
+SELECT meetcache.attach('pmeetings', 'meetings');
 
 -- attach the defaults; the catalog then refuses rules that break them
 SELECT meetcache.attach_defaults('t_rules');

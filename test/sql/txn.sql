@@ -145,6 +145,17 @@ SELECT meetcache.cache_exists('meeting:zz:participants') AS participants_left,
        meetcache.cache_exists('user:zz:participations') AS participations_left,
        gone() AS truncate_participants;
 
+-- the same with a key prefix: every family of the table goes, not only the first
+SET meetcache.key_prefix = 'p[1]*:';
+SELECT meetcache.cache_set(k, '1', 600)
+FROM unnest(ARRAY['meeting:zz:participants', 'meeting:zz:participants:count', 'meeting:zz',
+                  'user:zz:participations', 'meetings:live', 'meetings:scheduled']) k;
+TRUNCATE participants;
+SELECT k, meetcache.cache_exists(k) AS still_there
+FROM unnest(ARRAY['meeting:zz:participants', 'meeting:zz:participants:count', 'meeting:zz',
+                  'user:zz:participations', 'meetings:live', 'meetings:scheduled']) k;
+RESET meetcache.key_prefix;
+
 -- two-phase commit is refused while keys are pending (sync delivery)
 BEGIN;
 UPDATE meetings SET title = 'g' WHERE id = 'm1';
