@@ -10,8 +10,12 @@ CREATE TABLE meetcache.families (
     name        text PRIMARY KEY CHECK (name ~ '^[a-z_][a-z0-9_]*$'),
     template    text NOT NULL,
     ttl_seconds integer CHECK (ttl_seconds > 0),
+    ttl_field   text,
+    ttl_by_value jsonb,
     description text,
-    builtin     boolean NOT NULL DEFAULT false
+    builtin     boolean NOT NULL DEFAULT false,
+    CONSTRAINT families_ttl_by_value CHECK ((ttl_field IS NULL) = (ttl_by_value IS NULL)
+                                            AND (ttl_by_value IS NULL OR jsonb_typeof(ttl_by_value) = 'object'))
 );
 COMMENT ON TABLE meetcache.families IS
   'Cache key families: a key template with {column} placeholders and a default TTL.';
@@ -64,6 +68,8 @@ INSERT INTO meetcache.families (name, template, ttl_seconds, description, builti
   ('meeting_participant_count', 'meeting:{meeting_id}:participants:count', 60, 'count of participants with left_at IS NULL', true),
   ('recent_chats',              'meeting:{meeting_id}:chats:recent:50', 30, 'last 50 chat messages with user {id, name, image}', true),
   ('meeting_recording',         'meeting:{meeting_id}:recording',      600, 'recording status, file_url, duration, size (30 s while PROCESSING)', true);
+UPDATE meetcache.families SET ttl_field = 'status', ttl_by_value = '{"PROCESSING": 30}'
+WHERE name = 'meeting_recording';
 
 INSERT INTO meetcache.rules
   (table_name, family, args, on_insert, on_update, on_delete, when_column, when_values,
@@ -173,6 +179,7 @@ CREATE FUNCTION meetcache.stats(
     OUT xacts_delivered bigint, OUT keys_sent bigint, OUT keys_deleted bigint,
     OUT commands bigint, OUT delivery_failures bigint, OUT redis_errors bigint,
     OUT cache_hits bigint, OUT cache_misses bigint, OUT cache_bypasses bigint,
+    OUT lease_waits bigint, OUT lease_refused bigint, OUT lease_timeouts bigint,
     OUT last_error text, OUT last_error_at timestamptz, OUT stats_reset timestamptz)
   RETURNS record LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_stats';
 
@@ -194,6 +201,19 @@ $$;
 CREATE FUNCTION meetcache._check_family() RETURNS trigger
   LANGUAGE plpgsql AS $$
 BEGIN
+  IF NEW.ttl_by_value IS NOT NULL AND jsonb_typeof(NEW.ttl_by_value) <> 'object' THEN
+    RAISE EXCEPTION 'ttl_by_value of family "%" must be a JSON object', NEW.name
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Example: {"PROCESSING": 30}';
+  END IF;
+  IF NEW.ttl_by_value IS NOT NULL AND EXISTS (
+       SELECT 1 FROM jsonb_each(NEW.ttl_by_value) e
+       WHERE jsonb_typeof(e.value) <> 'number' OR (e.value)::numeric <= 0
+             OR (e.value)::numeric <> trunc((e.value)::numeric)) THEN
+    RAISE EXCEPTION 'ttl_by_value of family "%" must map values to positive whole seconds', NEW.name
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Example: {"PROCESSING": 30}';
+  END IF;
   IF NEW.template !~ '^([^{}]|\{[A-Za-z0-9_]+\})+$' THEN
     RAISE EXCEPTION 'invalid key template "%"', NEW.template
       USING ERRCODE = 'invalid_parameter_value',

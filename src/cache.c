@@ -29,7 +29,10 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/plancache.h"
+#include "utils/timestamp.h"
 #include "utils/tuplestore.h"
+#include "storage/latch.h"
+#include "utils/wait_event.h"
 
 #include "meetcache.h"
 
@@ -95,11 +98,17 @@ check_reply_error(McReply *r, const char *key)
 			 errdetail("Redis said: %s", r->str)));
 }
 
+/*
+ * The TTL to store a key with: ttl_seconds if given (must be positive),
+ * else its family's.  Returns 0 and sets *family when the family decides,
+ * which may depend on the value (family_ttl).  Errors before any Redis I/O.
+ */
 static int
-ttl_for(const char *key, FunctionCallInfo fcinfo, int argno)
+ttl_arg(const char *key, FunctionCallInfo fcinfo, int argno, McFamily **family)
 {
 	McFamily   *f;
 
+	*family = NULL;
 	if (!PG_ARGISNULL(argno))
 	{
 		int			ttl = PG_GETARG_INT32(argno);
@@ -117,7 +126,42 @@ ttl_for(const char *key, FunctionCallInfo fcinfo, int argno)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("no ttl_seconds given and no key family with a TTL matches \"%s\"", key),
 				 errhint("Pass ttl_seconds, or add a family with a ttl to meetcache.families.")));
+	*family = f;
+	return 0;
+}
+
+/* a family's TTL for a value: ttl_by_value[value->ttl_field], else ttl_seconds */
+static int
+family_ttl(McFamily *f, Jsonb *jb)
+{
+	JsonbValue	v;
+
+	if (f->ttl_field && JB_ROOT_IS_OBJECT(jb) &&
+		getKeyJsonValueFromContainer(&jb->root, f->ttl_field, strlen(f->ttl_field), &v) != NULL &&
+		v.type == jbvString)
+	{
+		for (int i = 0; i < f->nttl_values; i++)
+			if (f->ttl_values[i] && (int) strlen(f->ttl_values[i]) == v.val.string.len &&
+				memcmp(f->ttl_values[i], v.val.string.val, v.val.string.len) == 0)
+				return f->ttl_by_value[i];
+	}
 	return f->ttl_seconds;
+}
+
+static int
+ttl_final(int ttl, McFamily *f, Jsonb *jb)
+{
+	return ttl > 0 ? ttl : family_ttl(f, jb);
+}
+
+static char *
+lease_of(const char *full)
+{
+	int			len = strlen(full);
+	char	   *out = palloc(len + MC_LEASE_EXTRA);
+
+	mc_lease_key(full, len, out);
+	return out;
 }
 
 /* JSON text without insignificant whitespace, as JSON.stringify writes it */
@@ -311,52 +355,72 @@ meetcache_cache_set(PG_FUNCTION_ARGS)
 	int			jlen;
 	int			ttl;
 	McReply    *r;
+	McFamily   *family;
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("cache value must not be null"),
 				 errhint("Store the JSON null as 'null'::jsonb, or delete the key with meetcache.cache_del().")));
-	ttl = ttl_for(key, fcinfo, 2);
+	ttl = ttl_arg(key, fcinfo, 2, &family);
 	json = jsonb_compact_text(PG_GETARG_DATUM(1), &jlen);
-	r = set_command(prefixed(key), json, jlen, ttl, NULL);
+	ttl = ttl_final(ttl, family, PG_GETARG_JSONB_P(1));
+	{
+		char	   *full = prefixed(key);
+		char	   *lease = lease_of(full);
+		char		ttlbuf[16];
+		const char *argv[4];
+		size_t		lens[4];
+		McErr		err;
+
+		snprintf(ttlbuf, sizeof(ttlbuf), "%d", ttl);
+		argv[0] = full;
+		lens[0] = strlen(full);
+		argv[1] = lease;
+		lens[1] = strlen(lease);
+		argv[2] = json;
+		lens[2] = jlen;
+		argv[3] = ttlbuf;
+		lens[3] = strlen(ttlbuf);
+		/* a newer value cancels any lease: a slower reader cannot overwrite it */
+		r = mc_redis_script(MC_SCRIPT_SET_CANCEL, 2, 2, argv, lens, &err);
+		if (r == NULL)
+			mc_throw(&err);
+	}
 	check_reply_error(r, key);
 	PG_RETURN_VOID();
 }
 
-/* UNLINK keys in pipelined batches; returns how many existed */
+/*
+ * Delete full keys, each with its lease key in the same atomic script, so
+ * that an outstanding lease is cancelled with its key; returns how many of
+ * the keys existed.
+ */
 static int64
 unlink_keys(char **keys, int n)
 {
-	McPipe		pipe;
-	McReply   **r;
 	int64		total = 0;
-	int			ncmds = 0;
 
-	if (n == 0)
-		return 0;
-	mc_pipe_init(&pipe);
 	for (int i = 0; i < n; i += 100)
 	{
 		int			m = Min(100, n - i);
-		const char **argv = palloc(sizeof(char *) * (m + 1));
-		size_t	   *lens = palloc(sizeof(size_t) * (m + 1));
+		const char **argv = palloc(sizeof(char *) * 2 * m);
+		size_t	   *lens = palloc(sizeof(size_t) * 2 * m);
+		McErr		err;
+		McReply    *r;
 
-		argv[0] = "UNLINK";
-		lens[0] = 6;
 		for (int k = 0; k < m; k++)
 		{
-			argv[k + 1] = keys[i + k];
-			lens[k + 1] = strlen(keys[i + k]);
+			argv[2 * k] = keys[i + k];
+			lens[2 * k] = strlen(keys[i + k]);
+			argv[2 * k + 1] = lease_of(keys[i + k]);
+			lens[2 * k + 1] = strlen(argv[2 * k + 1]);
 		}
-		mc_pipe_add(&pipe, m + 1, argv, lens);
-		ncmds++;
-	}
-	r = mc_pipe_exec(&pipe);
-	for (int i = 0; i < ncmds; i++)
-	{
-		check_reply_error(r[i], NULL);
-		total += r[i]->integer;
+		r = mc_redis_script(MC_SCRIPT_DEL_PAIRS, 2 * m, 0, argv, lens, &err);
+		if (r == NULL)
+			mc_throw(&err);
+		check_reply_error(r, NULL);
+		total += r->integer;
 	}
 	return total;
 }
@@ -407,9 +471,17 @@ meetcache_cache_del(PG_FUNCTION_ARGS)
 typedef bool (*scan_page_fn) (McReply *keys, void *arg);
 
 static void
+scan_match(const char *match, scan_page_fn fn, void *arg);
+
+static void
 scan_keys(const char *pattern, scan_page_fn fn, void *arg)
 {
-	char	   *match = prefixed_pattern(pattern);
+	scan_match(prefixed_pattern(pattern), fn, arg);
+}
+
+static void
+scan_match(const char *match, scan_page_fn fn, void *arg)
+{
 	char		cursor[32] = "0";
 	MemoryContext page_cxt = AllocSetContextCreate(CurrentMemoryContext, "meetcache scan page",
 												   ALLOCSET_DEFAULT_SIZES);
@@ -478,8 +550,11 @@ meetcache_cache_del_pattern(PG_FUNCTION_ARGS)
 {
 	char	   *pattern = arg_pattern(fcinfo, 0);
 	int64		total = 0;
+	int64		leases = 0;
 
+	/* the keys (with their leases), then leases of keys that do not exist */
 	scan_keys(pattern, del_page, &total);
+	scan_match(psprintf("{%s}:mc-lease", prefixed_pattern(pattern)), del_page, &leases);
 	PG_RETURN_INT64(total);
 }
 
@@ -799,6 +874,17 @@ run_query(const char *key, const char *query, Datum *ptexts, bool *pnulls, int n
 	return json;
 }
 
+/* compare-and-delete our lease; never throws for Redis trouble */
+static void
+release_lease(const char *lease, const char *token)
+{
+	const char *argv[2] = {lease, token};
+	size_t		lens[2] = {strlen(lease), strlen(token)};
+	McErr		err;
+
+	(void) mc_redis_script(MC_SCRIPT_LEASE_RELEASE, 1, 1, argv, lens, &err);
+}
+
 PG_FUNCTION_INFO_V1(meetcache_cache_get_or_set);
 Datum
 meetcache_cache_get_or_set(PG_FUNCTION_ARGS)
@@ -806,68 +892,196 @@ meetcache_cache_get_or_set(PG_FUNCTION_ARGS)
 	char	   *key = arg_key(fcinfo, 0, "cache key");
 	char	   *query;
 	int			ttl;
+	McFamily   *family;
 	Datum	   *ptexts = NULL;
 	bool	   *pnulls = NULL;
 	int			nparams = 0;
 	char	   *full = prefixed(key);
+	char	   *lease = lease_of(full);
+	char		token[64];
+	static uint32 token_counter = 0;
 	McErr		err;
 	McReply    *r;
-	McPipe		pipe;
-	McReply   **rs;
-	char	   *json;
+	char	   *volatile json;
 	int			jlen;
+	Datum		result;
+	bool		bypass;
+	bool		use_lease;
+	bool		redis_ok = true;
+	volatile bool hold = false;
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("query must not be null")));
 	query = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	ttl = ttl_for(key, fcinfo, 2);
+	ttl = ttl_arg(key, fcinfo, 2, &family);
 	if (!PG_ARGISNULL(3))
 		deconstruct_array(PG_GETARG_ARRAYTYPE_P(3), TEXTOID, -1, false, TYPALIGN_INT,
 						  &ptexts, &pnulls, &nparams);
 
-	/* GET; a dead Redis degrades to running the query */
+	/*
+	 * Never publish what may be uncommitted or outdated: after this
+	 * transaction wrote anything, while it has pending invalidations, or
+	 * when its snapshot predates the lease (REPEATABLE READ, SERIALIZABLE).
+	 * Such a call neither takes a lease nor stores.
+	 */
+	bypass = GetTopTransactionIdIfAny() != InvalidTransactionId || mc_pending_any() ||
+		IsolationUsesXactSnapshot();
+	use_lease = mc_lease_check && !bypass;
+	snprintf(token, sizeof(token), "%d-" INT64_FORMAT "-%u", MyProcPid,
+			 (int64) GetCurrentTimestamp(), ++token_counter);
+
+	if (!use_lease)
 	{
+		McPipe		pipe;
+		McReply   **rs;
 		const char *argv[2] = {"GET", full};
 		size_t		lens[2] = {3, strlen(full)};
 
 		mc_pipe_init(&pipe);
 		mc_pipe_add(&pipe, 2, argv, lens);
 		rs = mc_pipe_try(&pipe, &err);
-	}
-	if (rs != NULL)
-	{
-		r = rs[0];
-		check_reply_error(r, key);
-		if (r->type == MC_REPLY_STRING)
+		if (rs == NULL)
+			redis_ok = false;
+		else
 		{
-			mc_stat_add(MC_STAT_CACHE_HITS, 1);
-			PG_RETURN_DATUM(json_text_to_jsonb(key, r->str, r->len));
+			check_reply_error(rs[0], key);
+			if (rs[0]->type == MC_REPLY_STRING)
+			{
+				mc_stat_add(MC_STAT_CACHE_HITS, 1);
+				PG_RETURN_DATUM(json_text_to_jsonb(key, rs[0]->str, rs[0]->len));
+			}
+		}
+	}
+	else
+	{
+		/* GET, or take the lease, or wait for the session that holds it */
+		TimestampTz wait_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), mc_lease_wait);
+		long		nap = 2;
+		bool		waited = false;
+		char		leasems[16];
+		const char *argv[4];
+		size_t		lens[4];
+
+		snprintf(leasems, sizeof(leasems), "%d", mc_lease_ttl);
+		argv[0] = full;
+		lens[0] = strlen(full);
+		argv[1] = lease;
+		lens[1] = strlen(lease);
+		argv[2] = token;
+		lens[2] = strlen(token);
+		argv[3] = leasems;
+		lens[3] = strlen(leasems);
+		for (;;)
+		{
+			long		left;
+
+			r = mc_redis_script(MC_SCRIPT_LEASE_GET, 2, 2, argv, lens, &err);
+			if (r == NULL)
+			{
+				redis_ok = false;
+				break;
+			}
+			check_reply_error(r, key);
+			if (r->type != MC_REPLY_ARRAY || r->nelems < 1 ||
+				r->elems[0]->type != MC_REPLY_INTEGER)
+				ereport(ERROR,
+						(errcode(ERRCODE_PROTOCOL_VIOLATION),
+						 errmsg("redis sent an unexpected reply to the lease script")));
+			if (r->elems[0]->integer == 1 && r->nelems == 2)
+			{
+				mc_stat_add(MC_STAT_CACHE_HITS, 1);
+				PG_RETURN_DATUM(json_text_to_jsonb(key, r->elems[1]->str, r->elems[1]->len));
+			}
+			if (r->elems[0]->integer == 2)
+			{
+				hold = true;
+				break;
+			}
+			/* another session is computing this key: wait for its value */
+			if (!waited)
+			{
+				waited = true;
+				mc_stat_add(MC_STAT_LEASE_WAITS, 1);
+			}
+			left = (long) ((wait_until - GetCurrentTimestamp()) / 1000);
+			if (left <= 0)
+			{
+				mc_stat_add(MC_STAT_LEASE_TIMEOUTS, 1);
+				break;			/* run the query ourselves, without caching */
+			}
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 Min(nap, left), PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+			nap = Min(nap * 2, 50);
 		}
 	}
 	mc_stat_add(MC_STAT_CACHE_MISSES, 1);
 
-	json = run_query(key, query, ptexts, pnulls, nparams);
+	/* a failed or cancelled query gives its lease back */
+	PG_TRY();
+	{
+		json = run_query(key, query, ptexts, pnulls, nparams);
+	}
+	PG_CATCH();
+	{
+		if (hold)
+		{
+			HOLD_INTERRUPTS();
+			release_lease(lease, token);
+			RESUME_INTERRUPTS();
+		}
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	json = json_compact(json, strlen(json), &jlen);
+	result = DirectFunctionCall1(jsonb_in, CStringGetDatum(json));
+	ttl = ttl_final(ttl, family, DatumGetJsonbP(result));
 
-	/*
-	 * Never publish what this transaction may not have committed: a result
-	 * computed after it wrote anything, or while it has pending
-	 * invalidations, stays out of the cache.
-	 */
-	if (GetTopTransactionIdIfAny() != InvalidTransactionId || mc_pending_any() ||
-		IsolationUsesXactSnapshot())
-		mc_stat_add(MC_STAT_CACHE_BYPASSES, 1);
-	else if (rs == NULL)
+	if (!redis_ok)
 	{
 		mc_stat_add(MC_STAT_CACHE_BYPASSES, 1);
 		ereport(WARNING,
 				(errcode(err.sqlstate),
 				 errmsg("meetcache: cache unavailable, returning the query result uncached: %s", err.msg)));
 	}
+	else if (bypass || (use_lease && !hold))
+		mc_stat_add(MC_STAT_CACHE_BYPASSES, 1);
+	else if (hold)
+	{
+		/* stored only if no invalidation cancelled our lease meanwhile */
+		char		ttlbuf[16];
+		const char *argv[5];
+		size_t		lens[5];
+
+		snprintf(ttlbuf, sizeof(ttlbuf), "%d", ttl);
+		argv[0] = full;
+		lens[0] = strlen(full);
+		argv[1] = lease;
+		lens[1] = strlen(lease);
+		argv[2] = token;
+		lens[2] = strlen(token);
+		argv[3] = json;
+		lens[3] = jlen;
+		argv[4] = ttlbuf;
+		lens[4] = strlen(ttlbuf);
+		r = mc_redis_script(MC_SCRIPT_LEASE_SET, 2, 3, argv, lens, &err);
+		if (r == NULL)
+			ereport(WARNING,
+					(errcode(err.sqlstate),
+					 errmsg("meetcache: could not store cache key \"%s\": %s", key, err.msg)));
+		else
+		{
+			check_reply_error(r, key);
+			if (r->type == MC_REPLY_INTEGER && r->integer == 0)
+				mc_stat_add(MC_STAT_LEASE_REFUSED, 1);
+		}
+	}
 	else
 	{
+		/* meetcache.lease_check = off: a plain SET, racy by design */
 		r = set_command(full, json, jlen, ttl, &err);
 		if (r == NULL)
 			ereport(WARNING,
@@ -876,5 +1090,5 @@ meetcache_cache_get_or_set(PG_FUNCTION_ARGS)
 		else
 			check_reply_error(r, key);
 	}
-	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+	PG_RETURN_DATUM(result);
 }

@@ -30,6 +30,9 @@ int			mc_command_timeout = 1000;
 int			mc_commit_timeout = 2000;
 int			mc_delivery = MC_DELIVERY_SYNC;
 int			mc_max_keys = 100000;
+bool		mc_lease_check = true;
+int			mc_lease_ttl = 10000;
+int			mc_lease_wait = 2000;
 
 static char *redis_url_string = NULL;
 
@@ -327,6 +330,33 @@ _PG_init(void)
 							100000, 1, INT_MAX / 2,
 							PGC_SUSET,
 							0,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("meetcache.lease_check",
+							 "Protect cache_get_or_set with leases (turn off only to test without them).",
+							 "Off stores results with a plain SET: a concurrent invalidation can then leave a stale value.",
+							 &mc_lease_check,
+							 true,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("meetcache.lease_ttl",
+							"Lifetime of the lease cache_get_or_set takes on a miss.",
+							"A query slower than this cannot store its result.",
+							&mc_lease_ttl,
+							10000, 10, 3600000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("meetcache.lease_wait",
+							"How long a miss waits for the value another session is computing.",
+							"Past it, the session runs the query itself and does not cache the result.",
+							&mc_lease_wait,
+							2000, 0, 600000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 #if PG_VERSION_NUM >= 150000

@@ -48,6 +48,9 @@ extern int	mc_command_timeout;
 extern int	mc_commit_timeout;
 extern int	mc_delivery;
 extern int	mc_max_keys;
+extern bool mc_lease_check;
+extern int	mc_lease_ttl;
+extern int	mc_lease_wait;
 
 /* ---- shared small types ---- */
 
@@ -116,6 +119,21 @@ extern bool mc_redis_invalidate(McStr *keys, int nkeys,
 								TimestampTz deadline,
 								McInvResult *res, McErr *err);
 extern void mc_redis_disconnect(void);
+
+/* leases: see redis.c and README "Leases" */
+#define MC_LEASE_EXTRA 12		/* bytes a lease key adds to its key, NUL included */
+typedef enum McScript
+{
+	MC_SCRIPT_LEASE_GET,
+	MC_SCRIPT_LEASE_SET,
+	MC_SCRIPT_LEASE_RELEASE,
+	MC_SCRIPT_DEL_PAIRS,
+	MC_SCRIPT_SET_CANCEL,
+	MC_SCRIPT__COUNT
+} McScript;
+extern int	mc_lease_key(const char *k, int klen, char *out);
+extern McReply *mc_redis_script(McScript which, int nkeys, int nargs,
+								const char **argv, const size_t *lens, McErr *err);
 extern const char *mc_redis_endpoint(void);
 
 /* ---- rules.c ---- */
@@ -136,6 +154,10 @@ typedef struct McFamily
 	char	   *name;
 	McTemplate *tmpl;
 	int			ttl_seconds;	/* 0 = none */
+	char	   *ttl_field;		/* NULL, or a top-level field of the value ... */
+	int			nttl_values;	/* ... whose (text) value picks a TTL */
+	char	  **ttl_values;
+	int		   *ttl_by_value;
 } McFamily;
 
 struct McRelRules;
@@ -190,6 +212,9 @@ typedef enum McCounter
 	MC_STAT_CACHE_HITS,
 	MC_STAT_CACHE_MISSES,
 	MC_STAT_CACHE_BYPASSES,		/* get_or_set results not stored */
+	MC_STAT_LEASE_WAITS,		/* misses that waited for another session's value */
+	MC_STAT_LEASE_REFUSED,		/* stores refused: the lease was cancelled */
+	MC_STAT_LEASE_TIMEOUTS,		/* waits that reached meetcache.lease_wait */
 	MC_STAT__COUNT
 } McCounter;
 

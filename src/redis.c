@@ -790,6 +790,161 @@ mc_redis_command(int argc, const char **argv, const size_t *lens)
 	return r[0];
 }
 
+/* ---- leases and scripts ---- */
+
+/*
+ * The lease key of a full key K: "{K}:mc-lease", so that it hashes to K's
+ * Redis Cluster slot; if K already has a hash tag, "K:mc-lease" keeps it.
+ * out must have room for klen + MC_LEASE_EXTRA bytes.  No allocation.
+ */
+int
+mc_lease_key(const char *k, int klen, char *out)
+{
+	const char *open = memchr(k, '{', klen);
+	bool		tagged = false;
+
+	if (open)
+	{
+		const char *close = memchr(open + 1, '}', klen - (open + 1 - k));
+
+		tagged = (close != NULL && close > open + 1);
+	}
+	if (tagged)
+	{
+		memcpy(out, k, klen);
+		memcpy(out + klen, ":mc-lease", 9);
+		out[klen + 9] = '\0';
+		return klen + 9;
+	}
+	out[0] = '{';
+	memcpy(out + 1, k, klen);
+	memcpy(out + 1 + klen, "}:mc-lease", 10);
+	out[klen + 11] = '\0';
+	return klen + 11;
+}
+
+/* if s is a lease key, the key it leases; else s itself */
+static void
+lease_base(const char *s, int len, const char **base, int *blen)
+{
+	if (len > 11 && s[0] == '{' && memcmp(s + len - 10, "}:mc-lease", 10) == 0)
+	{
+		*base = s + 1;
+		*blen = len - 11;
+	}
+	else if (len > 9 && memcmp(s + len - 9, ":mc-lease", 9) == 0)
+	{
+		*base = s;
+		*blen = len - 9;
+	}
+	else
+	{
+		*base = s;
+		*blen = len;
+	}
+}
+
+static const char *const script_text[MC_SCRIPT__COUNT] = {
+	/* MC_SCRIPT_LEASE_GET: KEYS key, lease; ARGV token, lease ms */
+	"local v = redis.call('GET', KEYS[1]) "
+	"if v then return {1, v} end "
+	"if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end "
+	"return {3}",
+	/* MC_SCRIPT_LEASE_SET: KEYS key, lease; ARGV token, value, ttl s */
+	"if redis.call('GET', KEYS[2]) == ARGV[1] then "
+	"redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) "
+	"redis.call('DEL', KEYS[2]) return 1 end "
+	"return 0",
+	/* MC_SCRIPT_LEASE_RELEASE: KEYS lease; ARGV token */
+	"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
+	"return 0",
+	/* MC_SCRIPT_DEL_PAIRS: KEYS k1, lease1, k2, lease2, ...: counts the keys */
+	"local n = 0 "
+	"for i = 1, #KEYS, 2 do "
+	"n = n + redis.call('UNLINK', KEYS[i]) redis.call('UNLINK', KEYS[i + 1]) end "
+	"return n",
+	/* MC_SCRIPT_SET_CANCEL: KEYS key, lease; ARGV value, ttl s */
+	"redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) "
+	"redis.call('DEL', KEYS[2]) return 1"
+};
+
+static char script_sha[MC_SCRIPT__COUNT][41];
+
+/* SCRIPT LOAD one script; its SHA1 is cached for every later EVALSHA */
+static bool
+script_load(McScript which, McErr *err)
+{
+	McPipe		pipe;
+	McReply   **r;
+	const char *argv[3] = {"SCRIPT", "LOAD", script_text[which]};
+	size_t		lens[3] = {6, 4, strlen(script_text[which])};
+
+	mc_pipe_init(&pipe);
+	mc_pipe_add(&pipe, 3, argv, lens);
+	r = mc_pipe_try(&pipe, err);
+	if (r == NULL)
+		return false;
+	if (r[0]->type != MC_REPLY_STRING || r[0]->len != 40)
+	{
+		set_err(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+				"redis at %s refused to load a meetcache script: %.200s",
+				conn.endpoint, r[0]->str ? r[0]->str : "");
+		return false;
+	}
+	memcpy(script_sha[which], r[0]->str, 40);
+	script_sha[which][40] = '\0';
+	return true;
+}
+
+/*
+ * EVALSHA a meetcache script (argv = keys then arguments), loading it first
+ * when this backend has not yet, and again on NOSCRIPT (a restarted or
+ * flushed Redis).  NULL with err set on a connection failure; error replies
+ * are returned.
+ */
+McReply *
+mc_redis_script(McScript which, int nkeys, int nargs, const char **argv,
+				const size_t *lens, McErr *err)
+{
+	for (int attempt = 0; attempt < 2; attempt++)
+	{
+		McPipe		pipe;
+		McReply   **r;
+		const char **a = palloc(sizeof(char *) * (nkeys + nargs + 3));
+		size_t	   *l = palloc(sizeof(size_t) * (nkeys + nargs + 3));
+		char		nk[16];
+
+		if (script_sha[which][0] == '\0' && !script_load(which, err))
+			return NULL;
+		snprintf(nk, sizeof(nk), "%d", nkeys);
+		a[0] = "EVALSHA";
+		l[0] = 7;
+		a[1] = script_sha[which];
+		l[1] = 40;
+		a[2] = nk;
+		l[2] = strlen(nk);
+		for (int i = 0; i < nkeys + nargs; i++)
+		{
+			a[i + 3] = argv[i];
+			l[i + 3] = lens[i];
+		}
+		mc_pipe_init(&pipe);
+		mc_pipe_add(&pipe, nkeys + nargs + 3, a, l);
+		r = mc_pipe_try(&pipe, err);
+		if (r == NULL)
+			return NULL;
+		if (r[0]->type == MC_REPLY_ERROR && strncmp(r[0]->str, "NOSCRIPT", 8) == 0)
+		{
+			script_sha[which][0] = '\0';
+			continue;
+		}
+		return r[0];
+	}
+	set_err(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+			"redis at %s keeps forgetting meetcache's scripts", conn.endpoint);
+	return NULL;
+}
+
 /* ---- commit path: no throw, no palloc ---- */
 
 typedef struct InvState
@@ -825,20 +980,50 @@ unlink_cb(redisReply *r, void *arg, McErr *err)
 
 #define KEYS_PER_UNLINK 100
 
+/*
+ * One UNLINK of up to KEYS_PER_UNLINK keys and, in the same command (so
+ * atomically), their lease keys: an outstanding lease is cancelled with
+ * its key.  A lease key given as such is deleted alone.
+ */
 static bool
 add_unlink(RawBuf *b, McStr *keys, int n)
 {
-	const char *argv[KEYS_PER_UNLINK + 1];
-	size_t		lens[KEYS_PER_UNLINK + 1];
+	const char *argv[2 * KEYS_PER_UNLINK + 1];
+	size_t		lens[2 * KEYS_PER_UNLINK + 1];
+	size_t		need = 0;
+	char	   *names,
+			   *p;
+	int			argc = 1;
+	bool		ok;
 
+	for (int i = 0; i < n; i++)
+		need += keys[i].len + MC_LEASE_EXTRA;
+	names = malloc(need + 1);
+	if (names == NULL)
+		return false;
+	p = names;
 	argv[0] = "UNLINK";
 	lens[0] = 6;
 	for (int i = 0; i < n; i++)
 	{
-		argv[i + 1] = keys[i].s;
-		lens[i + 1] = keys[i].len;
+		const char *base;
+		int			blen;
+
+		argv[argc] = keys[i].s;
+		lens[argc++] = keys[i].len;
+		lease_base(keys[i].s, keys[i].len, &base, &blen);
+		if (base == keys[i].s && blen == keys[i].len)
+		{
+			int			l = mc_lease_key(keys[i].s, keys[i].len, p);
+
+			argv[argc] = p;
+			lens[argc++] = l;
+			p += l + 1;
+		}
 	}
-	return rawbuf_add(b, n + 1, argv, lens);
+	ok = rawbuf_add(b, argc, argv, lens);
+	free(names);
+	return ok;
 }
 
 /* reply to SCAN: [cursor, [keys...]]; queue UNLINKs for matching keys */
@@ -866,12 +1051,16 @@ scan_cb(redisReply *r, void *arg, McErr *err)
 	{
 		redisReply *k = r->element[1]->element[i];
 
+		const char *base;
+		int			blen;
+
 		st->res->keys_scanned++;
 		if (k->type != REDIS_REPLY_STRING)
 			continue;
+		lease_base(k->str, (int) k->len, &base, &blen);
 		for (int p = 0; p < st->npatterns; p++)
 		{
-			if (mc_glob_match(st->patterns[p].s, st->patterns[p].len, k->str, (int) k->len))
+			if (mc_glob_match(st->patterns[p].s, st->patterns[p].len, base, blen))
 			{
 				batch[nb].s = k->str;
 				batch[nb].len = (int) k->len;
@@ -953,26 +1142,10 @@ mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 		char	   *match = NULL;
 		size_t		matchlen = 0;
 
-		/* SCAN only under the prefix: every pattern starts with it */
-		if (mc_key_prefix && mc_key_prefix[0])
-		{
-			size_t		plen = strlen(mc_key_prefix);
-
-			match = malloc(plen * 2 + 2);
-			if (match)
-			{
-				for (size_t i = 0; i < plen; i++)
-				{
-					char		c = mc_key_prefix[i];
-
-					if (c == '*' || c == '?' || c == '[' || c == ']' || c == '\\')
-						match[matchlen++] = '\\';
-					match[matchlen++] = c;
-				}
-				match[matchlen++] = '*';
-				match[matchlen] = '\0';
-			}
-		}
+		/*
+		 * No MATCH: lease keys ("{key}:mc-lease") do not start with the
+		 * prefix, and must go with their keys.  Keys are matched here.
+		 */
 		st.patterns = patterns;
 		st.npatterns = npatterns;
 		st.unlink = &ub;

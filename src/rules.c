@@ -391,7 +391,10 @@ load_catalog(void)
 	 * arriving meanwhile leaves the cache marked stale for the next use.
 	 */
 	inval_before = rules_inval_count;
-	plan = SPI_prepare("SELECT name, template, ttl_seconds FROM meetcache.families ORDER BY name",
+	plan = SPI_prepare("SELECT name, template, ttl_seconds, ttl_field, "
+					   "(SELECT array_agg(key ORDER BY key) FROM jsonb_each(ttl_by_value)), "
+					   "(SELECT array_agg(value::text::int ORDER BY key) FROM jsonb_each(ttl_by_value)) "
+					   "FROM meetcache.families ORDER BY name",
 					   0, NULL);
 	if (plan == NULL)
 		elog(ERROR, "could not read meetcache.families");
@@ -414,6 +417,25 @@ load_catalog(void)
 		f->tmpl = mc_parse_template(spi_text(tup, td, 2), true);
 		ttl = SPI_getbinval(tup, td, 3, &isnull);
 		f->ttl_seconds = isnull ? 0 : DatumGetInt32(ttl);
+		f->ttl_field = spi_text(tup, td, 4);
+		if (f->ttl_field)
+		{
+			int			n2;
+			Datum		a = SPI_getbinval(tup, td, 6, &isnull);
+
+			f->ttl_values = spi_text_array(tup, td, 5, &f->nttl_values);
+			f->ttl_by_value = palloc0(sizeof(int) * Max(1, f->nttl_values));
+			if (!isnull)
+			{
+				Datum	   *elems;
+				bool	   *enulls;
+
+				deconstruct_array(DatumGetArrayTypeP(a), INT4OID, 4, true, TYPALIGN_INT,
+								  &elems, &enulls, &n2);
+				for (int k = 0; k < n2 && k < f->nttl_values; k++)
+					f->ttl_by_value[k] = DatumGetInt32(elems[k]);
+			}
+		}
 		families[i] = f;
 	}
 	MemoryContextSwitchTo(old);

@@ -109,6 +109,51 @@ SELECT meetcache.cache_get_or_set('user:u2', 'SELECT name FROM users WHERE id = 
 RESET meetcache.redis_url;
 SELECT meetcache.cache_exists('user:u2') AS stored_while_down;
 
+-- leases: a miss takes "{key}:mc-lease"; another session's lease makes us wait
+-- (lease_wait), then compute without storing
+SELECT meetcache.cache_del_pattern('*') >= 0 AS flushed;
+\! redis-cli -p $REDIS_PORT SET '{meeting:m2}:mc-lease' someone-else PX 10000 > /dev/null
+SET meetcache.lease_wait = 100;
+SELECT lease_waits AS w0, lease_timeouts AS t0 FROM meetcache.stats \gset
+SELECT meetcache.cache_get_or_set('meeting:m2', 'SELECT title FROM meetings WHERE id = $1', 60, 'm2');
+SELECT meetcache.cache_exists('meeting:m2') AS stored_under_foreign_lease,
+       (SELECT lease_waits - :w0 FROM meetcache.stats) AS waits,
+       (SELECT lease_timeouts - :t0 FROM meetcache.stats) AS timeouts;
+RESET meetcache.lease_wait;
+-- an invalidation cancels the lease with the key (the holder's store would be refused)
+UPDATE meetings SET title = 'Planning' WHERE id = 'm2';
+\! redis-cli -p $REDIS_PORT EXISTS '{meeting:m2}:mc-lease'
+-- so do cache_del, cache_set and cache_del_pattern (including leases of absent keys)
+\! redis-cli -p $REDIS_PORT SET '{x:1}:mc-lease' t PX 10000 > /dev/null
+\! redis-cli -p $REDIS_PORT SET '{x:2}:mc-lease' t PX 10000 > /dev/null
+\! redis-cli -p $REDIS_PORT SET '{x:3}:mc-lease' t PX 10000 > /dev/null
+SELECT meetcache.cache_set('x:2', '2', 60);
+SELECT meetcache.cache_set('x:1', '1', 60);
+SELECT meetcache.cache_del('x:1');
+SELECT meetcache.cache_del_pattern('x:*');
+\! redis-cli -p $REDIS_PORT --scan --pattern '*mc-lease*'
+-- the lease itself: taken on a miss, gone once the value is stored
+SELECT meetcache.cache_get_or_set('meeting:m1', 'SELECT title FROM meetings WHERE id = $1', 60, 'm1');
+\! redis-cli -p $REDIS_PORT --scan --pattern '*meeting:m1*'
+-- the test-only switch: plain GET/SET without a lease
+SET meetcache.lease_check = off;
+SELECT meetcache.cache_get_or_set('meeting:m2', 'SELECT title FROM meetings WHERE id = $1', 60, 'm2');
+RESET meetcache.lease_check;
+SELECT meetcache.cache_exists('meeting:m2') AS stored_without_lease;
+
+-- a family can take its TTL from the value: recordings, 30 s while PROCESSING
+SELECT ttl_field, ttl_by_value, ttl_seconds FROM meetcache.families WHERE name = 'meeting_recording';
+INSERT INTO recordings (id, "meetingId", status) VALUES ('r1', 'm1', 'PROCESSING');
+SELECT meetcache.cache_get_or_set(meetcache.key('meeting_recording', 'm1'),
+  'SELECT status, "fileUrl" FROM recordings WHERE "meetingId" = $1', NULL, 'm1');
+SELECT meetcache.cache_ttl('meeting:m1:recording') BETWEEN 25 AND 30 AS processing_ttl;
+UPDATE recordings SET status = 'READY', "fileUrl" = 'https://f/r1.mp4' WHERE id = 'r1';
+SELECT meetcache.cache_get_or_set(meetcache.key('meeting_recording', 'm1'),
+  'SELECT status, "fileUrl" FROM recordings WHERE "meetingId" = $1', NULL, 'm1');
+SELECT meetcache.cache_ttl('meeting:m1:recording') BETWEEN 590 AND 600 AS ready_ttl;
+UPDATE meetcache.families SET ttl_by_value = '{"PROCESSING": -1}' WHERE name = 'meeting_recording';
+UPDATE meetcache.families SET ttl_by_value = '[30]' WHERE name = 'meeting_recording';
+
 SELECT cache_bypasses > 0 AS bypasses_counted FROM meetcache.stats;
 SET client_min_messages = warning;
 DROP SCHEMA t_gos CASCADE;
