@@ -85,6 +85,7 @@ stage_root() {
     ROOT_WORK=$(mktemp -d /tmp/meetcache-bench.XXXXXX)
     trap 'cd /; rm -rf "$ROOT_WORK"' EXIT
     install -m 0755 "${BASH_SOURCE[0]}" "$ROOT_WORK/run.sh"
+    install -m 0644 "$repo/test/fixtures/meet_snake.sql" "$ROOT_WORK/meet_snake.sql"
     chown -R postgres: "$ROOT_WORK"
     cd "$ROOT_WORK"
     local rc=0 v vars=()
@@ -237,6 +238,8 @@ prefill() {
 stage_bench() {
     WORK=$1
     if [ -n "$WORK" ]; then UNDER_ROOT=1; else WORK=$(mktemp -d /tmp/meetcache-bench.XXXXXX); fi
+    [ -f "$WORK/meet_snake.sql" ] ||
+        cp "$(dirname "${BASH_SOURCE[0]}")/../test/fixtures/meet_snake.sql" "$WORK/meet_snake.sql"
     trap cleanup EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
@@ -253,39 +256,8 @@ stage_bench() {
     "$PGBIN/createdb" bench
 
     say "Loading data: $NUSERS users, $BULK_ROWS meetings ($HOT with $NPART participants each)"
+    PSQL -f "$WORK/meet_snake.sql" >/dev/null
     PSQL >/dev/null <<EOF
-CREATE TABLE users (
-  id text PRIMARY KEY, name text, email text NOT NULL UNIQUE, image text,
-  created_at timestamptz NOT NULL DEFAULT now());
-CREATE TABLE meetings (
-  id text PRIMARY KEY, title text NOT NULL,
-  host_id text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-  invite_code text NOT NULL UNIQUE,
-  status text NOT NULL DEFAULT 'SCHEDULED' CHECK (status IN ('SCHEDULED', 'LIVE', 'ENDED')),
-  scheduled_at timestamptz, started_at timestamptz, ended_at timestamptz,
-  created_at timestamptz NOT NULL DEFAULT now());
-CREATE INDEX ON meetings (host_id);
-CREATE TABLE participants (
-  id text PRIMARY KEY,
-  meeting_id text NOT NULL REFERENCES meetings(id) ON DELETE CASCADE,
-  user_id text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-  joined_at timestamptz NOT NULL DEFAULT now(), left_at timestamptz);
-CREATE INDEX ON participants (meeting_id);
-CREATE INDEX ON participants (user_id);
-CREATE TABLE chat_messages (
-  id text PRIMARY KEY,
-  meeting_id text NOT NULL REFERENCES meetings(id) ON DELETE CASCADE,
-  user_id text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-  message text NOT NULL, sent_at timestamptz NOT NULL DEFAULT now());
-CREATE INDEX ON chat_messages (meeting_id, sent_at);
-CREATE INDEX ON chat_messages (user_id);
-CREATE TABLE recordings (
-  id text PRIMARY KEY,
-  meeting_id text NOT NULL UNIQUE REFERENCES meetings(id) ON DELETE CASCADE,
-  status text NOT NULL DEFAULT 'PROCESSING' CHECK (status IN ('PROCESSING', 'READY', 'FAILED')),
-  file_url text, duration_seconds integer, file_size_bytes bigint,
-  created_at timestamptz NOT NULL DEFAULT now());
-
 INSERT INTO users (id, name, email)
   SELECT 'u' || i, 'User ' || i, 'user' || i || '@example.com' FROM generate_series(1, $NUSERS) i;
 INSERT INTO meetings (id, title, host_id, invite_code, status, scheduled_at)

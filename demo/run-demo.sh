@@ -71,9 +71,7 @@ stage_root() {
     local work=$ROOT_WORK
     trap 'cd /; rm -rf "$ROOT_WORK"' EXIT
     install -m 0755 "${BASH_SOURCE[0]}" "$work/run-demo.sh"
-    if [ -f "$repo/test/fixtures/meet_snake.sql" ]; then
-        install -m 0644 "$repo/test/fixtures/meet_snake.sql" "$work/meet_snake.sql"
-    fi
+    install -m 0644 "$repo/test/fixtures/meet_snake.sql" "$work/meet_snake.sql"
     chown -R postgres: "$work"
     cd "$work"
     local rc=0
@@ -172,56 +170,6 @@ sql_lines() { PSQL -A -t -c "$1"; }
 ###########################################################################################
 # Stage 2 (unprivileged): throwaway servers and the demo itself
 ###########################################################################################
-SCHEMA_FALLBACK=$(cat <<'SQL'
--- The application's data model with snake_case columns (Prisma models mapped with @map/@@map).
-CREATE TABLE users (
-  id          text PRIMARY KEY,
-  name        text,
-  email       text NOT NULL UNIQUE,
-  image       text,
-  created_at  timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE meetings (
-  id           text PRIMARY KEY,
-  title        text NOT NULL,
-  host_id      text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-  invite_code  text NOT NULL UNIQUE,
-  status       text NOT NULL DEFAULT 'SCHEDULED' CHECK (status IN ('SCHEDULED', 'LIVE', 'ENDED')),
-  scheduled_at timestamptz,
-  started_at   timestamptz,
-  ended_at     timestamptz,
-  created_at   timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX ON meetings (host_id);
-CREATE TABLE participants (
-  id          text PRIMARY KEY,
-  meeting_id  text NOT NULL REFERENCES meetings(id) ON DELETE CASCADE,
-  user_id     text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-  joined_at   timestamptz NOT NULL DEFAULT now(),
-  left_at     timestamptz
-);
-CREATE INDEX ON participants (meeting_id);
-CREATE INDEX ON participants (user_id);
-CREATE TABLE chat_messages (
-  id          text PRIMARY KEY,
-  meeting_id  text NOT NULL REFERENCES meetings(id) ON DELETE CASCADE,
-  user_id     text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-  message     text NOT NULL,
-  sent_at     timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX ON chat_messages (meeting_id, sent_at);
-CREATE INDEX ON chat_messages (user_id);
-CREATE TABLE recordings (
-  id               text PRIMARY KEY,
-  meeting_id       text NOT NULL UNIQUE REFERENCES meetings(id) ON DELETE CASCADE,
-  status           text NOT NULL DEFAULT 'PROCESSING' CHECK (status IN ('PROCESSING', 'READY', 'FAILED')),
-  file_url         text,
-  duration_seconds integer,
-  file_size_bytes  bigint,
-  created_at       timestamptz NOT NULL DEFAULT now()
-);
-SQL
-)
 
 SAMPLE_DATA=$(cat <<'SQL'
 INSERT INTO users (id, name, email, image) VALUES
@@ -287,11 +235,7 @@ stage_demo() {
     "$PGBIN/createdb" demo
 
     say "Loading the snake_case reference schema and sample data"
-    if [ -f "$WORK/meet_snake.sql" ]; then
-        PSQL -f "$WORK/meet_snake.sql" >/dev/null
-    else
-        PSQL -c "$SCHEMA_FALLBACK" >/dev/null
-    fi
+    PSQL -f "$WORK/meet_snake.sql" >/dev/null
     PSQL -c "$SAMPLE_DATA" >/dev/null
     run_sql "SELECT m.id, m.title, m.status, m.host_id, m.invite_code,
        (SELECT count(*) FROM participants p WHERE p.meeting_id = m.id) AS participants

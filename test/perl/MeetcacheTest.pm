@@ -30,56 +30,6 @@ our @EXPORT_OK = qw(start_redis new_node setup_schema schema_sql free_port
 my $repo = $ENV{MEETCACHE_REPO}
   // File::Spec->rel2abs(dirname(__FILE__) . '/../..');
 
-# Copy of the reference schema, used only when test/fixtures/meet_snake.sql
-# is absent.
-my $FALLBACK_SCHEMA = <<'SQL';
-CREATE TABLE users (
-  id          text PRIMARY KEY,
-  name        text,
-  email       text NOT NULL UNIQUE,
-  image       text,
-  created_at  timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE meetings (
-  id           text PRIMARY KEY,
-  title        text NOT NULL,
-  host_id      text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-  invite_code  text NOT NULL UNIQUE,
-  status       text NOT NULL DEFAULT 'SCHEDULED' CHECK (status IN ('SCHEDULED', 'LIVE', 'ENDED')),
-  scheduled_at timestamptz,
-  started_at   timestamptz,
-  ended_at     timestamptz,
-  created_at   timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX ON meetings (host_id);
-CREATE TABLE participants (
-  id          text PRIMARY KEY,
-  meeting_id  text NOT NULL REFERENCES meetings(id) ON DELETE CASCADE,
-  user_id     text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-  joined_at   timestamptz NOT NULL DEFAULT now(),
-  left_at     timestamptz
-);
-CREATE INDEX ON participants (meeting_id);
-CREATE INDEX ON participants (user_id);
-CREATE TABLE chat_messages (
-  id          text PRIMARY KEY,
-  meeting_id  text NOT NULL REFERENCES meetings(id) ON DELETE CASCADE,
-  user_id     text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-  message     text NOT NULL,
-  sent_at     timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX ON chat_messages (meeting_id, sent_at);
-CREATE INDEX ON chat_messages (user_id);
-CREATE TABLE recordings (
-  id               text PRIMARY KEY,
-  meeting_id       text NOT NULL UNIQUE REFERENCES meetings(id) ON DELETE CASCADE,
-  status           text NOT NULL DEFAULT 'PROCESSING' CHECK (status IN ('PROCESSING', 'READY', 'FAILED')),
-  file_url         text,
-  duration_seconds integer,
-  file_size_bytes  bigint,
-  created_at       timestamptz NOT NULL DEFAULT now()
-);
-SQL
 
 # A free TCP port on 127.0.0.1, chosen by the kernel.
 sub free_port
@@ -100,12 +50,7 @@ sub start_redis { return MeetcacheTest::Redis->new(@_); }
 # The reference schema (snake_case columns), as SQL text.
 sub schema_sql
 {
-	for my $f ("$repo/test/fixtures/meet_snake.sql",
-		'/work/shared/schema/meet_snake.sql')
-	{
-		return PostgreSQL::Test::Utils::slurp_file($f) if -f $f;
-	}
-	return $FALLBACK_SCHEMA;
+	return PostgreSQL::Test::Utils::slurp_file("$repo/test/fixtures/meet_snake.sql");
 }
 
 # A started PostgreSQL::Test::Cluster node preloading meetcache, pointing at
