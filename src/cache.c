@@ -10,6 +10,7 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "common/jsonapi.h"
 #include "executor/spi.h"
@@ -29,6 +30,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/plancache.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 #include "storage/latch.h"
@@ -519,10 +521,33 @@ del_page(McReply *keys, void *arg)
 {
 	int64	   *total = (int64 *) arg;
 	char	  **k = palloc(sizeof(char *) * keys->nelems);
+	int			n = 0;
 
+	/* lease keys were handled before; a key is deleted with its lease */
 	for (int i = 0; i < keys->nelems; i++)
-		k[i] = keys->elems[i]->str;
-	*total += unlink_keys(k, keys->nelems);
+		if (strncmp(keys->elems[i]->str, "mc-lease:", 9) != 0)
+			k[n++] = keys->elems[i]->str;
+	*total += unlink_keys(k, n);
+	return true;
+}
+
+static bool
+del_lease_page(McReply *keys, void *arg)
+{
+	McPipe		pipe;
+	const char **argv = palloc(sizeof(char *) * (keys->nelems + 1));
+	size_t	   *lens = palloc(sizeof(size_t) * (keys->nelems + 1));
+
+	argv[0] = "UNLINK";
+	lens[0] = 6;
+	for (int i = 0; i < keys->nelems; i++)
+	{
+		argv[i + 1] = keys->elems[i]->str;
+		lens[i + 1] = keys->elems[i]->len;
+	}
+	mc_pipe_init(&pipe);
+	mc_pipe_add(&pipe, keys->nelems + 1, argv, lens);
+	check_reply_error(mc_pipe_exec(&pipe)[0], NULL);
 	return true;
 }
 
@@ -550,11 +575,15 @@ meetcache_cache_del_pattern(PG_FUNCTION_ARGS)
 {
 	char	   *pattern = arg_pattern(fcinfo, 0);
 	int64		total = 0;
-	int64		leases = 0;
 
-	/* the keys (with their leases), then leases of keys that do not exist */
+	/*
+	 * Leases first, then keys.  A lease holder that stores while the lease
+	 * pass runs creates its key before the key pass starts, which then
+	 * deletes it; once the lease pass is over, no store can succeed.
+	 */
+	scan_match(psprintf("mc-lease:u:{%s}", prefixed_pattern(pattern)), del_lease_page, NULL);
+	scan_match(psprintf("mc-lease:t:%s", prefixed_pattern(pattern)), del_lease_page, NULL);
 	scan_keys(pattern, del_page, &total);
-	scan_match(psprintf("{%s}:mc-lease", prefixed_pattern(pattern)), del_page, &leases);
 	PG_RETURN_INT64(total);
 }
 
@@ -823,6 +852,13 @@ run_query(const char *key, const char *query, Datum *ptexts, bool *pnulls, int n
 				(errcode(ERRCODE_UNDEFINED_PARAMETER),
 				 errmsg("the query does not use parameter $1")));
 
+	/*
+	 * A snapshot taken now, after the lease: a commit whose invalidation
+	 * has already run is visible to it (READ COMMITTED; the other levels
+	 * never store).  SPI read-only mode runs the query on it.
+	 */
+	PushActiveSnapshot(GetTransactionSnapshot());
+
 	/* read-only for real: functions called by the query cannot write */
 	XactReadOnly = true;
 	PG_TRY();
@@ -834,6 +870,7 @@ run_query(const char *key, const char *query, Datum *ptexts, bool *pnulls, int n
 		XactReadOnly = save_ro;
 	}
 	PG_END_TRY();
+	PopActiveSnapshot();
 	if (ret != SPI_OK_SELECT)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -885,13 +922,73 @@ release_lease(const char *lease, const char *token)
 	(void) mc_redis_script(MC_SCRIPT_LEASE_RELEASE, 1, 1, argv, lens, &err);
 }
 
+/* store (or not) a computed value; see cache_get_or_set */
+static void
+store_result(const char *key, const char *full, const char *lease, const char *token,
+			 const char *json, int jlen, int ttl, bool redis_ok, McErr *err,
+			 bool bypass, bool use_lease, bool hold)
+{
+	McReply    *r;
+
+	if (!redis_ok)
+	{
+		mc_stat_add(MC_STAT_CACHE_BYPASSES, 1);
+		ereport(WARNING,
+				(errcode(err->sqlstate),
+				 errmsg("meetcache: cache unavailable, returning the query result uncached: %s", err->msg)));
+	}
+	else if (bypass || (use_lease && !hold))
+		mc_stat_add(MC_STAT_CACHE_BYPASSES, 1);
+	else if (hold)
+	{
+		/* stored only if no invalidation cancelled our lease meanwhile */
+		char		ttlbuf[16];
+		const char *argv[5];
+		size_t		lens[5];
+
+		snprintf(ttlbuf, sizeof(ttlbuf), "%d", ttl);
+		argv[0] = full;
+		lens[0] = strlen(full);
+		argv[1] = lease;
+		lens[1] = strlen(lease);
+		argv[2] = token;
+		lens[2] = strlen(token);
+		argv[3] = json;
+		lens[3] = jlen;
+		argv[4] = ttlbuf;
+		lens[4] = strlen(ttlbuf);
+		r = mc_redis_script(MC_SCRIPT_LEASE_SET, 2, 3, argv, lens, err);
+		if (r == NULL)
+			ereport(WARNING,
+					(errcode(err->sqlstate),
+					 errmsg("meetcache: could not store cache key \"%s\": %s", key, err->msg)));
+		else
+		{
+			check_reply_error(r, key);
+			if (r->type == MC_REPLY_INTEGER && r->integer == 0)
+				mc_stat_add(MC_STAT_LEASE_REFUSED, 1);
+		}
+	}
+	else
+	{
+		/* meetcache.lease_check = off: a plain SET, racy by design */
+		r = set_command(full, json, jlen, ttl, err);
+		if (r == NULL)
+			ereport(WARNING,
+					(errcode(err->sqlstate),
+					 errmsg("meetcache: could not store cache key \"%s\": %s", key, err->msg)));
+		else
+			check_reply_error(r, key);
+	}
+}
+
 PG_FUNCTION_INFO_V1(meetcache_cache_get_or_set);
 Datum
 meetcache_cache_get_or_set(PG_FUNCTION_ARGS)
 {
 	char	   *key = arg_key(fcinfo, 0, "cache key");
 	char	   *query;
-	int			ttl;
+	volatile int ttl;
 	McFamily   *family;
 	Datum	   *ptexts = NULL;
 	bool	   *pnulls = NULL;
@@ -904,7 +1001,7 @@ meetcache_cache_get_or_set(PG_FUNCTION_ARGS)
 	McReply    *r;
 	char	   *volatile json;
 	int			jlen;
-	Datum		result;
+	volatile Datum result = (Datum) 0;
 	bool		bypass;
 	bool		use_lease;
 	bool		redis_ok = true;
@@ -927,12 +1024,17 @@ meetcache_cache_get_or_set(PG_FUNCTION_ARGS)
 	 * Such a call neither takes a lease nor stores.
 	 */
 	bypass = GetTopTransactionIdIfAny() != InvalidTransactionId || mc_pending_any() ||
-		IsolationUsesXactSnapshot();
+		IsolationUsesXactSnapshot() ||
+		RecoveryInProgress();	/* a standby may not have replayed the commit yet */
 	use_lease = mc_lease_check && !bypass;
 	snprintf(token, sizeof(token), "%d-" INT64_FORMAT "-%u", MyProcPid,
 			 (int64) GetCurrentTimestamp(), ++token_counter);
 
-	if (!use_lease)
+	if (GetTopTransactionIdIfAny() != InvalidTransactionId || mc_pending_any())
+	{
+		/* our own writes may be behind the key: do not even read it */
+	}
+	else if (!use_lease)
 	{
 		McPipe		pipe;
 		McReply   **rs;
@@ -1020,10 +1122,16 @@ meetcache_cache_get_or_set(PG_FUNCTION_ARGS)
 	}
 	mc_stat_add(MC_STAT_CACHE_MISSES, 1);
 
-	/* a failed or cancelled query gives its lease back */
+	/* any error from the query to the store gives the lease back */
 	PG_TRY();
 	{
 		json = run_query(key, query, ptexts, pnulls, nparams);
+		json = json_compact(json, strlen(json), &jlen);
+		result = DirectFunctionCall1(jsonb_in, CStringGetDatum(json));
+		ttl = ttl_final(ttl, family, DatumGetJsonbP(result));
+		store_result(key, full, lease, token, json, jlen, ttl, redis_ok, &err,
+					 bypass, use_lease, hold);
+		hold = false;			/* stored, refused or released: ours no more */
 	}
 	PG_CATCH();
 	{
@@ -1036,59 +1144,5 @@ meetcache_cache_get_or_set(PG_FUNCTION_ARGS)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	json = json_compact(json, strlen(json), &jlen);
-	result = DirectFunctionCall1(jsonb_in, CStringGetDatum(json));
-	ttl = ttl_final(ttl, family, DatumGetJsonbP(result));
-
-	if (!redis_ok)
-	{
-		mc_stat_add(MC_STAT_CACHE_BYPASSES, 1);
-		ereport(WARNING,
-				(errcode(err.sqlstate),
-				 errmsg("meetcache: cache unavailable, returning the query result uncached: %s", err.msg)));
-	}
-	else if (bypass || (use_lease && !hold))
-		mc_stat_add(MC_STAT_CACHE_BYPASSES, 1);
-	else if (hold)
-	{
-		/* stored only if no invalidation cancelled our lease meanwhile */
-		char		ttlbuf[16];
-		const char *argv[5];
-		size_t		lens[5];
-
-		snprintf(ttlbuf, sizeof(ttlbuf), "%d", ttl);
-		argv[0] = full;
-		lens[0] = strlen(full);
-		argv[1] = lease;
-		lens[1] = strlen(lease);
-		argv[2] = token;
-		lens[2] = strlen(token);
-		argv[3] = json;
-		lens[3] = jlen;
-		argv[4] = ttlbuf;
-		lens[4] = strlen(ttlbuf);
-		r = mc_redis_script(MC_SCRIPT_LEASE_SET, 2, 3, argv, lens, &err);
-		if (r == NULL)
-			ereport(WARNING,
-					(errcode(err.sqlstate),
-					 errmsg("meetcache: could not store cache key \"%s\": %s", key, err.msg)));
-		else
-		{
-			check_reply_error(r, key);
-			if (r->type == MC_REPLY_INTEGER && r->integer == 0)
-				mc_stat_add(MC_STAT_LEASE_REFUSED, 1);
-		}
-	}
-	else
-	{
-		/* meetcache.lease_check = off: a plain SET, racy by design */
-		r = set_command(full, json, jlen, ttl, &err);
-		if (r == NULL)
-			ereport(WARNING,
-					(errcode(err.sqlstate),
-					 errmsg("meetcache: could not store cache key \"%s\": %s", key, err.msg)));
-		else
-			check_reply_error(r, key);
-	}
 	PG_RETURN_DATUM(result);
 }

@@ -121,7 +121,7 @@ extern bool mc_redis_invalidate(McStr *keys, int nkeys,
 extern void mc_redis_disconnect(void);
 
 /* leases: see redis.c and README "Leases" */
-#define MC_LEASE_EXTRA 12		/* bytes a lease key adds to its key, NUL included */
+#define MC_LEASE_EXTRA 14		/* bytes a lease key adds to its key, NUL included */
 typedef enum McScript
 {
 	MC_SCRIPT_LEASE_GET,

@@ -793,9 +793,13 @@ mc_redis_command(int argc, const char **argv, const size_t *lens)
 /* ---- leases and scripts ---- */
 
 /*
- * The lease key of a full key K: "{K}:mc-lease", so that it hashes to K's
- * Redis Cluster slot; if K already has a hash tag, "K:mc-lease" keeps it.
- * out must have room for klen + MC_LEASE_EXTRA bytes.  No allocation.
+ * The lease key of a full key K lives in the reserved "mc-lease:" namespace
+ * and hashes to K's Redis Cluster slot:
+ *   K without a hash tag:   mc-lease:u:{K}
+ *   K with a hash tag {T}:  mc-lease:t:K   (the first tag is still {T})
+ * The two forms cannot collide ("x" and "{x}" get different leases) and
+ * parse back unambiguously.  out must have room for klen + MC_LEASE_EXTRA
+ * bytes.  No allocation.
  */
 int
 mc_lease_key(const char *k, int klen, char *out)
@@ -811,37 +815,37 @@ mc_lease_key(const char *k, int klen, char *out)
 	}
 	if (tagged)
 	{
-		memcpy(out, k, klen);
-		memcpy(out + klen, ":mc-lease", 9);
-		out[klen + 9] = '\0';
-		return klen + 9;
+		memcpy(out, "mc-lease:t:", 11);
+		memcpy(out + 11, k, klen);
+		out[klen + 11] = '\0';
+		return klen + 11;
 	}
-	out[0] = '{';
-	memcpy(out + 1, k, klen);
-	memcpy(out + 1 + klen, "}:mc-lease", 10);
-	out[klen + 11] = '\0';
-	return klen + 11;
+	memcpy(out, "mc-lease:u:{", 12);
+	memcpy(out + 12, k, klen);
+	out[klen + 12] = '}';
+	out[klen + 13] = '\0';
+	return klen + 13;
 }
 
-/* if s is a lease key, the key it leases; else s itself */
-static void
+/* if s is a lease key, the key it leases (and true); else s itself */
+static bool
 lease_base(const char *s, int len, const char **base, int *blen)
 {
-	if (len > 11 && s[0] == '{' && memcmp(s + len - 10, "}:mc-lease", 10) == 0)
+	if (len > 11 && memcmp(s, "mc-lease:t:", 11) == 0)
 	{
-		*base = s + 1;
+		*base = s + 11;
 		*blen = len - 11;
+		return true;
 	}
-	else if (len > 9 && memcmp(s + len - 9, ":mc-lease", 9) == 0)
+	if (len > 13 && memcmp(s, "mc-lease:u:{", 12) == 0 && s[len - 1] == '}')
 	{
-		*base = s;
-		*blen = len - 9;
+		*base = s + 12;
+		*blen = len - 13;
+		return true;
 	}
-	else
-	{
-		*base = s;
-		*blen = len;
-	}
+	*base = s;
+	*blen = len;
+	return false;
 }
 
 static const char *const script_text[MC_SCRIPT__COUNT] = {
@@ -849,6 +853,7 @@ static const char *const script_text[MC_SCRIPT__COUNT] = {
 	"local v = redis.call('GET', KEYS[1]) "
 	"if v then return {1, v} end "
 	"if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end "
+	"if redis.call('GET', KEYS[2]) == ARGV[1] then return {2} end "
 	"return {3}",
 	/* MC_SCRIPT_LEASE_SET: KEYS key, lease; ARGV token, value, ttl s */
 	"if redis.call('GET', KEYS[2]) == ARGV[1] then "
@@ -1011,8 +1016,7 @@ add_unlink(RawBuf *b, McStr *keys, int n)
 
 		argv[argc] = keys[i].s;
 		lens[argc++] = keys[i].len;
-		lease_base(keys[i].s, keys[i].len, &base, &blen);
-		if (base == keys[i].s && blen == keys[i].len)
+		if (!lease_base(keys[i].s, keys[i].len, &base, &blen))
 		{
 			int			l = mc_lease_key(keys[i].s, keys[i].len, p);
 
@@ -1149,6 +1153,16 @@ mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 		st.patterns = patterns;
 		st.npatterns = npatterns;
 		st.unlink = &ub;
+
+		/*
+		 * Two full passes.  A lease holder that stores its key behind the
+		 * first pass's cursor, before the pass reached (and cancelled) its
+		 * lease, leaves a key that exists for all of the second pass, which
+		 * SCAN then guarantees to return.  A store after the first pass is
+		 * impossible: every lease of a matching key is gone by then.
+		 */
+		for (int pass = 0; pass < 2 && ok; pass++)
+		{
 		strlcpy(st.cursor, "0", sizeof(st.cursor));
 		for (bool scan_done = false; !scan_done || st.unlink_cmds > 0;)
 		{
@@ -1201,6 +1215,7 @@ mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 				break;
 			if (nscan && strcmp(st.cursor, "0") == 0)
 				scan_done = true;
+		}
 		}
 		free(ub.data);
 		free(match);

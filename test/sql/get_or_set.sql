@@ -109,10 +109,10 @@ SELECT meetcache.cache_get_or_set('user:u2', 'SELECT name FROM users WHERE id = 
 RESET meetcache.redis_url;
 SELECT meetcache.cache_exists('user:u2') AS stored_while_down;
 
--- leases: a miss takes "{key}:mc-lease"; another session's lease makes us wait
+-- leases: a miss takes "mc-lease:u:{key}"; another session's lease makes us wait
 -- (lease_wait), then compute without storing
 SELECT meetcache.cache_del_pattern('*') >= 0 AS flushed;
-\! redis-cli -p $REDIS_PORT SET '{meeting:m2}:mc-lease' someone-else PX 10000 > /dev/null
+\! redis-cli -p $REDIS_PORT SET 'mc-lease:u:{meeting:m2}' someone-else PX 10000 > /dev/null
 SET meetcache.lease_wait = 100;
 SELECT lease_waits AS w0, lease_timeouts AS t0 FROM meetcache.stats \gset
 SELECT meetcache.cache_get_or_set('meeting:m2', 'SELECT title FROM meetings WHERE id = $1', 60, 'm2');
@@ -122,19 +122,30 @@ SELECT meetcache.cache_exists('meeting:m2') AS stored_under_foreign_lease,
 RESET meetcache.lease_wait;
 -- an invalidation cancels the lease with the key (the holder's store would be refused)
 UPDATE meetings SET title = 'Planning' WHERE id = 'm2';
-\! redis-cli -p $REDIS_PORT EXISTS '{meeting:m2}:mc-lease'
+\! redis-cli -p $REDIS_PORT EXISTS 'mc-lease:u:{meeting:m2}'
 -- so do cache_del, cache_set and cache_del_pattern (including leases of absent keys)
-\! redis-cli -p $REDIS_PORT SET '{x:1}:mc-lease' t PX 10000 > /dev/null
-\! redis-cli -p $REDIS_PORT SET '{x:2}:mc-lease' t PX 10000 > /dev/null
-\! redis-cli -p $REDIS_PORT SET '{x:3}:mc-lease' t PX 10000 > /dev/null
+\! redis-cli -p $REDIS_PORT SET 'mc-lease:u:{x:1}' t PX 10000 > /dev/null
+\! redis-cli -p $REDIS_PORT SET 'mc-lease:u:{x:2}' t PX 10000 > /dev/null
+\! redis-cli -p $REDIS_PORT SET 'mc-lease:u:{x:3}' t PX 10000 > /dev/null
 SELECT meetcache.cache_set('x:2', '2', 60);
 SELECT meetcache.cache_set('x:1', '1', 60);
 SELECT meetcache.cache_del('x:1');
 SELECT meetcache.cache_del_pattern('x:*');
-\! redis-cli -p $REDIS_PORT --scan --pattern '*mc-lease*'
+\! redis-cli -p $REDIS_PORT --scan --pattern 'mc-lease:*'
 -- the lease itself: taken on a miss, gone once the value is stored
 SELECT meetcache.cache_get_or_set('meeting:m1', 'SELECT title FROM meetings WHERE id = $1', 60, 'm1');
 \! redis-cli -p $REDIS_PORT --scan --pattern '*meeting:m1*'
+-- a transaction with pending invalidations does not read the key it is invalidating
+SELECT meetcache.cache_set('meeting:m1', '"cached before the update"', 60);
+BEGIN;
+UPDATE meetings SET title = 'Standup v2' WHERE id = 'm1';
+SELECT meetcache.cache_get_or_set('meeting:m1', 'SELECT title FROM meetings WHERE id = $1', 60, 'm1');
+COMMIT;
+SELECT meetcache.cache_exists('meeting:m1') AS deleted_at_commit;
+-- hash-tagged keys get a lease that keeps their tag; an error after the query
+-- (here: JSON that jsonb rejects) gives the lease back
+SELECT meetcache.cache_get_or_set('{t}:k', 'SELECT ''"\u0000"''::json', 60);
+\! redis-cli -p $REDIS_PORT --scan --pattern 'mc-lease:*'
 -- the test-only switch: plain GET/SET without a lease
 SET meetcache.lease_check = off;
 SELECT meetcache.cache_get_or_set('meeting:m2', 'SELECT title FROM meetings WHERE id = $1', 60, 'm2');

@@ -176,11 +176,14 @@ sub stress
 		$rh = IPC::Run::start(
 			[
 				$pgbench, '-n', @conn, '-c', $READERS, '-j', $READERS,
-				'-T', $SECS, '-f', $reader_file, 'postgres'
+				'-T', $SECS + 1, '-f', $reader_file, 'postgres'
 			],
 			'<', \undef, '>', \$rout, '2>', \$rerr,
 			IPC::Run::timeout($SECS + 60));
 	}
+	# The writers stop a second before the readers: a stale value stored
+	# during the writes survives (it is a hit), and nothing deletes it.
+	usleep(300_000);
 	my $wh = IPC::Run::start(
 		[ $pgbench, '-n', @conn, '-c', 2, '-j', 2, '-T', $SECS, '-f', $writer_file, 'postgres' ],
 		'<', \undef, '>', \$wout, '2>', \$werr,
