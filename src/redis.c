@@ -1092,6 +1092,56 @@ scan_cb(redisReply *r, void *arg, McErr *err)
 }
 
 /*
+ * One full SCAN pass: each page's matching keys are UNLINKed (with their
+ * leases) in the same round trip as the next SCAN.  No throw, no palloc.
+ */
+static bool
+scan_pass(InvState *st, RawBuf *ub, TimestampTz deadline, McInvResult *res, McErr *err)
+{
+	bool		ok = true;
+
+	strlcpy(st->cursor, "0", sizeof(st->cursor));
+	for (bool scan_done = false; !scan_done || st->unlink_cmds > 0;)
+	{
+		/* the previous page's UNLINKs ride along with the next SCAN */
+		RawBuf		cmd = *ub;
+		int			nunlink = st->unlink_cmds;
+		int			nscan = 0;
+
+		ub->data = NULL;
+		ub->len = ub->cap = 0;
+		st->unlink_cmds = 0;
+		if (st->oom)
+		{
+			free(cmd.data);
+			set_err(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting UNLINK commands");
+			return false;
+		}
+		if (!scan_done)
+		{
+			const char *argv[4] = {"SCAN", st->cursor, "COUNT", "1000"};
+			size_t		lens[4] = {4, strlen(st->cursor), 5, 4};
+
+			if (!rawbuf_add(&cmd, 4, argv, lens))
+			{
+				free(cmd.data);
+				set_err(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting SCAN");
+				return false;
+			}
+			nscan = 1;
+		}
+		ok = exchange(cmd.data, cmd.len, nunlink + nscan, scan_cb, st, deadline, false, err);
+		res->commands += nunlink + nscan;
+		free(cmd.data);
+		if (!ok)
+			return false;
+		if (nscan && strcmp(st->cursor, "0") == 0)
+			scan_done = true;
+	}
+	return true;
+}
+
+/*
  * Delete keys (pipelined UNLINK, KEYS_PER_UNLINK per command) and every key
  * matching one of the patterns (one SCAN over the prefix, matched here, so
  * any number of families costs one pass).  Runs inside the commit callback:
@@ -1140,85 +1190,22 @@ mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 	if (npatterns > 0)
 	{
 		RawBuf		ub = {NULL, 0, 0};
-		const char *argv[6];
-		size_t		lens[6];
-		int			argc;
-		char	   *match = NULL;
-		size_t		matchlen = 0;
 
 		/*
-		 * No MATCH: lease keys ("{key}:mc-lease") do not start with the
-		 * prefix, and must go with their keys.  Keys are matched here.
+		 * One SCAN without MATCH (lease keys do not start with the prefix
+		 * and must go with their keys); keys are matched here, so any
+		 * number of families costs the same.  Two full passes: a lease
+		 * holder that stores its key behind the first pass's cursor, before
+		 * the pass reached (and cancelled) its lease, leaves a key that
+		 * exists throughout the second pass, which SCAN then guarantees to
+		 * return.  After the first pass no such store can succeed.
 		 */
 		st.patterns = patterns;
 		st.npatterns = npatterns;
 		st.unlink = &ub;
-
-		/*
-		 * Two full passes.  A lease holder that stores its key behind the
-		 * first pass's cursor, before the pass reached (and cancelled) its
-		 * lease, leaves a key that exists for all of the second pass, which
-		 * SCAN then guarantees to return.  A store after the first pass is
-		 * impossible: every lease of a matching key is gone by then.
-		 */
 		for (int pass = 0; pass < 2 && ok; pass++)
-		{
-		strlcpy(st.cursor, "0", sizeof(st.cursor));
-		for (bool scan_done = false; !scan_done || st.unlink_cmds > 0;)
-		{
-			/* the previous page's UNLINKs ride along with the next SCAN */
-			RawBuf		cmd = ub;
-			int			nunlink = st.unlink_cmds;
-			int			nscan = 0;
-
-			ub.data = NULL;
-			ub.len = ub.cap = 0;
-			st.unlink_cmds = 0;
-			if (st.oom)
-			{
-				free(cmd.data);
-				set_err(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting UNLINK commands");
-				ok = false;
-				break;
-			}
-			if (!scan_done)
-			{
-				argc = 0;
-				argv[argc] = "SCAN";
-				lens[argc++] = 4;
-				argv[argc] = st.cursor;
-				lens[argc++] = strlen(st.cursor);
-				if (match)
-				{
-					argv[argc] = "MATCH";
-					lens[argc++] = 5;
-					argv[argc] = match;
-					lens[argc++] = matchlen;
-				}
-				argv[argc] = "COUNT";
-				lens[argc++] = 5;
-				argv[argc] = "1000";
-				lens[argc++] = 4;
-				if (!rawbuf_add(&cmd, argc, argv, lens))
-				{
-					free(cmd.data);
-					set_err(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting SCAN");
-					ok = false;
-					break;
-				}
-				nscan = 1;
-			}
-			ok = exchange(cmd.data, cmd.len, nunlink + nscan, scan_cb, &st, deadline, false, err);
-			res->commands += nunlink + nscan;
-			free(cmd.data);
-			if (!ok)
-				break;
-			if (nscan && strcmp(st.cursor, "0") == 0)
-				scan_done = true;
-		}
-		}
+			ok = scan_pass(&st, &ub, deadline, res, err);
 		free(ub.data);
-		free(match);
 	}
 	return ok;
 }
