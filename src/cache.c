@@ -33,6 +33,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "utils/wait_event.h"
 
@@ -922,6 +923,38 @@ release_lease(const char *lease, const char *token)
 	(void) mc_redis_script(MC_SCRIPT_LEASE_RELEASE, 1, 1, argv, lens, &err);
 }
 
+/*
+ * The lease this backend holds, if any, so that a backend that exits while
+ * holding one (pg_terminate_backend: FATAL runs no PG_CATCH) gives it back
+ * instead of making every other session wait until it expires.
+ */
+static char held_lease[MC_MAX_KEY_BYTES + 600 + MC_LEASE_EXTRA];
+static char held_token[64];
+static bool exit_callback_set = false;
+
+static void
+release_on_exit(int code, Datum arg)
+{
+	if (held_lease[0] == '\0')
+		return;
+	HOLD_INTERRUPTS();
+	release_lease(held_lease, held_token);
+	held_lease[0] = '\0';
+	RESUME_INTERRUPTS();
+}
+
+static void
+remember_lease(const char *lease, const char *token)
+{
+	if (!exit_callback_set)
+	{
+		before_shmem_exit(release_on_exit, (Datum) 0);
+		exit_callback_set = true;
+	}
+	strlcpy(held_lease, lease, sizeof(held_lease));
+	strlcpy(held_token, token, sizeof(held_token));
+}
+
 /* store (or not) a computed value; see cache_get_or_set */
 static void
 store_result(const char *key, const char *full, const char *lease, const char *token,
@@ -1099,6 +1132,7 @@ meetcache_cache_get_or_set(PG_FUNCTION_ARGS)
 			if (r->elems[0]->integer == 2)
 			{
 				hold = true;
+				remember_lease(lease, token);
 				break;
 			}
 			/* another session is computing this key: wait for its value */
@@ -1132,6 +1166,7 @@ meetcache_cache_get_or_set(PG_FUNCTION_ARGS)
 		store_result(key, full, lease, token, json, jlen, ttl, redis_ok, &err,
 					 bypass, use_lease, hold);
 		hold = false;			/* stored, refused or released: ours no more */
+		held_lease[0] = '\0';
 	}
 	PG_CATCH();
 	{
@@ -1139,6 +1174,7 @@ meetcache_cache_get_or_set(PG_FUNCTION_ARGS)
 		{
 			HOLD_INTERRUPTS();
 			release_lease(lease, token);
+			held_lease[0] = '\0';
 			RESUME_INTERRUPTS();
 		}
 		PG_RE_THROW();

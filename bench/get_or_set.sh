@@ -1,0 +1,325 @@
+#!/usr/bin/env bash
+# meetcache benchmark: what does a cache_get_or_set hit cost?   bash bench/get_or_set.sh
+#
+# A benchmark, not a test: nothing here asserts on timings. In one run, on throwaway
+# servers, pgbench (1 client, -M prepared) measures four statements:
+#   (i)   SELECT 1                                                  (the floor)
+#   (ii)  SELECT meetcache.cache_get_or_set('bench:hit', 'SELECT 1', 600)   (always a hit)
+#   (iii) the dashboard stats query run directly over 100k meetings (one host's share)
+#   (iv)  the same query through cache_get_or_set (always a hit)
+# and redis-benchmark measures a raw Redis GET round trip (1 client). It reports
+# (ii)-(i) in µs next to that round trip, and (iii)/(iv). See bench/get_or_set.md.
+#
+# Run as root: installs missing Debian packages, builds and installs the extension
+# (unless MEETCACHE_SKIP_BUILD=1), then runs as the unprivileged `postgres` user.
+# Run as any other user: uses the extension already installed.
+# PostgreSQL listens on a unix socket in a temporary directory only; redis-server on
+# 127.0.0.1, on a free port chosen at run time. Both stop, and the directory is removed,
+# when the script exits (also on error or Ctrl-C; KEEP=1 keeps it).
+#
+# Environment (defaults):
+#   BENCH_DURATION=10      seconds of each measured pgbench run
+#   BENCH_ROUNDS=2         rounds; each round runs (i), (ii), (iii), (iv) in turn
+#   BENCH_WARMUP=2         seconds of an unmeasured run of each statement first (0 = none)
+#   BENCH_MEETINGS=100000  meetings
+#   BENCH_HOSTS=10         hosts they are spread over (host u1 gets MEETINGS/HOSTS)
+#   BENCH_REDIS_N=20000    requests of redis-benchmark
+#   BENCH_PROTOCOL=prepared  pgbench -M
+#   BENCH_RESULTS=file     also write the results as key=value lines there
+#   PGBIN=/usr/lib/postgresql/15/bin
+#   MEETCACHE_SKIP_BUILD=1 as root: do not run make / make install
+#   MEETCACHE_SKIP_APT=1   as root: do not install missing Debian packages
+#   KEEP=1                 keep the temporary directory (logs, raw pgbench output)
+set -euo pipefail
+
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+STAGE_ARG=--as-bench-user
+
+DURATION=${BENCH_DURATION:-10}
+ROUNDS=${BENCH_ROUNDS:-2}
+WARMUP=${BENCH_WARMUP:-2}
+NMEET=${BENCH_MEETINGS:-100000}
+NHOSTS=${BENCH_HOSTS:-10}
+REDIS_N=${BENCH_REDIS_N:-20000}
+PROTOCOL=${BENCH_PROTOCOL:-prepared}
+
+say()  { printf '\n==> %s\n' "$*"; }
+info() { printf '    %s\n' "$*"; }
+die()  { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+###########################################################################################
+# Stage 1 (root): dependencies, build, install, then re-run this script as `postgres`.
+###########################################################################################
+stage_root() {
+    local repo; repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    if [ "${MEETCACHE_SKIP_APT:-0}" != 1 ]; then
+        local need=() p
+        for p in postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server redis-tools; do
+            pkg_installed "$p" || need+=("$p")
+        done
+        command -v make >/dev/null || need+=(make)
+        command -v gcc  >/dev/null || need+=(gcc)
+        if [ ${#need[@]} -gt 0 ]; then
+            say "Installing missing packages: ${need[*]}"
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+        fi
+    fi
+    [ -x "$PGBIN/pgbench" ] || die "pgbench not found in $PGBIN"
+    command -v redis-benchmark >/dev/null || die "redis-benchmark not found (package redis-tools)"
+    if [ "${MEETCACHE_SKIP_BUILD:-0}" != 1 ]; then
+        say "Building and installing meetcache (make && make install in $repo)"
+        make -C "$repo" -s PG_CONFIG="$PGBIN/pg_config" >/dev/null
+        make -C "$repo" -s PG_CONFIG="$PGBIN/pg_config" install >/dev/null
+    fi
+    if ! id postgres >/dev/null 2>&1; then
+        useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
+    fi
+    ROOT_WORK=$(mktemp -d /tmp/meetcache-bench-gos.XXXXXX)
+    trap 'cd /; rm -rf "$ROOT_WORK"' EXIT
+    install -m 0755 "${BASH_SOURCE[0]}" "$ROOT_WORK/get_or_set.sh"
+    install -m 0644 "$repo/test/fixtures/meet_snake.sql" "$ROOT_WORK/meet_snake.sql"
+    chown -R postgres: "$ROOT_WORK"
+    cd "$ROOT_WORK"
+    local rc=0 v vars=()
+    for v in $(compgen -v | grep -E '^(BENCH_|KEEP$|PGBIN$)'); do vars+=("$v=${!v}"); done
+    runuser -u postgres -- env "${vars[@]}" bash "$ROOT_WORK/get_or_set.sh" "$STAGE_ARG" "$ROOT_WORK" || rc=$?
+    if [ -n "${BENCH_RESULTS:-}" ] && [ -f "$ROOT_WORK/results.env" ]; then cp "$ROOT_WORK/results.env" "$BENCH_RESULTS"; fi
+    if [ "${KEEP:-0}" = 1 ]; then trap - EXIT; echo "kept $ROOT_WORK" >&2; fi
+    return $rc
+}
+
+###########################################################################################
+# Throwaway servers
+###########################################################################################
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+    local p i
+    for i in $(seq 1 500); do
+        p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
+        port_in_use "$p" || { echo "$p"; return 0; }
+    done
+    return 1
+}
+RCLI() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+
+start_redis() {
+    local try i
+    for try in 1 2 3 4 5; do
+        REDIS_PORT=$(free_port) || die "no free port"
+        redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode yes \
+            --save '' --appendonly no --daemonize yes \
+            --pidfile "$WORK/redis.pid" --logfile "$WORK/redis.log" --dir "$WORK" >/dev/null
+        for i in $(seq 1 50); do
+            [ "$(RCLI ping 2>/dev/null)" = PONG ] && return 0
+            sleep 0.1
+        done
+        [ -f "$WORK/redis.pid" ] && kill "$(cat "$WORK/redis.pid")" 2>/dev/null || true
+        rm -f "$WORK/redis.pid"
+    done
+    die "could not start redis-server"
+}
+stop_redis() {
+    [ -n "${REDIS_PORT:-}" ] || return 0
+    RCLI shutdown nosave >/dev/null 2>&1 || true
+    if [ -f "$WORK/redis.pid" ]; then
+        local pid; pid=$(cat "$WORK/redis.pid" 2>/dev/null || true)
+        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    fi
+}
+start_pg() {
+    PGPORT=$(free_port) || die "no free port"
+    "$PGBIN/initdb" -D "$WORK/pgdata" -U postgres --auth=trust -E UTF8 --no-locale >"$WORK/initdb.log" 2>&1 \
+        || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+    cat >>"$WORK/pgdata/postgresql.conf" <<EOF
+listen_addresses = ''
+unix_socket_directories = '$WORK'
+port = $PGPORT
+shared_buffers = 256MB
+autovacuum = off
+shared_preload_libraries = 'meetcache'
+meetcache.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'
+EOF
+    "$PGBIN/pg_ctl" -D "$WORK/pgdata" -l "$WORK/postgres.log" -w -t 60 start >/dev/null \
+        || { cat "$WORK/postgres.log" >&2; die "PostgreSQL did not start"; }
+    PG_STARTED=1
+    export PGHOST="$WORK" PGPORT PGUSER=postgres PGDATABASE=bench
+}
+stop_pg() {
+    [ "${PG_STARTED:-0}" = 1 ] || return 0
+    "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m fast -w -t 30 stop >/dev/null 2>&1 \
+        || "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m immediate -w stop >/dev/null 2>&1 || true
+}
+cleanup() {
+    local rc=$?
+    stop_pg
+    stop_redis
+    if [ "$rc" != 0 ] && [ -f "$WORK/postgres.log" ]; then
+        echo "--- last lines of the PostgreSQL log ---" >&2
+        tail -n 30 "$WORK/postgres.log" >&2 || true
+    fi
+    if [ "${KEEP:-0}" != 1 ] && [ -z "${UNDER_ROOT:-}" ]; then cd /; rm -rf "$WORK"; fi
+    exit "$rc"
+}
+
+PSQL() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -P pager=off "$@"; }
+Q() { PSQL -A -t -c "$1"; }
+
+###########################################################################################
+# Measurement helpers
+###########################################################################################
+# "command calls" per line, from INFO commandstats (commands run by a script count too)
+cmdstats() { RCLI info commandstats | tr -d '\r' | awk -F'[:=,]' '/^cmdstat_/ { sub("cmdstat_", "", $1); print $1, $3 }'; }
+# cmd_mix BEFORE_FILE AFTER_FILE NTX -> "evalsha 1.00 get 1.00" (per transaction; INFO itself left out)
+cmd_mix() {
+    awk -v n="$3" 'NR == FNR { a[$1] = $2; next }
+        { d = $2 - a[$1]; if ($1 == "info") d -= 1; if (n > 0 && d / n >= 0.005) { printf "%s%s %.2f", sep, $1, d / n; sep = ", " } }
+        END { if (sep == "") printf "none" }' "$1" "$2"
+}
+stat_of() { Q "SELECT $1 FROM meetcache.stats"; }
+mean()   { awk '{ s += $1; n++ } END { if (n) printf "%.4f\n", s / n; else print "nan" }'; }
+# median of the 3rd column (latency, µs) of pgbench -l logs given as arguments
+p50_us() { cat "$@" | awk '{ print $3 }' | sort -n | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+# run_one NAME SECONDS LOG(0|1) -> sets LAT (ms, mean) TPS NTX; log files $WORK/log-NAME.*
+run_one() {
+    local name=$1 secs=$2 log=$3 out="$WORK/pgbench-$1.out" extra=()
+    [ "$log" = 1 ] && extra=(-l --log-prefix="$WORK/log-$name")
+    "$PGBIN/pgbench" -n -c 1 -j 1 -T "$secs" -M "$PROTOCOL" -D h=u1 -D hitkey=bench:hit -D dashkey=user:u1:meetings:count "${extra[@]}" \
+        -f "$WORK/$name.sql" bench >"$out" 2>&1 || { cat "$out" >&2; die "pgbench failed ($name)"; }
+    LAT=$(awk '/^latency average = / { print $4; exit }' "$out")
+    TPS=$(awk '/^tps = / { print $3; exit }' "$out")
+    NTX=$(awk -F': ' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$out")
+    [ -n "$LAT" ] || { cat "$out" >&2; die "could not parse pgbench output ($name)"; }
+}
+
+###########################################################################################
+# Stage 2 (unprivileged)
+###########################################################################################
+stage_bench() {
+    WORK=$1
+    if [ -n "$WORK" ]; then UNDER_ROOT=1; else WORK=$(mktemp -d /tmp/meetcache-bench-gos.XXXXXX); fi
+    [ -f "$WORK/meet_snake.sql" ] ||
+        cp "$(dirname "${BASH_SOURCE[0]}")/../test/fixtures/meet_snake.sql" "$WORK/meet_snake.sql"
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    cd "$WORK"
+    [ -f "$("$PGBIN/pg_config" --sharedir)/extension/meetcache.control" ] \
+        || die "meetcache is not installed; run this script as root, or make install"
+    command -v redis-benchmark >/dev/null || die "redis-benchmark not found (package redis-tools)"
+
+    say "Starting throwaway servers"
+    start_redis
+    start_pg
+    info "redis-server $(redis-server --version | awk '{print $3}') on 127.0.0.1:$REDIS_PORT; PostgreSQL $("$PGBIN/postgres" -V | awk '{print $3}') on unix socket $WORK port $PGPORT"
+    info "machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo)"
+    "$PGBIN/createdb" bench
+
+    say "Loading data: $NMEET meetings over $NHOSTS hosts"
+    PSQL -f "$WORK/meet_snake.sql" >/dev/null    # the reference schema (index on meetings.host_id)
+    PSQL >/dev/null <<EOF
+INSERT INTO users (id, name, email)
+  SELECT 'u' || i, 'User ' || i, 'user' || i || '@example.com' FROM generate_series(1, $NHOSTS) i;
+INSERT INTO meetings (id, title, host_id, invite_code, status, scheduled_at)
+  SELECT 'm' || i, 'Meeting ' || i, 'u' || (1 + i % $NHOSTS), 'inv-' || i,
+         CASE WHEN (i / $NHOSTS) % 10 = 0 THEN 'LIVE' WHEN (i / $NHOSTS) % 3 = 0 THEN 'ENDED' ELSE 'SCHEDULED' END,
+         now() + i * interval '1 minute'
+  FROM generate_series(1, $NMEET) i;
+VACUUM ANALYZE;
+CHECKPOINT;
+CREATE EXTENSION meetcache;
+EOF
+    info "extension meetcache $(Q "SELECT extversion FROM pg_extension WHERE extname = 'meetcache'"); lease_check = $(Q "SELECT coalesce(current_setting('meetcache.lease_check', true), '(no such setting)')")"
+
+    # pgbench replaces every :name in a script, even inside quotes, so the keys (which
+    # contain colons) are pgbench variables too (-D in run_one)
+    local dash="SELECT count(*) total, count(*) FILTER (WHERE status='LIVE') live, count(*) FILTER (WHERE status='SCHEDULED') scheduled, count(*) FILTER (WHERE status='ENDED') ended FROM meetings WHERE host_id"
+    local dashq="\$q\$$dash = \$1\$q\$"
+    echo 'SELECT 1;' >"$WORK/select1.sql"
+    echo "SELECT meetcache.cache_get_or_set(:hitkey, 'SELECT 1', 600);" >"$WORK/hit.sql"
+    echo "$dash = :h;" >"$WORK/direct.sql"
+    echo "SELECT meetcache.cache_get_or_set(:dashkey, $dashq, NULL, :h);" >"$WORK/dashhit.sql"
+
+    local rows plan direct cached
+    rows=$(Q "SELECT count(*) FROM meetings WHERE host_id = 'u1'")
+    plan=$(Q "EXPLAIN (COSTS OFF) $dash = 'u1'" | tr '\n' ' ' | sed 's/  */ /g')
+    direct=$(Q "SELECT row_to_json(t) FROM ($dash = 'u1') t")
+    cached=$(Q "SELECT meetcache.cache_get_or_set('user:u1:meetings:count', $dashq, NULL, 'u1')")
+    info "host u1 has $rows meetings; plan of (iii): $plan"
+    info "(iii) returns $direct"
+    info "(iv)  returns $cached; Redis holds $(RCLI get user:u1:meetings:count) (TTL $(RCLI ttl user:u1:meetings:count) s)"
+    Q "SELECT meetcache.cache_get_or_set('bench:hit', 'SELECT 1', 600)" >/dev/null
+
+    local names=(select1 hit direct dashhit) n r m0
+    if [ "$WARMUP" -gt 0 ]; then
+        say "Warm-up: $WARMUP s of each statement (not measured)"
+        for n in "${names[@]}"; do run_one "$n" "$WARMUP" 0; done
+    fi
+    say "Measuring: $ROUNDS rounds x 4 statements x $DURATION s, pgbench 1 client, -M $PROTOCOL"
+    for n in "${names[@]}"; do : >"$WORK/lat-$n"; done
+    for r in $(seq 1 "$ROUNDS"); do
+        for n in "${names[@]}"; do
+            # keep the cached entries alive (600 s / 300 s TTLs): re-prime before each run
+            Q "SELECT meetcache.cache_get_or_set('bench:hit', 'SELECT 1', 600), meetcache.cache_get_or_set('user:u1:meetings:count', $dashq, NULL, 'u1')" >/dev/null
+            m0=$(stat_of cache_misses); cmdstats >"$WORK/cs0"
+            rm -f "$WORK/log-$n".*
+            run_one "$n" "$DURATION" 1
+            cmdstats >"$WORK/cs1"
+            cmd_mix "$WORK/cs0" "$WORK/cs1" "$NTX" >"$WORK/mix-$n"
+            mkdir -p "$WORK/logs-$n-$r"; mv "$WORK/log-$n".* "$WORK/logs-$n-$r/"
+            echo "$LAT" >>"$WORK/lat-$n"
+            printf '    round %d %-8s %9.1f tps  mean %7.3f ms  p50 %7.1f us  %s misses; Redis commands/tx: %s\n' \
+                "$r" "$n" "$TPS" "$LAT" "$(p50_us "$WORK/logs-$n-$r"/*)" "$(( $(stat_of cache_misses) - m0 ))" "$(cat "$WORK/mix-$n")"
+        done
+    done
+
+    say "Redis round trip: redis-benchmark -c 1 -n $REDIS_N -t get (same machine, same run)"
+    RCLI set key:__rand_int__ x >/dev/null
+    local csv rb_rps rb_avg rb_p50
+    csv=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c 1 -n "$REDIS_N" -t get --csv 2>/dev/null | tr -d '"\r' | grep '^GET,' || true)
+    [ -n "$csv" ] || die "redis-benchmark gave no GET line"
+    rb_rps=$(echo "$csv" | cut -d, -f2); rb_avg=$(echo "$csv" | cut -d, -f3); rb_p50=$(echo "$csv" | cut -d, -f5)
+    info "GET: $rb_rps requests/s; latency avg $rb_avg ms, p50 $rb_p50 ms"
+
+    local L1 L2 L3 L4 P1 P2 P3 P4 HIT_US HIT_P50_US RTT_P50_US RTT_AVG_US RTT_RPS_US DASH_RATIO DASH_RATIO_P50
+    L1=$(mean <"$WORK/lat-select1"); L2=$(mean <"$WORK/lat-hit"); L3=$(mean <"$WORK/lat-direct"); L4=$(mean <"$WORK/lat-dashhit")
+    P1=$(p50_us "$WORK"/logs-select1-*/*); P2=$(p50_us "$WORK"/logs-hit-*/*)
+    P3=$(p50_us "$WORK"/logs-direct-*/*); P4=$(p50_us "$WORK"/logs-dashhit-*/*)
+    HIT_US=$(awk -v a="$L2" -v b="$L1" 'BEGIN { printf "%.1f", (a - b) * 1000 }')
+    HIT_P50_US=$(awk -v a="$P2" -v b="$P1" 'BEGIN { printf "%.1f", a - b }')
+    RTT_P50_US=$(awk -v a="$rb_p50" 'BEGIN { printf "%.1f", a * 1000 }')
+    RTT_AVG_US=$(awk -v a="$rb_avg" 'BEGIN { printf "%.1f", a * 1000 }')
+    RTT_RPS_US=$(awk -v a="$rb_rps" 'BEGIN { if (a > 0) printf "%.1f", 1e6 / a; else print "nan" }')
+    DASH_RATIO=$(awk -v a="$L3" -v b="$L4" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "nan" }')
+    DASH_RATIO_P50=$(awk -v a="$P3" -v b="$P4" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "nan" }')
+
+    say "Results (pgbench, 1 client, -M $PROTOCOL; mean of $ROUNDS x $DURATION s runs, p50 over all their transactions)"
+    printf '\n  %-62s %10s %10s  %s\n' "statement" "mean ms" "p50 us" "Redis commands/tx (last round)"
+    printf '  %-62s %10s %10s  %s\n' "--------------------------------------------------------------" "----------" "----------" "------------------------------"
+    printf '  %-62s %10.4f %10.1f  %s\n' "(i)   SELECT 1" "$L1" "$P1" "$(cat "$WORK/mix-select1")"
+    printf '  %-62s %10.4f %10.1f  %s\n' "(ii)  cache_get_or_set('bench:hit', 'SELECT 1', 600), hit" "$L2" "$P2" "$(cat "$WORK/mix-hit")"
+    printf '  %-62s %10.4f %10.1f  %s\n' "(iii) dashboard stats query, direct ($rows of $NMEET meetings)" "$L3" "$P3" "$(cat "$WORK/mix-direct")"
+    printf '  %-62s %10.4f %10.1f  %s\n' "(iv)  dashboard stats through cache_get_or_set, hit" "$L4" "$P4" "$(cat "$WORK/mix-dashhit")"
+    printf '\n'
+    printf '  hit cost, (ii) - (i):                 %8s us (mean)   %8s us (p50)\n' "$HIT_US" "$HIT_P50_US"
+    printf '  raw Redis GET round trip, 1 client:   %8s us (p50)    %8s us (avg)   %s us (1/rps)\n' "$RTT_P50_US" "$RTT_AVG_US" "$RTT_RPS_US"
+    printf '  dashboard, direct / hit:              %8s x  (mean)   %8s x  (p50)\n' "$DASH_RATIO" "$DASH_RATIO_P50"
+    {
+        echo "select1_ms=$L1"; echo "hit_ms=$L2"; echo "direct_ms=$L3"; echo "dashhit_ms=$L4"
+        echo "select1_p50_us=$P1"; echo "hit_p50_us=$P2"; echo "direct_p50_us=$P3"; echo "dashhit_p50_us=$P4"
+        echo "hit_minus_select1_us=$HIT_US"; echo "hit_minus_select1_p50_us=$HIT_P50_US"
+        echo "redis_get_p50_us=$RTT_P50_US"; echo "redis_get_avg_us=$RTT_AVG_US"; echo "redis_get_rps=$rb_rps"
+        echo "dashboard_direct_over_hit=$DASH_RATIO"; echo "dashboard_direct_over_hit_p50=$DASH_RATIO_P50"
+    } >"$WORK/results.env"
+    if [ -n "${BENCH_RESULTS:-}" ] && [ -z "${UNDER_ROOT:-}" ]; then cp "$WORK/results.env" "$BENCH_RESULTS"; fi
+}
+
+if [ "${1:-}" = "$STAGE_ARG" ]; then
+    stage_bench "${2:-}"
+elif [ "$(id -u)" = 0 ]; then
+    stage_root
+else
+    stage_bench ""
+fi
