@@ -372,19 +372,14 @@ meetcache_cache_set(PG_FUNCTION_ARGS)
 		char	   *full = prefixed(key);
 		char	   *lease = lease_of(full);
 		char		ttlbuf[16];
-		const char *argv[4];
+		const char *argv[4] = {full, lease, json, ttlbuf};
 		size_t		lens[4];
 		McErr		err;
 
 		snprintf(ttlbuf, sizeof(ttlbuf), "%d", ttl);
-		argv[0] = full;
-		lens[0] = strlen(full);
-		argv[1] = lease;
-		lens[1] = strlen(lease);
-		argv[2] = json;
+		for (int i = 0; i < 4; i++)
+			lens[i] = strlen(argv[i]);
 		lens[2] = jlen;
-		argv[3] = ttlbuf;
-		lens[3] = strlen(ttlbuf);
 		/* a newer value cancels any lease: a slower reader cannot overwrite it */
 		r = mc_redis_script(MC_SCRIPT_SET_CANCEL, 2, 2, argv, lens, &err);
 		if (r == NULL)
@@ -976,21 +971,14 @@ store_result(const char *key, const char *full, const char *lease, const char *t
 	{
 		/* stored only if no invalidation cancelled our lease meanwhile */
 		char		ttlbuf[16];
-		const char *argv[5];
-		size_t		lens[5];
 
 		snprintf(ttlbuf, sizeof(ttlbuf), "%d", ttl);
-		argv[0] = full;
-		lens[0] = strlen(full);
-		argv[1] = lease;
-		lens[1] = strlen(lease);
-		argv[2] = token;
-		lens[2] = strlen(token);
-		argv[3] = json;
-		lens[3] = jlen;
-		argv[4] = ttlbuf;
-		lens[4] = strlen(ttlbuf);
-		r = mc_redis_script(MC_SCRIPT_LEASE_SET, 2, 3, argv, lens, err);
+		{
+			const char *argv[5] = {full, lease, token, json, ttlbuf};
+			size_t		lens[5] = {strlen(full), strlen(lease), strlen(token), jlen, strlen(ttlbuf)};
+
+			r = mc_redis_script(MC_SCRIPT_LEASE_SET, 2, 3, argv, lens, err);
+		}
 		if (r == NULL)
 			ereport(WARNING,
 					(errcode(err->sqlstate),
@@ -1096,18 +1084,12 @@ meetcache_cache_get_or_set(PG_FUNCTION_ARGS)
 		long		nap = 2;
 		bool		waited = false;
 		char		leasems[16];
-		const char *argv[4];
+		const char *argv[4] = {full, lease, token, leasems};
 		size_t		lens[4];
 
 		snprintf(leasems, sizeof(leasems), "%d", mc_lease_ttl);
-		argv[0] = full;
-		lens[0] = strlen(full);
-		argv[1] = lease;
-		lens[1] = strlen(lease);
-		argv[2] = token;
-		lens[2] = strlen(token);
-		argv[3] = leasems;
-		lens[3] = strlen(leasems);
+		for (int i = 0; i < 4; i++)
+			lens[i] = strlen(argv[i]);
 		for (;;)
 		{
 			long		left;

@@ -987,6 +987,25 @@ choose_index(LGroup *g)
 	table_close(heap, AccessShareLock);
 }
 
+/* emit every rule of group g for one related row, given its selected columns */
+static void
+emit_group_row(McRelRules *rr, int g, int event, const char **colvals,
+			   const char *prefix, McKeySink sink, void *arg, StringInfo buf)
+{
+	const char *values[64];
+
+	for (int i = 0; i < rr->nrules; i++)
+	{
+		CRule	   *c = &rr->rules[i];
+
+		if (c->group != g || !(c->raw->events & event))
+			continue;
+		for (int a = 0; a < c->raw->family->tmpl->nargs && a < 64; a++)
+			values[a] = colvals[c->cols[a] - 1];
+		emit(buf, c, prefix, values, sink, arg);
+	}
+}
+
 static const char *
 via_text(LGroup *g, TupleTableSlot *slot, int col)
 {
@@ -1015,7 +1034,7 @@ index_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
 	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
 	TupleTableSlot *slot = table_slot_create(heap, NULL);
 	IndexScanDesc scan = index_beginscan(heap, idx, snap, 1, 0);
-	const char *values[64];
+	const char **colvals = palloc(sizeof(char *) * Max(1, grp->ncols));
 	ListCell   *lc;
 
 	foreach(lc, vals)
@@ -1029,16 +1048,9 @@ index_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
 		index_rescan(scan, &key, 1, NULL, 0);
 		while (index_getnext_slot(scan, ForwardScanDirection, slot))
 		{
-			for (int i = 0; i < rr->nrules; i++)
-			{
-				CRule	   *c = &rr->rules[i];
-
-				if (c->group != g || !(c->raw->events & event))
-					continue;
-				for (int a = 0; a < c->raw->family->tmpl->nargs && a < 64; a++)
-					values[a] = via_text(grp, slot, c->cols[a]);
-				emit(buf, c, prefix, values, sink, arg);
-			}
+			for (int k = 0; k < grp->ncols; k++)
+				colvals[k] = via_text(grp, slot, k + 1);
+			emit_group_row(rr, g, event, colvals, prefix, sink, arg, buf);
 		}
 		CHECK_FOR_INTERRUPTS();
 	}
@@ -1090,7 +1102,7 @@ spi_lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *pr
 	Datum		param;
 	int			ret;
 	ListCell   *lc;
-	const char *values[64];
+	const char **colvals = palloc(sizeof(char *) * Max(1, grp->ncols));
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -1108,19 +1120,9 @@ spi_lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *pr
 		elog(ERROR, "meetcache: lookup failed: %s", SPI_result_code_string(ret));
 	for (uint64 row = 0; row < SPI_processed; row++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[row];
-		TupleDesc	td = SPI_tuptable->tupdesc;
-
-		for (int i = 0; i < rr->nrules; i++)
-		{
-			CRule	   *c = &rr->rules[i];
-
-			if (c->group != g || !(c->raw->events & event))
-				continue;
-			for (int a = 0; a < c->raw->family->tmpl->nargs && a < 64; a++)
-				values[a] = SPI_getvalue(tup, td, c->cols[a]);
-			emit(buf, c, prefix, values, sink, arg);
-		}
+		for (int k = 0; k < grp->ncols; k++)
+			colvals[k] = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, k + 1);
+		emit_group_row(rr, g, event, colvals, prefix, sink, arg, buf);
 	}
 	SPI_freetuptable(SPI_tuptable);
 	SPI_finish();
