@@ -118,7 +118,6 @@ extern bool mc_redis_invalidate(McStr *keys, int nkeys,
 								McStr *patterns, int npatterns,
 								TimestampTz deadline,
 								McInvResult *res, McErr *err);
-extern void mc_redis_disconnect(void);
 
 /* leases: see redis.c and README "Leases" */
 #define MC_LEASE_EXTRA 14		/* bytes a lease key adds to its key, NUL included */
@@ -134,7 +133,6 @@ typedef enum McScript
 extern int	mc_lease_key(const char *k, int klen, char *out);
 extern McReply *mc_redis_script(McScript which, int nkeys, int nargs,
 								const char **argv, const size_t *lens, McErr *err);
-extern const char *mc_redis_endpoint(void);
 
 /* ---- rules.c ---- */
 
@@ -170,12 +168,10 @@ typedef void (*McKeySink) (void *arg, const char *key, int len,
 #define MC_EV_UPDATE	0x02
 #define MC_EV_DELETE	0x04
 
-extern McTemplate *mc_parse_template(const char *tmpl, bool throw_error);
 extern void mc_render(StringInfo out, McTemplate *t, const char *prefix,
 					  const char **values);
 extern void mc_append_glob_escaped(StringInfo out, const char *s, int len);
 extern bool mc_glob_match(const char *pat, int plen, const char *s, int slen);
-extern McFamily *mc_find_family(const char *name);
 extern McFamily *mc_lookup_family(const char *name);
 extern McFamily *mc_family_for_key(const char *key, int len);
 extern struct McRelRules *mc_rel_rules(Relation rel, const char *table_name,
@@ -219,7 +215,6 @@ typedef enum McCounter
 } McCounter;
 
 extern void mc_stats_shmem_request(void);
-extern void mc_stats_shmem_startup(void);
 extern void mc_stat_add(McCounter c, uint64 n);
 extern void mc_stat_error(const char *msg);
 

@@ -69,7 +69,7 @@ set_err(McErr *err, int sqlstate, const char *fmt,...)
 	err->detail[0] = '\0';
 }
 
-const char *
+static const char *
 mc_redis_endpoint(void)
 {
 	static char buf[300];
@@ -83,7 +83,7 @@ mc_redis_endpoint(void)
 	return buf;
 }
 
-void
+static void
 mc_redis_disconnect(void)
 {
 	if (conn.wes)

@@ -115,6 +115,8 @@ static int	nrels = 0;
 static McRelRules **rels = NULL;
 static List *plans_to_free = NIL;	/* SPI plans of a dropped cache */
 
+static McFamily *mc_find_family(const char *name);
+
 /* ---- templates and globs ---- */
 
 void
@@ -175,8 +177,8 @@ mc_glob_match(const char *pat, int plen, const char *s, int slen)
 	return p == plen;
 }
 
-McTemplate *
-mc_parse_template(const char *tmpl, bool throw_error)
+static McTemplate *
+mc_parse_template(const char *tmpl)
 {
 	McTemplate *t = palloc0(sizeof(McTemplate));
 	List	   *lits = NIL,
@@ -240,8 +242,6 @@ mc_parse_template(const char *tmpl, bool throw_error)
 	return t;
 
 bad:
-	if (!throw_error)
-		return NULL;
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("invalid key template \"%s\"", tmpl),
@@ -414,7 +414,7 @@ load_catalog(void)
 		Datum		ttl;
 
 		f->name = spi_text(tup, td, 1);
-		f->tmpl = mc_parse_template(spi_text(tup, td, 2), true);
+		f->tmpl = mc_parse_template(spi_text(tup, td, 2));
 		ttl = SPI_getbinval(tup, td, 3, &isnull);
 		f->ttl_seconds = isnull ? 0 : DatumGetInt32(ttl);
 		f->ttl_field = spi_text(tup, td, 4);
@@ -505,7 +505,7 @@ ensure_catalog(void)
 		load_catalog();
 }
 
-McFamily *
+static McFamily *
 mc_find_family(const char *name)
 {
 	for (int i = 0; i < nfamilies; i++)

@@ -104,12 +104,6 @@ mc_stats_shmem_request(void)
 }
 
 void
-mc_stats_shmem_startup(void)
-{
-	mc_shmem_startup();
-}
-
-void
 mc_stat_add(McCounter c, uint64 n)
 {
 	pg_atomic_fetch_add_u64(&get_stats()->counters[c], n);
