@@ -35,6 +35,11 @@ set -euo pipefail
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 STAGE_ARG=--as-bench-user
 
+# The shared root stage and throwaway servers (tw_*, scripts/throwaway-servers.sh): next
+# to this script when it runs from its temporary copy, else in the repository.
+SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
+if [ -f "${SELF%/*}/throwaway-servers.sh" ]; then . "${SELF%/*}/throwaway-servers.sh"; else . "${SELF%/*}/../scripts/throwaway-servers.sh"; fi
+
 DURATION=${BENCH_DURATION:-10}
 ROUNDS=${BENCH_ROUNDS:-2}
 WARMUP=${BENCH_WARMUP:-2}
@@ -43,124 +48,27 @@ NHOSTS=${BENCH_HOSTS:-10}
 REDIS_N=${BENCH_REDIS_N:-20000}
 PROTOCOL=${BENCH_PROTOCOL:-prepared}
 
-say()  { printf '\n==> %s\n' "$*"; }
-info() { printf '    %s\n' "$*"; }
-die()  { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
-pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-
 ###########################################################################################
 # Stage 1 (root): dependencies, build, install, then re-run this script as `postgres`.
 ###########################################################################################
 stage_root() {
-    local repo; repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-    if [ "${MEETCACHE_SKIP_APT:-0}" != 1 ]; then
-        local need=() p
-        for p in postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server redis-tools; do
-            pkg_installed "$p" || need+=("$p")
-        done
-        command -v make >/dev/null || need+=(make)
-        command -v gcc  >/dev/null || need+=(gcc)
-        if [ ${#need[@]} -gt 0 ]; then
-            say "Installing missing packages: ${need[*]}"
-            apt-get update -qq
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-        fi
-    fi
-    [ -x "$PGBIN/pgbench" ] || die "pgbench not found in $PGBIN"
-    command -v redis-benchmark >/dev/null || die "redis-benchmark not found (package redis-tools)"
-    if [ "${MEETCACHE_SKIP_BUILD:-0}" != 1 ]; then
-        say "Building and installing meetcache (make && make install in $repo)"
-        make -C "$repo" -s PG_CONFIG="$PGBIN/pg_config" >/dev/null
-        make -C "$repo" -s PG_CONFIG="$PGBIN/pg_config" install >/dev/null
-    fi
-    if ! id postgres >/dev/null 2>&1; then
-        useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
-    fi
-    ROOT_WORK=$(mktemp -d /tmp/meetcache-bench-gos.XXXXXX)
-    trap 'cd /; rm -rf "$ROOT_WORK"' EXIT
-    install -m 0755 "${BASH_SOURCE[0]}" "$ROOT_WORK/get_or_set.sh"
-    install -m 0644 "$repo/test/fixtures/meet_snake.sql" "$ROOT_WORK/meet_snake.sql"
-    chown -R postgres: "$ROOT_WORK"
-    cd "$ROOT_WORK"
-    local rc=0 v vars=()
-    for v in $(compgen -v | grep -E '^(BENCH_|KEEP$|PGBIN$)'); do vars+=("$v=${!v}"); done
-    runuser -u postgres -- env "${vars[@]}" bash "$ROOT_WORK/get_or_set.sh" "$STAGE_ARG" "$ROOT_WORK" || rc=$?
-    if [ -n "${BENCH_RESULTS:-}" ] && [ -f "$ROOT_WORK/results.env" ]; then cp "$ROOT_WORK/results.env" "$BENCH_RESULTS"; fi
-    if [ "${KEEP:-0}" = 1 ]; then trap - EXIT; echo "kept $ROOT_WORK" >&2; fi
-    return $rc
+    tw_bench_root_stage "$SELF" meetcache-bench-gos "$STAGE_ARG" '^(BENCH_|KEEP$|PGBIN$)' \
+        postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server redis-tools
 }
 
 ###########################################################################################
 # Throwaway servers
 ###########################################################################################
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-    local p i
-    for i in $(seq 1 500); do
-        p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
-        port_in_use "$p" || { echo "$p"; return 0; }
-    done
-    return 1
-}
-RCLI() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
-
-start_redis() {
-    local try i
-    for try in 1 2 3 4 5; do
-        REDIS_PORT=$(free_port) || die "no free port"
-        redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode yes \
-            --save '' --appendonly no --daemonize yes \
-            --pidfile "$WORK/redis.pid" --logfile "$WORK/redis.log" --dir "$WORK" >/dev/null
-        for i in $(seq 1 50); do
-            [ "$(RCLI ping 2>/dev/null)" = PONG ] && return 0
-            sleep 0.1
-        done
-        [ -f "$WORK/redis.pid" ] && kill "$(cat "$WORK/redis.pid")" 2>/dev/null || true
-        rm -f "$WORK/redis.pid"
-    done
-    die "could not start redis-server"
-}
-stop_redis() {
-    [ -n "${REDIS_PORT:-}" ] || return 0
-    RCLI shutdown nosave >/dev/null 2>&1 || true
-    if [ -f "$WORK/redis.pid" ]; then
-        local pid; pid=$(cat "$WORK/redis.pid" 2>/dev/null || true)
-        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-    fi
-}
 start_pg() {
-    PGPORT=$(free_port) || die "no free port"
-    "$PGBIN/initdb" -D "$WORK/pgdata" -U postgres --auth=trust -E UTF8 --no-locale >"$WORK/initdb.log" 2>&1 \
-        || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+    tw_init_pg
     cat >>"$WORK/pgdata/postgresql.conf" <<EOF
-listen_addresses = ''
-unix_socket_directories = '$WORK'
-port = $PGPORT
 shared_buffers = 256MB
 autovacuum = off
 shared_preload_libraries = 'meetcache'
 meetcache.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'
 EOF
-    "$PGBIN/pg_ctl" -D "$WORK/pgdata" -l "$WORK/postgres.log" -w -t 60 start >/dev/null \
-        || { cat "$WORK/postgres.log" >&2; die "PostgreSQL did not start"; }
-    PG_STARTED=1
-    export PGHOST="$WORK" PGPORT PGUSER=postgres PGDATABASE=bench
-}
-stop_pg() {
-    [ "${PG_STARTED:-0}" = 1 ] || return 0
-    "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m fast -w -t 30 stop >/dev/null 2>&1 \
-        || "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m immediate -w stop >/dev/null 2>&1 || true
-}
-cleanup() {
-    local rc=$?
-    stop_pg
-    stop_redis
-    if [ "$rc" != 0 ] && [ -f "$WORK/postgres.log" ]; then
-        echo "--- last lines of the PostgreSQL log ---" >&2
-        tail -n 30 "$WORK/postgres.log" >&2 || true
-    fi
-    if [ "${KEEP:-0}" != 1 ] && [ -z "${UNDER_ROOT:-}" ]; then cd /; rm -rf "$WORK"; fi
-    exit "$rc"
+    tw_start_pg
+    export PGDATABASE=bench
 }
 
 PSQL() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -P pager=off "$@"; }
@@ -198,20 +106,13 @@ run_one() {
 # Stage 2 (unprivileged)
 ###########################################################################################
 stage_bench() {
-    WORK=$1
-    if [ -n "$WORK" ]; then UNDER_ROOT=1; else WORK=$(mktemp -d /tmp/meetcache-bench-gos.XXXXXX); fi
-    [ -f "$WORK/meet_snake.sql" ] ||
-        cp "$(dirname "${BASH_SOURCE[0]}")/../test/fixtures/meet_snake.sql" "$WORK/meet_snake.sql"
-    trap cleanup EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
-    cd "$WORK"
-    [ -f "$("$PGBIN/pg_config" --sharedir)/extension/meetcache.control" ] \
+    tw_enter_work "$1" meetcache-bench-gos tw_cleanup
+    tw_extension_installed \
         || die "meetcache is not installed; run this script as root, or make install"
     command -v redis-benchmark >/dev/null || die "redis-benchmark not found (package redis-tools)"
 
     say "Starting throwaway servers"
-    start_redis
+    tw_start_redis
     start_pg
     info "redis-server $(redis-server --version | awk '{print $3}') on 127.0.0.1:$REDIS_PORT; PostgreSQL $("$PGBIN/postgres" -V | awk '{print $3}') on unix socket $WORK port $PGPORT"
     info "machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo)"
@@ -316,10 +217,4 @@ EOF
     if [ -n "${BENCH_RESULTS:-}" ] && [ -z "${UNDER_ROOT:-}" ]; then cp "$WORK/results.env" "$BENCH_RESULTS"; fi
 }
 
-if [ "${1:-}" = "$STAGE_ARG" ]; then
-    stage_bench "${2:-}"
-elif [ "$(id -u)" = 0 ]; then
-    stage_root
-else
-    stage_bench ""
-fi
+tw_main "$STAGE_ARG" stage_root stage_bench "$@"

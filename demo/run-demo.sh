@@ -22,138 +22,60 @@ set -euo pipefail
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 STAGE_ARG=--as-demo-user
 
+# The shared root stage and throwaway servers (tw_*, scripts/throwaway-servers.sh): next
+# to this script when it runs from its temporary copy, else in the repository.
+SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
+if [ -f "${SELF%/*}/throwaway-servers.sh" ]; then . "${SELF%/*}/throwaway-servers.sh"; else . "${SELF%/*}/../scripts/throwaway-servers.sh"; fi
+
 if [ -t 1 ]; then B=$'\e[1m'; G=$'\e[32m'; R=$'\e[31m'; D=$'\e[2m'; N=$'\e[0m'; else B= G= R= D= N=; fi
 say()  { printf '\n%s==> %s%s\n' "$B" "$*" "$N"; }
 info() { printf '    %s\n' "$*"; }
 ok()   { printf '    %sOK%s  %s\n' "$G" "$N" "$*"; }
 die()  { printf '%sERROR:%s %s\n' "$R" "$N" "$*" >&2; exit 1; }
 
-pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-
 ###########################################################################################
 # Stage 1 (root): dependencies, build, install, then re-run this script as `postgres`.
 ###########################################################################################
 stage_root() {
-    local repo; repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    local repo; repo=$(tw_repo_dir "$SELF")
 
     if [ "${MEETCACHE_SKIP_APT:-0}" != 1 ]; then
         say "Checking Debian packages"
-        local need=() p
-        for p in postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server; do
-            pkg_installed "$p" || need+=("$p")
-        done
-        command -v make >/dev/null || need+=(make)
-        command -v gcc  >/dev/null || need+=(gcc)
-        if [ ${#need[@]} -gt 0 ]; then
-            info "installing: ${need[*]}"
-            apt-get update -qq
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-        fi
+        tw_apt_missing info "installing:" postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server
         ok "postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server present"
     fi
     [ -x "$PGBIN/initdb" ] || die "PostgreSQL 15 binaries not found in $PGBIN"
 
     if [ "${MEETCACHE_SKIP_BUILD:-0}" != 1 ]; then
-        say "Building and installing meetcache (make && make install in $repo)"
-        make -C "$repo" -s PG_CONFIG="$PGBIN/pg_config" >/dev/null
-        make -C "$repo" -s PG_CONFIG="$PGBIN/pg_config" install >/dev/null
+        tw_make_install "$repo"
         ok "installed into $("$PGBIN/pg_config" --pkglibdir)"
     fi
 
-    if ! id postgres >/dev/null 2>&1; then
-        say "Creating the unprivileged user postgres"
-        useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
-    fi
+    tw_ensure_postgres_user say "Creating the unprivileged user postgres"
 
-    # Copy what the unprivileged stage needs into a directory it owns (the repo may not be
-    # readable by postgres, e.g. under /root).
-    ROOT_WORK=$(mktemp -d /tmp/meetcache-demo.XXXXXX)
-    local work=$ROOT_WORK
-    trap 'cd /; rm -rf "$ROOT_WORK"' EXIT
-    install -m 0755 "${BASH_SOURCE[0]}" "$work/run-demo.sh"
-    install -m 0644 "$repo/test/fixtures/meet_snake.sql" "$work/meet_snake.sql"
-    chown -R postgres: "$work"
-    cd "$work"
+    tw_root_workdir "$SELF" meetcache-demo
     local rc=0
-    runuser -u postgres -- env PGBIN="$PGBIN" KEEP="${KEEP:-0}" MEETCACHE_PRELOAD="${MEETCACHE_PRELOAD:-1}" \
-        TERM="${TERM:-dumb}" bash "$work/run-demo.sh" "$STAGE_ARG" "$work" || rc=$?
-    if [ "${KEEP:-0}" = 1 ]; then trap - EXIT; info "kept $work"; fi
+    tw_run_as_postgres "$STAGE_ARG" PGBIN="$PGBIN" KEEP="${KEEP:-0}" MEETCACHE_PRELOAD="${MEETCACHE_PRELOAD:-1}" \
+        TERM="${TERM:-dumb}" || rc=$?
+    if tw_root_keep; then info "kept $ROOT_WORK"; fi
     return $rc
 }
 
 ###########################################################################################
 # Helpers for the unprivileged stage
 ###########################################################################################
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-    local p i
-    for i in $(seq 1 500); do
-        p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
-        port_in_use "$p" || { echo "$p"; return 0; }
-    done
-    return 1
-}
-
-start_redis() {
-    local try
-    for try in 1 2 3 4 5; do
-        REDIS_PORT=$(free_port) || die "no free port"
-        redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode yes \
-            --save '' --appendonly no --daemonize yes \
-            --pidfile "$WORK/redis.pid" --logfile "$WORK/redis.log" --dir "$WORK" >/dev/null
-        local i
-        for i in $(seq 1 50); do
-            if [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; then return 0; fi
-            sleep 0.1
-        done
-        # Lost a race for the port (or something else): clean up and try another port.
-        [ -f "$WORK/redis.pid" ] && kill "$(cat "$WORK/redis.pid")" 2>/dev/null || true
-        rm -f "$WORK/redis.pid"
-    done
-    cat "$WORK/redis.log" >&2 || true
-    die "could not start redis-server"
-}
-
-stop_redis() {
-    [ -n "${REDIS_PORT:-}" ] || return 0
-    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
-    if [ -f "$WORK/redis.pid" ]; then
-        local pid; pid=$(cat "$WORK/redis.pid" 2>/dev/null || true)
-        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-    fi
-}
-
 start_pg() {
-    PGPORT=$(free_port) || die "no free port"
-    "$PGBIN/initdb" -D "$WORK/pgdata" -U postgres --auth=trust -E UTF8 --no-locale >"$WORK/initdb.log" 2>&1 \
-        || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+    tw_init_pg
     {
-        echo "listen_addresses = ''"
-        echo "unix_socket_directories = '$WORK'"
-        echo "port = $PGPORT"
         echo "meetcache.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'"
         if [ "${MEETCACHE_PRELOAD:-1}" = 1 ]; then echo "shared_preload_libraries = 'meetcache'"; fi
     } >>"$WORK/pgdata/postgresql.conf"
-    "$PGBIN/pg_ctl" -D "$WORK/pgdata" -l "$WORK/postgres.log" -w -t 60 start >/dev/null \
-        || { cat "$WORK/postgres.log" >&2; die "PostgreSQL did not start"; }
-    PG_STARTED=1
-    export PGHOST="$WORK" PGPORT PGUSER=postgres
-}
-
-stop_pg() {
-    [ "${PG_STARTED:-0}" = 1 ] || return 0
-    "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m fast -w -t 30 stop >/dev/null 2>&1 \
-        || "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m immediate -w stop >/dev/null 2>&1 || true
+    tw_start_pg
 }
 
 cleanup() {
     local rc=$?
-    stop_pg
-    stop_redis
-    if [ "$rc" != 0 ] && [ -f "$WORK/postgres.log" ]; then
-        printf '\n%s--- last lines of the PostgreSQL log ---%s\n' "$D" "$N" >&2
-        tail -n 30 "$WORK/postgres.log" >&2 || true
-    fi
+    tw_stop_servers "$rc" $'\n'"$D--- last lines of the PostgreSQL log ---$N"
     if [ "${KEEP:-0}" != 1 ]; then cd /; rm -rf "$WORK"; else echo "kept $WORK" >&2; fi
     exit "$rc"
 }
@@ -215,19 +137,14 @@ SQL
 )
 
 stage_demo() {
-    WORK=$1
-    [ -n "$WORK" ] || WORK=$(mktemp -d /tmp/meetcache-demo.XXXXXX)
-    trap cleanup EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
-    cd "$WORK"
+    tw_enter_work "$1" meetcache-demo cleanup
 
     local sharedir; sharedir=$("$PGBIN/pg_config" --sharedir)
     [ -f "$sharedir/extension/meetcache.control" ] \
         || die "meetcache is not installed ($sharedir/extension/meetcache.control missing); run this script as root, or make install"
 
     say "Starting a throwaway redis-server and PostgreSQL 15 (as $(id -un))"
-    start_redis
+    tw_start_redis --log-on-failure
     ok "redis-server on 127.0.0.1:$REDIS_PORT"
     start_pg
     ok "PostgreSQL on unix socket $WORK (port $PGPORT), data in $WORK/pgdata"
@@ -347,10 +264,4 @@ ORDER BY a.key, a.rule_id;"
     say "${G}Demo finished successfully${N}${B}; stopping the throwaway servers"
 }
 
-if [ "${1:-}" = "$STAGE_ARG" ]; then
-    stage_demo "${2:-}"
-elif [ "$(id -u)" = 0 ]; then
-    stage_root
-else
-    stage_demo ""
-fi
+tw_main "$STAGE_ARG" stage_root stage_demo "$@"

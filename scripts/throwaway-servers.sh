@@ -1,0 +1,267 @@
+# shellcheck shell=bash
+# scripts/throwaway-servers.sh: the shell code that demo/run-demo.sh, bench/run.sh and
+# bench/get_or_set.sh share. Sourced, never run: it only defines functions (tw_*, RCLI, and
+# say/info/die); sourcing it sets no variable, runs no command and installs no trap.
+#
+# Those scripts work in two stages:
+#   1. As root: install the missing Debian packages (apt-get), make && make install the
+#      extension, create the user postgres, copy the script, this file and
+#      test/fixtures/meet_snake.sql into a fresh directory ROOT_WORK owned by postgres,
+#      and re-run the script from there as postgres (runuser) with a stage argument.
+#   2. Unprivileged, in a work directory WORK (ROOT_WORK, or a new mktemp -d when not
+#      started as root): start a throwaway redis-server on a free 127.0.0.1 port and a
+#      throwaway PostgreSQL 15 (initdb in WORK/pgdata, unix socket in WORK only), do the
+#      script's own work, and stop both from the EXIT trap.
+#
+# A script sources this file relative to its own location: the copy next to it (stage 2
+# re-run from ROOT_WORK) if there is one, else the one in the repository:
+#   SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
+#   if [ -f "${SELF%/*}/throwaway-servers.sh" ]; then . "${SELF%/*}/throwaway-servers.sh"
+#   else . "${SELF%/*}/../scripts/throwaway-servers.sh"; fi
+#
+# The caller sets PGBIN (PostgreSQL 15 bin directory). Progress and errors go through
+# say, info (progress lines) and die (message to stderr, exit 1): this file defines plain
+# ones (those of the benchmarks); a script redefines them after sourcing it for its own
+# output (the demo does, in colour).
+#
+# Stage 1 (root):
+#   tw_main STAGE_ARG ROOT_FN USER_FN "$@"   entry point: "$@" = STAGE_ARG DIR (the re-run)
+#                               calls USER_FN DIR; as root ROOT_FN; else USER_FN ""
+#   tw_repo_dir SCRIPT          prints the repository a script (demo/x.sh, bench/x.sh) is in
+#   tw_apt_missing ANNOUNCE TEXT PKG...
+#                               installs (apt-get) those PKGs not installed, and make and gcc
+#                               if missing; runs `ANNOUNCE "TEXT <missing>"` first
+#   tw_make_install REPO        say ...; make && make install in REPO (PG_CONFIG from PGBIN)
+#   tw_ensure_postgres_user [CMD...]  creates the system user postgres if absent (runs CMD,
+#                               e.g. a say, first)
+#   tw_root_workdir SCRIPT PREFIX  ROOT_WORK=$(mktemp -d /tmp/PREFIX.XXXXXX), removed by an
+#                               EXIT trap; copies SCRIPT (as ROOT_SCRIPT), this file and the
+#                               fixture there, chown postgres, cd there
+#   tw_env_matching REGEX       TW_ENV=(NAME=value ...) of the shell variables matching REGEX
+#   tw_run_as_postgres STAGE_ARG [NAME=value...]
+#                               runs ROOT_SCRIPT STAGE_ARG ROOT_WORK as postgres with that
+#                               environment; returns its status
+#   tw_root_keep                KEEP=1: drops the EXIT trap (ROOT_WORK stays), succeeds;
+#                               else fails
+#   tw_bench_root_stage SCRIPT PREFIX STAGE_ARG ENV_REGEX PKG...
+#                               the whole root stage of the benchmarks (the above, with
+#                               their messages; copies results.env to $BENCH_RESULTS)
+# Stage 2 (unprivileged):
+#   tw_enter_work DIR PREFIX CLEANUP_FN
+#                               WORK=DIR (UNDER_ROOT=1) or a new mktemp -d /tmp/PREFIX.XXXXXX;
+#                               copies the fixture there if missing; traps CLEANUP_FN on
+#                               EXIT, exit 130 / 143 on INT / TERM; cd WORK
+#   tw_extension_installed      true if meetcache is installed for $PGBIN/pg_config
+#   tw_free_port                prints a free TCP port of 127.0.0.1 (20000-59999)
+#   RCLI ARGS...                redis-cli to the throwaway redis-server
+#   tw_start_redis [--log-on-failure]   sets REDIS_PORT; --log-on-failure: print
+#                               redis.log to stderr before dying when it cannot start
+#   tw_init_pg                  sets PGPORT; initdb WORK/pgdata, appends listen_addresses,
+#                               unix_socket_directories and port to its postgresql.conf
+#                               (the caller appends its own settings after that)
+#   tw_start_pg                 pg_ctl start; PG_STARTED=1; exports PGHOST PGPORT PGUSER
+#   tw_stop_servers RC HEADER   stops PostgreSQL and redis-server; if RC != 0, prints HEADER
+#                               and the last 30 lines of the PostgreSQL log to stderr
+#   tw_cleanup                  the benchmarks' EXIT trap: tw_stop_servers, removes WORK
+#                               unless KEEP=1 or UNDER_ROOT, exits with the script's status
+
+say()  { printf '\n==> %s\n' "$*"; }
+info() { printf '    %s\n' "$*"; }
+die()  { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+###########################################################################################
+# Stage 1 (root)
+###########################################################################################
+tw_main() {
+    local stage_arg=$1 root_fn=$2 user_fn=$3
+    shift 3
+    if [ "${1:-}" = "$stage_arg" ]; then
+        "$user_fn" "${2:-}"
+    elif [ "$(id -u)" = 0 ]; then
+        "$root_fn"
+    else
+        "$user_fn" ""
+    fi
+}
+
+tw_repo_dir() { (cd "$(dirname "$1")/.." && pwd); }
+
+tw_pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+tw_apt_missing() {
+    local announce=$1 text=$2 need=() p
+    shift 2
+    for p in "$@"; do
+        tw_pkg_installed "$p" || need+=("$p")
+    done
+    command -v make >/dev/null || need+=(make)
+    command -v gcc  >/dev/null || need+=(gcc)
+    if [ ${#need[@]} -gt 0 ]; then
+        "$announce" "$text ${need[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    fi
+}
+
+tw_make_install() {
+    say "Building and installing meetcache (make && make install in $1)"
+    make -C "$1" -s PG_CONFIG="$PGBIN/pg_config" >/dev/null
+    make -C "$1" -s PG_CONFIG="$PGBIN/pg_config" install >/dev/null
+}
+
+tw_ensure_postgres_user() {
+    if ! id postgres >/dev/null 2>&1; then
+        if [ $# -gt 0 ]; then "$@"; fi
+        useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
+    fi
+}
+
+# Copy what the unprivileged stage needs into a directory it owns (the repo may not be
+# readable by postgres, e.g. under /root).
+tw_root_workdir() {
+    local script=$1 repo
+    repo=$(tw_repo_dir "$script")
+    ROOT_WORK=$(mktemp -d "/tmp/$2.XXXXXX")
+    trap 'cd /; rm -rf "$ROOT_WORK"' EXIT
+    ROOT_SCRIPT=$ROOT_WORK/$(basename "$script")
+    install -m 0755 "$script" "$ROOT_SCRIPT"
+    install -m 0644 "${BASH_SOURCE[0]}" "$ROOT_WORK/throwaway-servers.sh"
+    install -m 0644 "$repo/test/fixtures/meet_snake.sql" "$ROOT_WORK/meet_snake.sql"
+    chown -R postgres: "$ROOT_WORK"
+    cd "$ROOT_WORK"
+}
+
+tw_env_matching() {
+    local v
+    TW_ENV=()
+    for v in $(compgen -v | grep -E "$1"); do TW_ENV+=("$v=${!v}"); done
+}
+
+tw_run_as_postgres() {
+    local stage_arg=$1
+    shift
+    runuser -u postgres -- env "$@" bash "$ROOT_SCRIPT" "$stage_arg" "$ROOT_WORK"
+}
+
+tw_root_keep() {
+    [ "${KEEP:-0}" = 1 ] || return 1
+    trap - EXIT
+}
+
+tw_bench_root_stage() {
+    local script=$1 prefix=$2 stage_arg=$3 env_regex=$4 rc=0
+    shift 4
+    if [ "${MEETCACHE_SKIP_APT:-0}" != 1 ]; then
+        tw_apt_missing say "Installing missing packages:" "$@"
+    fi
+    [ -x "$PGBIN/pgbench" ] || die "pgbench not found in $PGBIN"
+    command -v redis-benchmark >/dev/null || die "redis-benchmark not found (package redis-tools)"
+    if [ "${MEETCACHE_SKIP_BUILD:-0}" != 1 ]; then
+        tw_make_install "$(tw_repo_dir "$script")"
+    fi
+    tw_ensure_postgres_user
+    tw_root_workdir "$script" "$prefix"
+    tw_env_matching "$env_regex"
+    tw_run_as_postgres "$stage_arg" "${TW_ENV[@]}" || rc=$?
+    if [ -n "${BENCH_RESULTS:-}" ] && [ -f "$ROOT_WORK/results.env" ]; then cp "$ROOT_WORK/results.env" "$BENCH_RESULTS"; fi
+    if tw_root_keep; then echo "kept $ROOT_WORK" >&2; fi
+    return $rc
+}
+
+###########################################################################################
+# Stage 2 (unprivileged): the throwaway servers
+###########################################################################################
+tw_enter_work() {
+    WORK=$1
+    if [ -n "$WORK" ]; then UNDER_ROOT=1; else WORK=$(mktemp -d "/tmp/$2.XXXXXX"); fi
+    [ -f "$WORK/meet_snake.sql" ] ||
+        cp "$(dirname "${BASH_SOURCE[0]}")/../test/fixtures/meet_snake.sql" "$WORK/meet_snake.sql"
+    # shellcheck disable=SC2064  # the handler name is expanded now, on purpose
+    trap "$3" EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    cd "$WORK"
+}
+
+tw_extension_installed() { [ -f "$("$PGBIN/pg_config" --sharedir)/extension/meetcache.control" ]; }
+
+tw_port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+tw_free_port() {
+    local p i
+    for i in $(seq 1 500); do
+        p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
+        tw_port_in_use "$p" || { echo "$p"; return 0; }
+    done
+    return 1
+}
+
+RCLI() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+
+tw_start_redis() {
+    local try i
+    for try in 1 2 3 4 5; do
+        REDIS_PORT=$(tw_free_port) || die "no free port"
+        redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode yes \
+            --save '' --appendonly no --daemonize yes \
+            --pidfile "$WORK/redis.pid" --logfile "$WORK/redis.log" --dir "$WORK" >/dev/null
+        for i in $(seq 1 50); do
+            [ "$(RCLI ping 2>/dev/null)" = PONG ] && return 0
+            sleep 0.1
+        done
+        # Lost a race for the port (or something else): clean up and try another port.
+        [ -f "$WORK/redis.pid" ] && kill "$(cat "$WORK/redis.pid")" 2>/dev/null || true
+        rm -f "$WORK/redis.pid"
+    done
+    if [ "${1:-}" = --log-on-failure ]; then cat "$WORK/redis.log" >&2 || true; fi
+    die "could not start redis-server"
+}
+
+tw_stop_redis() {
+    [ -n "${REDIS_PORT:-}" ] || return 0
+    RCLI shutdown nosave >/dev/null 2>&1 || true
+    if [ -f "$WORK/redis.pid" ]; then
+        local pid; pid=$(cat "$WORK/redis.pid" 2>/dev/null || true)
+        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    fi
+}
+
+tw_init_pg() {
+    PGPORT=$(tw_free_port) || die "no free port"
+    "$PGBIN/initdb" -D "$WORK/pgdata" -U postgres --auth=trust -E UTF8 --no-locale >"$WORK/initdb.log" 2>&1 \
+        || { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+    {
+        echo "listen_addresses = ''"
+        echo "unix_socket_directories = '$WORK'"
+        echo "port = $PGPORT"
+    } >>"$WORK/pgdata/postgresql.conf"
+}
+
+tw_start_pg() {
+    "$PGBIN/pg_ctl" -D "$WORK/pgdata" -l "$WORK/postgres.log" -w -t 60 start >/dev/null \
+        || { cat "$WORK/postgres.log" >&2; die "PostgreSQL did not start"; }
+    PG_STARTED=1
+    export PGHOST="$WORK" PGPORT PGUSER=postgres
+}
+
+tw_stop_pg() {
+    [ "${PG_STARTED:-0}" = 1 ] || return 0
+    "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m fast -w -t 30 stop >/dev/null 2>&1 \
+        || "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m immediate -w stop >/dev/null 2>&1 || true
+}
+
+tw_stop_servers() {
+    tw_stop_pg
+    tw_stop_redis
+    if [ "$1" != 0 ] && [ -f "$WORK/postgres.log" ]; then
+        printf '%s\n' "$2" >&2
+        tail -n 30 "$WORK/postgres.log" >&2 || true
+    fi
+}
+
+tw_cleanup() {
+    local rc=$?
+    tw_stop_servers "$rc" "--- last lines of the PostgreSQL log ---"
+    # In root mode the root stage owns (copies results from, and removes) the directory.
+    if [ "${KEEP:-0}" != 1 ] && [ -z "${UNDER_ROOT:-}" ]; then cd /; rm -rf "$WORK"; fi
+    exit "$rc"
+}
