@@ -967,39 +967,33 @@ store_result(const char *key, const char *full, const char *lease, const char *t
 	}
 	else if (bypass || (use_lease && !hold))
 		mc_stat_add(MC_STAT_CACHE_BYPASSES, 1);
-	else if (hold)
-	{
-		/* stored only if no invalidation cancelled our lease meanwhile */
-		char		ttlbuf[16];
-
-		snprintf(ttlbuf, sizeof(ttlbuf), "%d", ttl);
-		{
-			const char *argv[5] = {full, lease, token, json, ttlbuf};
-			size_t		lens[5] = {strlen(full), strlen(lease), strlen(token), jlen, strlen(ttlbuf)};
-
-			r = mc_redis_script(MC_SCRIPT_LEASE_SET, 2, 3, argv, lens, err);
-		}
-		if (r == NULL)
-			ereport(WARNING,
-					(errcode(err->sqlstate),
-					 errmsg("meetcache: could not store cache key \"%s\": %s", key, err->msg)));
-		else
-		{
-			check_reply_error(r, key);
-			if (r->type == MC_REPLY_INTEGER && r->integer == 0)
-				mc_stat_add(MC_STAT_LEASE_REFUSED, 1);
-		}
-	}
 	else
 	{
-		/* meetcache.lease_check = off: a plain SET, racy by design */
-		r = set_command(full, json, jlen, ttl, err);
+		if (hold)
+		{
+			/* stored only if no invalidation cancelled our lease meanwhile */
+			char		ttlbuf[16];
+			const char *argv[5] = {full, lease, token, json, ttlbuf};
+			size_t		lens[5];
+
+			snprintf(ttlbuf, sizeof(ttlbuf), "%d", ttl);
+			for (int i = 0; i < 5; i++)
+				lens[i] = strlen(argv[i]);
+			r = mc_redis_script(MC_SCRIPT_LEASE_SET, 2, 3, argv, lens, err);
+		}
+		else					/* meetcache.lease_check = off: a plain SET, racy by design */
+			r = set_command(full, json, jlen, ttl, err);
+
 		if (r == NULL)
 			ereport(WARNING,
 					(errcode(err->sqlstate),
 					 errmsg("meetcache: could not store cache key \"%s\": %s", key, err->msg)));
 		else
+		{
 			check_reply_error(r, key);
+			if (hold && r->type == MC_REPLY_INTEGER && r->integer == 0)
+				mc_stat_add(MC_STAT_LEASE_REFUSED, 1);
+		}
 	}
 }
 

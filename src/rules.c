@@ -355,14 +355,24 @@ drop_cache(void)
 	rels = NULL;
 }
 
+/* run a catalog query on a fresh snapshot (SPI connected); rows in SPI_tuptable */
+static void
+catalog_query(const char *sql)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, 0, NULL);
+
+	if (plan == NULL ||
+		SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "meetcache: could not read its catalog: %s", sql);
+}
+
 static void
 load_catalog(void)
 {
 	Oid			nsp;
 	MemoryContext old;
-	int			ret;
 	uint64		inval_before;
-	SPIPlanPtr	plan;
 
 	drop_cache();
 	while (plans_to_free != NIL)
@@ -391,17 +401,10 @@ load_catalog(void)
 	 * arriving meanwhile leaves the cache marked stale for the next use.
 	 */
 	inval_before = rules_inval_count;
-	plan = SPI_prepare("SELECT name, template, ttl_seconds, ttl_field, "
-					   "(SELECT array_agg(key ORDER BY key) FROM jsonb_each(ttl_by_value)), "
-					   "(SELECT array_agg(value::text::int ORDER BY key) FROM jsonb_each(ttl_by_value)) "
-					   "FROM meetcache.families ORDER BY name",
-					   0, NULL);
-	if (plan == NULL)
-		elog(ERROR, "could not read meetcache.families");
-	ret = SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
-							   true, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read meetcache.families");
+	catalog_query("SELECT name, template, ttl_seconds, ttl_field, "
+				  "(SELECT array_agg(key ORDER BY key) FROM jsonb_each(ttl_by_value)), "
+				  "(SELECT array_agg(value::text::int ORDER BY key) FROM jsonb_each(ttl_by_value)) "
+				  "FROM meetcache.families ORDER BY name");
 	old = MemoryContextSwitchTo(rules_cxt);
 	nfamilies = SPI_processed;
 	families = palloc(sizeof(McFamily *) * Max(1, nfamilies));
@@ -440,16 +443,9 @@ load_catalog(void)
 	}
 	MemoryContextSwitchTo(old);
 
-	plan = SPI_prepare("SELECT id, table_name, family, args, on_insert, on_update, on_delete, "
-					   "when_column, when_values, via_table, via_column, match_column "
-					   "FROM meetcache.rules WHERE enabled ORDER BY id",
-					   0, NULL);
-	if (plan == NULL)
-		elog(ERROR, "could not read meetcache.rules");
-	ret = SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
-							   true, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read meetcache.rules");
+	catalog_query("SELECT id, table_name, family, args, on_insert, on_update, on_delete, "
+				  "when_column, when_values, via_table, via_column, match_column "
+				  "FROM meetcache.rules WHERE enabled ORDER BY id");
 	old = MemoryContextSwitchTo(rules_cxt);
 	nraw = SPI_processed;
 	raw_rules = palloc0(sizeof(RawRule) * Max(1, nraw));
