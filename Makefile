@@ -3,6 +3,7 @@ EXTENSION  = meetcache
 EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big = meetcache
 OBJS       = src/meetcache.o src/redis.o src/pending.o src/rules.o src/trigger.o \
+             src/shared.o src/queue.o src/worker.o \
              src/cache.o src/stats.o
 DATA       = sql/$(EXTENSION)--$(EXTVERSION).sql
 PGFILEDESC = "meetcache - Redis cache invalidation"
@@ -20,4 +21,4 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # every object depends on the shared header (PGXS tracks no header dependencies)
-$(OBJS): src/meetcache.h
+$(OBJS): src/meetcache.h src/shared.h

@@ -180,13 +180,63 @@ CREATE FUNCTION meetcache.stats(
     OUT commands bigint, OUT delivery_failures bigint, OUT redis_errors bigint,
     OUT cache_hits bigint, OUT cache_misses bigint, OUT cache_bypasses bigint,
     OUT lease_waits bigint, OUT lease_refused bigint, OUT lease_timeouts bigint,
-    OUT last_error text, OUT last_error_at timestamptz, OUT stats_reset timestamptz)
+    OUT queue_rows_written bigint, OUT queue_rows_done bigint, OUT queue_rows_skipped bigint,
+    OUT queue_keys_sent bigint, OUT handoffs bigint, OUT retries bigint,
+    OUT retry_overflows bigint, OUT family_flushes bigint, OUT worker_failures bigint,
+    OUT breaker_trips bigint,
+    OUT last_error text, OUT last_error_at timestamptz, OUT stats_reset timestamptz,
+    OUT worker_state text, OUT launcher_pid integer, OUT drains_running integer,
+    OUT redis_state text, OUT redis_down_since timestamptz,
+    OUT retry_queue_entries bigint, OUT retry_queue_bytes bigint, OUT retry_queue_size bigint)
   RETURNS record LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_stats';
 
 CREATE FUNCTION meetcache.stats_reset() RETURNS void
   LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_stats_reset';
 
-CREATE VIEW meetcache.stats AS SELECT * FROM meetcache.stats();
+------------------------------------------------------------------------
+-- The durable queue: one row per committed (or prepared) transaction
+------------------------------------------------------------------------
+
+CREATE TABLE meetcache.queue (
+  id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+  keys        text[] NOT NULL,
+  patterns    text[]
+) WITH (
+  -- rows live for milliseconds: vacuum often, never throttled
+  autovacuum_vacuum_scale_factor = 0,
+  autovacuum_vacuum_threshold = 1000,
+  autovacuum_vacuum_insert_scale_factor = 0,
+  autovacuum_vacuum_insert_threshold = 10000,
+  autovacuum_analyze_scale_factor = 0,
+  autovacuum_analyze_threshold = 10000,
+  autovacuum_vacuum_cost_delay = 0
+);
+COMMENT ON TABLE meetcache.queue IS
+  'Keys (already prefixed) and SCAN patterns of committed transactions, waiting for a drain worker.';
+
+CREATE VIEW meetcache.pending AS
+  SELECT q.id, q.enqueued_at, clock_timestamp() - q.enqueued_at AS age,
+         cardinality(q.keys) AS nkeys, coalesce(cardinality(q.patterns), 0) AS npatterns,
+         q.keys, q.patterns
+  FROM meetcache.queue q
+  ORDER BY q.id;
+COMMENT ON VIEW meetcache.pending IS
+  'Queue rows not yet deleted from Redis by a drain worker, oldest first.';
+
+CREATE VIEW meetcache.stats AS
+  SELECT s.*, q.queue_depth, q.oldest_pending_age
+  FROM meetcache.stats() s,
+       LATERAL (SELECT count(*) AS queue_depth,
+                       clock_timestamp() - min(enqueued_at) AS oldest_pending_age
+                FROM meetcache.queue) q;
+COMMENT ON VIEW meetcache.stats IS
+  'Counters (cluster-wide when preloaded), worker and Redis state, and this database''s queue.';
+
+CREATE FUNCTION meetcache.invalidate_all() RETURNS void
+  LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_invalidate_all';
+COMMENT ON FUNCTION meetcache.invalidate_all() IS
+  'Delete every key under meetcache.key_prefix when this transaction commits (after writes made without triggers).';
 
 ------------------------------------------------------------------------
 -- Catalog validation: bad rules are refused when written
@@ -299,6 +349,7 @@ BEGIN
   IF tbl IS NULL THEN
     RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
   END IF;
+  PERFORM meetcache._allow_trigger_ddl(tbl);
   FOR t IN SELECT tgname FROM pg_catalog.pg_trigger
            WHERE tgrelid = tbl AND tgfoid = 'meetcache.invalidate_trigger()'::regprocedure LOOP
     EXECUTE format('DROP TRIGGER %I ON %s', t, tbl);
@@ -332,6 +383,7 @@ BEGIN
             HINT = 'Add rules to meetcache.rules, or attach the table under the name its rules use: meetcache.attach(''my_table'', ''meetings'').';
   END IF;
   PERFORM meetcache.detach(tbl);
+  PERFORM meetcache._allow_trigger_ddl(tbl);
   EXECUTE format('CREATE TRIGGER meetcache_ins AFTER INSERT ON %s REFERENCING NEW TABLE AS meetcache_new '
                  'FOR EACH STATEMENT EXECUTE FUNCTION meetcache.invalidate_trigger(%L)', tbl, name);
   EXECUTE format('CREATE TRIGGER meetcache_upd AFTER UPDATE ON %s REFERENCING OLD TABLE AS meetcache_old NEW TABLE AS meetcache_new '
@@ -395,6 +447,72 @@ COMMENT ON FUNCTION meetcache.affected_keys(regclass, jsonb, jsonb) IS
   'Dry run: the keys (without key_prefix) that changing old_row into new_row would delete. NULL old_row = INSERT, NULL new_row = DELETE.';
 
 ------------------------------------------------------------------------
+-- The guard: nobody switches invalidation off by accident
+------------------------------------------------------------------------
+
+CREATE FUNCTION meetcache._allow_trigger_ddl(tbl regclass) RETURNS void
+  LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'meetcache_allow_trigger_ddl';
+CREATE FUNCTION meetcache._trigger_ddl_allowed(tbl oid) RETURNS boolean
+  LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'meetcache_trigger_ddl_allowed';
+
+-- ALTER TABLE may not leave a meetcache trigger anything but ENABLE ALWAYS
+-- (DISABLE, ENABLE [REPLICA] all would let some writes skip it).  pg_dump's
+-- CREATE TRIGGER + ENABLE ALWAYS TRIGGER passes: CREATE TRIGGER is no
+-- ALTER TABLE.
+CREATE FUNCTION meetcache._guard_alter() RETURNS event_trigger
+  LANGUAGE plpgsql AS $$
+DECLARE
+  r record;
+  bad text;
+BEGIN
+  FOR r IN SELECT DISTINCT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c
+           WHERE c.object_type = 'table' LOOP
+    CONTINUE WHEN meetcache._trigger_ddl_allowed(r.objid);
+    SELECT string_agg(quote_ident(t.tgname), ', ' ORDER BY t.tgname) INTO bad
+    FROM pg_catalog.pg_trigger t
+    WHERE t.tgrelid = r.objid AND t.tgfoid = 'meetcache.invalidate_trigger()'::regprocedure
+      AND t.tgenabled <> 'A';
+    IF bad IS NOT NULL THEN
+      RAISE EXCEPTION 'cannot change meetcache trigger % of table % from ENABLE ALWAYS', bad, r.objid::regclass::text
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              DETAIL = 'Writes that skip a meetcache trigger leave stale keys in Redis.',
+              HINT = format('To stop invalidating this table, run SELECT meetcache.detach(%L); to attach it again, meetcache.attach(%L).', r.objid::regclass::text, r.objid::regclass::text);
+    END IF;
+  END LOOP;
+END $$;
+
+-- DROP TRIGGER on a meetcache trigger, except from detach() or with its table
+CREATE FUNCTION meetcache._guard_drop() RETURNS event_trigger
+  LANGUAGE plpgsql AS $$
+DECLARE
+  r record;
+  rel regclass;
+BEGIN
+  FOR r IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects() d
+           WHERE d.object_type = 'trigger' AND d.original
+             AND d.address_names[cardinality(d.address_names)] IN
+                 ('meetcache_ins', 'meetcache_upd', 'meetcache_del', 'meetcache_trunc') LOOP
+    rel := to_regclass(format('%I.%I', r.address_names[1], r.address_names[2]));
+    CONTINUE WHEN rel IS NULL OR meetcache._trigger_ddl_allowed(rel);
+    RAISE EXCEPTION 'cannot drop meetcache trigger % of table %', r.address_names[3], rel::text
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = 'Writes to a table without its meetcache triggers leave stale keys in Redis.',
+            HINT = format('Use SELECT meetcache.detach(%L) to stop invalidating this table.', rel::text);
+  END LOOP;
+END $$;
+
+CREATE EVENT TRIGGER meetcache_guard_alter ON ddl_command_end
+  WHEN TAG IN ('ALTER TABLE')
+  EXECUTE FUNCTION meetcache._guard_alter();
+CREATE EVENT TRIGGER meetcache_guard_drop ON sql_drop
+  WHEN TAG IN ('DROP TRIGGER')
+  EXECUTE FUNCTION meetcache._guard_drop();
+-- event triggers are skipped under session_replication_role = replica
+-- unless enabled ALWAYS, like the table triggers themselves
+ALTER EVENT TRIGGER meetcache_guard_alter ENABLE ALWAYS;
+ALTER EVENT TRIGGER meetcache_guard_drop ENABLE ALWAYS;
+
+------------------------------------------------------------------------
 -- Privileges: reading, writing and deleting cache data is not for PUBLIC
 ------------------------------------------------------------------------
 
@@ -408,5 +526,6 @@ REVOKE EXECUTE ON FUNCTION
   meetcache.cache_keys(text, integer), meetcache.cache_get_or_set(text, text, integer, text[]),
   meetcache.stats_reset(), meetcache.attach(regclass, text), meetcache.detach(regclass),
   meetcache.attach_defaults(name), meetcache.affected_keys(regclass, jsonb, jsonb),
-  meetcache._affected_keys(regclass, jsonb, jsonb), meetcache._check_table(regclass, text)
+  meetcache._affected_keys(regclass, jsonb, jsonb), meetcache._check_table(regclass, text),
+  meetcache.invalidate_all(), meetcache._allow_trigger_ddl(regclass)
   FROM PUBLIC;

@@ -12,6 +12,7 @@
 #include <ctype.h>
 #include <limits.h>
 
+#include "common/hashfn.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
@@ -28,16 +29,23 @@ char	   *mc_key_prefix = NULL;
 int			mc_connect_timeout = 1000;
 int			mc_command_timeout = 1000;
 int			mc_commit_timeout = 2000;
-int			mc_delivery = MC_DELIVERY_SYNC;
+int			mc_delivery = MC_DELIVERY_SYNC_QUEUE;
 int			mc_max_keys = 100000;
 bool		mc_lease_check = true;
 int			mc_lease_ttl = 10000;
 int			mc_lease_wait = 2000;
+int			mc_poll_interval = 1000;
+int			mc_retry_buffer_kb = 1024;
+int			mc_drain_batch = 1000;
+bool		mc_preloaded = false;
+uint64		mc_url_hash = 0;
 
 static char *redis_url_string = NULL;
 
 static const struct config_enum_entry delivery_options[] = {
 	{"sync", MC_DELIVERY_SYNC, false},
+	{"queue", MC_DELIVERY_QUEUE, false},
+	{"sync+queue", MC_DELIVERY_SYNC_QUEUE, false},
 	{NULL, 0, false}
 };
 
@@ -252,6 +260,9 @@ assign_redis_url(const char *newval, void *extra)
 {
 	mc_url = (McRedisUrl *) extra;
 	mc_url_generation++;
+	/* the struct is zero-filled before parsing: hashing it is stable */
+	mc_url_hash = mc_url ? hash_bytes_extended((const unsigned char *) mc_url,
+											   sizeof(McRedisUrl), 0) : 0;
 }
 
 static bool
@@ -265,9 +276,33 @@ check_key_prefix(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+/*
+ * The queue modes need the background worker.  Without preloading the
+ * default quietly becomes sync; asking for a queue mode is an error.
+ */
+static bool
+check_delivery(int *newval, void **extra, GucSource source)
+{
+	if (*newval == MC_DELIVERY_SYNC || mc_preloaded)
+		return true;
+	if (source == PGC_S_DEFAULT)
+	{
+		*newval = MC_DELIVERY_SYNC;
+		return true;
+	}
+	GUC_check_errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE);
+	GUC_check_errmsg("meetcache.delivery = '%s' needs the meetcache background worker",
+					 *newval == MC_DELIVERY_QUEUE ? "queue" : "sync+queue");
+	GUC_check_errdetail("meetcache is not in shared_preload_libraries, so no worker drains the queue.");
+	GUC_check_errhint("Add meetcache to shared_preload_libraries and restart the server, or use meetcache.delivery = 'sync'.");
+	return false;
+}
+
 void
 _PG_init(void)
 {
+	mc_preloaded = process_shared_preload_libraries_in_progress;
+
 	DefineCustomStringVariable("meetcache.redis_url",
 							   "Redis server that holds the cache.",
 							   "Format: redis://[user[:password]@]host[:port][/db].",
@@ -315,13 +350,42 @@ _PG_init(void)
 
 	DefineCustomEnumVariable("meetcache.delivery",
 							 "How committed invalidations reach Redis.",
-							 "sync: the committing backend deletes the keys right after the commit.",
+							 "sync: the committing backend deletes the keys after commit; "
+							 "queue: a durable row per transaction, deleted by the worker; "
+							 "sync+queue: both, the worker skipping what the backend delivered.",
 							 &mc_delivery,
-							 MC_DELIVERY_SYNC,
+							 MC_DELIVERY_SYNC_QUEUE,
 							 delivery_options,
 							 PGC_SUSET,
 							 0,
-							 NULL, NULL, NULL);
+							 check_delivery, NULL, NULL);
+
+	DefineCustomIntVariable("meetcache.poll_interval",
+							"How often the worker looks for queue rows nobody announced.",
+							"Rows of COMMIT PREPARED and retries after an outage wait at most this long.",
+							&mc_poll_interval,
+							1000, 10, 3600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("meetcache.retry_buffer",
+							"Shared memory for keys of failed sync deliveries, retried by the worker.",
+							"When it is full, the database's cache families are flushed instead.",
+							&mc_retry_buffer_kb,
+							1024, 64, 1048576,
+							PGC_POSTMASTER,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("meetcache.drain_batch",
+							"Queue rows a drain takes per transaction.",
+							NULL,
+							&mc_drain_batch,
+							1000, 1, 1000000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("meetcache.max_keys",
 							"Distinct keys one transaction keeps before it falls back to whole families.",
@@ -368,5 +432,10 @@ _PG_init(void)
 	mc_pending_init();
 	mc_rules_init();
 	if (process_shared_preload_libraries_in_progress)
+	{
 		mc_stats_shmem_request();
+		mc_shared_request();
+		if (!IsBinaryUpgrade)
+			mc_worker_register();
+	}
 }

@@ -10,6 +10,11 @@
  *	  trigger.c    the trigger function, attach checks, affected_keys()
  *	  cache.c      the SQL-callable cache_* functions and key()
  *	  stats.c      counters (shared memory when preloaded, else per backend)
+ *	  shared.c     shared state for the worker: circuit breaker, retry queue,
+ *	               per-database drain slots, keys already delivered
+ *	  queue.c      the durable queue table: writing a transaction's row and
+ *	               draining rows into Redis
+ *	  worker.c     the launcher and per-database drain background workers
  */
 #ifndef MEETCACHE_H
 #define MEETCACHE_H
@@ -37,7 +42,9 @@ typedef struct McRedisUrl
 
 typedef enum McDelivery
 {
-	MC_DELIVERY_SYNC = 0
+	MC_DELIVERY_SYNC = 0,
+	MC_DELIVERY_QUEUE,
+	MC_DELIVERY_SYNC_QUEUE
 } McDelivery;
 
 extern McRedisUrl *mc_url;		/* parsed meetcache.redis_url */
@@ -51,6 +58,11 @@ extern int	mc_max_keys;
 extern bool mc_lease_check;
 extern int	mc_lease_ttl;
 extern int	mc_lease_wait;
+extern int	mc_poll_interval;
+extern int	mc_retry_buffer_kb;
+extern int	mc_drain_batch;
+extern bool mc_preloaded;		/* loaded by shared_preload_libraries */
+extern uint64 mc_url_hash;		/* identity of the Redis endpoint in use */
 
 /* ---- shared small types ---- */
 
@@ -131,6 +143,7 @@ typedef enum McScript
 	MC_SCRIPT__COUNT
 } McScript;
 extern int	mc_lease_key(const char *k, int klen, char *out);
+extern bool mc_redis_ping(TimestampTz deadline, McErr *err);
 extern McReply *mc_redis_script(McScript which, int nkeys, int nargs,
 								const char **argv, const size_t *lens, McErr *err);
 
@@ -183,6 +196,7 @@ extern void mc_collect(struct McRelRules *rr, Relation rel, int event,
 extern List *mc_rel_families(struct McRelRules *rr);
 extern int	mc_rel_nrules(struct McRelRules *rr);
 extern void mc_rules_init(void);
+extern List *mc_family_globs(const char *prefix);
 
 /* ---- pending.c ---- */
 
@@ -191,6 +205,7 @@ extern void mc_pending_sink(void *arg, const char *key, int len,
 							McFamily *family, int rule_id);
 extern void mc_pending_add_pattern(const char *pat, int len);
 extern bool mc_pending_any(void);
+extern int	mc_effective_delivery(void);
 
 /* ---- stats.c ---- */
 
@@ -211,11 +226,46 @@ typedef enum McCounter
 	MC_STAT_LEASE_WAITS,		/* misses that waited for another session's value */
 	MC_STAT_LEASE_REFUSED,		/* stores refused: the lease was cancelled */
 	MC_STAT_LEASE_TIMEOUTS,		/* waits that reached meetcache.lease_wait */
+	MC_STAT_QUEUE_ROWS_WRITTEN, /* durable queue rows written by transactions */
+	MC_STAT_QUEUE_ROWS_DONE,	/* queue rows removed after Redis acknowledged */
+	MC_STAT_QUEUE_ROWS_SKIPPED, /* of those, already delivered by their backend */
+	MC_STAT_QUEUE_KEYS_SENT,	/* keys the drains sent */
+	MC_STAT_HANDOFFS,			/* sync transactions handed to the worker */
+	MC_STAT_RETRIES,			/* retry-queue entries delivered by the worker */
+	MC_STAT_RETRY_OVERFLOWS,	/* handoffs that did not fit the retry queue */
+	MC_STAT_FAMILY_FLUSHES,		/* whole-family flushes run by drains */
+	MC_STAT_WORKER_FAILURES,	/* failed worker delivery attempts */
+	MC_STAT_BREAKER_TRIPS,		/* times Redis was marked down */
 	MC_STAT__COUNT
 } McCounter;
 
 extern void mc_stats_shmem_request(void);
 extern void mc_stat_add(McCounter c, uint64 n);
 extern void mc_stat_error(const char *msg);
+
+/* ---- shared.c ---- */
+
+extern void mc_shared_request(void);
+extern bool mc_shared_ready(void);
+extern bool mc_breaker_applies(void);
+extern bool mc_breaker_open(void);
+extern void mc_breaker_trip(const char *why);
+extern void mc_breaker_reset(void);
+extern bool mc_retry_push(Oid db, McStr *keys, int nkeys,
+						  McStr *patterns, int npatterns);
+extern void mc_db_wake(Oid db);
+extern void mc_db_request_flush(Oid db);
+extern void mc_delivered_add(Oid db, int64 id);
+extern bool mc_delivered_take(Oid db, int64 id);
+
+/* ---- queue.c ---- */
+
+extern int64 mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns);
+extern bool mc_queue_drain_pass(int batch, int *rows, McErr *err);
+extern bool mc_queue_flush_families(McErr *err);
+
+/* ---- worker.c ---- */
+
+extern void mc_worker_register(void);
 
 #endif							/* MEETCACHE_H */

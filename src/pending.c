@@ -10,6 +10,15 @@
  * forgets it.  Past meetcache.max_keys new keys are replaced by their
  * family's pattern, so memory stays bounded for any transaction.
  *
+ * Delivery (meetcache.delivery):
+ *	  - queue modes write the set as one row of meetcache.queue at PRE_COMMIT
+ *	    (and at PRE_PREPARE in every mode), where an error still aborts;
+ *	  - sync modes delete the keys from the commit callback; in sync+queue a
+ *	    success is recorded so the drain does not send the row again;
+ *	  - when Redis is known down (the circuit breaker) or a delete fails,
+ *	    sync keys go to the worker's retry queue, and a full retry queue
+ *	    makes the database flush its families.
+ *
  * The commit callback does no catalog access, no palloc and never throws:
  * everything it needs lives in TopTransactionContext already, and the Redis
  * side (mc_redis_invalidate) allocates with malloc and reports failures as
@@ -18,6 +27,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "common/hashfn.h"
 #include "miscadmin.h"
 #include "utils/memutils.h"
@@ -47,6 +57,9 @@ typedef struct PendingSet
 	int			nsubs;
 	int			subcap;
 	bool		overflowed;
+	int			mode;			/* meetcache.delivery at PRE_COMMIT */
+	bool		queued;			/* a queue row holds the set */
+	int64		queue_id;
 } PendingSet;
 
 static PendingSet *pending = NULL;
@@ -198,36 +211,103 @@ mc_pending_any(void)
 
 /* ---- transaction end ---- */
 
-static void
-deliver_sync(PendingSet *p)
+int
+mc_effective_delivery(void)
+{
+	return mc_shared_ready() ? mc_delivery : MC_DELIVERY_SYNC;
+}
+
+/* delete the keys now; false (with err) on failure.  No throw. */
+static bool
+deliver_now(PendingSet *p, McErr *err)
 {
 	McInvResult res;
-	McErr		err;
 	TimestampTz deadline;
 
-	/* counted once per transaction: no shared-memory traffic per key */
-	mc_stat_add(MC_STAT_KEYS_QUEUED, p->nkeys);
-	mc_stat_add(MC_STAT_PATTERNS_QUEUED, p->npatterns);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), mc_commit_timeout);
 	if (mc_redis_invalidate(p->keys, p->nkeys, p->patterns, p->npatterns,
-							deadline, &res, &err))
+							deadline, &res, err))
 	{
 		mc_stat_add(MC_STAT_XACTS_DELIVERED, 1);
 		mc_stat_add(MC_STAT_KEYS_SENT, res.keys_sent);
 		mc_stat_add(MC_STAT_KEYS_DELETED, res.keys_deleted);
 		mc_stat_add(MC_STAT_COMMANDS, res.commands);
-		return;
+		return true;
 	}
 	mc_stat_add(MC_STAT_DELIVERY_FAILURES, 1);
 	mc_stat_add(MC_STAT_COMMANDS, res.commands);
-	mc_stat_error(err.msg);
+	mc_stat_error(err->msg);
+	return false;
+}
+
+/* sync keys the backend could not delete go to the launcher */
+static void
+hand_off(PendingSet *p)
+{
+	if (mc_retry_push(MyDatabaseId, p->keys, p->nkeys, p->patterns, p->npatterns))
+	{
+		mc_stat_add(MC_STAT_HANDOFFS, 1);
+		return;
+	}
+	mc_stat_add(MC_STAT_RETRY_OVERFLOWS, 1);
+	mc_db_request_flush(MyDatabaseId);
+	ereport(LOG,
+			(errmsg("meetcache: the retry queue is full; every cache family of this database will be flushed"),
+			 errhint("Raise meetcache.retry_buffer, or use meetcache.delivery = 'sync+queue'.")));
+}
+
+static void
+deliver(PendingSet *p)
+{
+	McErr		err;
+	bool		worker = mc_breaker_applies();
+
+	/* counted once per transaction: no shared-memory traffic per key */
+	mc_stat_add(MC_STAT_KEYS_QUEUED, p->nkeys);
+	mc_stat_add(MC_STAT_PATTERNS_QUEUED, p->npatterns);
+
+	if (p->queued && p->mode == MC_DELIVERY_QUEUE)
+	{
+		mc_db_wake(MyDatabaseId);
+		return;
+	}
+	if (worker && mc_breaker_open())
+	{
+		/* Redis is known down: no deadline to wait out, hand over */
+		if (p->queued)
+			mc_db_wake(MyDatabaseId);
+		else
+			hand_off(p);
+		return;
+	}
+	if (deliver_now(p, &err))
+	{
+		if (p->queued)
+			mc_delivered_add(MyDatabaseId, p->queue_id);
+		return;
+	}
+	if (worker)
+		mc_breaker_trip(err.msg);
+	if (p->queued)
+		mc_db_wake(MyDatabaseId);
+	else if (worker)
+		hand_off(p);
 	/* a WARNING is safe here; an ERROR would PANIC */
 	ereport(WARNING,
 			(errcode(err.sqlstate),
 			 errmsg("meetcache: could not delete %d cache keys after commit: %s",
 					p->nkeys + p->npatterns, err.msg),
+			 (p->queued || worker) ?
+			 errdetail("The transaction is committed. The background worker deletes its keys when Redis answers again.") :
 			 errdetail("The transaction is committed. Its cache keys stay until their TTL expires."),
 			 errhint("Check that Redis is reachable at meetcache.redis_url.")));
+}
+
+static void
+write_queue(PendingSet *p)
+{
+	p->queue_id = mc_queue_write(p->keys, p->nkeys, p->patterns, p->npatterns);
+	p->queued = true;
 }
 
 static void
@@ -235,17 +315,32 @@ xact_callback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
+		case XACT_EVENT_PRE_COMMIT:
+			if (mc_pending_any())
+			{
+				pending->mode = mc_effective_delivery();
+				/* READ ONLY and standbys cannot write (nor have keys) */
+				if (pending->mode != MC_DELIVERY_SYNC &&
+					!XactReadOnly && !RecoveryInProgress())
+					write_queue(pending);
+			}
+			break;
 		case XACT_EVENT_PRE_PREPARE:
 			if (mc_pending_any())
-				ereport(ERROR,
-						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot prepare a transaction that has pending cache invalidations"),
-						 errdetail("meetcache.delivery = 'sync' deletes keys from the committing backend, and COMMIT PREPARED runs elsewhere."),
-						 errhint("Commit without two-phase commit.")));
+			{
+				if (!mc_shared_ready())
+					ereport(ERROR,
+							(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+							 errmsg("cannot prepare a transaction that has pending cache invalidations"),
+							 errdetail("Its keys must be queued for the background worker, which runs only when meetcache is preloaded."),
+							 errhint("Add meetcache to shared_preload_libraries and restart the server.")));
+				/* delivered once COMMIT PREPARED makes the row visible */
+				write_queue(pending);
+			}
 			break;
 		case XACT_EVENT_COMMIT:
 			if (mc_pending_any())
-				deliver_sync(pending);
+				deliver(pending);
 			pending = NULL;
 			break;
 		case XACT_EVENT_ABORT:

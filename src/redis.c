@@ -952,6 +952,30 @@ mc_redis_script(McScript which, int nkeys, int nargs, const char **argv,
 
 /* ---- commit path: no throw, no palloc ---- */
 
+static bool
+ping_cb(redisReply *r, void *arg, McErr *err)
+{
+	bool		ok = r->type == REDIS_REPLY_STATUS;
+
+	if (!ok && err->msg[0] == '\0')
+		set_err(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+				"redis at %s refused PING: %.200s", conn.endpoint,
+				r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+	freeReplyObject(r);
+	return ok;
+}
+
+/* is Redis answering?  No throw, no palloc (the worker's health check) */
+bool
+mc_redis_ping(TimestampTz deadline, McErr *err)
+{
+	static const char cmd[] = "*1\r\n$4\r\nPING\r\n";
+
+	memset(err, 0, sizeof(*err));
+	return exchange(cmd, sizeof(cmd) - 1, 1, ping_cb, NULL, deadline, false, err);
+}
+
+
 typedef struct InvState
 {
 	McInvResult *res;

@@ -536,6 +536,31 @@ mc_family_for_key(const char *key, int len)
 	return best;
 }
 
+/*
+ * Every family's SCAN pattern under a prefix (palloc'd McStr list), for the
+ * drains' family flush.
+ */
+List *
+mc_family_globs(const char *prefix)
+{
+	List	   *out = NIL;
+
+	ensure_catalog();
+	for (int i = 0; i < nfamilies; i++)
+	{
+		StringInfoData pat;
+		McStr	   *m = palloc(sizeof(McStr));
+
+		initStringInfo(&pat);
+		mc_append_glob_escaped(&pat, prefix, strlen(prefix));
+		appendStringInfoString(&pat, families[i]->tmpl->glob);
+		m->s = pat.data;
+		m->len = pat.len;
+		out = lappend(out, m);
+	}
+	return out;
+}
+
 /* ---- compiling rules for one table ---- */
 
 static char *

@@ -21,6 +21,7 @@
 #include "utils/timestamp.h"
 
 #include "meetcache.h"
+#include "shared.h"
 
 typedef struct McStatsShared
 {
@@ -129,8 +130,10 @@ meetcache_stats(PG_FUNCTION_ARGS)
 {
 	McStatsShared *s = get_stats();
 	TupleDesc	tupdesc;
-	Datum		values[MC_STAT__COUNT + 4];
-	bool		nulls[MC_STAT__COUNT + 4] = {0};
+#define NEXTRA 12
+	Datum		values[MC_STAT__COUNT + NEXTRA];
+	bool		nulls[MC_STAT__COUNT + NEXTRA] = {0};
+	McShared   *sh = mc_shared;
 	char		errbuf[256];
 	TimestampTz errtime,
 				resettime;
@@ -138,9 +141,9 @@ meetcache_stats(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	if (tupdesc->natts != MC_STAT__COUNT + 4)
+	if (tupdesc->natts != MC_STAT__COUNT + NEXTRA)
 		elog(ERROR, "meetcache.stats() has %d columns, expected %d",
-			 tupdesc->natts, MC_STAT__COUNT + 4);
+			 tupdesc->natts, MC_STAT__COUNT + NEXTRA);
 	tupdesc = BlessTupleDesc(tupdesc);
 
 	values[0] = CStringGetTextDatum(stats_shared ? "cluster" : "backend");
@@ -161,6 +164,58 @@ meetcache_stats(PG_FUNCTION_ARGS)
 	else
 		nulls[i + 1] = true;
 	values[i + 2] = TimestampTzGetDatum(resettime);
+	i += 3;
+	/* worker_state, launcher_pid, drains_running */
+	if (sh == NULL)
+	{
+		values[i] = CStringGetTextDatum("not preloaded");
+		nulls[i + 1] = nulls[i + 2] = true;
+	}
+	else
+	{
+		pid_t		pid = sh->launcher_pid;
+
+		values[i] = CStringGetTextDatum(pid ? "running" : "stopped");
+		if (pid)
+			values[i + 1] = Int32GetDatum(pid);
+		else
+			nulls[i + 1] = true;
+		values[i + 2] = Int32GetDatum(sh->drains_running);
+	}
+	i += 3;
+	/* redis_state, redis_down_since */
+	if (sh == NULL || sh->launcher_pid == 0)
+	{
+		values[i] = CStringGetTextDatum("unknown");
+		nulls[i + 1] = true;
+	}
+	else if (mc_breaker_open())
+	{
+		values[i] = CStringGetTextDatum("down");
+		values[i + 1] = TimestampTzGetDatum(sh->breaker_since);
+	}
+	else
+	{
+		values[i] = CStringGetTextDatum("up");
+		nulls[i + 1] = true;
+	}
+	i += 2;
+	/* retry queue: entries, bytes, size */
+	if (sh == NULL)
+		nulls[i] = nulls[i + 1] = nulls[i + 2] = true;
+	else
+	{
+		uint32		entries;
+		uint64		used;
+
+		LWLockAcquire(sh->lock, LW_SHARED);
+		entries = sh->ring_entries;
+		used = sh->ring_tail - sh->ring_head;
+		LWLockRelease(sh->lock);
+		values[i] = Int64GetDatum((int64) entries);
+		values[i + 1] = Int64GetDatum((int64) used);
+		values[i + 2] = Int64GetDatum((int64) sh->ring_size);
+	}
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

@@ -4,6 +4,10 @@
  *	  meetcache.attach(), and the affected_keys() dry run.  All three share
  *	  one path: rules.c turns rows into keys, and a sink decides where the
  *	  keys go (the transaction's pending set, or a result set).
+ *
+ *	  Also the guard's memory: which tables attach()/detach() may change
+ *	  triggers on in this transaction (the event triggers ask), and
+ *	  invalidate_all().
  */
 #include "postgres.h"
 
@@ -15,6 +19,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -274,4 +279,67 @@ meetcache_affected_keys(PG_FUNCTION_ARGS)
 	rsinfo->setResult = sink.ts;
 	rsinfo->setDesc = sink.desc;
 	return (Datum) 0;
+}
+
+/* ---- the guard: trigger DDL allowed for attach()/detach() ---- */
+
+#define MAX_ALLOWED 64
+static Oid	allowed_rel[MAX_ALLOWED];
+static int	nallowed = 0;
+static LocalTransactionId allowed_lxid = InvalidLocalTransactionId;
+
+#if PG_VERSION_NUM >= 170000
+#define MY_LXID (MyProc->vxid.lxid)
+#else
+#define MY_LXID (MyProc->lxid)
+#endif
+
+PG_FUNCTION_INFO_V1(meetcache_allow_trigger_ddl);
+Datum
+meetcache_allow_trigger_ddl(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+
+	if (allowed_lxid != MY_LXID)
+	{
+		nallowed = 0;
+		allowed_lxid = MY_LXID;
+	}
+	for (int i = 0; i < nallowed; i++)
+		if (allowed_rel[i] == relid)
+			PG_RETURN_VOID();
+	if (nallowed == MAX_ALLOWED)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("cannot attach or detach more than %d tables in one transaction", MAX_ALLOWED)));
+	allowed_rel[nallowed++] = relid;
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(meetcache_trigger_ddl_allowed);
+Datum
+meetcache_trigger_ddl_allowed(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+
+	if (allowed_lxid == MY_LXID)
+		for (int i = 0; i < nallowed; i++)
+			if (allowed_rel[i] == relid)
+				PG_RETURN_BOOL(true);
+	PG_RETURN_BOOL(false);
+}
+
+/* every key under the prefix, deleted when this transaction commits */
+PG_FUNCTION_INFO_V1(meetcache_invalidate_all);
+Datum
+meetcache_invalidate_all(PG_FUNCTION_ARGS)
+{
+	StringInfoData pat;
+
+	initStringInfo(&pat);
+	mc_append_glob_escaped(&pat, mc_key_prefix, strlen(mc_key_prefix));
+	appendStringInfoChar(&pat, '*');
+	mc_pending_add_pattern(pat.data, pat.len);
+	pfree(pat.data);
+	PG_RETURN_VOID();
 }

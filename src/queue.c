@@ -1,0 +1,263 @@
+/*
+ * queue.c
+ *	  The durable queue table meetcache.queue: one row per transaction
+ *	  holding its deduplicated, prefixed keys (and family patterns), written
+ *	  in that transaction just before it commits or prepares; and the drain
+ *	  pass that deletes committed rows' keys from Redis and then the rows.
+ *
+ * Rows are written as the bootstrap superuser, so any role whose writes
+ * fire the triggers can queue without privileges on the table.  A drain
+ * pass deletes its batch first and commits only after Redis acknowledged
+ * the UNLINKs: on any failure the transaction aborts and the rows are
+ * still there.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "meetcache.h"
+
+static ArrayType *
+str_array(McStr *v, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		d[i] = PointerGetDatum(cstring_to_text_with_len(v[i].s, v[i].len));
+	return construct_array(d, n, TEXTOID, -1, false, TYPALIGN_INT);
+}
+
+/*
+ * Write one queue row; returns its id.  Called at PRE_COMMIT and
+ * PRE_PREPARE, where an error still aborts the transaction cleanly.
+ */
+int64
+mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+	Oid			save_userid;
+	int			save_sec;
+	volatile int64 id = 0;
+	bool		isnull;
+
+	values[0] = PointerGetDatum(str_array(keys, nkeys));
+	if (npatterns > 0)
+		values[1] = PointerGetDatum(str_array(patterns, npatterns));
+	else
+	{
+		values[1] = (Datum) 0;
+		nulls[1] = 'n';
+	}
+
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "meetcache: SPI_connect failed");
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID,
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		if (plan == NULL)
+		{
+			Oid			types[2] = {TEXTARRAYOID, TEXTARRAYOID};
+			SPIPlanPtr	p = SPI_prepare("INSERT INTO meetcache.queue (keys, patterns) "
+										"VALUES ($1, $2) RETURNING id", 2, types);
+
+			if (p == NULL)
+				elog(ERROR, "meetcache: could not prepare the queue insert: %s",
+					 SPI_result_code_string(SPI_result));
+			if (SPI_keepplan(p) != 0)
+				elog(ERROR, "meetcache: SPI_keepplan failed");
+			plan = p;
+		}
+		if (SPI_execute_plan(plan, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING ||
+			SPI_processed != 1)
+			elog(ERROR, "meetcache: could not write the queue row");
+		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										 SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+	PG_END_TRY();
+	SPI_finish();
+	PopActiveSnapshot();
+	mc_stat_add(MC_STAT_QUEUE_ROWS_WRITTEN, 1);
+	return id;
+}
+
+static McStr *
+array_strs(Datum d, int *n)
+{
+	ArrayType  *a = DatumGetArrayTypeP(d);
+	Datum	   *elems;
+	bool	   *nulls;
+	int			ne;
+	McStr	   *out;
+	int			k = 0;
+
+	deconstruct_array(a, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &ne);
+	out = palloc(sizeof(McStr) * Max(ne, 1));
+	for (int i = 0; i < ne; i++)
+	{
+		text	   *t;
+
+		if (nulls[i])
+			continue;
+		t = DatumGetTextPP(elems[i]);
+		out[k].s = VARDATA_ANY(t);
+		out[k].len = VARSIZE_ANY_EXHDR(t);
+		k++;
+	}
+	*n = k;
+	return out;
+}
+
+typedef struct StrVec
+{
+	McStr	   *v;
+	int			n;
+	int			cap;
+} StrVec;
+
+static void
+vec_add(StrVec *vec, McStr *s, int n)
+{
+	if (vec->n + n > vec->cap)
+	{
+		vec->cap = Max(vec->cap * 2, vec->n + n + 64);
+		vec->v = vec->v ? repalloc_huge(vec->v, sizeof(McStr) * vec->cap)
+			: palloc(sizeof(McStr) * vec->cap);
+	}
+	memcpy(vec->v + vec->n, s, sizeof(McStr) * n);
+	vec->n += n;
+}
+
+/*
+ * One drain pass, inside a transaction the caller started and will commit
+ * (true) or abort (false).  Takes up to batch rows in id order, skipping
+ * rows another drain holds; rows whose backend already deleted their keys
+ * are removed without sending.  *rows is the number of rows taken.
+ */
+bool
+mc_queue_drain_pass(int batch, int *rows, McErr *err)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		arg = Int32GetDatum(batch);
+	StrVec		keys = {NULL, 0, 0};
+	StrVec		pats = {NULL, 0, 0};
+	int			skipped = 0;
+	bool		ok = true;
+	McInvResult res;
+
+	memset(err, 0, sizeof(*err));
+	*rows = 0;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "meetcache: SPI_connect failed");
+	if (plan == NULL)
+	{
+		Oid			types[1] = {INT4OID};
+		SPIPlanPtr	p = SPI_prepare("DELETE FROM meetcache.queue WHERE id IN ("
+									"SELECT id FROM meetcache.queue ORDER BY id LIMIT $1 "
+									"FOR UPDATE SKIP LOCKED) RETURNING id, keys, patterns",
+									1, types);
+
+		if (p == NULL)
+			elog(ERROR, "meetcache: could not prepare the drain query: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		plan = p;
+	}
+	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_DELETE_RETURNING)
+		elog(ERROR, "meetcache: the drain query failed");
+	*rows = (int) SPI_processed;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	td = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tup, td, 1, &isnull));
+		Datum		d;
+		int			n;
+		McStr	   *v;
+
+		if (mc_delivered_take(MyDatabaseId, id))
+		{
+			skipped++;
+			continue;
+		}
+		d = SPI_getbinval(tup, td, 2, &isnull);
+		if (!isnull)
+		{
+			v = array_strs(d, &n);
+			vec_add(&keys, v, n);
+		}
+		d = SPI_getbinval(tup, td, 3, &isnull);
+		if (!isnull)
+		{
+			v = array_strs(d, &n);
+			vec_add(&pats, v, n);
+		}
+	}
+	if (keys.n > 0 || pats.n > 0)
+	{
+		/* a second per thousand keys on top of the commit deadline */
+		TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														   mc_commit_timeout + keys.n / 1000);
+
+		ok = mc_redis_invalidate(keys.v, keys.n, pats.v, pats.n, deadline, &res, err);
+		mc_stat_add(MC_STAT_COMMANDS, res.commands);
+		if (ok)
+		{
+			mc_stat_add(MC_STAT_QUEUE_KEYS_SENT, res.keys_sent);
+			mc_stat_add(MC_STAT_KEYS_SENT, res.keys_sent);
+			mc_stat_add(MC_STAT_KEYS_DELETED, res.keys_deleted);
+		}
+	}
+	if (ok)
+	{
+		mc_stat_add(MC_STAT_QUEUE_ROWS_DONE, *rows);
+		mc_stat_add(MC_STAT_QUEUE_ROWS_SKIPPED, skipped);
+	}
+	SPI_finish();
+	return ok;
+}
+
+/* delete every family's keys under the key prefix (after lost keys) */
+bool
+mc_queue_flush_families(McErr *err)
+{
+	List	   *globs = mc_family_globs(mc_key_prefix);
+	McStr	   *pats = palloc(sizeof(McStr) * Max(list_length(globs), 1));
+	int			n = 0;
+	ListCell   *lc;
+	McInvResult res;
+	bool		ok;
+
+	memset(err, 0, sizeof(*err));
+	foreach(lc, globs)
+		pats[n++] = *(McStr *) lfirst(lc);
+	if (n == 0)
+		return true;
+	ok = mc_redis_invalidate(NULL, 0, pats, n,
+							 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60000),
+							 &res, err);
+	mc_stat_add(MC_STAT_COMMANDS, res.commands);
+	if (ok)
+	{
+		mc_stat_add(MC_STAT_FAMILY_FLUSHES, 1);
+		mc_stat_add(MC_STAT_KEYS_DELETED, res.keys_deleted);
+	}
+	return ok;
+}

@@ -1,0 +1,619 @@
+/*
+ * worker.c
+ *	  The background workers (shared_preload_libraries only):
+ *	    - "meetcache launcher", one per cluster, connected to no database:
+ *	      retries keys of failed sync deliveries from the retry queue, pings
+ *	      Redis while the circuit breaker is open, and starts drains;
+ *	    - "meetcache drain", one short-lived process per database at a
+ *	      time: flushes families when keys were lost, then drains
+ *	      meetcache.queue in batches, and exits when idle.
+ *
+ * Drains exit after a short idle period and after any failure, so none
+ * ever holds a database long enough to block DROP DATABASE (which waits
+ * five seconds for other sessions).  The launcher polls every
+ * meetcache.poll_interval, so rows nobody woke it for (COMMIT PREPARED)
+ * are still drained.
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "meetcache.h"
+#include "shared.h"
+
+PGDLLEXPORT void mc_launcher_main(Datum arg);
+PGDLLEXPORT void mc_drain_main(Datum arg);
+
+#define MAX_DRAINS 4			/* drains running at once */
+#define DRAIN_IDLE_MS 500		/* a drain exits after this long idle */
+#define BACKOFF_MAX_MS 5000
+#define NO_EXT_RECHECK_MS 60000 /* databases without the extension */
+#define DELIVERED_MAX_AGE_MS 60000
+
+void
+mc_worker_register(void)
+{
+	BackgroundWorker w;
+
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w.bgw_restart_time = 1;
+	strlcpy(w.bgw_library_name, "meetcache", BGW_MAXLEN);
+	strlcpy(w.bgw_function_name, "mc_launcher_main", BGW_MAXLEN);
+	strlcpy(w.bgw_name, "meetcache launcher", BGW_MAXLEN);
+	strlcpy(w.bgw_type, "meetcache launcher", BGW_MAXLEN);
+	RegisterBackgroundWorker(&w);
+}
+
+/* ---- launcher ---- */
+
+typedef struct DrainHandle
+{
+	Oid			db;
+	BackgroundWorkerHandle *handle;
+} DrainHandle;
+
+static DrainHandle drains[MC_MAX_DBS];
+
+static void
+launcher_exit(int code, Datum arg)
+{
+	McShared   *s = mc_shared;
+
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	s->launcher = NULL;
+	s->launcher_pid = 0;
+	LWLockRelease(s->lock);
+}
+
+static bool
+drain_running(Oid db)
+{
+	for (int i = 0; i < MC_MAX_DBS; i++)
+		if (drains[i].handle && drains[i].db == db)
+		{
+			pid_t		pid;
+			BgwHandleStatus st = GetBackgroundWorkerPid(drains[i].handle, &pid);
+
+			if (st == BGWH_STARTED || st == BGWH_NOT_YET_STARTED)
+				return true;
+			pfree(drains[i].handle);
+			drains[i].handle = NULL;
+		}
+	return false;
+}
+
+static int
+drains_running(void)
+{
+	int			n = 0;
+
+	for (int i = 0; i < MC_MAX_DBS; i++)
+		if (drains[i].handle && drain_running(drains[i].db))
+			n++;
+	return n;
+}
+
+static bool
+start_drain(Oid db)
+{
+	BackgroundWorker w;
+	BackgroundWorkerHandle *h;
+	int			free_i = -1;
+
+	for (int i = 0; i < MC_MAX_DBS; i++)
+		if (drains[i].handle == NULL)
+		{
+			free_i = i;
+			break;
+		}
+	if (free_i < 0)
+		return false;
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w.bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(w.bgw_library_name, "meetcache", BGW_MAXLEN);
+	strlcpy(w.bgw_function_name, "mc_drain_main", BGW_MAXLEN);
+	snprintf(w.bgw_name, BGW_MAXLEN, "meetcache drain for database %u", db);
+	strlcpy(w.bgw_type, "meetcache drain", BGW_MAXLEN);
+	w.bgw_main_arg = ObjectIdGetDatum(db);
+	w.bgw_notify_pid = MyProcPid;
+	if (!RegisterDynamicBackgroundWorker(&w, &h))
+		return false;
+	drains[free_i].db = db;
+	drains[free_i].handle = h;
+	return true;
+}
+
+/* connectable databases; slots of dropped ones are freed */
+static void
+refresh_databases(void)
+{
+	McShared   *s = mc_shared;
+	Oid			dbs[MC_MAX_DBS * 4];
+	int			ndbs = 0;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	MemoryContext oldcxt = CurrentMemoryContext;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database d = (Form_pg_database) GETSTRUCT(tup);
+
+		/* -2: a database left invalid by an interrupted DROP DATABASE */
+		if (!d->datallowconn || d->datistemplate || d->datconnlimit == -2)
+			continue;
+		if (ndbs < lengthof(dbs))
+			dbs[ndbs++] = d->oid;
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(oldcxt);
+
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < MC_MAX_DBS; i++)
+	{
+		bool		exists = false;
+
+		if (s->dbs[i].db == InvalidOid)
+			continue;
+		for (int j = 0; j < ndbs; j++)
+			if (dbs[j] == s->dbs[i].db)
+				exists = true;
+		if (!exists && s->dbs[i].drain == NULL)
+			s->dbs[i].db = InvalidOid;
+	}
+	for (int j = 0; j < ndbs; j++)
+		(void) mc_db_slot(dbs[j], true);
+	LWLockRelease(s->lock);
+}
+
+/* start drains for databases with work (or due for a poll) */
+static void
+schedule_drains(bool poll_due)
+{
+	McShared   *s = mc_shared;
+	TimestampTz now = GetCurrentTimestamp();
+	Oid			want[MC_MAX_DBS];
+	int			nwant = 0;
+	bool		epoch_served = true;
+	int			running = drains_running();
+
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < MC_MAX_DBS; i++)
+	{
+		McDbSlot   *d = &s->dbs[i];
+		bool		due;
+
+		if (d->db == InvalidOid)
+			continue;
+		if (d->flushed_epoch != s->flush_epoch)
+			epoch_served = false;
+		due = d->work || d->flush || d->flushed_epoch != s->flush_epoch ||
+			(poll_due && (!d->no_ext ||
+						  now - d->last_start >= (int64) NO_EXT_RECHECK_MS * 1000));
+		if (due && d->drain == NULL && now >= d->next_start)
+			want[nwant++] = d->db;
+	}
+	if (epoch_served)
+		s->epoch_served = true;
+	LWLockRelease(s->lock);
+
+	for (int i = 0; i < nwant && running < MAX_DRAINS; i++)
+	{
+		if (drain_running(want[i]))
+			continue;
+		if (!start_drain(want[i]))
+		{
+			elog(DEBUG1, "meetcache launcher: no worker slot for a drain of database %u", want[i]);
+			break;
+		}
+		elog(DEBUG1, "meetcache launcher: started a drain for database %u", want[i]);				/* no free worker slot: next round */
+		running++;
+		LWLockAcquire(s->lock, LW_EXCLUSIVE);
+		{
+			McDbSlot   *d = mc_db_slot(want[i], false);
+
+			if (d)
+				d->last_start = now;
+		}
+		LWLockRelease(s->lock);
+	}
+	s->drains_running = running;
+}
+
+/* deliver the retry queue; false when Redis failed */
+static bool
+deliver_retries(void)
+{
+	McRetryEntry *e;
+	uint64		end;
+	int			n;
+	int			nk = 0,
+				np = 0;
+	McStr	   *keys,
+			   *pats;
+	McInvResult res;
+	McErr		err;
+	bool		ok;
+
+	n = mc_retry_peek(&e, &end);
+	if (n == 0)
+		return true;
+	for (int i = 0; i < n; i++)
+	{
+		nk += e[i].nkeys;
+		np += e[i].npatterns;
+	}
+	keys = palloc(sizeof(McStr) * Max(nk, 1));
+	pats = palloc(sizeof(McStr) * Max(np, 1));
+	nk = np = 0;
+	for (int i = 0; i < n; i++)
+	{
+		memcpy(keys + nk, e[i].keys, sizeof(McStr) * e[i].nkeys);
+		nk += e[i].nkeys;
+		memcpy(pats + np, e[i].patterns, sizeof(McStr) * e[i].npatterns);
+		np += e[i].npatterns;
+	}
+	ok = mc_redis_invalidate(keys, nk, pats, np,
+							 TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														 mc_commit_timeout + nk / 1000),
+							 &res, &err);
+	mc_stat_add(MC_STAT_COMMANDS, res.commands);
+	if (!ok)
+	{
+		mc_stat_add(MC_STAT_WORKER_FAILURES, 1);
+		mc_stat_error(err.msg);
+		return false;
+	}
+	mc_retry_consume(end, n);
+	mc_stat_add(MC_STAT_RETRIES, n);
+	mc_stat_add(MC_STAT_KEYS_SENT, res.keys_sent);
+	mc_stat_add(MC_STAT_KEYS_DELETED, res.keys_deleted);
+	ereport(LOG,
+			(errmsg("meetcache: delivered %d retried transactions (%d keys, %d patterns)",
+					n, nk, np)));
+	return true;
+}
+
+void
+mc_launcher_main(Datum arg)
+{
+	McShared   *s = mc_shared;
+	MemoryContext loop_cxt;
+	TimestampTz next_poll = 0;
+	TimestampTz next_ping = 0;
+	TimestampTz next_purge = 0;
+	int			ping_backoff = 100;
+	bool		was_down = false;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	pgstat_report_appname("meetcache launcher");
+
+	if (s == NULL)
+		proc_exit(0);
+	before_shmem_exit(launcher_exit, 0);
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	s->launcher = MyProc;
+	s->launcher_pid = MyProcPid;
+	s->worker_url_hash = mc_url_hash;
+	LWLockRelease(s->lock);
+	ereport(LOG, (errmsg("meetcache launcher started")));
+
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "meetcache launcher",
+									 ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		TimestampTz now;
+		long		timeout;
+		bool		down;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ShutdownRequestPending)
+			break;
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			s->worker_url_hash = mc_url_hash;
+		}
+		MemoryContextReset(loop_cxt);
+		MemoryContextSwitchTo(loop_cxt);
+		now = GetCurrentTimestamp();
+
+		/* while the breaker is open, only a PING may touch Redis */
+		down = mc_breaker_open();
+		if (down && now >= next_ping)
+		{
+			McErr		err;
+
+			if (mc_redis_ping(TimestampTzPlusMilliseconds(now, mc_command_timeout), &err))
+			{
+				mc_breaker_reset();
+				down = false;
+				ping_backoff = 100;
+			}
+			else
+			{
+				ping_backoff = Min(ping_backoff * 2, Min(mc_poll_interval, BACKOFF_MAX_MS));
+				next_ping = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ping_backoff);
+			}
+		}
+		if (!down && !deliver_retries())
+		{
+			mc_breaker_trip("retry");
+			down = true;
+			next_ping = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ping_backoff);
+		}
+		if (was_down && !down)
+		{
+			/* Redis is back: drains may start at once */
+			ereport(LOG, (errmsg("meetcache: redis is reachable again")));
+			LWLockAcquire(s->lock, LW_EXCLUSIVE);
+			for (int i = 0; i < MC_MAX_DBS; i++)
+			{
+				s->dbs[i].next_start = 0;
+				s->dbs[i].backoff_ms = 0;
+			}
+			LWLockRelease(s->lock);
+			next_poll = 0;
+		}
+		if (down && !was_down)
+			ereport(LOG, (errmsg("meetcache: redis is unreachable; committing sessions hand their keys to the worker until it answers again")));
+		was_down = down;
+		if (!down)
+			s->last_ok = now;
+
+		now = GetCurrentTimestamp();
+		if (now >= next_poll)
+		{
+			refresh_databases();
+			next_poll = TimestampTzPlusMilliseconds(now, mc_poll_interval);
+			if (!down)
+				schedule_drains(true);
+		}
+		else if (!down)
+			schedule_drains(false);
+		else
+			s->drains_running = drains_running();
+
+		if (now >= next_purge)
+		{
+			mc_delivered_purge(now - (int64) DELIVERED_MAX_AGE_MS * 1000);
+			next_purge = TimestampTzPlusMilliseconds(now, 10000);
+		}
+		pgstat_report_stat(false);
+
+		timeout = (next_poll - GetCurrentTimestamp()) / 1000;
+		if (down)
+			timeout = Min(timeout, Max((next_ping - GetCurrentTimestamp()) / 1000, 0));
+		timeout = Max(timeout, 1);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 timeout, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+	/* exit 1: if somebody terminated us, the postmaster starts us again */
+	proc_exit(1);
+}
+
+/* ---- drain ---- */
+
+static Oid	drain_db = InvalidOid;
+static bool drain_failed = false;
+
+static void
+drain_exit(int code, Datum arg)
+{
+	McShared   *s = mc_shared;
+	McDbSlot   *d;
+
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	d = mc_db_slot(drain_db, false);
+	if (d)
+	{
+		d->drain = NULL;
+		d->drain_pid = 0;
+		if (drain_failed || code != 0)
+		{
+			d->backoff_ms = Min(Max(d->backoff_ms * 2, 100), BACKOFF_MAX_MS);
+			d->next_start = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), d->backoff_ms);
+			d->work = true;		/* what failed is still there */
+		}
+		else
+			d->backoff_ms = 0;
+	}
+	LWLockRelease(s->lock);
+	mc_wake_launcher();
+}
+
+/* run fn inside a transaction; commit if it returns true */
+static bool
+in_xact(bool (*fn) (void *arg, McErr *err), void *arg, McErr *err)
+{
+	bool		ok;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	ok = fn(arg, err);
+	PopActiveSnapshot();
+	if (ok)
+		CommitTransactionCommand();
+	else
+		AbortCurrentTransaction();
+	pgstat_report_stat(false);
+	return ok;
+}
+
+static bool
+flush_fn(void *arg, McErr *err)
+{
+	return mc_queue_flush_families(err);
+}
+
+static bool
+pass_fn(void *arg, McErr *err)
+{
+	return mc_queue_drain_pass(mc_drain_batch, (int *) arg, err);
+}
+
+static bool
+has_extension_fn(void *arg, McErr *err)
+{
+	*(bool *) arg = OidIsValid(get_extension_oid("meetcache", true));
+	return true;
+}
+
+static void
+drain_failure(McErr *err)
+{
+	drain_failed = true;
+	mc_stat_add(MC_STAT_WORKER_FAILURES, 1);
+	mc_stat_error(err->msg);
+	if (mc_breaker_applies())
+		mc_breaker_trip("drain");
+	ereport(LOG,
+			(errmsg("meetcache drain: %s; will retry", err->msg)));
+	proc_exit(0);
+}
+
+void
+mc_drain_main(Datum arg)
+{
+	McShared   *s = mc_shared;
+	McDbSlot   *d;
+	bool		has_ext = false;
+	McErr		err;
+	TimestampTz idle_since = 0;
+
+	drain_db = DatumGetObjectId(arg);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	if (s == NULL)
+		proc_exit(0);
+	BackgroundWorkerInitializeConnectionByOid(drain_db, InvalidOid, 0);
+	pgstat_report_appname("meetcache drain");
+
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	d = mc_db_slot(drain_db, true);
+	if (d)
+	{
+		d->drain = MyProc;
+		d->drain_pid = MyProcPid;
+	}
+	LWLockRelease(s->lock);
+	before_shmem_exit(drain_exit, 0);
+	if (d == NULL)
+		proc_exit(0);
+
+	(void) in_xact(has_extension_fn, &has_ext, &err);
+	if (!has_ext)
+	{
+		LWLockAcquire(s->lock, LW_EXCLUSIVE);
+		d->no_ext = true;
+		d->work = false;
+		d->flush = false;
+		d->flushed_epoch = s->flush_epoch;
+		LWLockRelease(s->lock);
+		proc_exit(0);
+	}
+
+	for (;;)
+	{
+		bool		flush;
+		uint32		epoch;
+		int			rows = 0;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		LWLockAcquire(s->lock, LW_EXCLUSIVE);
+		flush = d->flush || d->flushed_epoch != s->flush_epoch;
+		epoch = s->flush_epoch;
+		d->flush = false;
+		d->work = false;
+		d->no_ext = false;
+		LWLockRelease(s->lock);
+
+		if (flush)
+		{
+			if (!in_xact(flush_fn, NULL, &err))
+			{
+				LWLockAcquire(s->lock, LW_EXCLUSIVE);
+				d->flush = true;
+				LWLockRelease(s->lock);
+				drain_failure(&err);
+			}
+			LWLockAcquire(s->lock, LW_EXCLUSIVE);
+			d->flushed_epoch = epoch;
+			LWLockRelease(s->lock);
+			ereport(LOG, (errmsg("meetcache drain: flushed every cache family")));
+		}
+
+		if (!in_xact(pass_fn, &rows, &err))
+			drain_failure(&err);
+		d->depth = rows;
+		if (rows >= mc_drain_batch)
+		{
+			idle_since = 0;
+			continue;			/* more to come */
+		}
+		if (rows > 0 || idle_since == 0)
+			idle_since = GetCurrentTimestamp();
+		else if (GetCurrentTimestamp() - idle_since >= (int64) DRAIN_IDLE_MS * 1000)
+		{
+			bool		work;
+
+			LWLockAcquire(s->lock, LW_EXCLUSIVE);
+			work = d->work;
+			if (!work)
+			{
+				/* leave; a wake from now on goes to the launcher */
+				d->drain = NULL;
+				d->drain_pid = 0;
+			}
+			LWLockRelease(s->lock);
+			if (!work)
+				break;
+			continue;
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 DRAIN_IDLE_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+	proc_exit(0);
+}
