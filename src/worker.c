@@ -139,8 +139,15 @@ start_drain(Oid db)
 	strlcpy(w.bgw_type, "meetcache drain", BGW_MAXLEN);
 	w.bgw_main_arg = ObjectIdGetDatum(db);
 	w.bgw_notify_pid = MyProcPid;
-	if (!RegisterDynamicBackgroundWorker(&w, &h))
-		return false;
+	{
+		/* the handle outlives the launcher's per-loop memory */
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+		bool		ok = RegisterDynamicBackgroundWorker(&w, &h);
+
+		MemoryContextSwitchTo(old);
+		if (!ok)
+			return false;
+	}
 	drains[free_i].db = db;
 	drains[free_i].handle = h;
 	return true;

@@ -156,24 +156,53 @@ FROM unnest(ARRAY['meeting:zz:participants', 'meeting:zz:participants:count', 'm
                   'user:zz:participations', 'meetings:live', 'meetings:scheduled']) k;
 RESET meetcache.key_prefix;
 
--- two-phase commit is refused while keys are pending (sync delivery)
+-- two-phase commit: the keys are queued at PREPARE, in every mode, and
+-- deleted by the worker after COMMIT PREPARED, never after ROLLBACK PREPARED
+CREATE FUNCTION wait_queue_empty() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  FOR i IN 1..300 LOOP
+    IF NOT EXISTS (SELECT 1 FROM meetcache.queue) THEN RETURN true; END IF;
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+  RETURN false;
+END $$;
+SELECT wait_queue_empty();
+SELECT fill();
+SET meetcache.delivery = 'sync';
 BEGIN;
 UPDATE meetings SET title = 'g' WHERE id = 'm1';
 PREPARE TRANSACTION 'mc1';
+RESET meetcache.delivery;
+SELECT count(*) AS rows_visible_while_prepared FROM meetcache.queue;
+SELECT gone() AS after_prepare;
+ROLLBACK PREPARED 'mc1';
+SELECT count(*) AS rows_after_rollback FROM meetcache.queue;
 SELECT title FROM meetings WHERE id = 'm1';
--- a transaction without pending keys may prepare
+BEGIN;
+UPDATE meetings SET title = 'g' WHERE id = 'm1';
+PREPARE TRANSACTION 'mc1';
+SELECT gone() AS still_prepared;
+COMMIT PREPARED 'mc1';
+SELECT wait_queue_empty();
+SELECT gone() AS after_commit_prepared;
+SELECT title FROM meetings WHERE id = 'm1';
+-- a transaction without pending keys prepares without a queue row
 BEGIN;
 INSERT INTO t_txn_untracked VALUES (1);
 PREPARE TRANSACTION 'mc2';
 COMMIT PREPARED 'mc2';
 SELECT count(*) FROM t_txn_untracked;
+SELECT count(*) AS rows_for_untracked FROM meetcache.queue;
 
 -- a dead Redis never fails the transaction: WARNING, commit kept, counted
+-- (sync, and a Redis the worker does not serve: nothing retries these)
 SELECT fill();
 SELECT delivery_failures AS f0 FROM meetcache.stats \gset
+SET meetcache.delivery = 'sync';
 SET meetcache.redis_url = 'redis://127.0.0.1:1/0';
 UPDATE meetings SET title = 'committed anyway' WHERE id = 'm1';
 RESET meetcache.redis_url;
+RESET meetcache.delivery;
 SELECT title FROM meetings WHERE id = 'm1';
 SELECT delivery_failures - :f0 AS failures FROM meetcache.stats;
 SELECT gone() AS with_dead_redis;
