@@ -454,11 +454,15 @@ CREATE FUNCTION meetcache._allow_trigger_ddl(tbl regclass) RETURNS void
   LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'meetcache_allow_trigger_ddl';
 CREATE FUNCTION meetcache._trigger_ddl_allowed(tbl oid) RETURNS boolean
   LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'meetcache_trigger_ddl_allowed';
+CREATE FUNCTION meetcache._guard_before(tgoid oid) RETURNS "char"
+  LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'meetcache_guard_before';
+CREATE FUNCTION meetcache._guard_snapshot() RETURNS event_trigger
+  LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_guard_snapshot';
 
--- ALTER TABLE may not leave a meetcache trigger anything but ENABLE ALWAYS
--- (DISABLE, ENABLE [REPLICA] all would let some writes skip it).  pg_dump's
--- CREATE TRIGGER + ENABLE ALWAYS TRIGGER passes: CREATE TRIGGER is no
--- ALTER TABLE.
+-- ALTER TABLE may change a meetcache trigger only into ENABLE ALWAYS
+-- (DISABLE, ENABLE [REPLICA] all would let some writes skip it).  Only a
+-- change counts, so pg_dump's CREATE TRIGGER followed by one ENABLE ALWAYS
+-- TRIGGER per trigger passes.
 CREATE FUNCTION meetcache._guard_alter() RETURNS event_trigger
   LANGUAGE plpgsql AS $$
 DECLARE
@@ -471,7 +475,8 @@ BEGIN
     SELECT string_agg(quote_ident(t.tgname), ', ' ORDER BY t.tgname) INTO bad
     FROM pg_catalog.pg_trigger t
     WHERE t.tgrelid = r.objid AND t.tgfoid = 'meetcache.invalidate_trigger()'::regprocedure
-      AND t.tgenabled <> 'A';
+      AND t.tgenabled <> 'A'
+      AND t.tgenabled IS DISTINCT FROM coalesce(meetcache._guard_before(t.oid), t.tgenabled);
     IF bad IS NOT NULL THEN
       RAISE EXCEPTION 'cannot change meetcache trigger % of table % from ENABLE ALWAYS', bad, r.objid::regclass::text
         USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -501,6 +506,9 @@ BEGIN
   END LOOP;
 END $$;
 
+CREATE EVENT TRIGGER meetcache_guard_snapshot ON ddl_command_start
+  WHEN TAG IN ('ALTER TABLE')
+  EXECUTE FUNCTION meetcache._guard_snapshot();
 CREATE EVENT TRIGGER meetcache_guard_alter ON ddl_command_end
   WHEN TAG IN ('ALTER TABLE')
   EXECUTE FUNCTION meetcache._guard_alter();
@@ -509,6 +517,7 @@ CREATE EVENT TRIGGER meetcache_guard_drop ON sql_drop
   EXECUTE FUNCTION meetcache._guard_drop();
 -- event triggers are skipped under session_replication_role = replica
 -- unless enabled ALWAYS, like the table triggers themselves
+ALTER EVENT TRIGGER meetcache_guard_snapshot ENABLE ALWAYS;
 ALTER EVENT TRIGGER meetcache_guard_alter ENABLE ALWAYS;
 ALTER EVENT TRIGGER meetcache_guard_drop ENABLE ALWAYS;
 

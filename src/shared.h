@@ -24,7 +24,6 @@ typedef struct McDbSlot
 	int			backoff_ms;		/* after a failed drain */
 	TimestampTz next_start;		/* launcher: not before */
 	TimestampTz last_start;
-	int64		depth;			/* rows seen by the last drain pass */
 } McDbSlot;
 
 typedef struct McDelivered

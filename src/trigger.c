@@ -329,6 +329,63 @@ meetcache_trigger_ddl_allowed(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(false);
 }
 
+/*
+ * The ALTER TABLE guard compares each meetcache trigger's tgenabled before
+ * and after the command: only a change matters, so pg_dump's CREATE
+ * TRIGGER (ORIGIN) followed by one ENABLE ALWAYS per trigger passes.
+ */
+static Oid *snap_oid = NULL;
+static char *snap_state = NULL;
+static int	snap_n = 0;
+
+PG_FUNCTION_INFO_V1(meetcache_guard_snapshot);
+Datum
+meetcache_guard_snapshot(PG_FUNCTION_ARGS)
+{
+	MemoryContext old;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "meetcache: SPI_connect failed");
+	if (SPI_execute("SELECT t.oid, t.tgenabled FROM pg_catalog.pg_trigger t "
+					"WHERE t.tgfoid = 'meetcache.invalidate_trigger()'::pg_catalog.regprocedure",
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "meetcache: could not read pg_trigger");
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	if (snap_oid)
+	{
+		pfree(snap_oid);
+		pfree(snap_state);
+	}
+	snap_n = (int) SPI_processed;
+	snap_oid = palloc(sizeof(Oid) * Max(snap_n, 1));
+	snap_state = palloc(Max(snap_n, 1));
+	MemoryContextSwitchTo(old);
+	for (int i = 0; i < snap_n; i++)
+	{
+		bool		isnull;
+
+		snap_oid[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+		snap_state[i] = DatumGetChar(SPI_getbinval(SPI_tuptable->vals[i],
+												   SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/* tgenabled of a trigger when the command started; NULL if unknown */
+PG_FUNCTION_INFO_V1(meetcache_guard_before);
+Datum
+meetcache_guard_before(PG_FUNCTION_ARGS)
+{
+	Oid			tgoid = PG_GETARG_OID(0);
+
+	for (int i = 0; i < snap_n; i++)
+		if (snap_oid[i] == tgoid)
+			PG_RETURN_CHAR(snap_state[i]);
+	PG_RETURN_NULL();
+}
+
 /* every key under the prefix, deleted when this transaction commits */
 PG_FUNCTION_INFO_V1(meetcache_invalidate_all);
 Datum

@@ -522,6 +522,7 @@ mc_drain_main(Datum arg)
 	bool		has_ext = false;
 	McErr		err;
 	TimestampTz idle_since = 0;
+	bool		did_work = false;
 
 	drain_db = DatumGetObjectId(arg);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -593,15 +594,17 @@ mc_drain_main(Datum arg)
 
 		if (!in_xact(pass_fn, &rows, &err))
 			drain_failure(&err);
-		d->depth = rows;
 		if (rows >= mc_drain_batch)
-		{
-			idle_since = 0;
 			continue;			/* more to come */
-		}
-		if (rows > 0 || idle_since == 0)
+		if (rows > 0 || flush)
+		{
+			did_work = true;
 			idle_since = GetCurrentTimestamp();
-		else if (GetCurrentTimestamp() - idle_since >= (int64) DRAIN_IDLE_MS * 1000)
+		}
+		/* a drain that found nothing leaves at once; one that worked lingers
+		 * briefly, since more commits usually follow */
+		if (!did_work ||
+			GetCurrentTimestamp() - idle_since >= (int64) DRAIN_IDLE_MS * 1000)
 		{
 			bool		work;
 
