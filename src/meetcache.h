@@ -262,6 +262,7 @@ extern bool mc_delivered_take(Oid db, int64 id);
 
 extern int64 mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns);
 extern bool mc_queue_drain_pass(int batch, int *rows, McErr *err);
+extern void mc_queue_vacuum(void);
 extern bool mc_queue_flush_families(McErr *err);
 
 /* ---- worker.c ---- */

@@ -16,8 +16,11 @@
 #include "access/xact.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
+#include "commands/vacuum.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "parser/parse_node.h"
+#include "parser/parser.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/snapmgr.h"
@@ -169,8 +172,9 @@ mc_queue_drain_pass(int batch, int *rows, McErr *err)
 	{
 		Oid			types[1] = {INT4OID};
 		SPIPlanPtr	p = SPI_prepare("DELETE FROM meetcache.queue WHERE id IN ("
-									"SELECT id FROM meetcache.queue ORDER BY id LIMIT $1 "
-									"FOR UPDATE SKIP LOCKED) RETURNING id, keys, patterns",
+									"SELECT id FROM meetcache.queue "
+									"ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) "
+									"RETURNING id, keys, patterns",
 									1, types);
 
 		if (p == NULL)
@@ -232,6 +236,29 @@ mc_queue_drain_pass(int batch, int *rows, McErr *err)
 	}
 	SPI_finish();
 	return ok;
+}
+
+/*
+ * VACUUM the queue from the drain, between transactions: its rows live for
+ * milliseconds, and autovacuum visits a database only once per naptime.
+ * SKIP_LOCKED: if autovacuum is at it already, there is nothing to do.
+ * Must be called outside a transaction; runs its own.
+ */
+void
+mc_queue_vacuum(void)
+{
+	List	   *parsed;
+	RawStmt    *raw;
+	ParseState *pstate;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	parsed = raw_parser("VACUUM (SKIP_LOCKED) meetcache.queue", RAW_PARSE_DEFAULT);
+	raw = linitial_node(RawStmt, parsed);
+	pstate = make_parsestate(NULL);
+	pstate->p_sourcetext = "VACUUM (SKIP_LOCKED) meetcache.queue";
+	ExecVacuum(pstate, (VacuumStmt *) raw->stmt, true);
+	CommitTransactionCommand();
 }
 
 /* delete every family's keys under the key prefix (after lost keys) */

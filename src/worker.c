@@ -45,9 +45,12 @@ PGDLLEXPORT void mc_drain_main(Datum arg);
 
 #define MAX_DRAINS 4			/* drains running at once */
 #define DRAIN_IDLE_MS 500		/* a drain exits after this long idle */
+#define DRAIN_GATHER_MS 2		/* pause after a partial batch */
 #define BACKOFF_MAX_MS 5000
 #define NO_EXT_RECHECK_MS 60000 /* databases without the extension */
 #define DELIVERED_MAX_AGE_MS 60000
+#define VACUUM_EVERY_ROWS 10000 /* a drain vacuums the queue this often: the
+								 * dead index entries its scans skip stay few */
 
 void
 mc_worker_register(void)
@@ -523,6 +526,7 @@ mc_drain_main(Datum arg)
 	McErr		err;
 	TimestampTz idle_since = 0;
 	bool		did_work = false;
+	int64		since_vacuum = 0;
 
 	drain_db = DatumGetObjectId(arg);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -594,12 +598,22 @@ mc_drain_main(Datum arg)
 
 		if (!in_xact(pass_fn, &rows, &err))
 			drain_failure(&err);
+		since_vacuum += rows;
+		if (since_vacuum >= VACUUM_EVERY_ROWS)
+		{
+			mc_queue_vacuum();
+			since_vacuum = 0;
+		}
 		if (rows >= mc_drain_batch)
 			continue;			/* more to come */
 		if (rows > 0 || flush)
 		{
 			did_work = true;
 			idle_since = GetCurrentTimestamp();
+			/* under load every commit sets our latch: let a few rows
+			 * gather instead of running one transaction per commit */
+			(void) WaitLatch(NULL, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 DRAIN_GATHER_MS, PG_WAIT_EXTENSION);
 		}
 		/* a drain that found nothing leaves at once; one that worked lingers
 		 * briefly, since more commits usually follow */
