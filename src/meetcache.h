@@ -128,7 +128,7 @@ extern McReply *mc_redis_command(int argc, const char **argv,
 								 const size_t *lens);
 extern bool mc_redis_invalidate(McStr *keys, int nkeys,
 								McStr *patterns, int npatterns,
-								TimestampTz deadline,
+								TimestampTz deadline, int step_ms,
 								McInvResult *res, McErr *err);
 
 /* leases: see redis.c and README "Leases" */
@@ -261,7 +261,7 @@ extern bool mc_delivered_take(Oid db, int64 id);
 /* ---- queue.c ---- */
 
 extern int64 mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns);
-extern bool mc_queue_drain_pass(int batch, int *rows, McErr *err);
+extern bool mc_queue_drain_pass(int batch, int *rows, int *nkeys, McErr *err);
 extern void mc_queue_vacuum(void);
 extern bool mc_queue_flush_families(McErr *err);
 

@@ -226,7 +226,7 @@ deliver_now(PendingSet *p, McErr *err)
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), mc_commit_timeout);
 	if (mc_redis_invalidate(p->keys, p->nkeys, p->patterns, p->npatterns,
-							deadline, &res, err))
+							deadline, 0, &res, err))
 	{
 		mc_stat_add(MC_STAT_XACTS_DELIVERED, 1);
 		mc_stat_add(MC_STAT_KEYS_SENT, res.keys_sent);

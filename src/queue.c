@@ -151,10 +151,11 @@ vec_add(StrVec *vec, McStr *s, int n)
  * One drain pass, inside a transaction the caller started and will commit
  * (true) or abort (false).  Takes up to batch rows in id order, skipping
  * rows another drain holds; rows whose backend already deleted their keys
- * are removed without sending.  *rows is the number of rows taken.
+ * are removed without sending.  *rows is the number of rows taken, *nkeys
+ * the keys they held.
  */
 bool
-mc_queue_drain_pass(int batch, int *rows, McErr *err)
+mc_queue_drain_pass(int batch, int *rows, int *nkeys, McErr *err)
 {
 	static SPIPlanPtr plan = NULL;
 	Datum		arg = Int32GetDatum(batch);
@@ -166,6 +167,7 @@ mc_queue_drain_pass(int batch, int *rows, McErr *err)
 
 	memset(err, 0, sizeof(*err));
 	*rows = 0;
+	*nkeys = 0;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "meetcache: SPI_connect failed");
 	if (plan == NULL)
@@ -214,13 +216,15 @@ mc_queue_drain_pass(int batch, int *rows, McErr *err)
 			vec_add(&pats, v, n);
 		}
 	}
+	*nkeys = keys.n + pats.n;
 	if (keys.n > 0 || pats.n > 0)
 	{
 		/* a second per thousand keys on top of the commit deadline */
 		TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														   mc_commit_timeout + keys.n / 1000);
 
-		ok = mc_redis_invalidate(keys.v, keys.n, pats.v, pats.n, deadline, &res, err);
+		ok = mc_redis_invalidate(keys.v, keys.n, pats.v, pats.n, deadline,
+								 mc_commit_timeout, &res, err);
 		mc_stat_add(MC_STAT_COMMANDS, res.commands);
 		if (ok)
 		{
@@ -278,8 +282,8 @@ mc_queue_flush_families(McErr *err)
 	if (n == 0)
 		return true;
 	ok = mc_redis_invalidate(NULL, 0, pats, n,
-							 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60000),
-							 &res, err);
+							 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), mc_commit_timeout),
+							 mc_commit_timeout, &res, err);
 	mc_stat_add(MC_STAT_COMMANDS, res.commands);
 	if (ok)
 	{

@@ -1120,7 +1120,8 @@ scan_cb(redisReply *r, void *arg, McErr *err)
  * leases) in the same round trip as the next SCAN.  No throw, no palloc.
  */
 static bool
-scan_pass(InvState *st, RawBuf *ub, TimestampTz deadline, McInvResult *res, McErr *err)
+scan_pass(InvState *st, RawBuf *ub, TimestampTz deadline, int step_ms,
+		  McInvResult *res, McErr *err)
 {
 	bool		ok = true;
 
@@ -1154,6 +1155,9 @@ scan_pass(InvState *st, RawBuf *ub, TimestampTz deadline, McInvResult *res, McEr
 			}
 			nscan = 1;
 		}
+		/* the workers' SCANs may run long, as long as each page is quick */
+		if (step_ms > 0)
+			deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), step_ms);
 		ok = exchange(cmd.data, cmd.len, nunlink + nscan, scan_cb, st, deadline, false, err);
 		res->commands += nunlink + nscan;
 		free(cmd.data);
@@ -1170,10 +1174,13 @@ scan_pass(InvState *st, RawBuf *ub, TimestampTz deadline, McInvResult *res, McEr
  * matching one of the patterns (one SCAN over the prefix, matched here, so
  * any number of families costs one pass).  Runs inside the commit callback:
  * never throws, allocates with malloc only, and gives up at the deadline.
+ * With step_ms > 0 (the workers) the deadline bounds the keys, and then
+ * each SCAN round trip gets step_ms of its own: a large keyspace takes
+ * as long as it takes, a frozen Redis fails within step_ms.
  */
 bool
 mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
-					TimestampTz deadline, McInvResult *res, McErr *err)
+					TimestampTz deadline, int step_ms, McInvResult *res, McErr *err)
 {
 	InvState	st;
 	RawBuf		b = {NULL, 0, 0};
@@ -1228,7 +1235,7 @@ mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 		st.npatterns = npatterns;
 		st.unlink = &ub;
 		for (int pass = 0; pass < 2 && ok; pass++)
-			ok = scan_pass(&st, &ub, deadline, res, err);
+			ok = scan_pass(&st, &ub, deadline, step_ms, res, err);
 		free(ub.data);
 	}
 	return ok;

@@ -46,6 +46,7 @@ PGDLLEXPORT void mc_drain_main(Datum arg);
 #define MAX_DRAINS 4			/* drains running at once */
 #define DRAIN_IDLE_MS 500		/* a drain exits after this long idle */
 #define DRAIN_GATHER_MS 2		/* pause after a partial batch */
+#define KEYS_PER_PASS 200000	/* halve the batch above this many keys */
 #define BACKOFF_MAX_MS 5000
 #define NO_EXT_RECHECK_MS 60000 /* databases without the extension */
 #define DELIVERED_MAX_AGE_MS 60000
@@ -295,7 +296,7 @@ deliver_retries(void)
 	ok = mc_redis_invalidate(keys, nk, pats, np,
 							 TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														 mc_commit_timeout + nk / 1000),
-							 &res, &err);
+							 mc_commit_timeout, &res, &err);
 	mc_stat_add(MC_STAT_COMMANDS, res.commands);
 	if (!ok)
 	{
@@ -451,8 +452,12 @@ drain_exit(int code, Datum arg)
 	d = mc_db_slot(drain_db, false);
 	if (d)
 	{
-		d->drain = NULL;
-		d->drain_pid = 0;
+		/* a successor may have registered already */
+		if (d->drain == MyProc)
+		{
+			d->drain = NULL;
+			d->drain_pid = 0;
+		}
 		if (drain_failed || code != 0)
 		{
 			d->backoff_ms = Min(Max(d->backoff_ms * 2, 100), BACKOFF_MAX_MS);
@@ -491,10 +496,19 @@ flush_fn(void *arg, McErr *err)
 	return mc_queue_flush_families(err);
 }
 
+typedef struct PassArgs
+{
+	int			batch;			/* rows to take */
+	int			rows;			/* rows taken */
+	int			nkeys;			/* keys they held */
+} PassArgs;
+
 static bool
 pass_fn(void *arg, McErr *err)
 {
-	return mc_queue_drain_pass(mc_drain_batch, (int *) arg, err);
+	PassArgs   *a = (PassArgs *) arg;
+
+	return mc_queue_drain_pass(a->batch, &a->rows, &a->nkeys, err);
 }
 
 static bool
@@ -527,6 +541,7 @@ mc_drain_main(Datum arg)
 	TimestampTz idle_since = 0;
 	bool		did_work = false;
 	int64		since_vacuum = 0;
+	int			batch = 10;
 
 	drain_db = DatumGetObjectId(arg);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -566,6 +581,7 @@ mc_drain_main(Datum arg)
 		bool		flush;
 		uint32		epoch;
 		int			rows = 0;
+		PassArgs	pa;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -596,15 +612,26 @@ mc_drain_main(Datum arg)
 			ereport(LOG, (errmsg("meetcache drain: flushed every cache family")));
 		}
 
-		if (!in_xact(pass_fn, &rows, &err))
+		/*
+		 * The batch starts small and doubles while rows are small: a few
+		 * rows of a bulk transaction can hold a hundred thousand keys each,
+		 * and a pass holds all of its keys in memory.
+		 */
+		pa.batch = Min(batch, mc_drain_batch);
+		if (!in_xact(pass_fn, &pa, &err))
 			drain_failure(&err);
+		rows = pa.rows;
+		if (pa.nkeys > KEYS_PER_PASS)
+			batch = Max(1, batch / 2);
+		else if (rows >= pa.batch)
+			batch = Min(batch * 2, mc_drain_batch);
 		since_vacuum += rows;
 		if (since_vacuum >= VACUUM_EVERY_ROWS)
 		{
 			mc_queue_vacuum();
 			since_vacuum = 0;
 		}
-		if (rows >= mc_drain_batch)
+		if (rows >= pa.batch)
 			continue;			/* more to come */
 		if (rows > 0 || flush)
 		{
