@@ -257,6 +257,27 @@ ORDER BY a.key, a.rule_id;"
     [ "$(sql_lines "SELECT meetcache.cache_exists('meeting:m12');")" = f ] || die "meeting:m12 survived a committed UPDATE"
     ok "after a committed UPDATE of m12, meeting:m12 is gone"
 
+    if [ "${MEETCACHE_PRELOAD:-1}" = 1 ]; then
+        say "Redis stalls: the commit does not wait, the durable queue delivers afterwards"
+        run_sql "SELECT meetcache.cache_set('meeting:m1', '{\"title\": \"cached\"}', 600);"
+        info "redis-cli CLIENT PAUSE 3000 WRITE: Redis refuses to run writes (UNLINK too) for 3 s"
+        redis-cli -h 127.0.0.1 -p "$REDIS_PORT" CLIENT PAUSE 3000 WRITE >/dev/null
+        local t0 t1
+        t0=$(date +%s%N)
+        run_sql "SET meetcache.delivery = 'queue'; UPDATE meetings SET title = 'Weekly sync' WHERE id = 'm1';"
+        t1=$(date +%s%N)
+        ok "COMMIT returned after $(( (t1 - t0) / 1000000 )) ms (psql start-up included)"
+        run_sql "SELECT id, nkeys, delivered, keys FROM meetcache.pending;"
+        local i
+        for i in $(seq 1 100); do
+            [ "$(sql_lines "SELECT count(*) FROM meetcache.queue;")" = 0 ] && break
+            sleep 0.1
+        done
+        [ "$(sql_lines "SELECT meetcache.cache_exists('meeting:m1');")" = f ] || die "meeting:m1 survived the stall"
+        ok "once Redis ran writes again, the drain worker deleted meeting:m1 and removed the row"
+        run_sql "SELECT worker_state, redis_state, queue_depth, queue_rows_written, queue_rows_done FROM meetcache.stats;"
+    fi
+
     say "Counters"
     printf '    sql> SELECT * FROM meetcache.stats;   (expanded display)\n'
     if ! PSQL -x -c "SELECT * FROM meetcache.stats;" 2>&1 | sed 's/^/    /'; then info "(meetcache.stats not available)"; fi

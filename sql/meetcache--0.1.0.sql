@@ -215,23 +215,27 @@ CREATE TABLE meetcache.queue (
 COMMENT ON TABLE meetcache.queue IS
   'Keys (already prefixed) and SCAN patterns of committed transactions, waiting for a drain worker.';
 
+CREATE FUNCTION meetcache._queue_row_delivered(id bigint) RETURNS boolean
+  LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'meetcache_queue_row_delivered';
+
 CREATE VIEW meetcache.pending AS
   SELECT q.id, q.enqueued_at, clock_timestamp() - q.enqueued_at AS age,
          cardinality(q.keys) AS nkeys, coalesce(cardinality(q.patterns), 0) AS npatterns,
+         meetcache._queue_row_delivered(q.id) AS delivered,
          q.keys, q.patterns
   FROM meetcache.queue q
   ORDER BY q.id;
 COMMENT ON VIEW meetcache.pending IS
-  'Queue rows not yet deleted from Redis by a drain worker, oldest first.';
+  'Queue rows a drain worker has not removed yet, oldest first; delivered: the committing backend already deleted the keys (sync+queue).';
 
 CREATE VIEW meetcache.stats AS
   SELECT s.*, q.queue_depth, q.oldest_pending_age
   FROM meetcache.stats() s,
        LATERAL (SELECT count(*) AS queue_depth,
-                       clock_timestamp() - min(enqueued_at) AS oldest_pending_age
-                FROM meetcache.queue) q;
+                       clock_timestamp() - min(p.enqueued_at) AS oldest_pending_age
+                FROM meetcache.pending p WHERE NOT p.delivered) q;
 COMMENT ON VIEW meetcache.stats IS
-  'Counters (cluster-wide when preloaded), worker and Redis state, and this database''s queue.';
+  'Counters (cluster-wide when preloaded), worker and Redis state, and this database''s undelivered queue rows.';
 
 CREATE FUNCTION meetcache.invalidate_all() RETURNS void
   LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_invalidate_all';

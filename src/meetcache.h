@@ -257,6 +257,7 @@ extern void mc_db_wake(Oid db);
 extern void mc_db_request_flush(Oid db);
 extern void mc_delivered_add(Oid db, int64 id);
 extern bool mc_delivered_take(Oid db, int64 id);
+extern bool mc_delivered_contains(Oid db, int64 id);
 
 /* ---- queue.c ---- */
 

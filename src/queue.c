@@ -18,6 +18,7 @@
 #include "catalog/pg_type.h"
 #include "commands/vacuum.h"
 #include "executor/spi.h"
+#include "fmgr.h"
 #include "miscadmin.h"
 #include "parser/parse_node.h"
 #include "parser/parser.h"
@@ -291,4 +292,12 @@ mc_queue_flush_families(McErr *err)
 		mc_stat_add(MC_STAT_KEYS_DELETED, res.keys_deleted);
 	}
 	return ok;
+}
+
+/* for meetcache.pending: did the row's own backend delete its keys? */
+PG_FUNCTION_INFO_V1(meetcache_queue_row_delivered);
+Datum
+meetcache_queue_row_delivered(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(mc_delivered_contains(MyDatabaseId, PG_GETARG_INT64(0)));
 }

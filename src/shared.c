@@ -583,6 +583,21 @@ mc_delivered_take(Oid db, int64 id)
 	return found;
 }
 
+bool
+mc_delivered_contains(Oid db, int64 id)
+{
+	McShared   *s = mc_shared;
+	uint32		pos;
+	bool		found;
+
+	if (s == NULL)
+		return false;
+	LWLockAcquire(s->dlock, LW_SHARED);
+	found = delivered_find(s, db, id, &pos)->db != InvalidOid;
+	LWLockRelease(s->dlock);
+	return found;
+}
+
 /* launcher: forget entries older than the cutoff (rows nobody drained) */
 void
 mc_delivered_purge(TimestampTz cutoff)
