@@ -249,7 +249,7 @@ extern void mc_shared_request(void);
 extern bool mc_shared_ready(void);
 extern bool mc_breaker_applies(void);
 extern bool mc_breaker_open(void);
-extern void mc_breaker_trip(const char *why);
+extern void mc_breaker_trip(void);
 extern void mc_breaker_reset(void);
 extern bool mc_retry_push(Oid db, McStr *keys, int nkeys,
 						  McStr *patterns, int npatterns);

@@ -287,7 +287,7 @@ deliver(PendingSet *p)
 		return;
 	}
 	if (worker)
-		mc_breaker_trip(err.msg);
+		mc_breaker_trip();
 	if (p->queued)
 		mc_db_wake(MyDatabaseId);
 	else if (worker)

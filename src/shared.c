@@ -186,14 +186,15 @@ mc_shared_ready(void)
 /*
  * The breaker and the retry queue speak for the Redis the launcher uses
  * (the server-wide meetcache.redis_url).  A session pointed elsewhere
- * neither trips nor obeys it.
+ * neither trips nor obeys it.  While a killed launcher restarts, its last
+ * word stands: handed-off keys wait for it in the ring.
  */
 bool
 mc_breaker_applies(void)
 {
 	McShared   *s = mc_shared;
 
-	return s != NULL && s->launcher_pid != 0 && s->worker_url_hash == mc_url_hash;
+	return s != NULL && s->worker_url_hash != 0 && s->worker_url_hash == mc_url_hash;
 }
 
 bool
@@ -203,7 +204,7 @@ mc_breaker_open(void)
 }
 
 void
-mc_breaker_trip(const char *why)
+mc_breaker_trip(void)
 {
 	McShared   *s = mc_shared;
 

@@ -382,7 +382,7 @@ mc_launcher_main(Datum arg)
 		}
 		if (!down && !deliver_retries())
 		{
-			mc_breaker_trip("retry");
+			mc_breaker_trip();
 			down = true;
 			next_ping = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ping_backoff);
 		}
@@ -525,7 +525,7 @@ drain_failure(McErr *err)
 	mc_stat_add(MC_STAT_WORKER_FAILURES, 1);
 	mc_stat_error(err->msg);
 	if (mc_breaker_applies())
-		mc_breaker_trip("drain");
+		mc_breaker_trip();
 	ereport(LOG,
 			(errmsg("meetcache drain: %s; will retry", err->msg)));
 	proc_exit(0);
