@@ -42,7 +42,6 @@ typedef struct McShared
 	uint64		worker_url_hash;	/* the launcher's Redis endpoint */
 	pg_atomic_uint32 breaker;	/* 1: Redis is down, hand keys over */
 	TimestampTz breaker_since;
-	TimestampTz last_ok;		/* launcher's last successful exchange */
 	uint32		flush_epoch;	/* bumped when sync keys may be lost */
 	bool		epoch_served;	/* every database flushed for flush_epoch */
 	int			drains_running;

@@ -402,8 +402,6 @@ mc_launcher_main(Datum arg)
 		if (down && !was_down)
 			ereport(LOG, (errmsg("meetcache: redis is unreachable; committing sessions hand their keys to the worker until it answers again")));
 		was_down = down;
-		if (!down)
-			s->last_ok = now;
 
 		now = GetCurrentTimestamp();
 		if (now >= next_poll)
