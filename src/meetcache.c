@@ -369,14 +369,16 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
-	DefineCustomIntVariable("meetcache.retry_buffer",
-							"Shared memory for keys of failed sync deliveries, retried by the worker.",
-							"When it is full, the database's cache families are flushed instead.",
-							&mc_retry_buffer_kb,
-							1024, 64, 1048576,
-							PGC_POSTMASTER,
-							GUC_UNIT_KB,
-							NULL, NULL, NULL);
+	/* a PGC_POSTMASTER setting can only be defined while preloading */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("meetcache.retry_buffer",
+								"Shared memory for keys of failed sync deliveries, retried by the worker.",
+								"When it is full, the database's cache families are flushed instead.",
+								&mc_retry_buffer_kb,
+								1024, 64, 1048576,
+								PGC_POSTMASTER,
+								GUC_UNIT_KB,
+								NULL, NULL, NULL);
 
 	DefineCustomIntVariable("meetcache.drain_batch",
 							"Queue rows a drain takes per transaction.",

@@ -254,6 +254,7 @@ extern void mc_breaker_reset(void);
 extern bool mc_retry_push(Oid db, McStr *keys, int nkeys,
 						  McStr *patterns, int npatterns);
 extern void mc_db_wake(Oid db);
+extern void mc_db_announce(Oid db);
 extern void mc_db_request_flush(Oid db);
 extern void mc_delivered_add(Oid db, int64 id);
 extern bool mc_delivered_take(Oid db, int64 id);

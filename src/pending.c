@@ -308,6 +308,8 @@ write_queue(PendingSet *p)
 {
 	p->queue_id = mc_queue_write(p->keys, p->nkeys, p->patterns, p->npatterns);
 	p->queued = true;
+	/* the row exists, so the extension does: let the launcher poll us */
+	mc_db_announce(MyDatabaseId);
 }
 
 static void

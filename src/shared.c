@@ -462,6 +462,33 @@ mc_db_wake(Oid db)
 		mc_wake_launcher();
 }
 
+/*
+ * A transaction of db wrote a queue row, so db has the extension: make sure
+ * the launcher polls it.  (A drain that ran before CREATE EXTENSION marked
+ * it extension-less.)  Cheap when nothing needs changing: an unlocked look
+ * at the slot this backend found last time.
+ */
+void
+mc_db_announce(Oid db)
+{
+	static int	cached = -1;
+	McShared   *s = mc_shared;
+	McDbSlot   *slot;
+
+	if (s == NULL)
+		return;
+	if (cached >= 0 && s->dbs[cached].db == db && !s->dbs[cached].no_ext)
+		return;
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	slot = mc_db_slot(db, true);
+	if (slot)
+	{
+		slot->no_ext = false;
+		cached = slot - s->dbs;
+	}
+	LWLockRelease(s->lock);
+}
+
 /* keys of db were lost (retry queue full): flush its families */
 void
 mc_db_request_flush(Oid db)

@@ -48,7 +48,7 @@ PGDLLEXPORT void mc_drain_main(Datum arg);
 #define DRAIN_GATHER_MS 2		/* pause after a partial batch */
 #define KEYS_PER_PASS 200000	/* halve the batch above this many keys */
 #define BACKOFF_MAX_MS 5000
-#define NO_EXT_RECHECK_MS 60000 /* databases without the extension */
+#define NO_EXT_RECHECK_MS 10000 /* databases without the extension */
 #define DELIVERED_MAX_AGE_MS 60000
 #define VACUUM_EVERY_ROWS 10000 /* a drain vacuums the queue this often: the
 								 * dead index entries its scans skip stay few */

@@ -10,6 +10,13 @@
 #
 # Every redis-server started here listens on a free 127.0.0.1 port and is
 # killed when the test script exits (PostgreSQL::Test::Cluster stops its nodes).
+#
+# Fault tests: poll_until / poll_sql (bounded waits), stats($node) (a hash of
+# meetcache.stats), wait_redis_state, wait_queue_empty, run_load/finish_load
+# (pgbench write load: failed transactions, max latency), $redis->set_many /
+# existing_many (thousands of keys at once), and MeetcacheTest::Checker
+# ("nothing lost": keys that committed changes must delete, keys that must
+# survive, a bounded wait, two assertions).
 
 package MeetcacheTest;
 
@@ -19,13 +26,17 @@ use warnings;
 use Exporter 'import';
 use File::Basename qw(dirname);
 use File::Spec;
+use File::Temp ();
 use IO::Socket::INET;
+use IPC::Run ();
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT_OK = qw(start_redis new_node setup_schema schema_sql free_port
-  bg_session bg_query bg_send bg_wait_for elapsed);
+  bg_session bg_query bg_send bg_wait_for elapsed
+  poll_until poll_sql stats wait_redis_state wait_queue_empty run_load
+  finish_load);
 
 my $repo = $ENV{MEETCACHE_REPO}
   // File::Spec->rel2abs(dirname(__FILE__) . '/../..');
@@ -58,13 +69,15 @@ sub schema_sql
 #   url  => 'redis://...'   instead of $redis->url
 #   conf => "extra = 'lines'\n"
 #   log_statement => 'none' (the Cluster default is 'all')
+#   preload => 0            shared_preload_libraries stays empty
 sub new_node
 {
 	my ($name, $redis, %o) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init;
 	my $url = $o{url} // $redis->url;
-	my $conf = "shared_preload_libraries = 'meetcache'\n"
+	my $preload = (!defined $o{preload} || $o{preload}) ? 'meetcache' : '';
+	my $conf = "shared_preload_libraries = '$preload'\n"
 	  . "meetcache.redis_url = '$url'\n";
 	$conf .= "log_statement = '$o{log_statement}'\n" if defined $o{log_statement};
 	$conf .= $o{conf} if defined $o{conf};
@@ -153,6 +166,169 @@ sub elapsed
 	my $t0 = time;
 	my @r = $code->();
 	return (time - $t0, @r);
+}
+
+# Calls $code->() until it returns true, at most $secs seconds (every
+# 50 ms).  Returns the last result (false on timeout).
+sub poll_until
+{
+	my ($secs, $code) = @_;
+	my $deadline = time + $secs;
+	while (1)
+	{
+		my $r = $code->();
+		return $r if $r;
+		return $r if time >= $deadline;
+		usleep(50_000);
+	}
+}
+
+# Runs $sql (new psql each time, so it survives a server restart) until
+# its output is $expected (default 't'), at most $secs seconds (default 20).
+# Returns 1, or 0 after a diag of the last output.
+sub poll_sql
+{
+	my ($node, $db, $sql, $expected, $secs) = @_;
+	$expected //= 't';
+	$secs //= 20;
+	my ($out, $err) = ('', '');
+	my $ok = poll_until(
+		$secs,
+		sub {
+			($out, $err) = ('', '');
+			$node->psql($db, $sql, stdout => \$out, stderr => \$err,
+				timeout => 30);
+			chomp $out;
+			return $out eq $expected;
+		});
+	Test::More::diag("poll_sql timed out after ${secs}s: $sql\n"
+		  . "  expected: $expected\n  got: $out\n  stderr: $err")
+	  unless $ok;
+	return $ok ? 1 : 0;
+}
+
+# Columns of meetcache.stats in database $db, as a hash.
+sub stats
+{
+	my ($node, $db, @cols) = @_;
+	@cols = qw(worker_state launcher_pid redis_state queue_depth
+	  retry_queue_entries breaker_trips handoffs retries retry_overflows
+	  family_flushes queue_rows_written queue_rows_done queue_rows_skipped
+	  worker_failures delivery_failures)
+	  unless @cols;
+	my $out = $node->safe_psql($db // 'postgres',
+		'SELECT ' . join(" || '|' || ", map { "coalesce(${_}::text, '')" } @cols)
+		  . ' FROM meetcache.stats');
+	my @v = split /\|/, $out, -1;
+	my %h;
+	@h{@cols} = @v;
+	return \%h;
+}
+
+# Bounded waits on meetcache.stats.
+sub wait_redis_state
+{
+	my ($node, $state, $secs, $db) = @_;
+	return poll_sql($node, $db // 'postgres',
+		'SELECT redis_state FROM meetcache.stats', $state, $secs // 20);
+}
+
+sub wait_queue_empty
+{
+	my ($node, $db, $secs) = @_;
+	return poll_sql($node, $db // 'postgres',
+		'SELECT queue_depth = 0 AND coalesce(retry_queue_entries, 0) = 0 FROM meetcache.stats',
+		't', $secs // 20);
+}
+
+# Write load with pgbench: several sessions, each transaction one script.
+#   run_load($node,
+#     scripts => [ [ $sql, $weight ], ... ],
+#     clients => 4, seconds => 3, db => 'postgres',
+#     rate => 500,      # transactions per second in all (pgbench -R)
+#     options => '-c meetcache.delivery=queue',   # PGOPTIONS of every session
+#     background => 1)   # returns a handle for finish_load instead
+# Returns a hash: rc, processed, failed, max_latency (seconds, over every
+# transaction, from pgbench's per-transaction log, schedule lag of -R
+# not counted), stdout, stderr.
+my $load_cnt = 0;
+sub run_load
+{
+	my ($node, %o) = @_;
+	my $dir = File::Spec->rel2abs(
+		File::Temp::tempdir(
+			'load_XXXX',
+			DIR => $PostgreSQL::Test::Utils::tmp_check,
+			CLEANUP => 1));
+	my @cmd = (
+		'pgbench', '-n',
+		'-h' => $node->host,
+		'-p' => $node->port,
+		'-c' => $o{clients} // 4,
+		'-j' => $o{jobs} // 2,
+		'-T' => $o{seconds} // 3,
+		'-l', "--log-prefix=$dir/tx");
+	push @cmd, '-R' => $o{rate} if $o{rate};
+	my $i = 0;
+	for my $sc (@{ $o{scripts} })
+	{
+		my ($sql, $w) = @$sc;
+		my $f = "$dir/script" . (++$i) . '.sql';
+		open my $fh, '>', $f or die "$f: $!";
+		print $fh $sql;
+		close $fh;
+		push @cmd, '-f', "$f\@" . ($w // 1);
+	}
+	push @cmd, $o{db} // 'postgres';
+	my $h = {
+		dir => $dir,
+		stdout => '',
+		stderr => '',
+		seconds => $o{seconds} // 3,
+		rate => $o{rate},
+	};
+	local $ENV{PGOPTIONS} = $o{options} // '';
+	$h->{run} = IPC::Run::start(\@cmd, '<', \undef, '>', \$h->{stdout},
+		'2>', \$h->{stderr},
+		IPC::Run::timeout(($o{seconds} // 3) + 120));
+	return $h if $o{background};
+	return finish_load($h);
+}
+
+sub finish_load
+{
+	my ($h) = @_;
+	my $ok = eval { $h->{run}->finish; 1 };
+	my %r = (
+		rc => $ok ? $h->{run}->result(0) : -1,
+		stdout => $h->{stdout},
+		stderr => $h->{stderr} . ($ok ? '' : "\n(pgbench: $@)"));
+	$r{processed} = $1
+	  if $h->{stdout} =~ /number of transactions actually processed: (\d+)/;
+	$r{failed} = $1 if $h->{stdout} =~ /number of failed transactions: (\d+)/;
+	$r{failed} //= 0 if defined $r{processed};
+	my $max = 0;
+	my $n = 0;
+	opendir(my $d, $h->{dir}) or die "$h->{dir}: $!";
+	for my $f (grep { /^tx\./ } readdir $d)
+	{
+		open my $fh, '<', "$h->{dir}/$f" or die "$f: $!";
+		while (<$fh>)
+		{
+			my @c = split;
+			next unless @c >= 3 && $c[2] =~ /^\d+$/;
+			my $lat = $c[2];
+			# with -R, "time" counts from the scheduled start
+			$lat -= $c[6] if $h->{rate} && @c >= 7 && $c[6] =~ /^\d+$/;
+			$n++;
+			$max = $lat if $lat > $max;
+		}
+		close $fh;
+	}
+	closedir $d;
+	$r{logged} = $n;
+	$r{max_latency} = $max / 1e6;
+	return \%r;
 }
 
 ###########################################################################
@@ -333,6 +509,52 @@ sub set_cli_auth
 	return;
 }
 
+# Many commands in one redis-cli run (commands on stdin, one a line;
+# arguments must not contain white space).  Returns the reply lines.
+sub cli_batch
+{
+	my ($self, @cmds) = @_;
+	my @opt = ref $cmds[0] ? @{ shift @cmds } : ();
+	return () unless @cmds;
+	my $in = join('', map { "$_\n" } @cmds);
+	my $out = '';
+	my $err = '';
+	my $ok = eval {
+		IPC::Run::run(
+			[
+				'redis-cli', '-h', '127.0.0.1', '-p', $self->{port},
+				@{ $self->{cli_auth} }, @opt
+			],
+			'<', \$in, '>', \$out, '2>', \$err,
+			IPC::Run::timeout(60));
+	};
+	die "redis-cli batch failed: $@ $err" unless $ok;
+	my @lines = split /\n/, $out;
+	die sprintf("redis-cli batch: %d replies to %d commands: %s",
+		scalar @lines, scalar @cmds, substr($out . $err, 0, 300))
+	  unless @lines == @cmds;
+	return @lines;
+}
+
+# set_keys and existing for thousands of keys (one redis-cli process)
+sub set_many
+{
+	my ($self, @keys) = @_;
+	my @opt = ref $keys[0] ? (shift @keys) : ();
+	my @r = $self->cli_batch(@opt, map { "SET $_ 1 EX 600" } @keys);
+	my @bad = grep { $r[$_] ne 'OK' } 0 .. $#r;
+	die "SET $keys[$bad[0]] failed: $r[$bad[0]]" if @bad;
+	return;
+}
+
+sub existing_many
+{
+	my ($self, @keys) = @_;
+	my @opt = ref $keys[0] ? (shift @keys) : ();
+	my @r = $self->cli_batch(@opt, map { "EXISTS $_" } @keys);
+	return map { $keys[$_] } grep { $r[$_] eq '1' } 0 .. $#r;
+}
+
 sub freeze
 {
 	my ($self) = @_;
@@ -398,6 +620,156 @@ END
 	my $rc = $?;
 	$_->stop for @all_redis;
 	$? = $rc;
+}
+
+
+###########################################################################
+# MeetcacheTest::Checker: "nothing lost".  Records, for committed changes,
+# the keys they must delete, and for rolled-back or untouched data, keys
+# that must survive; keys are set in Redis before the change.  verify()
+# then waits (bounded) until every must-delete key is gone and checks the
+# survivors.
+#
+#   my $chk = MeetcacheTest::Checker->new($node, $redis);
+#   my @k = $chk->keys_of('meetings', "id = 'm1'");   # affected_keys()
+#   $chk->seed(@k);               # SET them in Redis
+#   ... commit the change ...
+#   $chk->must_delete(@k);        # or must_survive(@k) if rolled back
+#   $chk->verify('after the outage', timeout => 20);
+package MeetcacheTest::Checker;
+
+use strict;
+use warnings;
+
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+sub new
+{
+	my ($class, $node, $redis, %o) = @_;
+	return bless {
+		node => $node,
+		redis => $redis,
+		db => $o{db} // 'postgres',
+		prefix => $o{prefix} // '',
+		del => {},
+		keep => {},
+	}, $class;
+}
+
+# The keys (with the key prefix) that changing each row of $table matching
+# $where would delete, from meetcache.affected_keys (the same rules the
+# triggers use).  The row is passed as both old and new.
+sub keys_of
+{
+	my ($self, $table, $where) = @_;
+	my $out = $self->{node}->safe_psql($self->{db},
+		"SELECT DISTINCT k.key FROM $table t, "
+		  . "meetcache.affected_keys('$table', to_jsonb(t), to_jsonb(t)) k "
+		  . "WHERE $where ORDER BY 1");
+	return map { $self->{prefix} . $_ } grep { $_ ne '' } split /\n/, $out;
+}
+
+# The keys of one change given as JSON rows (NULL: insert / delete)
+sub affected
+{
+	my ($self, $table, $old, $new) = @_;
+	my $q = sub { defined $_[0] ? "'$_[0]'::jsonb" : 'NULL' };
+	my $out = $self->{node}->safe_psql($self->{db},
+		"SELECT DISTINCT key FROM meetcache.affected_keys('$table', "
+		  . $q->($old) . ', ' . $q->($new) . ') ORDER BY 1');
+	return map { $self->{prefix} . $_ } grep { $_ ne '' } split /\n/, $out;
+}
+
+sub seed
+{
+	my ($self, @keys) = @_;
+	$self->{redis}->set_many(@keys);
+	return @keys;
+}
+
+sub must_delete
+{
+	my ($self, @keys) = @_;
+	$self->{del}{$_} = 1 for @keys;
+	return;
+}
+
+sub must_survive
+{
+	my ($self, @keys) = @_;
+	$self->{keep}{$_} = 1 for @keys;
+	return;
+}
+
+sub counts
+{
+	my ($self) = @_;
+	my @keep = grep { !$self->{del}{$_} } keys %{ $self->{keep} };
+	return (scalar keys %{ $self->{del} }, scalar @keep);
+}
+
+# must-delete keys still in Redis, after waiting up to $secs for them
+sub leftover
+{
+	my ($self, $secs) = @_;
+	my @del = sort keys %{ $self->{del} };
+	my @left = @del;
+	my $deadline = time + ($secs // 20);
+	while (1)
+	{
+		@left = $self->{redis}->existing_many(@left) if @left;
+		last if !@left || time >= $deadline;
+		usleep(100_000);
+	}
+	return @left;
+}
+
+# must-survive keys (not also must-delete) missing from Redis
+sub missing
+{
+	my ($self) = @_;
+	my @keep = sort grep { !$self->{del}{$_} } keys %{ $self->{keep} };
+	my %there = map { $_ => 1 } $self->{redis}->existing_many(@keep);
+	return grep { !$there{$_} } @keep;
+}
+
+# Two assertions: every must-delete key is gone (waiting up to timeout
+# seconds, default 20), every must-survive key is still there (skipped
+# with survivors => 0, e.g. after a family flush).  Returns true if both
+# hold.  Clears the recorded keys unless keep => 1.
+sub verify
+{
+	my ($self, $name, %o) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my ($nd, $nk) = $self->counts;
+	my $t0 = time;
+	my @left = $self->leftover($o{timeout} // 20);
+	my $ok = ok(!@left,
+		"$name: all $nd keys of committed changes deleted");
+	diag(sprintf("%d of %d keys still in redis after %.1fs, e.g. %s",
+			scalar @left, $nd, time - $t0, join(' ', @left[ 0 .. ($#left < 9 ? $#left : 9) ])))
+	  if @left;
+	note(sprintf('%s: delivered within %.2fs', $name, time - $t0)) unless @left;
+	if (!defined $o{survivors} || $o{survivors})
+	{
+		my @miss = $self->missing;
+		$ok = ok(!@miss, "$name: all $nk keys of rolled-back or untouched data kept")
+		  && $ok;
+		diag(sprintf("%d keys that had to survive are gone, e.g. %s",
+				scalar @miss, join(' ', @miss[ 0 .. ($#miss < 9 ? $#miss : 9) ])))
+		  if @miss;
+	}
+	$self->reset unless $o{keep};
+	return $ok;
+}
+
+sub reset
+{
+	my ($self) = @_;
+	$self->{del} = {};
+	$self->{keep} = {};
+	return;
 }
 
 1;

@@ -4,7 +4,8 @@ use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use MeetcacheTest qw(start_redis new_node setup_schema bg_session bg_query);
+use MeetcacheTest qw(start_redis new_node setup_schema bg_session bg_query
+  elapsed wait_redis_state wait_queue_empty);
 
 my $redis = start_redis();
 my $node = new_node('restart', $redis);
@@ -82,10 +83,30 @@ is($node->safe_psql('postgres', "SELECT title FROM meetings WHERE id = 'm1'"),
 ($out, $err) = bg_query($s, q{SELECT meetcache.cache_get('c:1')});
 like($err, qr/ERROR/, 'cache_get with redis down: ERROR');
 
-# Redis back (empty): the same backend recovers.
+# That failure opened the circuit breaker: until the launcher's PING
+# succeeds, commits hand their keys to the worker instead of waiting.
+is($node->safe_psql('postgres', 'SELECT redis_state FROM meetcache.stats'),
+	'down', 'redis down after a failed commit: redis_state down');
+
+# Redis back (empty): the next commit's keys are deleted -- by the backend
+# or, while the breaker is still open, by the worker -- without an error.
 $redis->start;
 $redis->set_keys(@m1, @keep);
-($out, $err) = bg_query($s, "UPDATE meetings SET title = 't6' WHERE id = 'm1'");
+my $t;
+($t, $out, $err) =
+  elapsed(sub { bg_query($s, "UPDATE meetings SET title = 't6' WHERE id = 'm1'") });
+note sprintf('first commit with redis back took %.3fs; stderr: %s', $t, $err);
+unlike($err, qr/ERROR|FATAL|PANIC/, 'redis back: commit, no error');
+cmp_ok($t, '<', 5, 'redis back: commit bounded');
+ok(MeetcacheTest::poll_until(20, sub { !$redis->existing(@m1) }),
+	'redis back: the keys of the next commit are deleted (within 20s)');
+ok(wait_redis_state($node, 'up'), 'redis back: the launcher sees it up');
+ok(wait_queue_empty($node), 'redis back: nothing left for the worker');
+
+# Breaker closed: the same backend deletes at commit again.
+$redis->set_keys(@m1);
+($out, $err) = bg_query($s, "UPDATE meetings SET title = 't6b' WHERE id = 'm1'");
+is($err, '', 'redis up: commit without warning');
 is_deeply([ $redis->existing(@m1) ], [], 'redis back: next commit deletes');
 is(bg_query($s, 'SELECT meetcache.cache_ping()'), 'PONG', 'redis back: cache_ping');
 is(bg_query($s, 'SELECT pg_backend_pid()'), $pid, 'still the same backend');

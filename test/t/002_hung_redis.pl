@@ -1,13 +1,19 @@
 # A frozen redis-server (SIGSTOP: TCP still accepted, no replies) must not
 # hang commits (bounded by commit_timeout) nor SQL functions (statement_timeout
 # and pg_cancel_backend interrupt them); after SIGCONT everything works again.
+#
+# The first failed commit opens the circuit breaker: later commits of
+# sessions using the server's meetcache.redis_url hand their keys to the
+# worker without waiting (and without a WARNING).  The deadline itself is
+# tested in sessions whose redis_url names the same server differently
+# (localhost instead of 127.0.0.1): the breaker does not apply to them.
 use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
 use MeetcacheTest qw(start_redis new_node setup_schema bg_session bg_query
-  bg_send bg_wait_for elapsed);
+  bg_send bg_wait_for elapsed wait_redis_state wait_queue_empty poll_until);
 
 my $redis = start_redis();
 my $node = new_node('hung', $redis, conf => "meetcache.commit_timeout = '500ms'\n");
@@ -24,6 +30,9 @@ is($node->safe_psql('postgres', 'SHOW meetcache.commit_timeout'), '500ms',
 	'commit_timeout is 500ms');
 
 my @m1 = qw(meeting:m1 meeting:invite:inv-m1 meetings:user:u1 user:u1:meetings:count);
+# the same redis-server under another name: the breaker does not apply
+my $alt_url = 'redis://localhost:' . $redis->port . '/0';
+my $alt = "SET meetcache.redis_url = '$alt_url'; ";
 
 # psql in a new backend; returns (seconds, exit code, stdout, stderr)
 sub timed_psql
@@ -56,10 +65,22 @@ unlike($err, qr/ERROR|FATAL|PANIC/, 'commit to a frozen redis: no error');
 is($node->safe_psql('postgres', "SELECT title FROM meetings WHERE id = 'm1'"),
 	'f1', 'the transaction committed');
 
-# 2. commit from a new backend (handshake against the frozen server)
+is($node->safe_psql('postgres', 'SELECT redis_state FROM meetcache.stats'),
+	'down', 'the failed commit opened the breaker: redis_state down');
+
+# 1b. breaker open: a new backend hands its keys over, no deadline to wait
 my $ret;
 ($t, $ret, $out, $err) =
-  timed_psql("UPDATE meetings SET title = 'f2' WHERE id = 'm2'");
+  timed_psql("UPDATE meetings SET title = 'f1b' WHERE id = 'm2'");
+note sprintf('commit took %.3fs; stderr: %s', $t, $err);
+is($ret, 0, 'breaker open: commit succeeds');
+cmp_ok($t, '<', 5, 'breaker open: commit returns within 5s');
+unlike($err, qr/WARNING/, 'breaker open: keys handed to the worker without a WARNING');
+
+# 2. commit from a new backend (handshake against the frozen server), in a
+#    session the breaker does not apply to
+($t, $ret, $out, $err) =
+  timed_psql($alt . "UPDATE meetings SET title = 'f2' WHERE id = 'm2'");
 note sprintf('commit took %.3fs; stderr: %s', $t, $err);
 is($ret, 0, 'new backend: commit succeeds');
 cmp_ok($t, '<', 5, 'new backend: commit returns within 5s');
@@ -67,8 +88,8 @@ like($err, qr/WARNING/, 'new backend: WARNING');
 
 # 2b. commit_timeout bounds the whole delivery, the connect handshake
 #     included: a long connect_timeout must not stretch the commit
-($t, $ret, $out, $err) = timed_psql(
-	"SET meetcache.connect_timeout = 4000; UPDATE meetings SET title = 'f2b' WHERE id = 'm2'");
+($t, $ret, $out, $err) = timed_psql($alt
+	  . "SET meetcache.connect_timeout = 4000; UPDATE meetings SET title = 'f2b' WHERE id = 'm2'");
 note sprintf('commit took %.3fs; stderr: %s', $t, $err);
 is($ret, 0, 'new backend, connect_timeout 4s: commit succeeds');
 cmp_ok($t, '<', 2.5,
@@ -84,16 +105,19 @@ is($ret, 0, 'multi-statement transaction commits');
 cmp_ok($t, '<', 5, 'multi-statement transaction returns within 5s');
 
 # 3b. TRUNCATE (family patterns: SCAN at commit) and a 20000-key
-#     transaction are bounded by the deadline too
+#     transaction are bounded by the deadline too (session $o: the breaker
+#     does not apply, so both really wait for the frozen server)
+my $o = bg_session($node);
+bg_query($o, $alt);
 $node->safe_psql('postgres', q{
 INSERT INTO chat_messages (id, meeting_id, user_id, message) VALUES ('c1', 'm1', 'u1', 'hi');});
-($t, $out, $err) = elapsed(sub { bg_query($s, 'TRUNCATE chat_messages') });
+($t, $out, $err) = elapsed(sub { bg_query($o, 'TRUNCATE chat_messages') });
 note sprintf('TRUNCATE commit took %.3fs; stderr: %s', $t, $err);
 cmp_ok($t, '<', 2.5, 'TRUNCATE: commit bounded by the deadline');
 like($err, qr/WARNING/, 'TRUNCATE: WARNING');
 ($t, $out, $err) = elapsed(
 	sub {
-		bg_query($s,
+		bg_query($o,
 			q{INSERT INTO users (id, name, email) SELECT 'b' || g, 'B', 'b' || g || '@x' FROM generate_series(1, 10000) g}
 		);
 	});
@@ -101,6 +125,22 @@ note sprintf('20000-key commit took %.3fs; stderr: %s', $t, $err);
 cmp_ok($t, '<', 5, '20000 keys: commit bounded by the deadline');
 like($err, qr/WARNING/, '20000 keys: WARNING');
 unlike($err, qr/ERROR/, '20000 keys: no error');
+
+# the same with the breaker open: handed over at once
+$node->safe_psql('postgres', q{
+INSERT INTO chat_messages (id, meeting_id, user_id, message) VALUES ('c2', 'm1', 'u1', 'hi');});
+($t, $out, $err) = elapsed(sub { bg_query($s, 'TRUNCATE chat_messages') });
+note sprintf('TRUNCATE commit (breaker open) took %.3fs; stderr: %s', $t, $err);
+cmp_ok($t, '<', 2.5, 'breaker open: TRUNCATE commit bounded');
+unlike($err, qr/ERROR/, 'breaker open: TRUNCATE, no error');
+($t, $out, $err) = elapsed(
+	sub {
+		bg_query($s,
+			q{UPDATE users SET name = 'C' WHERE id LIKE 'b%'});
+	});
+note sprintf('20000-key commit (breaker open) took %.3fs; stderr: %s', $t, $err);
+cmp_ok($t, '<', 5, 'breaker open: 20000 keys, commit bounded');
+unlike($err, qr/ERROR/, 'breaker open: 20000 keys, no error');
 
 # 4. a commit without keys does not touch redis
 ($t, $out, $err) = elapsed(sub { bg_query($s, 'INSERT INTO not_attached VALUES (1)') });
@@ -182,6 +222,13 @@ is($err, '', 'after thaw: no error (cancelled session)');
 is(bg_query($sb, q{SELECT meetcache.cache_get('k')}), '"kval"', 'after thaw: cache_get k');
 is(bg_query($s, 'SELECT meetcache.cache_ping()'), 'PONG', 'after thaw: cache_ping');
 
+# what was committed while frozen is delivered by the worker; once the
+# launcher saw redis answer, commits deliver themselves again
+ok(poll_until(20, sub { !$redis->existing(@m1) }),
+	'after thaw: the keys of commits made while frozen are deleted (within 20s)');
+ok(wait_redis_state($node, 'up'), 'after thaw: redis_state up');
+ok(wait_queue_empty($node), 'after thaw: queue and retry queue drained');
+
 $redis->set_keys(@m1);
 ($out, $err) = bg_query($s, "UPDATE meetings SET title = 'ok1' WHERE id = 'm1'");
 is($err, '', 'after thaw: commit without warning');
@@ -194,6 +241,7 @@ is_deeply([ $redis->existing(@m1) ], [], 'after thaw: new backend deletes the ke
 
 $s->quit;
 $sb->quit;
+$o->quit;
 my $log = slurp_file($node->logfile);
 unlike($log, qr/PANIC|was terminated by signal|server process .* exited with exit code/,
 	'no crash in the server log');
