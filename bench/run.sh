@@ -12,8 +12,10 @@
 # when the script exits (also on error or Ctrl-C).
 #
 # See bench/README.md for what is measured and how to read it. Environment (defaults):
+#   BENCH_MODES="sync queue sync+queue"  meetcache.delivery modes measured against the
+#                            baseline (no triggers); a queue mode preloads meetcache
 #   BENCH_DURATION=20        seconds of each pgbench run (single-row UPDATE)
-#   BENCH_ROUNDS=2           pgbench rounds; each round runs baseline then meetcache
+#   BENCH_ROUNDS=3           pgbench rounds; each round runs baseline then every mode
 #   BENCH_WARMUP=5           seconds of an unmeasured pgbench warm-up run (0 = none)
 #   BENCH_CLIENTS=4          pgbench clients (-c)
 #   BENCH_JOBS=2             pgbench threads (-j)
@@ -23,12 +25,16 @@
 #   BENCH_USERS=5000         users (meeting hosts and participants)
 #   BENCH_BULK_ROWS=100000   meetings in the table = rows of the bulk UPDATE
 #   BENCH_BULK_REPS=5        bulk repetitions per mode (median reported)
+#   BENCH_BULK_MODES=$BENCH_MODES  modes of the bulk UPDATE (besides the baseline)
 #   BENCH_PREFILL=2000       keys written to Redis before each bulk run (checked afterwards)
 #   BENCH_PING_SECONDS=3     seconds of each SQL round-trip run, 2 of each (0 = skip)
+#   BENCH_QUEUE_WAIT=120     seconds to wait for meetcache.queue to empty after a run
+#   BENCH_NAPTIME=           autovacuum_naptime (empty: the server default, 1min)
 #   PGBIN=/usr/lib/postgresql/15/bin
 #   MEETCACHE_SKIP_BUILD=1   as root: do not run make / make install
 #   MEETCACHE_SKIP_APT=1     as root: do not install missing Debian packages
-#   MEETCACHE_PRELOAD=1      add meetcache to shared_preload_libraries (both modes)
+#   MEETCACHE_PRELOAD=       1: add meetcache to shared_preload_libraries (all modes);
+#                            empty: only if BENCH_MODES has a queue mode; 0: never
 #   KEEP=1                   keep the temporary directory (logs, data, raw outputs)
 set -euo pipefail
 
@@ -40,8 +46,9 @@ STAGE_ARG=--as-bench-user
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 if [ -f "${SELF%/*}/throwaway-servers.sh" ]; then . "${SELF%/*}/throwaway-servers.sh"; else . "${SELF%/*}/../scripts/throwaway-servers.sh"; fi
 
+MODES=${BENCH_MODES:-sync queue sync+queue}
 DURATION=${BENCH_DURATION:-20}
-ROUNDS=${BENCH_ROUNDS:-2}
+ROUNDS=${BENCH_ROUNDS:-3}
 WARMUP=${BENCH_WARMUP:-5}
 CLIENTS=${BENCH_CLIENTS:-4}
 JOBS=${BENCH_JOBS:-2}
@@ -51,32 +58,56 @@ NPART=${BENCH_PARTICIPANTS:-3}
 NUSERS=${BENCH_USERS:-5000}
 BULK_ROWS=${BENCH_BULK_ROWS:-100000}
 BULK_REPS=${BENCH_BULK_REPS:-5}
+BULK_MODES=${BENCH_BULK_MODES:-$MODES}
 PREFILL=${BENCH_PREFILL:-2000}
 PING_SECONDS=${BENCH_PING_SECONDS:-3}
+QUEUE_WAIT=${BENCH_QUEUE_WAIT:-120}
+NAPTIME=${BENCH_NAPTIME:-}
 
 ###########################################################################################
 # Stage 1 (root): dependencies, build, install, then re-run this script as `postgres`.
 ###########################################################################################
 stage_root() {
     tw_bench_root_stage "$SELF" meetcache-bench "$STAGE_ARG" '^(BENCH_|MEETCACHE_PRELOAD$|KEEP$|PGBIN$)' \
-        postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server
+        postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server redis-tools
 }
 
 ###########################################################################################
-# Throwaway servers
+# Modes and throwaway servers
 ###########################################################################################
+check_modes() {
+    local m
+    for m in $MODES $BULK_MODES; do
+        case $m in
+            sync|queue|sync+queue) ;;
+            *) die "unknown mode '$m' in BENCH_MODES/BENCH_BULK_MODES (sync, queue, sync+queue)" ;;
+        esac
+    done
+    PRELOAD=${MEETCACHE_PRELOAD:-}
+    if [ -z "$PRELOAD" ]; then
+        PRELOAD=0
+        for m in $MODES $BULK_MODES; do [ "$m" = sync ] || PRELOAD=1; done
+    elif [ "$PRELOAD" != 1 ]; then
+        for m in $MODES $BULK_MODES; do
+            [ "$m" = sync ] || die "mode $m needs shared_preload_libraries = 'meetcache' (MEETCACHE_PRELOAD=0 given)"
+        done
+    fi
+}
+
 start_pg() {
     tw_init_pg
-    cat >>"$WORK/pgdata/postgresql.conf" <<EOF
+    cat >>"$WORK/pgdata/postgresql.conf" <<EOC
 # benchmark settings (see bench/README.md); durability settings are left at their defaults
 shared_buffers = 256MB
 max_wal_size = 8GB
 checkpoint_timeout = 30min
-autovacuum = off
+# autovacuum runs (meetcache.queue relies on it), but not on the benchmark's own tables
+autovacuum = on
 meetcache.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'
 meetcache.delivery = 'sync'
-EOF
-    if [ "${MEETCACHE_PRELOAD:-0}" = 1 ]; then echo "shared_preload_libraries = 'meetcache'" >>"$WORK/pgdata/postgresql.conf"; fi
+EOC
+    if [ -n "$NAPTIME" ]; then echo "autovacuum_naptime = '$NAPTIME'" >>"$WORK/pgdata/postgresql.conf"; fi
+    if [ "$PRELOAD" = 1 ]; then echo "shared_preload_libraries = 'meetcache'" >>"$WORK/pgdata/postgresql.conf"; fi
     tw_start_pg
     export PGDATABASE=bench
 }
@@ -87,19 +118,52 @@ Q() { PSQL -A -t -c "$1"; }
 ###########################################################################################
 # Measurement helpers
 ###########################################################################################
-MODE=none
-set_mode() {   # set_mode baseline|meetcache
+# set_mode baseline|sync|queue|sync+queue: baseline detaches every trigger; a mode attaches
+# the default triggers and sets meetcache.delivery for the database (new sessions)
+set_mode() {
     if [ "$1" = baseline ]; then
         Q "SELECT meetcache.detach(relation) FROM meetcache.attached;" >/dev/null
     else
         Q "SELECT meetcache.attach_defaults();" >/dev/null
+        Q "ALTER DATABASE bench SET meetcache.delivery = '$1';" >/dev/null
+        local got; got=$(Q "SHOW meetcache.delivery")
+        [ "$got" = "$1" ] || die "a new session has meetcache.delivery = $got, not $1"
     fi
     local n; n=$(Q "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'meetings'::regclass AND NOT tgisinternal;")
     if [ "$1" = baseline ] && [ "$n" != 0 ]; then die "baseline: meetings still has $n triggers after detach"; fi
-    if [ "$1" = meetcache ] && [ "$n" = 0 ]; then die "meetcache: attach_defaults() created no trigger on meetings"; fi
-    MODE=$1
+    if [ "$1" != baseline ] && [ "$n" = 0 ]; then die "$1: attach_defaults() created no trigger on meetings"; fi
 }
 redis_cmds() { RCLI info stats | tr -d '\r' | awk -F: '$1 == "total_commands_processed" { print $2 }'; }
+# counters of meetcache.stats that tell the modes apart (cluster-wide when preloaded)
+STAT_COLS="xacts_delivered, queue_rows_written, queue_rows_skipped, queue_rows_done, queue_keys_sent, delivery_failures"
+stats_now() { Q "SELECT $STAT_COLS FROM meetcache.stats"; }
+# stats_delta BEFORE AFTER -> "delivered 123, queued 0, ..."
+stats_delta() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        split(a, x, "|"); split(b, y, "|")
+        split("delivered|rows queued|skipped|rows drained|keys drained|failures", name, "|")
+        for (i = 1; i <= 6; i++) { d = y[i] - x[i]; if (d != 0 || i <= 2) { printf "%s%s %d", sep, name[i], d; sep = ", " } }
+    }'
+}
+qdepth() { Q "SELECT count(*) FROM meetcache.queue"; }
+qsize()  { Q "SELECT pg_total_relation_size('meetcache.queue')"; }
+mb()     { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+now_s()  { date +%s.%N; }
+
+# wait_queue_empty -> QWAIT_S (seconds it took; "timeout" if it did not empty)
+wait_queue_empty() {
+    local t0 t; t0=$(now_s)
+    while [ "$(Q 'SELECT EXISTS (SELECT 1 FROM meetcache.queue)')" = t ]; do
+        t=$(now_s)
+        if awk -v a="$t" -v b="$t0" -v w="$QUEUE_WAIT" 'BEGIN { exit !(a - b > w) }'; then
+            QWAIT_S=timeout
+            info "warning: meetcache.queue still has $(qdepth) rows after $QUEUE_WAIT s; stats: $(Q "SELECT worker_state, redis_state, drains_running, last_error FROM meetcache.stats")"
+            return 0
+        fi
+        sleep 0.02
+    done
+    QWAIT_S=$(awk -v a="$(now_s)" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')
+}
 
 # pgbench_run LABEL SECONDS SCRIPT CLIENTS JOBS -> sets TPS LAT NTX
 pgbench_run() {
@@ -122,6 +186,7 @@ time_stmt() {
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 mean()   { awk '{ s += $1; n++ } END { if (n) printf "%.3f\n", s / n; else print "nan" }'; }
 ratio()  { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f\n", a / b; else print "nan" }'; }
+fname()  { echo "${1//+/_}"; }    # sync+queue -> sync_queue (file and variable names)
 
 # prefill Redis with keys the bulk UPDATE must delete (RESP through redis-cli --pipe)
 prefill() {
@@ -147,17 +212,20 @@ stage_bench() {
     tw_extension_installed \
         || die "meetcache is not installed; run this script as root, or make install"
     [ "$HOT" -le "$BULK_ROWS" ] || die "BENCH_HOT ($HOT) must not exceed BENCH_BULK_ROWS ($BULK_ROWS)"
+    check_modes
+    local t_start; t_start=$(date +%s)
 
     say "Starting throwaway servers"
     tw_start_redis
     start_pg
-    info "redis-server 127.0.0.1:$REDIS_PORT; PostgreSQL $("$PGBIN/postgres" -V | awk '{print $3}') on unix socket $WORK port $PGPORT"
-    info "machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo); synchronous_commit=$(PSQL -d postgres -A -t -c 'SHOW synchronous_commit'), fsync=$(PSQL -d postgres -A -t -c 'SHOW fsync')"
+    info "redis-server $(redis-server --version | awk '{print $3}') 127.0.0.1:$REDIS_PORT; PostgreSQL $("$PGBIN/postgres" -V | awk '{print $3}') on unix socket $WORK port $PGPORT"
+    info "machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo); synchronous_commit=$(PSQL -d postgres -A -t -c 'SHOW synchronous_commit'), fsync=$(PSQL -d postgres -A -t -c 'SHOW fsync'), shared_preload_libraries='$(PSQL -d postgres -A -t -c 'SHOW shared_preload_libraries')', autovacuum_naptime=$(PSQL -d postgres -A -t -c 'SHOW autovacuum_naptime')"
+    info "meetcache.so: md5 $(md5sum "$("$PGBIN/pg_config" --pkglibdir)/meetcache.so" | cut -c 1-12), installed $(date -r "$("$PGBIN/pg_config" --pkglibdir)/meetcache.so" '+%F %T')"
     "$PGBIN/createdb" bench
 
     say "Loading data: $NUSERS users, $BULK_ROWS meetings ($HOT with $NPART participants each)"
     PSQL -f "$WORK/meet_snake.sql" >/dev/null
-    PSQL >/dev/null <<EOF
+    PSQL >/dev/null <<EOSQL
 INSERT INTO users (id, name, email)
   SELECT 'u' || i, 'User ' || i, 'user' || i || '@example.com' FROM generate_series(1, $NUSERS) i;
 INSERT INTO meetings (id, title, host_id, invite_code, status, scheduled_at)
@@ -171,70 +239,115 @@ INSERT INTO participants (id, meeting_id, user_id)
 INSERT INTO chat_messages (id, meeting_id, user_id, message)
   SELECT 'c' || i, 'm' || i, 'u' || (1 + (i * 7 + 131) % $NUSERS), 'hello'
   FROM generate_series(1, $HOT) i;
+-- the script vacuums these itself between runs; autovacuum serves meetcache.queue
+ALTER TABLE users SET (autovacuum_enabled = off);
+ALTER TABLE meetings SET (autovacuum_enabled = off);
+ALTER TABLE participants SET (autovacuum_enabled = off);
+ALTER TABLE chat_messages SET (autovacuum_enabled = off);
+ALTER TABLE recordings SET (autovacuum_enabled = off);
 VACUUM ANALYZE;
 CHECKPOINT;
 CREATE EXTENSION meetcache;
-EOF
-    info "extension meetcache $(Q "SELECT extversion FROM pg_extension WHERE extname = 'meetcache'") created; Redis ping from SQL: $(Q "SELECT meetcache.cache_ping()")"
+EOSQL
+    info "extension meetcache $(Q "SELECT extversion FROM pg_extension WHERE extname = 'meetcache'") created; Redis ping from SQL: $(Q "SELECT meetcache.cache_ping()"); worker: $(Q "SELECT worker_state FROM meetcache.stats")"
+    if [ "$PRELOAD" = 1 ]; then
+        [ "$(Q "SELECT worker_state FROM meetcache.stats")" = running ] || die "meetcache is preloaded but its launcher is not running"
+    fi
 
-    cat >"$WORK/update.sql" <<'EOF'
+    cat >"$WORK/update.sql" <<'EOSQL'
 \set n random(1, :hot)
 UPDATE meetings SET title = 'bench ' || (:client_id)::text || '-' || (:n)::text WHERE id = 'm' || (:n)::text;
-EOF
+EOSQL
     sed -i "s/:hot/$HOT/" "$WORK/update.sql"
 
-    ###################################################################################
-    say "a. pgbench single-row UPDATE of meetings: $CLIENTS clients, $DURATION s per run, $ROUNDS rounds (-M $PROTOCOL)"
-    if [ "$WARMUP" -gt 0 ]; then
-        set_mode meetcache
-        pgbench_run warmup "$WARMUP" "$WORK/update.sql" "$CLIENTS" "$JOBS"
-        info "warm-up ($WARMUP s, meetcache): $TPS tps"
-    fi
-    : >"$WORK/tps-baseline"; : >"$WORK/tps-meetcache"
-    local r mode c0 c1 cpt
-    for r in $(seq 1 "$ROUNDS"); do
-        for mode in baseline meetcache; do
-            set_mode "$mode"
-            PSQL -c "VACUUM meetings" -c "CHECKPOINT" >/dev/null
-            c0=$(redis_cmds)
-            pgbench_run "$mode-$r" "$DURATION" "$WORK/update.sql" "$CLIENTS" "$JOBS"
-            c1=$(redis_cmds)
-            cpt=$(awk -v a="$c0" -v b="$c1" -v n="$NTX" 'BEGIN { printf "%.2f", (b - a - 1) / (n > 0 ? n : 1) }')
-            echo "$TPS" >>"$WORK/tps-$mode"
-            echo "$LAT" >>"$WORK/lat-$mode"
-            printf '    round %d %-9s  %10.1f tps  latency %7.3f ms  %8d tx  %5s Redis commands/tx\n' "$r" "$mode" "$TPS" "$LAT" "$NTX" "$cpt"
-        done
-    done
-    TPS_BASE=$(mean <"$WORK/tps-baseline"); TPS_MC=$(mean <"$WORK/tps-meetcache")
-    LAT_BASE=$(mean <"$WORK/lat-baseline"); LAT_MC=$(mean <"$WORK/lat-meetcache")
-    TPS_RATIO=$(ratio "$TPS_MC" "$TPS_BASE")
+    local QUEUE_MODES=0 m
+    for m in $MODES $BULK_MODES; do [ "$m" = sync ] || QUEUE_MODES=1; done
+    local QROWS0=0
+    [ "$QUEUE_MODES" = 0 ] || QROWS0=$(Q "SELECT queue_rows_written FROM meetcache.stats")
 
     ###################################################################################
-    say "b. bulk UPDATE meetings SET title = title || 'x' ($BULK_ROWS rows), $BULK_REPS repetitions per mode"
-    : >"$WORK/bulk-baseline"; : >"$WORK/bulk-meetcache"
-    local ms left filled note
+    say "a. pgbench single-row UPDATE of meetings: $CLIENTS clients, $DURATION s per run, $ROUNDS rounds of baseline + [$MODES] (-M $PROTOCOL)"
+    if [ "$WARMUP" -gt 0 ]; then
+        for m in $MODES; do
+            set_mode "$m"
+            pgbench_run "warmup-$(fname "$m")" "$WARMUP" "$WORK/update.sql" "$CLIENTS" "$JOBS"
+            [ "$m" = sync ] || wait_queue_empty
+            info "warm-up ($WARMUP s, $m): $TPS tps"
+        done
+    fi
+    local r mode f c0 c1 cpt s0 s1 note base_tps
+    for mode in baseline $MODES; do f=$(fname "$mode"); : >"$WORK/tps-$f"; : >"$WORK/lat-$f"; : >"$WORK/rr-$f"; done
+    for r in $(seq 1 "$ROUNDS"); do
+        for mode in baseline $MODES; do
+            f=$(fname "$mode")
+            set_mode "$mode"
+            PSQL -c "VACUUM meetings" -c "CHECKPOINT" >/dev/null
+            c0=$(redis_cmds); s0=$(stats_now)
+            pgbench_run "$f-$r" "$DURATION" "$WORK/update.sql" "$CLIENTS" "$JOBS"
+            note=""
+            if [ "$mode" != baseline ] && [ "$mode" != sync ]; then
+                # the drain may still be catching up: let it finish before the next run
+                local depth size; depth=$(qdepth); size=$(qsize)
+                wait_queue_empty
+                note="; queue at end $depth rows, $(mb "$size") MB, empty after ${QWAIT_S} s"
+            fi
+            c1=$(redis_cmds); s1=$(stats_now)
+            cpt=$(awk -v a="$c0" -v b="$c1" -v n="$NTX" 'BEGIN { printf "%.2f", (b - a - 1) / (n > 0 ? n : 1) }')
+            echo "$TPS" >>"$WORK/tps-$f"
+            echo "$LAT" >>"$WORK/lat-$f"
+            if [ "$mode" = baseline ]; then base_tps=$TPS; else ratio "$TPS" "$base_tps" >>"$WORK/rr-$f"; fi
+            printf '    round %d %-10s %9.1f tps  latency %6.3f ms  %7d tx  %5s Redis cmds/tx' "$r" "$mode" "$TPS" "$LAT" "$NTX" "$cpt"
+            [ "$mode" = baseline ] || printf '  ratio %s' "$(tail -n 1 "$WORK/rr-$f")"
+            [ "$PRELOAD" = 0 ] || printf '  [%s%s]' "$(stats_delta "$s0" "$s1")" "$note"
+            printf '\n'
+        done
+    done
+    declare -A TPSM LATM RATIO RRMED
+    for mode in baseline $MODES; do
+        f=$(fname "$mode")
+        TPSM[$mode]=$(median <"$WORK/tps-$f"); LATM[$mode]=$(median <"$WORK/lat-$f")
+        RATIO[$mode]=$(ratio "${TPSM[$mode]}" "${TPSM[baseline]}")
+        RRMED[$mode]=$(median <"$WORK/rr-$f")
+    done
+
+    ###################################################################################
+    say "b. bulk UPDATE meetings SET title = title || 'x' ($BULK_ROWS rows), $BULK_REPS repetitions of baseline + [$BULK_MODES]"
+    local ms left filled nt
+    declare -A BULKM BULKR PERROW DRAINM
+    for mode in baseline $BULK_MODES; do f=$(fname "$mode"); : >"$WORK/bulk-$f"; : >"$WORK/bdrain-$f"; done
     for r in $(seq 1 "$BULK_REPS"); do
-        for mode in baseline meetcache; do
+        for mode in baseline $BULK_MODES; do
+            f=$(fname "$mode")
             set_mode "$mode"
             PSQL -c "VACUUM meetings" -c "CHECKPOINT" >/dev/null
             prefill
             filled=$(RCLI dbsize)
-            ms=$(time_stmt "UPDATE meetings SET title = title || 'x';" "$WORK/bulk-$mode-$r.err")
+            ms=$(time_stmt "UPDATE meetings SET title = title || 'x';" "$WORK/bulk-$f-$r.err")
             [ -n "$ms" ] || die "could not time the bulk UPDATE"
-            echo "$ms" >>"$WORK/bulk-$mode"
-            left=$(RCLI dbsize)
+            echo "$ms" >>"$WORK/bulk-$f"
             note=""
-            grep -q 'NOTICE' "$WORK/bulk-$mode-$r.err" && note="  (NOTICE: $(grep -m1 -o 'NOTICE:.*' "$WORK/bulk-$mode-$r.err" | cut -c 10-90))"
-            printf '    rep %d %-9s  %10.1f ms   keys left in Redis: %s of %s prefilled%s\n' "$r" "$mode" "$ms" "$left" "$filled" "$note"
-            if [ "$mode" = meetcache ] && [ "$left" != 0 ]; then
-                info "warning: $left prefilled keys survived the bulk UPDATE with meetcache, e.g. $(RCLI --scan | head -n 3 | tr '\n' ' ')"
-                STALE_WARN="$left stale keys after a meetcache bulk UPDATE"
+            if [ "$mode" != baseline ] && [ "$mode" != sync ]; then
+                wait_queue_empty
+                echo "$QWAIT_S" >>"$WORK/bdrain-$f"
+                note="  queue empty ${QWAIT_S} s later;"
+            fi
+            left=$(RCLI dbsize)
+            nt=""
+            grep -q 'NOTICE' "$WORK/bulk-$f-$r.err" && nt="  (NOTICE: $(grep -m1 -o 'NOTICE:.*' "$WORK/bulk-$f-$r.err" | cut -c 10-70))"
+            printf '    rep %d %-10s %9.1f ms %s  keys left in Redis: %s of %s prefilled%s\n' "$r" "$mode" "$ms" "$note" "$left" "$filled" "$nt"
+            if [ "$mode" != baseline ] && [ "$left" != 0 ]; then
+                info "warning: $left prefilled keys survived the bulk UPDATE with $mode, e.g. $(RCLI --scan | head -n 3 | tr '\n' ' ')"
+                STALE_WARN="$left stale keys after a $mode bulk UPDATE"
             fi
         done
     done
-    BULK_BASE=$(median <"$WORK/bulk-baseline"); BULK_MC=$(median <"$WORK/bulk-meetcache")
-    BULK_RATIO=$(ratio "$BULK_MC" "$BULK_BASE")
-    PER_ROW_US=$(awk -v a="$BULK_MC" -v b="$BULK_BASE" -v n="$BULK_ROWS" 'BEGIN { printf "%.2f", (a - b) * 1000 / n }')
+    for mode in baseline $BULK_MODES; do
+        f=$(fname "$mode")
+        BULKM[$mode]=$(median <"$WORK/bulk-$f")
+        BULKR[$mode]=$(ratio "${BULKM[$mode]}" "${BULKM[baseline]}")
+        PERROW[$mode]=$(awk -v a="${BULKM[$mode]}" -v b="${BULKM[baseline]}" -v n="$BULK_ROWS" 'BEGIN { printf "%.2f", (a - b) * 1000 / n }')
+        DRAINM[$mode]=$(median <"$WORK/bdrain-$f")
+    done
 
     ###################################################################################
     say "c. Redis round trip reference"
@@ -260,23 +373,70 @@ EOF
     fi
 
     ###################################################################################
-    say "Results (ratio = meetcache / baseline)"
+    local QSTAT="" QROWS=0 QBYTES=nan QHEAP=nan QCOUNT=nan QDEAD=nan QAV=nan QAVLAST="" QIDX=0 QTOAST=0
+    if [ "$QUEUE_MODES" = 1 ]; then
+        say "d. meetcache.queue after the whole run ($(( $(date +%s) - t_start )) s)"
+        wait_queue_empty
+        QROWS=$(( $(Q "SELECT queue_rows_written FROM meetcache.stats") - QROWS0 ))
+        QSTAT=$(Q "SELECT pg_total_relation_size(c.oid), pg_relation_size(c.oid), (SELECT count(*) FROM meetcache.queue),
+                          s.n_dead_tup, s.autovacuum_count, coalesce(to_char(s.last_autovacuum, 'HH24:MI:SS'), 'never'),
+                          pg_indexes_size(c.oid), coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)
+                   FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = 'meetcache.queue'::regclass")
+        IFS='|' read -r QBYTES QHEAP QCOUNT QDEAD QAV QAVLAST QIDX QTOAST <<<"$QSTAT"
+        info "rows written over the run: $QROWS; now: $QCOUNT rows, $(mb "$QBYTES") MB in all (heap $(mb "$QHEAP") MB, indexes $(mb "$QIDX") MB, toast $(mb "$QTOAST") MB)"
+        info "n_dead_tup $QDEAD; autovacuum ran $QAV times (last: $QAVLAST, now $(date +%H:%M:%S))"
+    fi
+
+    ###################################################################################
+    say "Results (ratio = mode / baseline, same server, same run)"
     printf '\n'
-    printf '  %-50s %14s %14s %9s\n' "measurement" "baseline" "meetcache" "ratio"
-    printf '  %-50s %14s %14s %9s\n' "--------------------------------------------------" "--------------" "--------------" "---------"
-    printf '  %-50s %14.1f %14.1f %9s\n' "a. single-row UPDATE, $CLIENTS clients, TPS (mean)" "$TPS_BASE" "$TPS_MC" "$TPS_RATIO"
-    printf '  %-50s %14.3f %14.3f %9s\n' "   latency average, ms (mean)" "$LAT_BASE" "$LAT_MC" "$(ratio "$LAT_MC" "$LAT_BASE")"
-    printf '  %-50s %14.1f %14.1f %9s\n' "b. bulk UPDATE $BULK_ROWS rows, ms (median)" "$BULK_BASE" "$BULK_MC" "$BULK_RATIO"
-    printf '  %-50s %14s %14s\n' "   added per row, us" "" "$PER_ROW_US"
-    printf '  %-50s %14s\n' "c. Redis PING round trip, 1 client, us" "${RTT_US:-nan}"
-    printf '  %-50s %14s\n' "   cache_ping() from SQL minus SELECT 1, us" "$SQL_RTT_US"
-    printf '\n  TPS ratio %s: 1.0 means no cost; higher is better.\n' "$TPS_RATIO"
-    printf '  Bulk time ratio %s: 1.0 means no cost; lower is better.\n' "$BULK_RATIO"
+    row() { local label=$1 base=$2; shift 2; printf '  %-46s %11s' "$label" "$base"; local v; for v in "$@"; do printf ' %11s' "$v"; done; printf '\n'; }
+    fmt1() { awk -v a="$1" 'BEGIN { if (a == "nan" || a == "") print "nan"; else printf "%.1f", a }'; }
+    local -a c_tps=() c_ratio=() c_rr=() c_target=() c_lat=() b_ms=() b_ratio=() b_row=() b_drain=() dashes=()
+    for mode in $MODES; do
+        c_tps+=("$(fmt1 "${TPSM[$mode]}")"); c_ratio+=("${RATIO[$mode]}"); c_rr+=("${RRMED[$mode]}")
+        c_lat+=("${LATM[$mode]}"); dashes+=(-----------)
+        if [ "$mode" = sync+queue ]; then c_target+=(">= 0.7"); else c_target+=(">= 0.8"); fi
+    done
+    for mode in $BULK_MODES; do
+        b_ms+=("$(fmt1 "${BULKM[$mode]}")"); b_ratio+=("${BULKR[$mode]}"); b_row+=("${PERROW[$mode]}"); b_drain+=("${DRAINM[$mode]}")
+    done
+    # shellcheck disable=SC2086  # word splitting of the mode lists is intended
+    row "measurement" "baseline" $MODES
+    row "----------------------------------------------" "-----------" "${dashes[@]}"
+    row "a. single-row UPDATE, $CLIENTS clients, TPS (median)" "$(fmt1 "${TPSM[baseline]}")" "${c_tps[@]}"
+    row "   TPS ratio (of the medians)" "" "${c_ratio[@]}"
+    row "   TPS ratio (median of per-round ratios)" "" "${c_rr[@]}"
+    row "   target" "" "${c_target[@]}"
+    row "   latency average, ms (median)" "${LATM[baseline]}" "${c_lat[@]}"
+    printf '\n'
+    # shellcheck disable=SC2086
+    row "" "baseline" $BULK_MODES
+    row "b. bulk UPDATE $BULK_ROWS rows, ms (median)" "$(fmt1 "${BULKM[baseline]}")" "${b_ms[@]}"
+    row "   time ratio (lower is better)" "" "${b_ratio[@]}"
+    row "   added per row, us" "" "${b_row[@]}"
+    row "   then until the queue is empty, s (median)" "" "${b_drain[@]}"
+    printf '\n'
+    row "c. Redis PING round trip, 1 client, us" "${RTT_US:-nan}"
+    row "   cache_ping() from SQL minus SELECT 1, us" "$SQL_RTT_US"
+    if [ "$QUEUE_MODES" = 1 ]; then
+        row "d. meetcache.queue after the run, MB" "$(mb "$QBYTES")"
+        row "   rows left / rows written during the run" "$QCOUNT / $QROWS"
+    fi
+    printf '\n  TPS ratio: 1.0 means no cost; higher is better. Bulk time ratio: 1.0 means no cost; lower is better.\n'
     [ -z "${STALE_WARN:-}" ] || printf '  WARNING: %s\n' "$STALE_WARN"
+    info "total run time $(( $(date +%s) - t_start )) s"
     {
-        echo "tps_baseline=$TPS_BASE"; echo "tps_meetcache=$TPS_MC"; echo "tps_ratio=$TPS_RATIO"
-        echo "bulk_ms_baseline=$BULK_BASE"; echo "bulk_ms_meetcache=$BULK_MC"; echo "bulk_ratio=$BULK_RATIO"
+        echo "modes=\"$MODES\""
+        echo "tps_baseline=${TPSM[baseline]}"
+        for mode in $MODES; do f=$(fname "$mode"); echo "tps_$f=${TPSM[$mode]}"; echo "tps_ratio_$f=${RATIO[$mode]}"; echo "tps_round_ratio_$f=${RRMED[$mode]}"; done
+        echo "bulk_ms_baseline=${BULKM[baseline]}"
+        for mode in $BULK_MODES; do f=$(fname "$mode"); echo "bulk_ms_$f=${BULKM[$mode]}"; echo "bulk_ratio_$f=${BULKR[$mode]}"; done
         echo "redis_rtt_us=${RTT_US:-nan}"; echo "sql_ping_rtt_us=$SQL_RTT_US"
+        if [ "$QUEUE_MODES" = 1 ]; then
+            echo "queue_bytes=$QBYTES"; echo "queue_rows_left=$QCOUNT"; echo "queue_rows_written=$QROWS"
+            echo "queue_dead_tuples=$QDEAD"; echo "queue_autovacuums=$QAV"
+        fi
     } >"$WORK/results.env"
     if [ -n "${BENCH_RESULTS:-}" ] && [ -z "${UNDER_ROOT:-}" ]; then cp "$WORK/results.env" "$BENCH_RESULTS"; fi
 }

@@ -174,11 +174,17 @@ mc_queue_drain_pass(int batch, int *rows, int *nkeys, McErr *err)
 	if (plan == NULL)
 	{
 		Oid			types[1] = {INT4OID};
-		SPIPlanPtr	p = SPI_prepare("DELETE FROM meetcache.queue WHERE id IN ("
-									"SELECT id FROM meetcache.queue "
-									"ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) "
-									"RETURNING id, keys, patterns",
-									1, types);
+
+		/*
+		 * Rows are never updated, so the locked rows' ctids are stable: a
+		 * TID scan deletes them, whatever the planner thinks of the table's
+		 * size.  One generic plan, not a new plan per pass.
+		 */
+		SPIPlanPtr	p = SPI_prepare_cursor("DELETE FROM meetcache.queue WHERE ctid = ANY (ARRAY("
+										   "SELECT ctid FROM meetcache.queue "
+										   "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) "
+										   "RETURNING id, keys, patterns",
+										   1, types, CURSOR_OPT_GENERIC_PLAN);
 
 		if (p == NULL)
 			elog(ERROR, "meetcache: could not prepare the drain query: %s",

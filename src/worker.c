@@ -549,6 +549,12 @@ mc_drain_main(Datum arg)
 		proc_exit(0);
 	BackgroundWorkerInitializeConnectionByOid(drain_db, InvalidOid, 0);
 	pgstat_report_appname("meetcache drain");
+	/*
+	 * The queue is tiny and churning, so its statistics mislead the
+	 * planner: the drain's query wants the id index and a TID scan, always.
+	 */
+	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("enable_sort", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	LWLockAcquire(s->lock, LW_EXCLUSIVE);
 	d = mc_db_slot(drain_db, true);
