@@ -38,7 +38,8 @@
  * unclean stop or a stop with undelivered retries */
 #define RUNNING_FILE "meetcache.running"
 
-#define DELIVERED_SLOTS 65536	/* power of two */
+#define DELIVERED_SLOTS MC_DELIVERED_SLOTS
+#define DELIVERED_WAKE 4096		/* wake the drain every this many entries */
 #define RING_PAD 0xFFFFFFFFu
 
 typedef struct RingHdr
@@ -573,6 +574,7 @@ mc_delivered_add(Oid db, int64 id)
 	McShared   *s = mc_shared;
 	McDelivered *e;
 	uint32		pos;
+	bool		wake = false;
 
 	if (s == NULL)
 		return;
@@ -587,9 +589,13 @@ mc_delivered_add(Oid db, int64 id)
 			e->id = id;
 			e->at = GetCurrentTimestamp();
 			s->ndelivered++;
+			wake = s->ndelivered % DELIVERED_WAKE == 0;
 		}
 	}
 	LWLockRelease(s->dlock);
+	/* delivered rows are removed by the next poll; under heavy load, sooner */
+	if (wake)
+		mc_db_wake(db);
 }
 
 bool

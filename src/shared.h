@@ -11,6 +11,7 @@
 #include "storage/proc.h"
 
 #define MC_MAX_DBS 64
+#define MC_DELIVERED_SLOTS 131072	/* power of two */
 
 typedef struct McDbSlot
 {
@@ -51,7 +52,7 @@ typedef struct McShared
 	uint32		ring_entries;
 	McDbSlot	dbs[MC_MAX_DBS];
 	int			ndelivered;
-	McDelivered delivered[65536];
+	McDelivered delivered[MC_DELIVERED_SLOTS];
 	char		ring[FLEXIBLE_ARRAY_MEMBER];
 } McShared;
 
