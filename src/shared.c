@@ -438,25 +438,48 @@ mc_db_slot(Oid db, bool create)
 	return free_slot;
 }
 
-/* queue rows were committed in db: wake its drain, or the launcher */
-void
-mc_db_wake(Oid db)
+/*
+ * Mark db's slot (created if need be): the database has the extension, and
+ * optionally has work or must flush its families.  Returns the slot's
+ * running drain through *drain; false when every slot is taken.
+ */
+static bool
+db_mark(Oid db, bool work, bool flush, PGPROC **drain, int *index)
 {
 	McShared   *s = mc_shared;
-	PGPROC	   *drain = NULL;
 	McDbSlot   *slot;
 
-	if (s == NULL)
-		return;
 	LWLockAcquire(s->lock, LW_EXCLUSIVE);
 	slot = mc_db_slot(db, true);
 	if (slot)
 	{
-		slot->work = true;
 		slot->no_ext = false;
-		drain = slot->drain;
+		slot->work |= work;
+		slot->flush |= flush;
+		if (drain)
+			*drain = slot->drain;
+		if (index)
+			*index = slot - s->dbs;
+	}
+	else if (flush)
+	{
+		/* no slot to remember it in: every database flushes */
+		s->flush_epoch++;
+		s->epoch_served = false;
 	}
 	LWLockRelease(s->lock);
+	return slot != NULL;
+}
+
+/* queue rows were committed in db: wake its drain, or the launcher */
+void
+mc_db_wake(Oid db)
+{
+	PGPROC	   *drain = NULL;
+
+	if (mc_shared == NULL)
+		return;
+	(void) db_mark(db, true, false, &drain, NULL);
 	if (drain)
 		SetLatch(&drain->procLatch);
 	else
@@ -474,46 +497,22 @@ mc_db_announce(Oid db)
 {
 	static int	cached = -1;
 	McShared   *s = mc_shared;
-	McDbSlot   *slot;
 
 	if (s == NULL)
 		return;
 	if (cached >= 0 && s->dbs[cached].db == db && !s->dbs[cached].no_ext)
 		return;
-	LWLockAcquire(s->lock, LW_EXCLUSIVE);
-	slot = mc_db_slot(db, true);
-	if (slot)
-	{
-		slot->no_ext = false;
-		cached = slot - s->dbs;
-	}
-	LWLockRelease(s->lock);
+	if (!db_mark(db, false, false, NULL, &cached))
+		cached = -1;
 }
 
 /* keys of db were lost (retry queue full): flush its families */
 void
 mc_db_request_flush(Oid db)
 {
-	McShared   *s = mc_shared;
-	McDbSlot   *slot;
-
-	if (s == NULL)
+	if (mc_shared == NULL)
 		return;
-	LWLockAcquire(s->lock, LW_EXCLUSIVE);
-	slot = mc_db_slot(db, true);
-	if (slot)
-	{
-		slot->flush = true;
-		slot->work = true;
-		slot->no_ext = false;
-	}
-	else
-	{
-		/* no slot to remember it in: every database flushes */
-		s->flush_epoch++;
-		s->epoch_served = false;
-	}
-	LWLockRelease(s->lock);
+	(void) db_mark(db, true, true, NULL, NULL);
 	mc_wake_launcher();
 }
 

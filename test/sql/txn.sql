@@ -158,14 +158,7 @@ RESET meetcache.key_prefix;
 
 -- two-phase commit: the keys are queued at PREPARE, in every mode, and
 -- deleted by the worker after COMMIT PREPARED, never after ROLLBACK PREPARED
-CREATE FUNCTION wait_queue_empty() RETURNS boolean LANGUAGE plpgsql AS $$
-BEGIN
-  FOR i IN 1..300 LOOP
-    IF NOT EXISTS (SELECT 1 FROM meetcache.queue) THEN RETURN true; END IF;
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-  RETURN false;
-END $$;
+\i test/fixtures/wait_queue.sql
 SELECT wait_queue_empty();
 SELECT fill();
 SET meetcache.delivery = 'sync';

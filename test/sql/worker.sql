@@ -23,15 +23,7 @@ CREATE FUNCTION gone() RETURNS text LANGUAGE sql AS $$
   FROM unnest(ARRAY['meeting:m1', 'meeting:m2', 'meetings:live', 'user:u1', 'unrelated:key']) k
   WHERE NOT meetcache.cache_exists(k);
 $$;
--- bounded wait for the drain worker (never an assumption about speed)
-CREATE FUNCTION wait_queue_empty() RETURNS boolean LANGUAGE plpgsql AS $$
-BEGIN
-  FOR i IN 1..600 LOOP
-    IF NOT EXISTS (SELECT 1 FROM meetcache.queue) THEN RETURN true; END IF;
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-  RETURN false;
-END $$;
+\i test/fixtures/wait_queue.sql
 SELECT wait_queue_empty();
 
 -- the modes
