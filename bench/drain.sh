@@ -38,13 +38,12 @@
 #   KEEP=1                      keep the temporary directory (logs, raw outputs)
 set -euo pipefail
 
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-STAGE_ARG=--as-bench-user
-
-# The shared root stage and throwaway servers (tw_*, scripts/throwaway-servers.sh): next
-# to this script when it runs from its temporary copy, else in the repository.
+# What the benchmarks share (bench/lib.sh, on top of scripts/throwaway-servers.sh): next to
+# this script, in the repository and in its temporary copy alike.
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
-if [ -f "${SELF%/*}/throwaway-servers.sh" ]; then . "${SELF%/*}/throwaway-servers.sh"; else . "${SELF%/*}/../scripts/throwaway-servers.sh"; fi
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "${SELF%/*}/lib.sh"
+WORK_PREFIX=meetcache-bench-drain
 
 TARGET_KEYS=${BENCH_DRAIN_KEYS:-1000000}
 NSINGLE=${BENCH_DRAIN_SINGLE:-60000}
@@ -60,48 +59,20 @@ NPART=${BENCH_PARTICIPANTS:-3}
 NUSERS=${BENCH_USERS:-5000}
 NMEET=${BENCH_MEETINGS:-100000}
 
-###########################################################################################
-# Stage 1 (root): dependencies, build, install, then re-run this script as `postgres`.
-###########################################################################################
-stage_root() {
-    tw_bench_root_stage "$SELF" meetcache-bench-drain "$STAGE_ARG" '^(BENCH_|KEEP$|PGBIN$)' \
-        postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server redis-tools
-}
+# (Stage 1, as root, is bench_root_stage of bench/lib.sh: packages, make install, re-run
+# as `postgres`.)
 
 ###########################################################################################
-# Throwaway servers
+# Helpers
 ###########################################################################################
-start_pg() {
-    tw_init_pg
-    cat >>"$WORK/pgdata/postgresql.conf" <<EOC
-shared_buffers = 256MB
-max_wal_size = 8GB
-checkpoint_timeout = 30min
-autovacuum = on
-shared_preload_libraries = 'meetcache'
-meetcache.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'
-EOC
-    tw_start_pg
-    export PGDATABASE=bench
-}
+# rates are whole keys/s
+median0() { median %.0f; }
 
-PSQL() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -P pager=off "$@"; }
-Q() { PSQL -A -t -c "$1"; }
-
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.0f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-ratio()  { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f\n", a / b; else print "nan" }'; }
-now_s()  { date +%s.%N; }
-stat_of() { Q "SELECT $1 FROM meetcache.stats"; }
-redis_pid() { cat "$WORK/redis.pid"; }
-
-# thaw Redis whatever happens (the EXIT trap stops it, and a stopped process ignores SHUTDOWN)
+# the EXIT trap's hook: thaw Redis whatever happens (the trap stops it, and a stopped
+# process ignores SHUTDOWN), stop the watcher
 drain_cleanup() {
-    local rc=$?
-    if [ -f "$WORK/redis.pid" ]; then kill -CONT "$(redis_pid)" 2>/dev/null || true; fi
+    tw_kill_redis -CONT
     [ -z "${POLLER_PID:-}" ] || kill "$POLLER_PID" 2>/dev/null || true
-    set +e
-    (exit "$rc")    # tw_cleanup reads the script's status from $?
-    tw_cleanup
 }
 
 # raw_unlink LABEL ARGS... -> RAW_RPS (requests/s of redis-benchmark --csv)
@@ -117,48 +88,27 @@ raw_unlink() {
 # Stage 2 (unprivileged)
 ###########################################################################################
 stage_bench() {
-    tw_enter_work "$1" meetcache-bench-drain drain_cleanup
-    tw_extension_installed \
-        || die "meetcache is not installed; run this script as root, or make install"
-    command -v redis-benchmark >/dev/null || die "redis-benchmark not found (package redis-tools)"
+    bench_enter "$1" drain_cleanup
     [ "$HOT" -le "$NMEET" ] || die "BENCH_HOT ($HOT) must not exceed BENCH_MEETINGS ($NMEET)"
     local t_start; t_start=$(date +%s)
 
-    say "Starting throwaway servers"
-    tw_start_redis
-    start_pg
-    info "redis-server $(redis-server --version | awk '{print $3}') on 127.0.0.1:$REDIS_PORT (pid $(redis_pid)); PostgreSQL $("$PGBIN/postgres" -V | awk '{print $3}') on unix socket $WORK port $PGPORT"
-    info "machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo)"
-    info "meetcache.so: md5 $(md5sum "$("$PGBIN/pg_config" --pkglibdir)/meetcache.so" | cut -c 1-12), installed $(date -r "$("$PGBIN/pg_config" --pkglibdir)/meetcache.so" '+%F %T')"
-    "$PGBIN/createdb" bench
+    bench_start_servers --writes --preload
 
     say "Loading data: $NUSERS users, $NMEET meetings ($HOT with $NPART participants each)"
-    PSQL -f "$WORK/meet_snake.sql" >/dev/null
-    PSQL >/dev/null <<EOSQL
-INSERT INTO users (id, name, email)
-  SELECT 'u' || i, 'User ' || i, 'user' || i || '@example.com' FROM generate_series(1, $NUSERS) i;
-INSERT INTO meetings (id, title, host_id, invite_code, status, scheduled_at)
-  SELECT 'm' || i, 'Meeting ' || i, 'u' || (1 + i % $NUSERS), 'inv-' || i,
-         CASE WHEN i % 10 = 0 THEN 'LIVE' WHEN i % 3 = 0 THEN 'ENDED' ELSE 'SCHEDULED' END,
-         now() + i * interval '1 minute'
-  FROM generate_series(1, $NMEET) i;
-INSERT INTO participants (id, meeting_id, user_id)
-  SELECT 'p' || i || '-' || k, 'm' || i, 'u' || (1 + (i * 7 + k * 131) % $NUSERS)
-  FROM generate_series(1, $HOT) i, generate_series(1, $NPART) k;
+    bench_load_data "$NUSERS" "$NMEET" "$HOT" "$NPART" <<'EOSQL'
 -- meetings' number, for the bulk UPDATEs' ranges
 ALTER TABLE meetings ADD COLUMN n int;
 UPDATE meetings SET n = substr(id, 2)::int;
 CREATE INDEX ON meetings (n);
-VACUUM ANALYZE;
-CHECKPOINT;
-CREATE EXTENSION meetcache;
+EOSQL
+    set_delivery queue
+    PSQL >/dev/null <<'EOSQL'
 SELECT meetcache.attach_defaults();
-ALTER DATABASE bench SET meetcache.delivery = 'queue';
 -- the watcher: polls the oldest queue id until the queue is empty, one transaction per
 -- poll (no snapshot held), and keeps its samples in memory until the end
 CREATE TABLE drain_poll (t double precision, min_id bigint);
 CREATE TABLE backlog (id bigint PRIMARY KEY, nkeys int, npatterns int);
-CREATE PROCEDURE drain_watch(poll_ms int, timeout_s int) LANGUAGE plpgsql AS \$\$
+CREATE PROCEDURE drain_watch(poll_ms int, timeout_s int) LANGUAGE plpgsql AS $$
 DECLARE
   ts double precision[] := '{}';
   ids bigint[] := '{}';
@@ -175,10 +125,10 @@ BEGIN
   END LOOP;
   INSERT INTO drain_poll SELECT * FROM unnest(ts, ids);
 END
-\$\$;
+$$;
 EOSQL
-    [ "$(Q "SELECT worker_state FROM meetcache.stats")" = running ] || die "the meetcache launcher is not running"
-    info "extension meetcache $(Q "SELECT extversion FROM pg_extension WHERE extname = 'meetcache'"), triggers attached, delivery = $(Q "SHOW meetcache.delivery"), drain_batch = $(Q "SHOW meetcache.drain_batch"), max_keys = $(Q "SHOW meetcache.max_keys")"
+    launcher_running || die "the meetcache launcher is not running"
+    info "extension meetcache $(ext_version), triggers attached, delivery = $(Q "SHOW meetcache.delivery"), drain_batch = $(Q "SHOW meetcache.drain_batch"), max_keys = $(Q "SHOW meetcache.max_keys")"
 
     cat >"$WORK/update.sql" <<EOSQL
 \\set n random(1, $HOT)
@@ -190,7 +140,7 @@ EOSQL
 
     : >"$WORK/rate-total"; : >"$WORK/rate-steady"; : >"$WORK/raw1"; : >"$WORK/raw200"
     : >"$WORK/rate-single"; : >"$WORK/rows-single"
-    local rep lo=1 last_single t_singles single_keys single_rows kps_single rps_single rows keys pats k0 k1 t_cont t_first t_empty first_done kps_total kps_steady delay sent0 sent1 rows0 rows1 f0 f1 cmd0 cmd1 out
+    local rep lo=1 last_single t_singles single_keys single_rows kps_single rps_single rows keys pats k0 k1 t_cont t_first t_empty first_done kps_total kps_steady delay sent0 sent1 rows0 rows1 f0 f1 cmd0 cmd1
     for rep in $(seq 1 "$REPS"); do
         say "Repetition $rep of $REPS"
         Q "TRUNCATE drain_poll" >/dev/null
@@ -207,13 +157,11 @@ EOSQL
         info "raw: redis-benchmark -c 1 -P 10 -n $(( RAW_N / 100 )) UNLINK <200 keys> (meetcache's command shape): $RAW_RPS UNLINK/s = $(( RAW_RPS * 200 )) names/s"
         RCLI flushall >/dev/null
 
-        info "freezing redis-server (SIGSTOP pid $(redis_pid))"
-        kill -STOP "$(redis_pid)"
+        info "freezing redis-server (SIGSTOP pid $(tw_redis_pid))"
+        kill -STOP "$(tw_redis_pid)"
         # single-row transactions first (8 keys each), then bulk ones up to the target
-        out="$WORK/pgbench-backlog-$rep.out"
-        "$PGBIN/pgbench" -n -c "$CLIENTS" -j "$JOBS" -t "$per_client" -M prepared -f "$WORK/update.sql" bench >"$out" 2>&1 \
-            || { cat "$out" >&2; die "pgbench failed"; }
-        info "single-row UPDATEs: $(( per_client * CLIENTS )) transactions at $(awk '/^tps = / { printf "%.0f", $3 }' "$out") tps (Redis frozen: commits do not touch it)"
+        bench_pgbench "backlog-$rep" -c "$CLIENTS" -j "$JOBS" -t "$per_client" -M prepared -f "$WORK/update.sql"
+        info "single-row UPDATEs: $(( per_client * CLIENTS )) transactions at $(awk -v t="$TPS" 'BEGIN { printf "%.0f", t }') tps (Redis frozen: commits do not touch it)"
         keys=$(Q "SELECT coalesce(sum(cardinality(keys)), 0) FROM meetcache.queue")
         last_single=$(Q "SELECT coalesce(max(id), 0) FROM meetcache.queue")
         local nbulk=0
@@ -245,7 +193,7 @@ EOSQL
         POLLER_PID=$!
         sleep 0.3
         t_cont=$(now_s)
-        kill -CONT "$(redis_pid)"
+        kill -CONT "$(tw_redis_pid)"
         info "thawed redis-server (SIGCONT) at $t_cont; waiting for an empty queue"
         wait "$POLLER_PID" || { cat "$WORK/watch-$rep.out" >&2; die "the watcher failed"; }
         POLLER_PID=
@@ -290,9 +238,9 @@ EOSQL
     done
 
     local R_TOTAL R_STEADY RAW1 RAW200 R_SINGLE ROWS_SINGLE
-    R_TOTAL=$(median <"$WORK/rate-total"); R_STEADY=$(median <"$WORK/rate-steady")
-    R_SINGLE=$(median <"$WORK/rate-single"); ROWS_SINGLE=$(median <"$WORK/rows-single")
-    RAW1=$(median <"$WORK/raw1"); RAW200=$(median <"$WORK/raw200")
+    R_TOTAL=$(median0 <"$WORK/rate-total"); R_STEADY=$(median0 <"$WORK/rate-steady")
+    R_SINGLE=$(median0 <"$WORK/rate-single"); ROWS_SINGLE=$(median0 <"$WORK/rows-single")
+    RAW1=$(median0 <"$WORK/raw1"); RAW200=$(median0 <"$WORK/raw200")
     say "Results (median of $REPS repetitions; same redis-server, same run)"
     printf '\n  %-62s %12s\n' "measurement" "keys/s"
     printf '  %-62s %12s\n' "--------------------------------------------------------------" "------------"
@@ -309,8 +257,7 @@ EOSQL
         echo "raw_unlink_per_s=$RAW1"; echo "raw_unlink200_names_per_s=$RAW200"
         echo "drain_over_raw=$(ratio "$R_TOTAL" "$RAW1")"; echo "drain_over_raw_from_first_batch=$(ratio "$R_STEADY" "$RAW1")"
         echo "drain_single_keys_per_s=$R_SINGLE"; echo "drain_single_rows_per_s=$ROWS_SINGLE"
-    } >"$WORK/results.env"
-    if [ -n "${BENCH_RESULTS:-}" ] && [ -z "${UNDER_ROOT:-}" ]; then cp "$WORK/results.env" "$BENCH_RESULTS"; fi
+    } | bench_results
 }
 
-tw_main "$STAGE_ARG" stage_root stage_bench "$@"
+bench_main "$@"

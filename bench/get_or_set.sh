@@ -32,13 +32,12 @@
 #   KEEP=1                 keep the temporary directory (logs, raw pgbench output)
 set -euo pipefail
 
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-STAGE_ARG=--as-bench-user
-
-# The shared root stage and throwaway servers (tw_*, scripts/throwaway-servers.sh): next
-# to this script when it runs from its temporary copy, else in the repository.
+# What the benchmarks share (bench/lib.sh, on top of scripts/throwaway-servers.sh): next to
+# this script, in the repository and in its temporary copy alike.
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
-if [ -f "${SELF%/*}/throwaway-servers.sh" ]; then . "${SELF%/*}/throwaway-servers.sh"; else . "${SELF%/*}/../scripts/throwaway-servers.sh"; fi
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "${SELF%/*}/lib.sh"
+WORK_PREFIX=meetcache-bench-gos
 
 DURATION=${BENCH_DURATION:-10}
 ROUNDS=${BENCH_ROUNDS:-2}
@@ -48,31 +47,8 @@ NHOSTS=${BENCH_HOSTS:-10}
 REDIS_N=${BENCH_REDIS_N:-20000}
 PROTOCOL=${BENCH_PROTOCOL:-prepared}
 
-###########################################################################################
-# Stage 1 (root): dependencies, build, install, then re-run this script as `postgres`.
-###########################################################################################
-stage_root() {
-    tw_bench_root_stage "$SELF" meetcache-bench-gos "$STAGE_ARG" '^(BENCH_|KEEP$|PGBIN$)' \
-        postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server redis-tools
-}
-
-###########################################################################################
-# Throwaway servers
-###########################################################################################
-start_pg() {
-    tw_init_pg
-    cat >>"$WORK/pgdata/postgresql.conf" <<EOF
-shared_buffers = 256MB
-autovacuum = off
-shared_preload_libraries = 'meetcache'
-meetcache.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'
-EOF
-    tw_start_pg
-    export PGDATABASE=bench
-}
-
-PSQL() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -P pager=off "$@"; }
-Q() { PSQL -A -t -c "$1"; }
+# (Stage 1, as root, is bench_root_stage of bench/lib.sh: packages, make install, re-run
+# as `postgres`.)
 
 ###########################################################################################
 # Measurement helpers
@@ -85,54 +61,31 @@ cmd_mix() {
         { d = $2 - a[$1]; if ($1 == "info") d -= 1; if (n > 0 && d / n >= 0.005) { printf "%s%s %.2f", sep, $1, d / n; sep = ", " } }
         END { if (sep == "") printf "none" }' "$1" "$2"
 }
-stat_of() { Q "SELECT $1 FROM meetcache.stats"; }
-mean()   { awk '{ s += $1; n++ } END { if (n) printf "%.4f\n", s / n; else print "nan" }'; }
+mean4()  { mean %.4f; }
 # median of the 3rd column (latency, µs) of pgbench -l logs given as arguments
-p50_us() { cat "$@" | awk '{ print $3 }' | sort -n | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+p50_us() { cat "$@" | awk '{ print $3 }' | median %.1f; }
 
 # run_one NAME SECONDS LOG(0|1) -> sets LAT (ms, mean) TPS NTX; log files $WORK/log-NAME.*
 run_one() {
-    local name=$1 secs=$2 log=$3 out="$WORK/pgbench-$1.out" extra=()
+    local name=$1 secs=$2 log=$3 extra=()
     [ "$log" = 1 ] && extra=(-l --log-prefix="$WORK/log-$name")
-    "$PGBIN/pgbench" -n -c 1 -j 1 -T "$secs" -M "$PROTOCOL" -D h=u1 -D hitkey=bench:hit -D dashkey=user:u1:meetings:count "${extra[@]}" \
-        -f "$WORK/$name.sql" bench >"$out" 2>&1 || { cat "$out" >&2; die "pgbench failed ($name)"; }
-    LAT=$(awk '/^latency average = / { print $4; exit }' "$out")
-    TPS=$(awk '/^tps = / { print $3; exit }' "$out")
-    NTX=$(awk -F': ' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$out")
-    [ -n "$LAT" ] || { cat "$out" >&2; die "could not parse pgbench output ($name)"; }
+    bench_pgbench "$name" -c 1 -j 1 -T "$secs" -M "$PROTOCOL" -D h=u1 -D hitkey=bench:hit -D dashkey=user:u1:meetings:count "${extra[@]}" \
+        -f "$WORK/$name.sql"
 }
 
 ###########################################################################################
 # Stage 2 (unprivileged)
 ###########################################################################################
 stage_bench() {
-    tw_enter_work "$1" meetcache-bench-gos tw_cleanup
-    tw_extension_installed \
-        || die "meetcache is not installed; run this script as root, or make install"
-    command -v redis-benchmark >/dev/null || die "redis-benchmark not found (package redis-tools)"
+    bench_enter "$1"
 
-    say "Starting throwaway servers"
-    tw_start_redis
-    start_pg
-    info "redis-server $(redis-server --version | awk '{print $3}') on 127.0.0.1:$REDIS_PORT; PostgreSQL $("$PGBIN/postgres" -V | awk '{print $3}') on unix socket $WORK port $PGPORT"
-    info "machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo)"
-    "$PGBIN/createdb" bench
+    bench_start_servers --preload "autovacuum = off"
 
+    # the reference schema has an index on meetings.host_id; the hosts are the users, each
+    # host's meetings take the statuses in turn (status from i / hosts); no participants
     say "Loading data: $NMEET meetings over $NHOSTS hosts"
-    PSQL -f "$WORK/meet_snake.sql" >/dev/null    # the reference schema (index on meetings.host_id)
-    PSQL >/dev/null <<EOF
-INSERT INTO users (id, name, email)
-  SELECT 'u' || i, 'User ' || i, 'user' || i || '@example.com' FROM generate_series(1, $NHOSTS) i;
-INSERT INTO meetings (id, title, host_id, invite_code, status, scheduled_at)
-  SELECT 'm' || i, 'Meeting ' || i, 'u' || (1 + i % $NHOSTS), 'inv-' || i,
-         CASE WHEN (i / $NHOSTS) % 10 = 0 THEN 'LIVE' WHEN (i / $NHOSTS) % 3 = 0 THEN 'ENDED' ELSE 'SCHEDULED' END,
-         now() + i * interval '1 minute'
-  FROM generate_series(1, $NMEET) i;
-VACUUM ANALYZE;
-CHECKPOINT;
-CREATE EXTENSION meetcache;
-EOF
-    info "extension meetcache $(Q "SELECT extversion FROM pg_extension WHERE extname = 'meetcache'"); lease_check = $(Q "SELECT coalesce(current_setting('meetcache.lease_check', true), '(no such setting)')")"
+    bench_load_data "$NHOSTS" "$NMEET" 0 0 "(i / $NHOSTS)" </dev/null
+    info "extension meetcache $(ext_version); lease_check = $(Q "SELECT coalesce(current_setting('meetcache.lease_check', true), '(no such setting)')")"
 
     # pgbench replaces every :name in a script, even inside quotes, so the keys (which
     # contain colons) are pgbench variables too (-D in run_one)
@@ -185,7 +138,7 @@ EOF
     info "GET: $rb_rps requests/s; latency avg $rb_avg ms, p50 $rb_p50 ms"
 
     local L1 L2 L3 L4 P1 P2 P3 P4 HIT_US HIT_P50_US RTT_P50_US RTT_AVG_US RTT_RPS_US DASH_RATIO DASH_RATIO_P50
-    L1=$(mean <"$WORK/lat-select1"); L2=$(mean <"$WORK/lat-hit"); L3=$(mean <"$WORK/lat-direct"); L4=$(mean <"$WORK/lat-dashhit")
+    L1=$(mean4 <"$WORK/lat-select1"); L2=$(mean4 <"$WORK/lat-hit"); L3=$(mean4 <"$WORK/lat-direct"); L4=$(mean4 <"$WORK/lat-dashhit")
     P1=$(p50_us "$WORK"/logs-select1-*/*); P2=$(p50_us "$WORK"/logs-hit-*/*)
     P3=$(p50_us "$WORK"/logs-direct-*/*); P4=$(p50_us "$WORK"/logs-dashhit-*/*)
     HIT_US=$(awk -v a="$L2" -v b="$L1" 'BEGIN { printf "%.1f", (a - b) * 1000 }')
@@ -213,8 +166,7 @@ EOF
         echo "hit_minus_select1_us=$HIT_US"; echo "hit_minus_select1_p50_us=$HIT_P50_US"
         echo "redis_get_p50_us=$RTT_P50_US"; echo "redis_get_avg_us=$RTT_AVG_US"; echo "redis_get_rps=$rb_rps"
         echo "dashboard_direct_over_hit=$DASH_RATIO"; echo "dashboard_direct_over_hit_p50=$DASH_RATIO_P50"
-    } >"$WORK/results.env"
-    if [ -n "${BENCH_RESULTS:-}" ] && [ -z "${UNDER_ROOT:-}" ]; then cp "$WORK/results.env" "$BENCH_RESULTS"; fi
+    } | bench_results
 }
 
-tw_main "$STAGE_ARG" stage_root stage_bench "$@"
+bench_main "$@"

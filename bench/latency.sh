@@ -34,13 +34,12 @@
 #   KEEP=1                    keep the temporary directory (logs, MONITOR output)
 set -euo pipefail
 
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-STAGE_ARG=--as-bench-user
-
-# The shared root stage and throwaway servers (tw_*, scripts/throwaway-servers.sh): next
-# to this script when it runs from its temporary copy, else in the repository.
+# What the benchmarks share (bench/lib.sh, on top of scripts/throwaway-servers.sh): next to
+# this script, in the repository and in its temporary copy alike.
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
-if [ -f "${SELF%/*}/throwaway-servers.sh" ]; then . "${SELF%/*}/throwaway-servers.sh"; else . "${SELF%/*}/../scripts/throwaway-servers.sh"; fi
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "${SELF%/*}/lib.sh"
+WORK_PREFIX=meetcache-bench-lat
 
 MODES=${BENCH_LAT_MODES:-queue sync+queue sync}
 RATE=${BENCH_LAT_RATE:-1000}
@@ -53,59 +52,23 @@ NUSERS=${BENCH_USERS:-5000}
 # each client updates meetings client_id * STRIDE + 1, + 2, ... (1.5 x its expected share)
 STRIDE=$(( RATE * (DURATION > WARMUP ? DURATION : WARMUP) * 3 / (2 * CLIENTS) + 1000 ))
 NMEET=$(( STRIDE * CLIENTS ))
+QUEUE_WAIT=60    # seconds wait_queue_empty waits for meetcache.queue to empty
+
+# (Stage 1, as root, is bench_root_stage of bench/lib.sh: packages, make install, re-run
+# as `postgres`.)
 
 ###########################################################################################
-# Stage 1 (root): dependencies, build, install, then re-run this script as `postgres`.
+# Helpers
 ###########################################################################################
-stage_root() {
-    tw_bench_root_stage "$SELF" meetcache-bench-lat "$STAGE_ARG" '^(BENCH_|KEEP$|PGBIN$)' \
-        postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server redis-tools
-}
+# the EXIT trap's hook: stop MONITOR
+lat_cleanup() { [ -z "${MON_PID:-}" ] || kill "$MON_PID" 2>/dev/null || true; }
 
-###########################################################################################
-# Throwaway servers
-###########################################################################################
-start_pg() {
-    tw_init_pg
-    cat >>"$WORK/pgdata/postgresql.conf" <<EOC
-shared_buffers = 256MB
-max_wal_size = 8GB
-checkpoint_timeout = 30min
-autovacuum = on
-shared_preload_libraries = 'meetcache'
-meetcache.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'
-EOC
-    tw_start_pg
-    export PGDATABASE=bench
-}
-
-PSQL() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -P pager=off "$@"; }
-Q() { PSQL -A -t -c "$1"; }
-fname() { echo "${1//+/_}"; }
-
-lat_cleanup() {
-    local rc=$?
-    [ -z "${MON_PID:-}" ] || kill "$MON_PID" 2>/dev/null || true
-    set +e
-    (exit "$rc")    # tw_cleanup reads the script's status from $?
-    tw_cleanup
-}
-
-wait_queue_empty() {
-    for _ in $(seq 1 600); do
-        [ "$(Q 'SELECT EXISTS (SELECT 1 FROM meetcache.queue)')" = f ] && return 0
-        sleep 0.1
-    done
-    info "warning: meetcache.queue still has $(Q 'SELECT count(*) FROM meetcache.queue') rows after 60 s"
-}
-
-# run_rate LABEL SECONDS [pgbench options...] -> pgbench output in $WORK/pgbench-LABEL.out
+# run_rate LABEL SECONDS [pgbench options...] -> TPS LAT NTX; output in $WORK/pgbench-LABEL.out
 run_rate() {
-    local label=$1 secs=$2 out="$WORK/pgbench-$1.out"
+    local label=$1 secs=$2
     shift 2
-    "$PGBIN/pgbench" -n -c "$CLIENTS" -j "$JOBS" -T "$secs" -R "$RATE" -M prepared \
-        -D i=0 -D stride="$STRIDE" "$@" -f "$WORK/lat.sql" bench >"$out" 2>&1 \
-        || { cat "$out" >&2; die "pgbench failed ($label)"; }
+    bench_pgbench "$label" -c "$CLIENTS" -j "$JOBS" -T "$secs" -R "$RATE" -M prepared \
+        -D i=0 -D stride="$STRIDE" "$@" -f "$WORK/lat.sql"
 }
 
 # latencies MONITOR_FILE LOGS...: one line per transaction, "latency_ms" (or "missing")
@@ -147,41 +110,17 @@ pct() { awk -v p="$1" '{ a[NR] = $1 } END { if (NR == 0) { print "nan"; exit } i
 # Stage 2 (unprivileged)
 ###########################################################################################
 stage_bench() {
-    tw_enter_work "$1" meetcache-bench-lat lat_cleanup
-    tw_extension_installed \
-        || die "meetcache is not installed; run this script as root, or make install"
+    bench_enter "$1" lat_cleanup
     local m t_start; t_start=$(date +%s)
-    for m in $MODES; do
-        case $m in sync|queue|sync+queue) ;; *) die "unknown mode '$m' in BENCH_LAT_MODES" ;; esac
-    done
+    # shellcheck disable=SC2086  # word splitting of the mode list is intended
+    check_modes BENCH_LAT_MODES $MODES
 
-    say "Starting throwaway servers"
-    tw_start_redis
-    start_pg
-    info "redis-server $(redis-server --version | awk '{print $3}') on 127.0.0.1:$REDIS_PORT; PostgreSQL $("$PGBIN/postgres" -V | awk '{print $3}') on unix socket $WORK port $PGPORT"
-    info "machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo)"
-    info "meetcache.so: md5 $(md5sum "$("$PGBIN/pg_config" --pkglibdir)/meetcache.so" | cut -c 1-12), installed $(date -r "$("$PGBIN/pg_config" --pkglibdir)/meetcache.so" '+%F %T')"
-    "$PGBIN/createdb" bench
+    bench_start_servers --writes --preload
 
     say "Loading data: $NUSERS users, $NMEET meetings with $NPART participants each"
-    PSQL -f "$WORK/meet_snake.sql" >/dev/null
-    PSQL >/dev/null <<EOSQL
-INSERT INTO users (id, name, email)
-  SELECT 'u' || i, 'User ' || i, 'user' || i || '@example.com' FROM generate_series(1, $NUSERS) i;
-INSERT INTO meetings (id, title, host_id, invite_code, status, scheduled_at)
-  SELECT 'm' || i, 'Meeting ' || i, 'u' || (1 + i % $NUSERS), 'inv-' || i,
-         CASE WHEN i % 10 = 0 THEN 'LIVE' WHEN i % 3 = 0 THEN 'ENDED' ELSE 'SCHEDULED' END,
-         now() + i * interval '1 minute'
-  FROM generate_series(1, $NMEET) i;
-INSERT INTO participants (id, meeting_id, user_id)
-  SELECT 'p' || i || '-' || k, 'm' || i, 'u' || (1 + (i * 7 + k * 131) % $NUSERS)
-  FROM generate_series(1, $NMEET) i, generate_series(1, $NPART) k;
-VACUUM ANALYZE;
-CHECKPOINT;
-CREATE EXTENSION meetcache;
-SELECT meetcache.attach_defaults();
-EOSQL
-    [ "$(Q "SELECT worker_state FROM meetcache.stats")" = running ] || die "the meetcache launcher is not running"
+    bench_load_data "$NUSERS" "$NMEET" "$NMEET" "$NPART" </dev/null
+    Q "SELECT meetcache.attach_defaults()" >/dev/null
+    launcher_running || die "the meetcache launcher is not running"
 
     # pgbench keeps a client's variables from one transaction to the next: i counts them,
     # like the transaction number in the -l log, so the log tells which meeting each updated
@@ -196,8 +135,7 @@ EOSQL
     declare -A P50 P99 P90 P999 PMAX
     for m in $MODES; do
         f=$(fname "$m")
-        Q "ALTER DATABASE bench SET meetcache.delivery = '$m'" >/dev/null
-        [ "$(Q "SHOW meetcache.delivery")" = "$m" ] || die "could not set meetcache.delivery = $m"
+        set_delivery "$m"
         PSQL -c "VACUUM meetings" -c "CHECKPOINT" >/dev/null
         if [ "$WARMUP" -gt 0 ]; then
             run_rate "warmup-$f" "$WARMUP"
@@ -221,8 +159,8 @@ EOSQL
         p50=$(pct 50 <"$WORK/lat-$f.sorted"); p90=$(pct 90 <"$WORK/lat-$f.sorted"); p99=$(pct 99 <"$WORK/lat-$f.sorted")
         p999=$(pct 99.9 <"$WORK/lat-$f.sorted"); pmax=$(tail -n 1 "$WORK/lat-$f.sorted"); pmin=$(head -n 1 "$WORK/lat-$f.sorted")
         nneg=$(awk '$1 < 0' "$WORK/lat-$f.sorted" | wc -l)
-        tps=$(awk '/^tps = / { printf "%.0f", $3; exit }' "$WORK/pgbench-$f.out")
-        lat=$(awk '/^latency average = / { print $4; exit }' "$WORK/pgbench-$f.out")
+        tps=$(awk -v t="$TPS" 'BEGIN { printf "%.0f", t }')
+        lat=$LAT
         lag=$(awk '/^rate limit schedule lag/ { print $0; exit }' "$WORK/pgbench-$f.out" | sed 's/^rate limit schedule lag: //')
         P50[$m]=$p50; P90[$m]=$p90; P99[$m]=$p99; P999[$m]=$p999; PMAX[$m]=$pmax
         printf '    %-10s %5s tps, pgbench latency avg %s ms (schedule lag %s); %d transactions, %d without a recorded UNLINK\n' \
@@ -247,8 +185,7 @@ EOSQL
             echo "lat_p50_ms_$f=${P50[$m]}"; echo "lat_p90_ms_$f=${P90[$m]}"; echo "lat_p99_ms_$f=${P99[$m]}"
             echo "lat_p999_ms_$f=${P999[$m]}"; echo "lat_max_ms_$f=${PMAX[$m]}"
         done
-    } >"$WORK/results.env"
-    if [ -n "${BENCH_RESULTS:-}" ] && [ -z "${UNDER_ROOT:-}" ]; then cp "$WORK/results.env" "$BENCH_RESULTS"; fi
+    } | bench_results
 }
 
-tw_main "$STAGE_ARG" stage_root stage_bench "$@"
+bench_main "$@"

@@ -38,13 +38,12 @@
 #   KEEP=1                   keep the temporary directory (logs, data, raw outputs)
 set -euo pipefail
 
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-STAGE_ARG=--as-bench-user
-
-# The shared root stage and throwaway servers (tw_*, scripts/throwaway-servers.sh): next
-# to this script when it runs from its temporary copy, else in the repository.
+# What the benchmarks share (bench/lib.sh, on top of scripts/throwaway-servers.sh): next to
+# this script, in the repository and in its temporary copy alike.
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
-if [ -f "${SELF%/*}/throwaway-servers.sh" ]; then . "${SELF%/*}/throwaway-servers.sh"; else . "${SELF%/*}/../scripts/throwaway-servers.sh"; fi
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "${SELF%/*}/lib.sh"
+WORK_PREFIX=meetcache-bench
 
 MODES=${BENCH_MODES:-sync queue sync+queue}
 DURATION=${BENCH_DURATION:-20}
@@ -64,25 +63,17 @@ PING_SECONDS=${BENCH_PING_SECONDS:-3}
 QUEUE_WAIT=${BENCH_QUEUE_WAIT:-120}
 NAPTIME=${BENCH_NAPTIME:-}
 
-###########################################################################################
-# Stage 1 (root): dependencies, build, install, then re-run this script as `postgres`.
-###########################################################################################
-stage_root() {
-    tw_bench_root_stage "$SELF" meetcache-bench "$STAGE_ARG" '^(BENCH_|MEETCACHE_PRELOAD$|KEEP$|PGBIN$)' \
-        postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server redis-tools
-}
+# (Stage 1, as root, is bench_root_stage of bench/lib.sh: packages, make install, re-run
+# as `postgres`.)
 
 ###########################################################################################
 # Modes and throwaway servers
 ###########################################################################################
-check_modes() {
+# check_modes_preload: checks the modes, sets PRELOAD (1: shared_preload_libraries)
+check_modes_preload() {
     local m
-    for m in $MODES $BULK_MODES; do
-        case $m in
-            sync|queue|sync+queue) ;;
-            *) die "unknown mode '$m' in BENCH_MODES/BENCH_BULK_MODES (sync, queue, sync+queue)" ;;
-        esac
-    done
+    # shellcheck disable=SC2086  # word splitting of the mode lists is intended
+    check_modes BENCH_MODES/BENCH_BULK_MODES $MODES $BULK_MODES
     PRELOAD=${MEETCACHE_PRELOAD:-}
     if [ -z "$PRELOAD" ]; then
         PRELOAD=0
@@ -94,26 +85,14 @@ check_modes() {
     fi
 }
 
-start_pg() {
-    tw_init_pg
-    cat >>"$WORK/pgdata/postgresql.conf" <<EOC
-# benchmark settings (see bench/README.md); durability settings are left at their defaults
-shared_buffers = 256MB
-max_wal_size = 8GB
-checkpoint_timeout = 30min
-# autovacuum runs (meetcache.queue relies on it), but not on the benchmark's own tables
-autovacuum = on
-meetcache.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'
-meetcache.delivery = 'sync'
-EOC
-    if [ -n "$NAPTIME" ]; then echo "autovacuum_naptime = '$NAPTIME'" >>"$WORK/pgdata/postgresql.conf"; fi
-    if [ "$PRELOAD" = 1 ]; then echo "shared_preload_libraries = 'meetcache'" >>"$WORK/pgdata/postgresql.conf"; fi
-    tw_start_pg
-    export PGDATABASE=bench
+# the servers (autovacuum runs, for meetcache.queue, but not on the benchmark's own tables)
+start_servers() {
+    local pg=(--writes)
+    if [ "$PRELOAD" = 1 ]; then pg+=(--preload); fi
+    pg+=("meetcache.delivery = 'sync'")
+    if [ -n "$NAPTIME" ]; then pg+=("autovacuum_naptime = '$NAPTIME'"); fi
+    bench_start_servers --settings "${pg[@]}"
 }
-
-PSQL() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -P pager=off "$@"; }
-Q() { PSQL -A -t -c "$1"; }
 
 ###########################################################################################
 # Measurement helpers
@@ -125,9 +104,7 @@ set_mode() {
         Q "SELECT meetcache.detach(relation) FROM meetcache.attached;" >/dev/null
     else
         Q "SELECT meetcache.attach_defaults();" >/dev/null
-        Q "ALTER DATABASE bench SET meetcache.delivery = '$1';" >/dev/null
-        local got; got=$(Q "SHOW meetcache.delivery")
-        [ "$got" = "$1" ] || die "a new session has meetcache.delivery = $got, not $1"
+        set_delivery "$1"
     fi
     local n; n=$(Q "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'meetings'::regclass AND NOT tgisinternal;")
     if [ "$1" = baseline ] && [ "$n" != 0 ]; then die "baseline: meetings still has $n triggers after detach"; fi
@@ -145,48 +122,17 @@ stats_delta() {
         for (i = 1; i <= 6; i++) { d = y[i] - x[i]; if (d != 0 || i <= 2) { printf "%s%s %d", sep, name[i], d; sep = ", " } }
     }'
 }
-qdepth() { Q "SELECT count(*) FROM meetcache.queue"; }
 qsize()  { Q "SELECT pg_total_relation_size('meetcache.queue')"; }
-mb()     { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
-now_s()  { date +%s.%N; }
-
-# wait_queue_empty -> QWAIT_S (seconds it took; "timeout" if it did not empty)
-wait_queue_empty() {
-    local t0 t; t0=$(now_s)
-    while [ "$(Q 'SELECT EXISTS (SELECT 1 FROM meetcache.queue)')" = t ]; do
-        t=$(now_s)
-        if awk -v a="$t" -v b="$t0" -v w="$QUEUE_WAIT" 'BEGIN { exit !(a - b > w) }'; then
-            QWAIT_S=timeout
-            info "warning: meetcache.queue still has $(qdepth) rows after $QUEUE_WAIT s; stats: $(Q "SELECT worker_state, redis_state, drains_running, last_error FROM meetcache.stats")"
-            return 0
-        fi
-        sleep 0.02
-    done
-    QWAIT_S=$(awk -v a="$(now_s)" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')
-}
+# (wait_queue_empty, bench/lib.sh, waits up to QUEUE_WAIT s and sets QWAIT_S)
 
 # pgbench_run LABEL SECONDS SCRIPT CLIENTS JOBS -> sets TPS LAT NTX
-pgbench_run() {
-    local label=$1 secs=$2 script=$3 c=$4 j=$5 out="$WORK/pgbench-$1.out"
-    "$PGBIN/pgbench" -n -c "$c" -j "$j" -T "$secs" -M "$PROTOCOL" -f "$script" bench >"$out" 2>&1 \
-        || { cat "$out" >&2; die "pgbench failed ($label)"; }
-    TPS=$(awk '/^tps = / { print $3; exit }' "$out")
-    LAT=$(awk '/^latency average = / { print $4; exit }' "$out")
-    NTX=$(awk -F': ' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$out")
-    local failed; failed=$(awk -F': ' '/^number of failed transactions/ { split($2, a, " "); print a[1]; exit }' "$out")
-    if [ -n "$failed" ] && [ "$failed" != 0 ]; then info "warning: $failed failed transactions in $label"; fi
-    [ -n "$TPS" ] || { cat "$out" >&2; die "could not parse pgbench output ($label)"; }
-}
+pgbench_run() { bench_pgbench "$1" -c "$4" -j "$5" -T "$2" -M "$PROTOCOL" -f "$3"; }
 
 # time one autocommit statement from the client (includes commit and post-commit delivery)
 # (stderr, e.g. the NOTICE of the max_keys fall-back, goes to the file $2)
 time_stmt() {
     PSQL -c '\timing on' -c "$1" 2>"$2" | awk '/^Time: / { print $2 }'
 }
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-mean()   { awk '{ s += $1; n++ } END { if (n) printf "%.3f\n", s / n; else print "nan" }'; }
-ratio()  { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f\n", a / b; else print "nan" }'; }
-fname()  { echo "${1//+/_}"; }    # sync+queue -> sync_queue (file and variable names)
 
 # prefill Redis with keys the bulk UPDATE must delete (RESP through redis-cli --pipe)
 prefill() {
@@ -208,34 +154,15 @@ prefill() {
 # Stage 2 (unprivileged)
 ###########################################################################################
 stage_bench() {
-    tw_enter_work "$1" meetcache-bench tw_cleanup
-    tw_extension_installed \
-        || die "meetcache is not installed; run this script as root, or make install"
+    bench_enter "$1"
     [ "$HOT" -le "$BULK_ROWS" ] || die "BENCH_HOT ($HOT) must not exceed BENCH_BULK_ROWS ($BULK_ROWS)"
-    check_modes
+    check_modes_preload
     local t_start; t_start=$(date +%s)
 
-    say "Starting throwaway servers"
-    tw_start_redis
-    start_pg
-    info "redis-server $(redis-server --version | awk '{print $3}') 127.0.0.1:$REDIS_PORT; PostgreSQL $("$PGBIN/postgres" -V | awk '{print $3}') on unix socket $WORK port $PGPORT"
-    info "machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo); synchronous_commit=$(PSQL -d postgres -A -t -c 'SHOW synchronous_commit'), fsync=$(PSQL -d postgres -A -t -c 'SHOW fsync'), shared_preload_libraries='$(PSQL -d postgres -A -t -c 'SHOW shared_preload_libraries')', autovacuum_naptime=$(PSQL -d postgres -A -t -c 'SHOW autovacuum_naptime')"
-    info "meetcache.so: md5 $(md5sum "$("$PGBIN/pg_config" --pkglibdir)/meetcache.so" | cut -c 1-12), installed $(date -r "$("$PGBIN/pg_config" --pkglibdir)/meetcache.so" '+%F %T')"
-    "$PGBIN/createdb" bench
+    start_servers
 
     say "Loading data: $NUSERS users, $BULK_ROWS meetings ($HOT with $NPART participants each)"
-    PSQL -f "$WORK/meet_snake.sql" >/dev/null
-    PSQL >/dev/null <<EOSQL
-INSERT INTO users (id, name, email)
-  SELECT 'u' || i, 'User ' || i, 'user' || i || '@example.com' FROM generate_series(1, $NUSERS) i;
-INSERT INTO meetings (id, title, host_id, invite_code, status, scheduled_at)
-  SELECT 'm' || i, 'Meeting ' || i, 'u' || (1 + i % $NUSERS), 'inv-' || i,
-         CASE WHEN i % 10 = 0 THEN 'LIVE' WHEN i % 3 = 0 THEN 'ENDED' ELSE 'SCHEDULED' END,
-         now() + i * interval '1 minute'
-  FROM generate_series(1, $BULK_ROWS) i;
-INSERT INTO participants (id, meeting_id, user_id)
-  SELECT 'p' || i || '-' || k, 'm' || i, 'u' || (1 + (i * 7 + k * 131) % $NUSERS)
-  FROM generate_series(1, $HOT) i, generate_series(1, $NPART) k;
+    bench_load_data "$NUSERS" "$BULK_ROWS" "$HOT" "$NPART" <<EOSQL
 INSERT INTO chat_messages (id, meeting_id, user_id, message)
   SELECT 'c' || i, 'm' || i, 'u' || (1 + (i * 7 + 131) % $NUSERS), 'hello'
   FROM generate_series(1, $HOT) i;
@@ -245,13 +172,10 @@ ALTER TABLE meetings SET (autovacuum_enabled = off);
 ALTER TABLE participants SET (autovacuum_enabled = off);
 ALTER TABLE chat_messages SET (autovacuum_enabled = off);
 ALTER TABLE recordings SET (autovacuum_enabled = off);
-VACUUM ANALYZE;
-CHECKPOINT;
-CREATE EXTENSION meetcache;
 EOSQL
-    info "extension meetcache $(Q "SELECT extversion FROM pg_extension WHERE extname = 'meetcache'") created; Redis ping from SQL: $(Q "SELECT meetcache.cache_ping()"); worker: $(Q "SELECT worker_state FROM meetcache.stats")"
+    info "extension meetcache $(ext_version) created; Redis ping from SQL: $(Q "SELECT meetcache.cache_ping()"); worker: $(stat_of worker_state)"
     if [ "$PRELOAD" = 1 ]; then
-        [ "$(Q "SELECT worker_state FROM meetcache.stats")" = running ] || die "meetcache is preloaded but its launcher is not running"
+        launcher_running || die "meetcache is preloaded but its launcher is not running"
     fi
 
     cat >"$WORK/update.sql" <<'EOSQL'
@@ -263,7 +187,7 @@ EOSQL
     local QUEUE_MODES=0 m
     for m in $MODES $BULK_MODES; do [ "$m" = sync ] || QUEUE_MODES=1; done
     local QROWS0=0
-    [ "$QUEUE_MODES" = 0 ] || QROWS0=$(Q "SELECT queue_rows_written FROM meetcache.stats")
+    [ "$QUEUE_MODES" = 0 ] || QROWS0=$(stat_of queue_rows_written)
 
     ###################################################################################
     say "a. pgbench single-row UPDATE of meetings: $CLIENTS clients, $DURATION s per run, $ROUNDS rounds of baseline + [$MODES] (-M $PROTOCOL)"
@@ -377,7 +301,7 @@ EOSQL
     if [ "$QUEUE_MODES" = 1 ]; then
         say "d. meetcache.queue after the whole run ($(( $(date +%s) - t_start )) s)"
         wait_queue_empty
-        QROWS=$(( $(Q "SELECT queue_rows_written FROM meetcache.stats") - QROWS0 ))
+        QROWS=$(( $(stat_of queue_rows_written) - QROWS0 ))
         QSTAT=$(Q "SELECT pg_total_relation_size(c.oid), pg_relation_size(c.oid), (SELECT count(*) FROM meetcache.queue),
                           s.n_dead_tup, s.autovacuum_count, coalesce(to_char(s.last_autovacuum, 'HH24:MI:SS'), 'never'),
                           pg_indexes_size(c.oid), coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)
@@ -437,8 +361,7 @@ EOSQL
             echo "queue_bytes=$QBYTES"; echo "queue_rows_left=$QCOUNT"; echo "queue_rows_written=$QROWS"
             echo "queue_dead_tuples=$QDEAD"; echo "queue_autovacuums=$QAV"
         fi
-    } >"$WORK/results.env"
-    if [ -n "${BENCH_RESULTS:-}" ] && [ -z "${UNDER_ROOT:-}" ]; then cp "$WORK/results.env" "$BENCH_RESULTS"; fi
+    } | bench_results
 }
 
-tw_main "$STAGE_ARG" stage_root stage_bench "$@"
+bench_main "$@"

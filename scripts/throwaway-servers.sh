@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# scripts/throwaway-servers.sh: the shell code that demo/run-demo.sh, bench/run.sh and
-# bench/get_or_set.sh share. Sourced, never run: it only defines functions (tw_*, RCLI, and
-# say/info/die); sourcing it sets no variable, runs no command and installs no trap.
+# scripts/throwaway-servers.sh: the shell code that demo/run-demo.sh and the benchmarks
+# (bench/*.sh, through bench/lib.sh, which sources this file and adds what only they share)
+# share. Sourced, never run: it only defines functions (tw_*, RCLI, and say/info/die);
+# sourcing it sets no variable, runs no command and installs no trap.
 #
 # Those scripts work in two stages:
 #   1. As root: install the missing Debian packages (apt-get), make && make install the
@@ -13,8 +14,8 @@
 #      throwaway PostgreSQL 15 (initdb in WORK/pgdata, unix socket in WORK only), do the
 #      script's own work, and stop both from the EXIT trap.
 #
-# A script sources this file relative to its own location: the copy next to it (stage 2
-# re-run from ROOT_WORK) if there is one, else the one in the repository:
+# A script (bench/lib.sh likewise) sources this file relative to its own location: the copy
+# next to it (stage 2 re-run from ROOT_WORK) if there is one, else the one in the repository:
 #   SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 #   if [ -f "${SELF%/*}/throwaway-servers.sh" ]; then . "${SELF%/*}/throwaway-servers.sh"
 #   else . "${SELF%/*}/../scripts/throwaway-servers.sh"; fi
@@ -34,18 +35,18 @@
 #   tw_make_install REPO        say ...; make && make install in REPO (PG_CONFIG from PGBIN)
 #   tw_ensure_postgres_user [CMD...]  creates the system user postgres if absent (runs CMD,
 #                               e.g. a say, first)
-#   tw_root_workdir SCRIPT PREFIX  ROOT_WORK=$(mktemp -d /tmp/PREFIX.XXXXXX), removed by an
-#                               EXIT trap; copies SCRIPT (as ROOT_SCRIPT), this file and the
-#                               fixture there, chown postgres, cd there
+#   tw_root_workdir SCRIPT PREFIX [FILE...]
+#                               ROOT_WORK=$(mktemp -d /tmp/PREFIX.XXXXXX), removed by an
+#                               EXIT trap; copies SCRIPT (as ROOT_SCRIPT), this file, the
+#                               fixture and the FILEs (e.g. bench/lib.sh) there, chown
+#                               postgres, cd there
 #   tw_env_matching REGEX       TW_ENV=(NAME=value ...) of the shell variables matching REGEX
 #   tw_run_as_postgres STAGE_ARG [NAME=value...]
 #                               runs ROOT_SCRIPT STAGE_ARG ROOT_WORK as postgres with that
 #                               environment; returns its status
 #   tw_root_keep                KEEP=1: drops the EXIT trap (ROOT_WORK stays), succeeds;
 #                               else fails
-#   tw_bench_root_stage SCRIPT PREFIX STAGE_ARG ENV_REGEX PKG...
-#                               the whole root stage of the benchmarks (the above, with
-#                               their messages; copies results.env to $BENCH_RESULTS)
+#   (the benchmarks' whole root stage: bench_root_stage in bench/lib.sh)
 # Stage 2 (unprivileged):
 #   tw_enter_work DIR PREFIX CLEANUP_FN
 #                               WORK=DIR (UNDER_ROOT=1) or a new mktemp -d /tmp/PREFIX.XXXXXX;
@@ -56,14 +57,15 @@
 #   RCLI ARGS...                redis-cli to the throwaway redis-server
 #   tw_start_redis [--log-on-failure]   sets REDIS_PORT; --log-on-failure: print
 #                               redis.log to stderr before dying when it cannot start
+#   tw_redis_pid                prints the redis-server's pid (WORK/redis.pid); fails if none
+#   tw_kill_redis [-SIGNAL]     kill [-SIGNAL] that pid, if any; never fails
 #   tw_init_pg                  sets PGPORT; initdb WORK/pgdata, appends listen_addresses,
 #                               unix_socket_directories and port to its postgresql.conf
 #                               (the caller appends its own settings after that)
 #   tw_start_pg                 pg_ctl start; PG_STARTED=1; exports PGHOST PGPORT PGUSER
 #   tw_stop_servers RC HEADER   stops PostgreSQL and redis-server; if RC != 0, prints HEADER
 #                               and the last 30 lines of the PostgreSQL log to stderr
-#   tw_cleanup                  the benchmarks' EXIT trap: tw_stop_servers, removes WORK
-#                               unless KEEP=1 or UNDER_ROOT, exits with the script's status
+#   (the benchmarks' EXIT trap: bench_cleanup in bench/lib.sh)
 
 say()  { printf '\n==> %s\n' "$*"; }
 info() { printf '    %s\n' "$*"; }
@@ -119,14 +121,16 @@ tw_ensure_postgres_user() {
 # Copy what the unprivileged stage needs into a directory it owns (the repo may not be
 # readable by postgres, e.g. under /root).
 tw_root_workdir() {
-    local script=$1 repo
+    local script=$1 repo f
     repo=$(tw_repo_dir "$script")
     ROOT_WORK=$(mktemp -d "/tmp/$2.XXXXXX")
     trap 'cd /; rm -rf "$ROOT_WORK"' EXIT
+    shift 2
     ROOT_SCRIPT=$ROOT_WORK/$(basename "$script")
     install -m 0755 "$script" "$ROOT_SCRIPT"
     install -m 0644 "${BASH_SOURCE[0]}" "$ROOT_WORK/throwaway-servers.sh"
     install -m 0644 "$repo/test/fixtures/meet_snake.sql" "$ROOT_WORK/meet_snake.sql"
+    for f in "$@"; do install -m 0644 "$f" "$ROOT_WORK/$(basename "$f")"; done
     chown -R postgres: "$ROOT_WORK"
     cd "$ROOT_WORK"
 }
@@ -148,31 +152,12 @@ tw_root_keep() {
     trap - EXIT
 }
 
-tw_bench_root_stage() {
-    local script=$1 prefix=$2 stage_arg=$3 env_regex=$4 rc=0
-    shift 4
-    if [ "${MEETCACHE_SKIP_APT:-0}" != 1 ]; then
-        tw_apt_missing say "Installing missing packages:" "$@"
-    fi
-    [ -x "$PGBIN/pgbench" ] || die "pgbench not found in $PGBIN"
-    command -v redis-benchmark >/dev/null || die "redis-benchmark not found (package redis-tools)"
-    if [ "${MEETCACHE_SKIP_BUILD:-0}" != 1 ]; then
-        tw_make_install "$(tw_repo_dir "$script")"
-    fi
-    tw_ensure_postgres_user
-    tw_root_workdir "$script" "$prefix"
-    tw_env_matching "$env_regex"
-    tw_run_as_postgres "$stage_arg" "${TW_ENV[@]}" || rc=$?
-    if [ -n "${BENCH_RESULTS:-}" ] && [ -f "$ROOT_WORK/results.env" ]; then cp "$ROOT_WORK/results.env" "$BENCH_RESULTS"; fi
-    if tw_root_keep; then echo "kept $ROOT_WORK" >&2; fi
-    return $rc
-}
-
 ###########################################################################################
 # Stage 2 (unprivileged): the throwaway servers
 ###########################################################################################
 tw_enter_work() {
     WORK=$1
+    # shellcheck disable=SC2034  # UNDER_ROOT: read by the benchmarks (bench/lib.sh)
     if [ -n "$WORK" ]; then UNDER_ROOT=1; else WORK=$(mktemp -d "/tmp/$2.XXXXXX"); fi
     [ -f "$WORK/meet_snake.sql" ] ||
         cp "$(dirname "${BASH_SOURCE[0]}")/../test/fixtures/meet_snake.sql" "$WORK/meet_snake.sql"
@@ -209,20 +194,28 @@ tw_start_redis() {
             sleep 0.1
         done
         # Lost a race for the port (or something else): clean up and try another port.
-        [ -f "$WORK/redis.pid" ] && kill "$(cat "$WORK/redis.pid")" 2>/dev/null || true
+        tw_kill_redis
         rm -f "$WORK/redis.pid"
     done
     if [ "${1:-}" = --log-on-failure ]; then cat "$WORK/redis.log" >&2 || true; fi
     die "could not start redis-server"
 }
 
+tw_redis_pid() {
+    local pid
+    pid=$(cat "$WORK/redis.pid" 2>/dev/null) && [ -n "$pid" ] && echo "$pid"
+}
+
+# shellcheck disable=SC2120  # bench/drain.sh passes a signal
+tw_kill_redis() {
+    local pid
+    if pid=$(tw_redis_pid); then kill "$@" "$pid" 2>/dev/null || true; fi
+}
+
 tw_stop_redis() {
     [ -n "${REDIS_PORT:-}" ] || return 0
     RCLI shutdown nosave >/dev/null 2>&1 || true
-    if [ -f "$WORK/redis.pid" ]; then
-        local pid; pid=$(cat "$WORK/redis.pid" 2>/dev/null || true)
-        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-    fi
+    tw_kill_redis
 }
 
 tw_init_pg() {
@@ -256,12 +249,4 @@ tw_stop_servers() {
         printf '%s\n' "$2" >&2
         tail -n 30 "$WORK/postgres.log" >&2 || true
     fi
-}
-
-tw_cleanup() {
-    local rc=$?
-    tw_stop_servers "$rc" "--- last lines of the PostgreSQL log ---"
-    # In root mode the root stage owns (copies results from, and removes) the directory.
-    if [ "${KEEP:-0}" != 1 ] && [ -z "${UNDER_ROOT:-}" ]; then cd /; rm -rf "$WORK"; fi
-    exit "$rc"
 }
