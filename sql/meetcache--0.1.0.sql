@@ -215,13 +215,13 @@ CREATE TABLE meetcache.queue (
 COMMENT ON TABLE meetcache.queue IS
   'Keys (already prefixed) and SCAN patterns of committed transactions, waiting for a drain worker.';
 
-CREATE FUNCTION meetcache._queue_row_delivered(id bigint) RETURNS boolean
+CREATE FUNCTION meetcache._queue_row_delivered(row_xmin xid) RETURNS boolean
   LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'meetcache_queue_row_delivered';
 
 CREATE VIEW meetcache.pending AS
   SELECT q.id, q.enqueued_at, clock_timestamp() - q.enqueued_at AS age,
          cardinality(q.keys) AS nkeys, coalesce(cardinality(q.patterns), 0) AS npatterns,
-         meetcache._queue_row_delivered(q.id) AS delivered,
+         meetcache._queue_row_delivered(q.xmin) AS delivered,
          q.keys, q.patterns
   FROM meetcache.queue q
   ORDER BY q.id;
@@ -247,13 +247,13 @@ COMMENT ON FUNCTION meetcache.invalidate_all() IS
 ------------------------------------------------------------------------
 
 CREATE FUNCTION meetcache._placeholders(template text) RETURNS text[]
-  LANGUAGE sql IMMUTABLE STRICT AS $$
+  LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(array_agg(m[1] ORDER BY ord), '{}')
     FROM regexp_matches(template, '\{([A-Za-z0-9_]+)\}', 'g') WITH ORDINALITY AS r(m, ord)
 $$;
 
 CREATE FUNCTION meetcache._check_family() RETURNS trigger
-  LANGUAGE plpgsql AS $$
+  LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   IF NEW.ttl_by_value IS NOT NULL AND jsonb_typeof(NEW.ttl_by_value) <> 'object' THEN
     RAISE EXCEPTION 'ttl_by_value of family "%" must be a JSON object', NEW.name
@@ -278,7 +278,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION meetcache._check_rule() RETURNS trigger
-  LANGUAGE plpgsql AS $$
+  LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   tmpl text;
   n integer;
@@ -307,7 +307,7 @@ END $$;
 
 -- after any change, every attached table must still compile against the rules
 CREATE FUNCTION meetcache._check_attached() RETURNS trigger
-  LANGUAGE plpgsql AS $$
+  LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   a record;
 BEGIN
@@ -346,7 +346,7 @@ COMMENT ON VIEW meetcache.attached IS
   'Tables with meetcache triggers and the rule table name they use.';
 
 CREATE FUNCTION meetcache.detach(tbl regclass) RETURNS void
-  LANGUAGE plpgsql AS $$
+  LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   t text;
 BEGIN
@@ -362,7 +362,7 @@ END $$;
 COMMENT ON FUNCTION meetcache.detach(regclass) IS 'Drop the meetcache triggers of a table.';
 
 CREATE FUNCTION meetcache.attach(tbl regclass, table_name text DEFAULT NULL) RETURNS void
-  LANGUAGE plpgsql AS $$
+  LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   name text;
   kind "char";
@@ -403,7 +403,7 @@ COMMENT ON FUNCTION meetcache.attach(regclass, text) IS
   'Create the invalidation triggers (ENABLE ALWAYS) on a table; rules are those of table_name (default: the table''s name).';
 
 CREATE FUNCTION meetcache.attach_defaults(schema_name name DEFAULT current_schema())
-  RETURNS SETOF regclass LANGUAGE plpgsql AS $$
+  RETURNS SETOF regclass LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   t text;
   rel regclass;
@@ -427,7 +427,7 @@ COMMENT ON FUNCTION meetcache.attach_defaults(name) IS
 
 CREATE FUNCTION meetcache.affected_keys(tbl regclass, old_row jsonb, new_row jsonb)
   RETURNS TABLE (key text, family text, rule_id integer)
-  LANGUAGE plpgsql AS $$
+  LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   bad text;
 BEGIN
@@ -458,72 +458,71 @@ CREATE FUNCTION meetcache._allow_trigger_ddl(tbl regclass) RETURNS void
   LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'meetcache_allow_trigger_ddl';
 CREATE FUNCTION meetcache._trigger_ddl_allowed(tbl oid) RETURNS boolean
   LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'meetcache_trigger_ddl_allowed';
-CREATE FUNCTION meetcache._guard_before(tgoid oid) RETURNS "char"
-  LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'meetcache_guard_before';
+CREATE FUNCTION meetcache._guard_before(OUT tgoid oid, OUT relid oid, OUT tgname name, OUT tgenabled "char")
+  RETURNS SETOF record LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_guard_before';
 CREATE FUNCTION meetcache._guard_snapshot() RETURNS event_trigger
   LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_guard_snapshot';
 
--- ALTER TABLE may change a meetcache trigger only into ENABLE ALWAYS
--- (DISABLE, ENABLE [REPLICA] all would let some writes skip it).  Only a
--- change counts, so pg_dump's CREATE TRIGGER followed by one ENABLE ALWAYS
--- TRIGGER per trigger passes.
-CREATE FUNCTION meetcache._guard_alter() RETURNS event_trigger
-  LANGUAGE plpgsql AS $$
+-- After ALTER TABLE, ALTER TRIGGER, CREATE [OR REPLACE] TRIGGER and DROP
+-- TRIGGER, every meetcache trigger that existed before the command must
+-- still exist, under its name, calling meetcache.invalidate_trigger, and
+-- ENABLE ALWAYS unless its state did not change (DISABLE, ENABLE [REPLICA]
+-- all let some writes skip it).  Only a change counts, so pg_dump's CREATE
+-- TRIGGER followed by one ENABLE ALWAYS TRIGGER per trigger passes.
+-- attach()/detach() and a dropped table are exempt.
+CREATE FUNCTION meetcache._guard_check() RETURNS event_trigger
+  LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   r record;
-  bad text;
+  fn regprocedure := 'meetcache.invalidate_trigger()'::regprocedure;
 BEGIN
-  FOR r IN SELECT DISTINCT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c
-           WHERE c.object_type = 'table' LOOP
-    CONTINUE WHEN meetcache._trigger_ddl_allowed(r.objid);
-    SELECT string_agg(quote_ident(t.tgname), ', ' ORDER BY t.tgname) INTO bad
-    FROM pg_catalog.pg_trigger t
-    WHERE t.tgrelid = r.objid AND t.tgfoid = 'meetcache.invalidate_trigger()'::regprocedure
-      AND t.tgenabled <> 'A'
-      AND t.tgenabled IS DISTINCT FROM coalesce(meetcache._guard_before(t.oid), t.tgenabled);
-    IF bad IS NOT NULL THEN
-      RAISE EXCEPTION 'cannot change meetcache trigger % of table % from ENABLE ALWAYS', bad, r.objid::regclass::text
+  FOR r IN
+    SELECT b.relid::regclass::text AS tbl, b.tgname AS old_name, t.tgname AS new_name,
+           t.tgfoid, b.tgenabled AS old_state, t.tgenabled AS new_state
+    FROM meetcache._guard_before() b
+    JOIN pg_catalog.pg_class c ON c.oid = b.relid
+    LEFT JOIN pg_catalog.pg_trigger t ON t.oid = b.tgoid
+    WHERE NOT meetcache._trigger_ddl_allowed(b.relid)
+    ORDER BY 1, 2
+  LOOP
+    IF r.new_name IS NULL THEN
+      RAISE EXCEPTION 'cannot drop meetcache trigger % of table %', r.old_name, r.tbl
         USING ERRCODE = 'object_not_in_prerequisite_state',
-              DETAIL = 'Writes that skip a meetcache trigger leave stale keys in Redis.',
-              HINT = format('To stop invalidating this table, run SELECT meetcache.detach(%L); to attach it again, meetcache.attach(%L).', r.objid::regclass::text, r.objid::regclass::text);
+              DETAIL = 'Writes to a table without its meetcache triggers leave stale keys in Redis.',
+              HINT = format('Use SELECT meetcache.detach(%L) to stop invalidating this table.', r.tbl);
+    ELSIF r.tgfoid <> fn OR r.new_name <> r.old_name THEN
+      RAISE EXCEPTION 'cannot replace or rename meetcache trigger % of table %', r.old_name, r.tbl
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              DETAIL = 'meetcache finds its triggers by name and function.',
+              HINT = format('Use SELECT meetcache.detach(%L) and meetcache.attach(%L) to recreate them.', r.tbl, r.tbl);
     END IF;
   END LOOP;
-END $$;
-
--- DROP TRIGGER on a meetcache trigger, except from detach() or with its table
-CREATE FUNCTION meetcache._guard_drop() RETURNS event_trigger
-  LANGUAGE plpgsql AS $$
-DECLARE
-  r record;
-  rel regclass;
-BEGIN
-  FOR r IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects() d
-           WHERE d.object_type = 'trigger' AND d.original
-             AND d.address_names[cardinality(d.address_names)] IN
-                 ('meetcache_ins', 'meetcache_upd', 'meetcache_del', 'meetcache_trunc') LOOP
-    rel := to_regclass(format('%I.%I', r.address_names[1], r.address_names[2]));
-    CONTINUE WHEN rel IS NULL OR meetcache._trigger_ddl_allowed(rel);
-    RAISE EXCEPTION 'cannot drop meetcache trigger % of table %', r.address_names[3], rel::text
+  FOR r IN
+    SELECT b.relid::regclass::text AS tbl,
+           string_agg(quote_ident(t.tgname), ', ' ORDER BY t.tgname) AS names
+    FROM meetcache._guard_before() b
+    JOIN pg_catalog.pg_trigger t ON t.oid = b.tgoid
+    WHERE t.tgenabled <> 'A' AND t.tgenabled <> b.tgenabled
+      AND NOT meetcache._trigger_ddl_allowed(b.relid)
+    GROUP BY 1 ORDER BY 1
+  LOOP
+    RAISE EXCEPTION 'cannot change meetcache trigger % of table % from ENABLE ALWAYS', r.names, r.tbl
       USING ERRCODE = 'object_not_in_prerequisite_state',
-            DETAIL = 'Writes to a table without its meetcache triggers leave stale keys in Redis.',
-            HINT = format('Use SELECT meetcache.detach(%L) to stop invalidating this table.', rel::text);
+            DETAIL = 'Writes that skip a meetcache trigger leave stale keys in Redis.',
+            HINT = format('To stop invalidating this table, run SELECT meetcache.detach(%L); to attach it again, meetcache.attach(%L).', r.tbl, r.tbl);
   END LOOP;
 END $$;
 
 CREATE EVENT TRIGGER meetcache_guard_snapshot ON ddl_command_start
-  WHEN TAG IN ('ALTER TABLE')
+  WHEN TAG IN ('ALTER TABLE', 'ALTER TRIGGER', 'CREATE TRIGGER', 'DROP TRIGGER')
   EXECUTE FUNCTION meetcache._guard_snapshot();
-CREATE EVENT TRIGGER meetcache_guard_alter ON ddl_command_end
-  WHEN TAG IN ('ALTER TABLE')
-  EXECUTE FUNCTION meetcache._guard_alter();
-CREATE EVENT TRIGGER meetcache_guard_drop ON sql_drop
-  WHEN TAG IN ('DROP TRIGGER')
-  EXECUTE FUNCTION meetcache._guard_drop();
+CREATE EVENT TRIGGER meetcache_guard_check ON ddl_command_end
+  WHEN TAG IN ('ALTER TABLE', 'ALTER TRIGGER', 'CREATE TRIGGER', 'DROP TRIGGER')
+  EXECUTE FUNCTION meetcache._guard_check();
 -- event triggers are skipped under session_replication_role = replica
 -- unless enabled ALWAYS, like the table triggers themselves
 ALTER EVENT TRIGGER meetcache_guard_snapshot ENABLE ALWAYS;
-ALTER EVENT TRIGGER meetcache_guard_alter ENABLE ALWAYS;
-ALTER EVENT TRIGGER meetcache_guard_drop ENABLE ALWAYS;
+ALTER EVENT TRIGGER meetcache_guard_check ENABLE ALWAYS;
 
 ------------------------------------------------------------------------
 -- Privileges: reading, writing and deleting cache data is not for PUBLIC

@@ -375,7 +375,7 @@ _PG_init(void)
 								"Shared memory for keys of failed sync deliveries, retried by the worker.",
 								"When it is full, the database's cache families are flushed instead.",
 								&mc_retry_buffer_kb,
-								1024, 64, 1048576,
+								1024, 64, 262144,
 								PGC_POSTMASTER,
 								GUC_UNIT_KB,
 								NULL, NULL, NULL);

@@ -256,16 +256,19 @@ extern bool mc_retry_push(Oid db, McStr *keys, int nkeys,
 extern void mc_db_wake(Oid db);
 extern void mc_db_announce(Oid db);
 extern void mc_db_request_flush(Oid db);
-extern void mc_delivered_add(Oid db, int64 id);
-extern bool mc_delivered_take(Oid db, int64 id);
-extern bool mc_delivered_contains(Oid db, int64 id);
+extern void mc_delivered_add(Oid db, TransactionId xid);
+extern bool mc_delivered_take(Oid db, TransactionId xid);
+extern bool mc_delivered_contains(Oid db, TransactionId xid);
 
 /* ---- queue.c ---- */
 
-extern int64 mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns);
-extern bool mc_queue_drain_pass(int batch, int *rows, int *nkeys, McErr *err);
+extern int64 mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns,
+							bool missing_ok);
+extern bool mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
+								int *nkeys, int64 *first_id, McErr *err);
+extern McStr *mc_queue_family_patterns(int *n);
+extern bool mc_queue_flush(McStr *pats, int n, McErr *err);
 extern void mc_queue_vacuum(void);
-extern bool mc_queue_flush_families(McErr *err);
 
 /* ---- worker.c ---- */
 

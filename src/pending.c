@@ -59,7 +59,7 @@ typedef struct PendingSet
 	bool		overflowed;
 	int			mode;			/* meetcache.delivery at PRE_COMMIT */
 	bool		queued;			/* a queue row holds the set */
-	int64		queue_id;
+	TransactionId queue_xid;	/* the row's xmin */
 } PendingSet;
 
 static PendingSet *pending = NULL;
@@ -283,10 +283,12 @@ deliver(PendingSet *p)
 	if (deliver_now(p, &err))
 	{
 		if (p->queued)
-			mc_delivered_add(MyDatabaseId, p->queue_id);
+			mc_delivered_add(MyDatabaseId, p->queue_xid);
 		return;
 	}
-	if (worker)
+	/* only a Redis that does not answer opens the breaker; one that
+	 * answers "no" is no reason to stop trying */
+	if (worker && err.sqlstate == ERRCODE_CONNECTION_FAILURE)
 		mc_breaker_trip();
 	if (p->queued)
 		mc_db_wake(MyDatabaseId);
@@ -303,11 +305,17 @@ deliver(PendingSet *p)
 			 errhint("Check that Redis is reachable at meetcache.redis_url.")));
 }
 
+/*
+ * missing_ok: at commit, a transaction that dropped the extension has no
+ * queue any more; its keys are then delivered as in sync mode.
+ */
 static void
-write_queue(PendingSet *p)
+write_queue(PendingSet *p, bool missing_ok)
 {
-	p->queue_id = mc_queue_write(p->keys, p->nkeys, p->patterns, p->npatterns);
+	if (mc_queue_write(p->keys, p->nkeys, p->patterns, p->npatterns, missing_ok) < 0)
+		return;
 	p->queued = true;
+	p->queue_xid = GetTopTransactionIdIfAny();
 	/* the row exists, so the extension does: let the launcher poll us */
 	mc_db_announce(MyDatabaseId);
 }
@@ -324,7 +332,7 @@ xact_callback(XactEvent event, void *arg)
 				/* READ ONLY and standbys cannot write (nor have keys) */
 				if (pending->mode != MC_DELIVERY_SYNC &&
 					!XactReadOnly && !RecoveryInProgress())
-					write_queue(pending);
+					write_queue(pending, true);
 			}
 			break;
 		case XACT_EVENT_PRE_PREPARE:
@@ -337,7 +345,7 @@ xact_callback(XactEvent event, void *arg)
 							 errdetail("Its keys must be queued for the background worker, which runs only when meetcache is preloaded."),
 							 errhint("Add meetcache to shared_preload_libraries and restart the server.")));
 				/* delivered once COMMIT PREPARED makes the row visible */
-				write_queue(pending);
+				write_queue(pending, false);
 			}
 			break;
 		case XACT_EVENT_COMMIT:

@@ -15,6 +15,10 @@
 
 #include "access/xact.h"
 #include "access/table.h"
+#include "utils/memutils.h"
+#include "catalog/pg_index.h"
+#include "catalog/pg_authid.h"
+#include "access/genam.h"
 #include "catalog/dependency.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
@@ -46,35 +50,111 @@ str_array(McStr *v, int n)
 }
 
 /*
- * Write one queue row; returns its id.  Called at PRE_COMMIT and
- * PRE_PREPARE, where an error still aborts the transaction cleanly.
+ * Can the row go straight into the heap and its primary key?  Only while
+ * the table is as the extension made it: one plain index, no triggers, no
+ * row security.  Anything else an administrator added goes through SPI,
+ * which honours it.
+ */
+static bool
+queue_is_plain(Relation rel)
+{
+	List	   *idx;
+	bool		plain;
+
+	if (rel->rd_rel->relhastriggers || rel->rd_rel->relrowsecurity ||
+		RelationGetDescr(rel)->natts != 4)
+		return false;
+	idx = RelationGetIndexList(rel);
+	plain = list_length(idx) == 1;
+	if (plain)
+	{
+		Relation	ind = index_open(linitial_oid(idx), AccessShareLock);
+
+		plain = ind->rd_index->indisprimary &&
+			heap_attisnull(ind->rd_indextuple, Anum_pg_index_indexprs, NULL) &&
+			heap_attisnull(ind->rd_indextuple, Anum_pg_index_indpred, NULL);
+		index_close(ind, AccessShareLock);
+	}
+	list_free(idx);
+	return plain;
+}
+
+static void
+queue_insert_spi(Datum *values, bool *nulls)
+{
+	static SPIPlanPtr plan = NULL;
+	char		cnulls[4];
+	Oid			save_userid;
+	int			save_sec;
+
+	for (int i = 0; i < 4; i++)
+		cnulls[i] = nulls[i] ? 'n' : ' ';
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "meetcache: SPI_connect failed");
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		if (plan == NULL)
+		{
+			Oid			types[4] = {INT8OID, TIMESTAMPTZOID, TEXTARRAYOID, TEXTARRAYOID};
+			SPIPlanPtr	p = SPI_prepare("INSERT INTO meetcache.queue (id, enqueued_at, keys, patterns) "
+										"OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4)",
+										4, types);
+
+			if (p == NULL || SPI_keepplan(p) != 0)
+				elog(ERROR, "meetcache: could not prepare the queue insert");
+			plan = p;
+		}
+		if (SPI_execute_plan(plan, values, cnulls, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "meetcache: could not write the queue row");
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+	PG_END_TRY();
+	SPI_finish();
+}
+
+/*
+ * Write one queue row; returns its id, or -1 when the table does not exist
+ * and missing_ok (the extension was dropped in this very transaction).
+ * Called at PRE_COMMIT and PRE_PREPARE, where an error still aborts the
+ * transaction cleanly.
  *
- * The row is formed and inserted directly (heap and index), not through
- * SPI and the executor: this runs once per writing transaction, and the
- * table has no triggers, rules, policies or constraints beyond NOT NULL.
- * No privilege is checked: writers need none on the table.
+ * Usually the row is formed and inserted directly (heap and index), not
+ * through SPI and the executor: this runs once per writing transaction.  No
+ * privilege is checked: writers need none on the table.
  */
 int64
-mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns)
+mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns, bool missing_ok)
 {
-	Oid			relid;
+	Oid			nsp;
+	Oid			relid = InvalidOid;
 	Relation	rel;
 	Datum		values[4];
 	bool		nulls[4] = {false, false, false, false};
-	HeapTuple	tup;
 	int64		id;
 
-	relid = get_relname_relid("queue", get_namespace_oid("meetcache", false));
+	nsp = get_namespace_oid("meetcache", true);
+	if (OidIsValid(nsp))
+		relid = get_relname_relid("queue", nsp);
 	if (!OidIsValid(relid))
+	{
+		if (missing_ok)
+			return -1;
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table meetcache.queue does not exist"),
-				 errhint("Reinstall the extension: DROP EXTENSION meetcache CASCADE; CREATE EXTENSION meetcache.")));
+				 errdetail("The transaction has cache keys to queue.")));
+	}
 	rel = table_open(relid, RowExclusiveLock);
-	if (RelationGetDescr(rel)->natts != 4)
-		elog(ERROR, "meetcache.queue has %d columns, expected 4",
-			 RelationGetDescr(rel)->natts);
+#if PG_VERSION_NUM >= 170000
+	id = nextval_internal(getIdentitySequence(rel, 1, false), false);
+#else
 	id = nextval_internal(getIdentitySequence(relid, 1, false), false);
+#endif
 	values[0] = Int64GetDatum(id);
 	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	values[2] = PointerGetDatum(str_array(keys, nkeys));
@@ -82,10 +162,16 @@ mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns)
 		values[3] = PointerGetDatum(str_array(patterns, npatterns));
 	else
 		nulls[3] = true;
-	tup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
-	/* heap insert (toasting large arrays) plus the primary key entry */
-	CatalogTupleInsert(rel, tup);
-	heap_freetuple(tup);
+	if (queue_is_plain(rel))
+	{
+		HeapTuple	tup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+
+		/* heap insert (toasting large arrays) plus the primary key entry */
+		CatalogTupleInsert(rel, tup);
+		heap_freetuple(tup);
+	}
+	else
+		queue_insert_spi(values, nulls);
 	table_close(rel, NoLock);
 	mc_stat_add(MC_STAT_QUEUE_ROWS_WRITTEN, 1);
 	return id;
@@ -141,15 +227,18 @@ vec_add(StrVec *vec, McStr *s, int n)
 /*
  * One drain pass, inside a transaction the caller started and will commit
  * (true) or abort (false).  Takes up to batch rows in id order, skipping
- * rows another drain holds; rows whose backend already deleted their keys
- * are removed without sending.  *rows is the number of rows taken, *nkeys
- * the keys they held.
+ * rows another drain holds and the ids in skip (rows whose keys Redis
+ * refused); rows whose backend already deleted their keys are removed
+ * without sending.  *rows is the number of rows taken, *nkeys the keys
+ * they held, *first_id the lowest id taken.
  */
 bool
-mc_queue_drain_pass(int batch, int *rows, int *nkeys, McErr *err)
+mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows, int *nkeys,
+					int64 *first_id, McErr *err)
 {
 	static SPIPlanPtr plan = NULL;
-	Datum		arg = Int32GetDatum(batch);
+	Datum		args[2];
+	Datum	   *skipd = palloc(sizeof(Datum) * Max(nskip, 1));
 	StrVec		keys = {NULL, 0, 0};
 	StrVec		pats = {NULL, 0, 0};
 	int			skipped = 0;
@@ -159,11 +248,17 @@ mc_queue_drain_pass(int batch, int *rows, int *nkeys, McErr *err)
 	memset(err, 0, sizeof(*err));
 	*rows = 0;
 	*nkeys = 0;
+	*first_id = 0;
+	for (int i = 0; i < nskip; i++)
+		skipd[i] = Int64GetDatum(skip[i]);
+	args[0] = Int32GetDatum(batch);
+	args[1] = PointerGetDatum(construct_array(skipd, nskip, INT8OID, 8, FLOAT8PASSBYVAL,
+											  TYPALIGN_DOUBLE));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "meetcache: SPI_connect failed");
 	if (plan == NULL)
 	{
-		Oid			types[1] = {INT4OID};
+		Oid			types[2] = {INT4OID, INT8ARRAYOID};
 
 		/*
 		 * Rows are never updated, so the locked rows' ctids are stable: a
@@ -171,10 +266,10 @@ mc_queue_drain_pass(int batch, int *rows, int *nkeys, McErr *err)
 		 * size.  One generic plan, not a new plan per pass.
 		 */
 		SPIPlanPtr	p = SPI_prepare_cursor("DELETE FROM meetcache.queue WHERE ctid = ANY (ARRAY("
-										   "SELECT ctid FROM meetcache.queue "
+										   "SELECT ctid FROM meetcache.queue WHERE id <> ALL ($2) "
 										   "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) "
-										   "RETURNING id, keys, patterns",
-										   1, types, CURSOR_OPT_GENERIC_PLAN);
+										   "RETURNING id, xmin, keys, patterns",
+										   2, types, CURSOR_OPT_GENERIC_PLAN);
 
 		if (p == NULL)
 			elog(ERROR, "meetcache: could not prepare the drain query: %s",
@@ -182,7 +277,7 @@ mc_queue_drain_pass(int batch, int *rows, int *nkeys, McErr *err)
 		SPI_keepplan(p);
 		plan = p;
 	}
-	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_DELETE_RETURNING)
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_DELETE_RETURNING)
 		elog(ERROR, "meetcache: the drain query failed");
 	*rows = (int) SPI_processed;
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -191,22 +286,25 @@ mc_queue_drain_pass(int batch, int *rows, int *nkeys, McErr *err)
 		TupleDesc	td = SPI_tuptable->tupdesc;
 		bool		isnull;
 		int64		id = DatumGetInt64(SPI_getbinval(tup, td, 1, &isnull));
+		TransactionId xmin = DatumGetTransactionId(SPI_getbinval(tup, td, 2, &isnull));
 		Datum		d;
 		int			n;
 		McStr	   *v;
 
-		if (mc_delivered_take(MyDatabaseId, id))
+		if (*first_id == 0 || id < *first_id)
+			*first_id = id;
+		if (mc_delivered_take(MyDatabaseId, xmin))
 		{
 			skipped++;
 			continue;
 		}
-		d = SPI_getbinval(tup, td, 2, &isnull);
+		d = SPI_getbinval(tup, td, 3, &isnull);
 		if (!isnull)
 		{
 			v = array_strs(d, &n);
 			vec_add(&keys, v, n);
 		}
-		d = SPI_getbinval(tup, td, 3, &isnull);
+		d = SPI_getbinval(tup, td, 4, &isnull);
 		if (!isnull)
 		{
 			v = array_strs(d, &n);
@@ -254,7 +352,11 @@ mc_queue_vacuum(void)
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+#if PG_VERSION_NUM >= 140000
 	parsed = raw_parser("VACUUM (SKIP_LOCKED) meetcache.queue", RAW_PARSE_DEFAULT);
+#else
+	parsed = raw_parser("VACUUM (SKIP_LOCKED) meetcache.queue");
+#endif
 	raw = linitial_node(RawStmt, parsed);
 	pstate = make_parsestate(NULL);
 	pstate->p_sourcetext = "VACUUM (SKIP_LOCKED) meetcache.queue";
@@ -262,20 +364,32 @@ mc_queue_vacuum(void)
 	CommitTransactionCommand();
 }
 
-/* delete every family's keys under the key prefix (after lost keys) */
-bool
-mc_queue_flush_families(McErr *err)
+/* every family's SCAN pattern under the key prefix, in the current context */
+McStr *
+mc_queue_family_patterns(int *n)
 {
 	List	   *globs = mc_family_globs(mc_key_prefix);
 	McStr	   *pats = palloc(sizeof(McStr) * Max(list_length(globs), 1));
-	int			n = 0;
 	ListCell   *lc;
+
+	*n = 0;
+	foreach(lc, globs)
+		pats[(*n)++] = *(McStr *) lfirst(lc);
+	return pats;
+}
+
+/*
+ * Delete every key matching the patterns (after lost keys).  Runs outside
+ * any transaction: a large keyspace takes a while, and nothing here needs
+ * a snapshot.
+ */
+bool
+mc_queue_flush(McStr *pats, int n, McErr *err)
+{
 	McInvResult res;
 	bool		ok;
 
 	memset(err, 0, sizeof(*err));
-	foreach(lc, globs)
-		pats[n++] = *(McStr *) lfirst(lc);
 	if (n == 0)
 		return true;
 	ok = mc_redis_invalidate(NULL, 0, pats, n,
@@ -290,10 +404,10 @@ mc_queue_flush_families(McErr *err)
 	return ok;
 }
 
-/* for meetcache.pending: did the row's own backend delete its keys? */
+/* for meetcache.pending (given the row's xmin): did its own backend delete its keys? */
 PG_FUNCTION_INFO_V1(meetcache_queue_row_delivered);
 Datum
 meetcache_queue_row_delivered(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_BOOL(mc_delivered_contains(MyDatabaseId, PG_GETARG_INT64(0)));
+	PG_RETURN_BOOL(mc_delivered_contains(MyDatabaseId, DatumGetTransactionId(PG_GETARG_DATUM(0))));
 }

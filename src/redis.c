@@ -33,7 +33,9 @@
 #include "storage/latch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
+#if PG_VERSION_NUM >= 140000
 #include "utils/wait_event.h"
+#endif
 
 #include "meetcache.h"
 

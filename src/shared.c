@@ -18,12 +18,17 @@
  */
 #include "postgres.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "catalog/pg_control.h"
+#include "common/controldata_utils.h"
+#include "common/file_perm.h"
 #include "common/hashfn.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
+#include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
@@ -81,15 +86,25 @@ shared_shmem_request(void)
 }
 #endif
 
-/* postmaster, clean exit: forget the running marker unless work is left */
+/*
+ * Postmaster exit, or shared memory re-initialised after a crash: forget
+ * the running marker only after a clean shutdown (pg_control says so: an
+ * immediate stop exits with code 0 too) that left no work undone.
+ */
 static void
 shared_postmaster_exit(int code, Datum arg)
 {
 	McShared   *s = mc_shared;
 	bool		clean = true;
+	bool		crc_ok = false;
+	ControlFileData *cf;
 
-	if (s == NULL || IsUnderPostmaster)
+	if (s == NULL || IsUnderPostmaster || code != 0)
 		return;
+	cf = get_controlfile(".", &crc_ok);
+	if (!crc_ok || (cf->state != DB_SHUTDOWNED && cf->state != DB_SHUTDOWNED_IN_RECOVERY))
+		clean = false;
+	pfree(cf);
 	if (s->ring_tail != s->ring_head)
 		clean = false;
 	for (int i = 0; i < MC_MAX_DBS; i++)
@@ -138,6 +153,8 @@ shared_shmem_startup(void)
 		{
 			struct stat st;
 
+			int			fd;
+
 			if (startups++ > 0)
 				unclean = true; /* crash-restart: shared memory was lost */
 			else if (stat(RUNNING_FILE, &st) == 0)
@@ -145,15 +162,16 @@ shared_shmem_startup(void)
 			if (unclean)
 				ereport(LOG,
 						(errmsg("meetcache: invalidations of sync transactions may have been lost; every database will flush its cache families")));
-			else
+			/* the marker must survive a power loss from now on */
+			fd = open(RUNNING_FILE, O_WRONLY | O_CREAT | PG_BINARY, pg_file_create_mode);
+			if (fd >= 0)
 			{
-				FILE	   *f = fopen(RUNNING_FILE, "w");
-
-				if (f)
-					fclose(f);
+				(void) pg_fsync(fd);
+				close(fd);
+				fsync_fname(".", true);
 			}
-			if (startups == 1)
-				before_shmem_exit(shared_postmaster_exit, 0);
+			/* a crash-restart emptied the exit list: register again */
+			before_shmem_exit(shared_postmaster_exit, 0);
 		}
 		s->flush_epoch = unclean ? 1 : 0;
 		s->epoch_served = !unclean;
@@ -350,47 +368,53 @@ int
 mc_retry_peek(McRetryEntry **entries, uint64 *end)
 {
 	McShared   *s = mc_shared;
-	uint64		pos,
-				tail;
+	uint64		head,
+				tail,
+				pos;
+	Size		used,
+				first;
 	char	   *copy;
 	int			n = 0,
 				cap = 16;
 	McRetryEntry *out;
 
+	/* only the launcher consumes: head is stable; copy up to this tail */
 	LWLockAcquire(s->lock, LW_SHARED);
-	pos = s->ring_head;
+	head = s->ring_head;
 	tail = s->ring_tail;
-	if (pos == tail)
-	{
-		LWLockRelease(s->lock);
-		*end = pos;
+	LWLockRelease(s->lock);
+	*end = head;
+	if (head == tail)
 		return 0;
-	}
-	/* copy the whole used ring: the entries point into the copy */
-	copy = palloc(s->ring_size);
-	memcpy(copy, s->ring, s->ring_size);
+	used = tail - head;
+	copy = MemoryContextAllocHuge(CurrentMemoryContext, used);
+	first = Min(used, s->ring_size - head % s->ring_size);
+	LWLockAcquire(s->lock, LW_SHARED);
+	memcpy(copy, s->ring + head % s->ring_size, first);
+	if (first < used)
+		memcpy(copy + first, s->ring, used - first);
 	LWLockRelease(s->lock);
 
 	out = palloc(sizeof(McRetryEntry) * cap);
-	while (pos < tail)
+	for (pos = head; pos < tail;)
 	{
 		Size		off = pos % s->ring_size;
+		char	   *p = copy + (pos - head);
 		RingHdr		h;
-		char	   *p;
 
-		memcpy(&h.len, copy + off, sizeof(uint32));
+		memcpy(&h.len, p, sizeof(uint32));
 		if (h.len == RING_PAD)
 		{
 			pos += s->ring_size - off;
 			continue;
 		}
-		memcpy(&h, copy + off, sizeof(h));
+		memcpy(&h, p, sizeof(h));
 		if (n == cap)
 		{
 			cap *= 2;
 			out = repalloc(out, sizeof(McRetryEntry) * cap);
 		}
-		p = copy + off + sizeof(h);
+		p += sizeof(h);
 		out[n].db = h.db;
 		out[n].nkeys = h.nkeys;
 		out[n].npatterns = h.npatterns;
@@ -516,25 +540,29 @@ mc_db_request_flush(Oid db)
 	mc_wake_launcher();
 }
 
-/* ---- keys already delivered by their backend (sync+queue) ---- */
+/*
+ * ---- keys already delivered by their backend (sync+queue) ----
+ *
+ * Keyed by the writing transaction's xid, which is the queue row's xmin:
+ * never reused within the minute an entry lives, unlike row ids (which
+ * restart after DROP/CREATE EXTENSION).
+ */
 
 static uint32
-delivered_hash(Oid db, int64 id)
+delivered_hash(Oid db, TransactionId xid)
 {
-	uint32		h = hash_bytes_uint32(db);
-
-	return hash_combine(h, hash_bytes_uint32((uint32) id) ^ (uint32) (id >> 32));
+	return hash_combine(hash_bytes_uint32(db), hash_bytes_uint32(xid));
 }
 
 /* linear probing; returns the slot holding (db, id), or the empty one */
 static McDelivered *
-delivered_find(McShared *s, Oid db, int64 id, uint32 *pos)
+delivered_find(McShared *s, Oid db, TransactionId xid, uint32 *pos)
 {
 	uint32		mask = DELIVERED_SLOTS - 1;
-	uint32		i = delivered_hash(db, id) & mask;
+	uint32		i = delivered_hash(db, xid) & mask;
 
 	while (s->delivered[i].db != InvalidOid &&
-		   !(s->delivered[i].db == db && s->delivered[i].id == id))
+		   !(s->delivered[i].db == db && s->delivered[i].xid == xid))
 		i = (i + 1) & mask;
 	*pos = i;
 	return &s->delivered[i];
@@ -554,7 +582,7 @@ delivered_remove(McShared *s, uint32 i)
 		j = (j + 1) & mask;
 		if (s->delivered[j].db == InvalidOid)
 			break;
-		home = delivered_hash(s->delivered[j].db, s->delivered[j].id) & mask;
+		home = delivered_hash(s->delivered[j].db, s->delivered[j].xid) & mask;
 		/* move j into the hole at i unless its home lies in (i, j] */
 		if ((j > i && (home <= i || home > j)) ||
 			(j < i && (home <= i && home > j)))
@@ -568,7 +596,7 @@ delivered_remove(McShared *s, uint32 i)
 }
 
 void
-mc_delivered_add(Oid db, int64 id)
+mc_delivered_add(Oid db, TransactionId xid)
 {
 	McShared   *s = mc_shared;
 	McDelivered *e;
@@ -581,11 +609,11 @@ mc_delivered_add(Oid db, int64 id)
 	/* at three quarters full, stop recording: drains then delete twice */
 	if (s->ndelivered < DELIVERED_SLOTS / 4 * 3)
 	{
-		e = delivered_find(s, db, id, &pos);
+		e = delivered_find(s, db, xid, &pos);
 		if (e->db == InvalidOid)
 		{
 			e->db = db;
-			e->id = id;
+			e->xid = xid;
 			e->at = GetCurrentTimestamp();
 			s->ndelivered++;
 			wake = s->ndelivered % DELIVERED_WAKE == 0;
@@ -598,7 +626,7 @@ mc_delivered_add(Oid db, int64 id)
 }
 
 bool
-mc_delivered_take(Oid db, int64 id)
+mc_delivered_take(Oid db, TransactionId xid)
 {
 	McShared   *s = mc_shared;
 	McDelivered *e;
@@ -608,7 +636,7 @@ mc_delivered_take(Oid db, int64 id)
 	if (s == NULL)
 		return false;
 	LWLockAcquire(s->dlock, LW_EXCLUSIVE);
-	e = delivered_find(s, db, id, &pos);
+	e = delivered_find(s, db, xid, &pos);
 	found = e->db != InvalidOid;
 	if (found)
 		delivered_remove(s, pos);
@@ -617,7 +645,7 @@ mc_delivered_take(Oid db, int64 id)
 }
 
 bool
-mc_delivered_contains(Oid db, int64 id)
+mc_delivered_contains(Oid db, TransactionId xid)
 {
 	McShared   *s = mc_shared;
 	uint32		pos;
@@ -626,7 +654,7 @@ mc_delivered_contains(Oid db, int64 id)
 	if (s == NULL)
 		return false;
 	LWLockAcquire(s->dlock, LW_SHARED);
-	found = delivered_find(s, db, id, &pos)->db != InvalidOid;
+	found = delivered_find(s, db, xid, &pos)->db != InvalidOid;
 	LWLockRelease(s->dlock);
 	return found;
 }

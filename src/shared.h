@@ -10,7 +10,7 @@
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 
-#define MC_MAX_DBS 64
+#define MC_MAX_DBS 512
 #define MC_DELIVERED_SLOTS 131072	/* power of two */
 
 typedef struct McDbSlot
@@ -19,6 +19,7 @@ typedef struct McDbSlot
 	bool		work;			/* rows or a flush wait for a drain */
 	bool		flush;			/* keys were lost: flush the families */
 	bool		no_ext;			/* the last drain found no extension */
+	bool		poll_due;		/* a poll wants a drain here, not yet started */
 	uint32		flushed_epoch;	/* last flush_epoch this database served */
 	PGPROC	   *drain;			/* running drain, for its latch */
 	pid_t		drain_pid;
@@ -30,7 +31,7 @@ typedef struct McDbSlot
 typedef struct McDelivered
 {
 	Oid			db;				/* InvalidOid: empty */
-	int64		id;
+	TransactionId xid;			/* the queue row's xmin */
 	TimestampTz at;
 } McDelivered;
 

@@ -330,60 +330,85 @@ meetcache_trigger_ddl_allowed(PG_FUNCTION_ARGS)
 }
 
 /*
- * The ALTER TABLE guard compares each meetcache trigger's tgenabled before
- * and after the command: only a change matters, so pg_dump's CREATE
- * TRIGGER (ORIGIN) followed by one ENABLE ALWAYS per trigger passes.
+ * The guard compares the meetcache triggers before and after each ALTER
+ * TABLE, ALTER TRIGGER, CREATE TRIGGER and DROP TRIGGER: only a change
+ * counts, so pg_dump's CREATE TRIGGER followed by one ENABLE ALWAYS
+ * TRIGGER per trigger passes.  The snapshot is taken at ddl_command_start
+ * (meetcache._guard_snapshot) and read back at ddl_command_end
+ * (meetcache._guard_before()).
  */
-static Oid *snap_oid = NULL;
-static char *snap_state = NULL;
+typedef struct GuardTrig
+{
+	Oid			tgoid;
+	Oid			relid;
+	NameData	name;
+	char		state;
+} GuardTrig;
+
+static GuardTrig *snap = NULL;
 static int	snap_n = 0;
 
 PG_FUNCTION_INFO_V1(meetcache_guard_snapshot);
 Datum
 meetcache_guard_snapshot(PG_FUNCTION_ARGS)
 {
-	MemoryContext old;
-
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "meetcache: SPI_connect failed");
-	if (SPI_execute("SELECT t.oid, t.tgenabled FROM pg_catalog.pg_trigger t "
+	if (SPI_execute("SELECT t.oid, t.tgrelid, t.tgname, t.tgenabled FROM pg_catalog.pg_trigger t "
 					"WHERE t.tgfoid = 'meetcache.invalidate_trigger()'::pg_catalog.regprocedure",
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "meetcache: could not read pg_trigger");
-	old = MemoryContextSwitchTo(TopMemoryContext);
-	if (snap_oid)
-	{
-		pfree(snap_oid);
-		pfree(snap_state);
-	}
+	if (snap)
+		pfree(snap);
 	snap_n = (int) SPI_processed;
-	snap_oid = palloc(sizeof(Oid) * Max(snap_n, 1));
-	snap_state = palloc(Max(snap_n, 1));
-	MemoryContextSwitchTo(old);
+	snap = MemoryContextAlloc(TopMemoryContext, sizeof(GuardTrig) * Max(snap_n, 1));
 	for (int i = 0; i < snap_n; i++)
 	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	td = SPI_tuptable->tupdesc;
 		bool		isnull;
 
-		snap_oid[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
-													 SPI_tuptable->tupdesc, 1, &isnull));
-		snap_state[i] = DatumGetChar(SPI_getbinval(SPI_tuptable->vals[i],
-												   SPI_tuptable->tupdesc, 2, &isnull));
+		snap[i].tgoid = DatumGetObjectId(SPI_getbinval(tup, td, 1, &isnull));
+		snap[i].relid = DatumGetObjectId(SPI_getbinval(tup, td, 2, &isnull));
+		namestrcpy(&snap[i].name, DatumGetCString(DirectFunctionCall1(nameout,
+																	  SPI_getbinval(tup, td, 3, &isnull))));
+		snap[i].state = DatumGetChar(SPI_getbinval(tup, td, 4, &isnull));
 	}
 	SPI_finish();
 	PG_RETURN_VOID();
 }
 
-/* tgenabled of a trigger when the command started; NULL if unknown */
+/* the snapshot: (tgoid, relid, tgname, tgenabled) of every meetcache trigger */
 PG_FUNCTION_INFO_V1(meetcache_guard_before);
 Datum
 meetcache_guard_before(PG_FUNCTION_ARGS)
 {
-	Oid			tgoid = PG_GETARG_OID(0);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	TupleDesc	desc;
+	Tuplestorestate *ts;
+	MemoryContext oldcxt;
 
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	oldcxt = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	desc = CreateTupleDescCopy(desc);
+	ts = tuplestore_begin_heap(true, false, work_mem);
+	MemoryContextSwitchTo(oldcxt);
 	for (int i = 0; i < snap_n; i++)
-		if (snap_oid[i] == tgoid)
-			PG_RETURN_CHAR(snap_state[i]);
-	PG_RETURN_NULL();
+	{
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+
+		values[0] = ObjectIdGetDatum(snap[i].tgoid);
+		values[1] = ObjectIdGetDatum(snap[i].relid);
+		values[2] = NameGetDatum(&snap[i].name);
+		values[3] = CharGetDatum(snap[i].state);
+		tuplestore_putvalues(ts, desc, values, nulls);
+	}
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = ts;
+	rsinfo->setDesc = desc;
+	return (Datum) 0;
 }
 
 /* every key under the prefix, deleted when this transaction commits */

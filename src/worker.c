@@ -35,7 +35,9 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#if PG_VERSION_NUM >= 140000
 #include "utils/wait_event.h"
+#endif
 
 #include "meetcache.h"
 #include "shared.h"
@@ -206,16 +208,36 @@ refresh_databases(void)
 	LWLockRelease(s->lock);
 }
 
-/* start drains for databases with work (or due for a poll) */
+typedef struct Want
+{
+	Oid			db;
+	TimestampTz last_start;
+} Want;
+
+static int
+want_cmp(const void *a, const void *b)
+{
+	TimestampTz x = ((const Want *) a)->last_start;
+	TimestampTz y = ((const Want *) b)->last_start;
+
+	return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+/*
+ * Start drains for databases with work (or due for a poll), the one
+ * served longest ago first: with more databases than MAX_DRAINS, every
+ * database gets its turn.
+ */
 static void
 schedule_drains(bool poll_due)
 {
 	McShared   *s = mc_shared;
 	TimestampTz now = GetCurrentTimestamp();
-	Oid			want[MC_MAX_DBS];
+	Want	   *want = palloc(sizeof(Want) * MC_MAX_DBS);
 	int			nwant = 0;
 	bool		epoch_served = true;
 	int			running = drains_running();
+	static TimestampTz last_complaint = 0;
 
 	LWLockAcquire(s->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < MC_MAX_DBS; i++)
@@ -227,57 +249,64 @@ schedule_drains(bool poll_due)
 			continue;
 		if (d->flushed_epoch != s->flush_epoch)
 			epoch_served = false;
-		due = d->work || d->flush || d->flushed_epoch != s->flush_epoch ||
-			(poll_due && (!d->no_ext ||
-						  now - d->last_start >= (int64) NO_EXT_RECHECK_MS * 1000));
+		if (poll_due && (!d->no_ext ||
+						 now - d->last_start >= (int64) NO_EXT_RECHECK_MS * 1000))
+			d->poll_due = true;
+		due = d->work || d->flush || d->poll_due || d->flushed_epoch != s->flush_epoch;
 		if (due && d->drain == NULL && now >= d->next_start)
-			want[nwant++] = d->db;
+		{
+			want[nwant].db = d->db;
+			want[nwant].last_start = d->last_start;
+			nwant++;
+		}
 	}
 	if (epoch_served)
 		s->epoch_served = true;
 	LWLockRelease(s->lock);
 
+	qsort(want, nwant, sizeof(Want), want_cmp);
 	for (int i = 0; i < nwant && running < MAX_DRAINS; i++)
 	{
-		if (drain_running(want[i]))
+		if (drain_running(want[i].db))
 			continue;
-		if (!start_drain(want[i]))
+		if (!start_drain(want[i].db))
 		{
-			elog(DEBUG1, "meetcache launcher: no worker slot for a drain of database %u", want[i]);
+			/* no free background worker slot: try again next round */
+			if (now - last_complaint >= (int64) 60 * 1000000)
+			{
+				ereport(LOG,
+						(errmsg("meetcache launcher: could not start a drain worker"),
+						 errhint("Raise max_worker_processes.")));
+				last_complaint = now;
+			}
 			break;
 		}
-		elog(DEBUG1, "meetcache launcher: started a drain for database %u", want[i]);				/* no free worker slot: next round */
 		running++;
 		LWLockAcquire(s->lock, LW_EXCLUSIVE);
 		{
-			McDbSlot   *d = mc_db_slot(want[i], false);
+			McDbSlot   *d = mc_db_slot(want[i].db, false);
 
 			if (d)
+			{
 				d->last_start = now;
+				d->poll_due = false;
+			}
 		}
 		LWLockRelease(s->lock);
 	}
 	s->drains_running = running;
 }
 
-/* deliver the retry queue; false when Redis failed */
 static bool
-deliver_retries(void)
+send_entries(McRetryEntry *e, int n, McErr *err)
 {
-	McRetryEntry *e;
-	uint64		end;
-	int			n;
 	int			nk = 0,
 				np = 0;
 	McStr	   *keys,
 			   *pats;
 	McInvResult res;
-	McErr		err;
 	bool		ok;
 
-	n = mc_retry_peek(&e, &end);
-	if (n == 0)
-		return true;
 	for (int i = 0; i < n; i++)
 	{
 		nk += e[i].nkeys;
@@ -296,21 +325,60 @@ deliver_retries(void)
 	ok = mc_redis_invalidate(keys, nk, pats, np,
 							 TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														 mc_commit_timeout + nk / 1000),
-							 mc_commit_timeout, &res, &err);
+							 mc_commit_timeout, &res, err);
 	mc_stat_add(MC_STAT_COMMANDS, res.commands);
-	if (!ok)
+	if (ok)
+	{
+		mc_stat_add(MC_STAT_KEYS_SENT, res.keys_sent);
+		mc_stat_add(MC_STAT_KEYS_DELETED, res.keys_deleted);
+	}
+	else
 	{
 		mc_stat_add(MC_STAT_WORKER_FAILURES, 1);
-		mc_stat_error(err.msg);
-		return false;
+		mc_stat_error(err->msg);
+	}
+	return ok;
+}
+
+/*
+ * Deliver the retry queue; false when Redis did not answer.  When Redis
+ * answers but refuses (an ACL, a read-only replica), the entries are tried
+ * one by one, and one that is still refused is set aside: its database
+ * flushes its families instead, and a WARNING says why.  A refusal never
+ * holds up the rest.
+ */
+static bool
+deliver_retries(void)
+{
+	McRetryEntry *e;
+	uint64		end;
+	int			n;
+	McErr		err;
+
+	n = mc_retry_peek(&e, &end);
+	if (n == 0)
+		return true;
+	if (!send_entries(e, n, &err))
+	{
+		if (err.sqlstate == ERRCODE_CONNECTION_FAILURE)
+			return false;
+		for (int i = 0; i < n; i++)
+		{
+			if (send_entries(&e[i], 1, &err))
+				continue;
+			if (err.sqlstate == ERRCODE_CONNECTION_FAILURE)
+				return false;	/* nothing consumed: all retried later */
+			ereport(WARNING,
+					(errmsg("meetcache launcher: redis refused to delete %d keys of a committed transaction: %s",
+							e[i].nkeys + e[i].npatterns, err.msg),
+					 errdetail("The cache families of database %u will be flushed instead.", e[i].db)));
+			mc_db_request_flush(e[i].db);
+		}
 	}
 	mc_retry_consume(end, n);
 	mc_stat_add(MC_STAT_RETRIES, n);
-	mc_stat_add(MC_STAT_KEYS_SENT, res.keys_sent);
-	mc_stat_add(MC_STAT_KEYS_DELETED, res.keys_deleted);
 	ereport(LOG,
-			(errmsg("meetcache: delivered %d retried transactions (%d keys, %d patterns)",
-					n, nk, np)));
+			(errmsg("meetcache: delivered %d retried transactions", n)));
 	return true;
 }
 
@@ -488,17 +556,40 @@ in_xact(bool (*fn) (void *arg, McErr *err), void *arg, McErr *err)
 	return ok;
 }
 
-static bool
-flush_fn(void *arg, McErr *err)
+typedef struct FlushArgs
 {
-	return mc_queue_flush_families(err);
+	MemoryContext cxt;			/* where the patterns go (outlives the xact) */
+	McStr	   *pats;
+	int			n;
+} FlushArgs;
+
+static bool
+patterns_fn(void *arg, McErr *err)
+{
+	FlushArgs  *a = (FlushArgs *) arg;
+	MemoryContext old = MemoryContextSwitchTo(a->cxt);
+	McStr	   *pats = mc_queue_family_patterns(&a->n);
+
+	a->pats = palloc(sizeof(McStr) * Max(a->n, 1));
+	for (int i = 0; i < a->n; i++)
+	{
+		a->pats[i].s = pnstrdup(pats[i].s, pats[i].len);
+		a->pats[i].len = pats[i].len;
+	}
+	MemoryContextSwitchTo(old);
+	return true;
 }
+
+#define MAX_SKIP 1000			/* rows this drain sets aside */
 
 typedef struct PassArgs
 {
 	int			batch;			/* rows to take */
+	int64	   *skip;			/* ids not to take */
+	int			nskip;
 	int			rows;			/* rows taken */
 	int			nkeys;			/* keys they held */
+	int64		first_id;		/* lowest id taken */
 } PassArgs;
 
 static bool
@@ -506,7 +597,8 @@ pass_fn(void *arg, McErr *err)
 {
 	PassArgs   *a = (PassArgs *) arg;
 
-	return mc_queue_drain_pass(a->batch, &a->rows, &a->nkeys, err);
+	return mc_queue_drain_pass(a->batch, a->skip, a->nskip, &a->rows, &a->nkeys,
+							   &a->first_id, err);
 }
 
 static bool
@@ -516,13 +608,12 @@ has_extension_fn(void *arg, McErr *err)
 	return true;
 }
 
+/* Redis did not answer: leave, and come back after a backoff */
 static void
 drain_failure(McErr *err)
 {
 	drain_failed = true;
-	mc_stat_add(MC_STAT_WORKER_FAILURES, 1);
-	mc_stat_error(err->msg);
-	if (mc_breaker_applies())
+	if (mc_breaker_applies() && err->sqlstate == ERRCODE_CONNECTION_FAILURE)
 		mc_breaker_trip();
 	ereport(LOG,
 			(errmsg("meetcache drain: %s; will retry", err->msg)));
@@ -540,6 +631,9 @@ mc_drain_main(Datum arg)
 	bool		did_work = false;
 	int64		since_vacuum = 0;
 	int			batch = 10;
+	int64		skip[MAX_SKIP];
+	int			nskip = 0;
+	MemoryContext flush_cxt;
 
 	drain_db = DatumGetObjectId(arg);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -549,12 +643,18 @@ mc_drain_main(Datum arg)
 		proc_exit(0);
 	BackgroundWorkerInitializeConnectionByOid(drain_db, InvalidOid, 0);
 	pgstat_report_appname("meetcache drain");
+
 	/*
 	 * The queue is tiny and churning, so its statistics mislead the
 	 * planner: the drain's query wants the id index and a TID scan, always.
+	 * And no database setting may make the drain read-only or cancel it.
 	 */
 	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("enable_sort", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
+	flush_cxt = AllocSetContextCreate(TopMemoryContext, "meetcache flush",
+									  ALLOCSET_DEFAULT_SIZES);
 
 	LWLockAcquire(s->lock, LW_EXCLUSIVE);
 	d = mc_db_slot(drain_db, true);
@@ -603,17 +703,31 @@ mc_drain_main(Datum arg)
 
 		if (flush)
 		{
-			if (!in_xact(flush_fn, NULL, &err))
+			FlushArgs	fa = {flush_cxt, NULL, 0};
+
+			/* the patterns come from the catalog; the SCAN needs no xact */
+			MemoryContextReset(flush_cxt);
+			(void) in_xact(patterns_fn, &fa, &err);
+			if (!mc_queue_flush(fa.pats, fa.n, &err))
 			{
-				LWLockAcquire(s->lock, LW_EXCLUSIVE);
-				d->flush = true;
-				LWLockRelease(s->lock);
-				drain_failure(&err);
+				if (err.sqlstate == ERRCODE_CONNECTION_FAILURE)
+				{
+					LWLockAcquire(s->lock, LW_EXCLUSIVE);
+					d->flush = true;
+					LWLockRelease(s->lock);
+					drain_failure(&err);
+				}
+				/* Redis refuses: nothing more a flush could do */
+				mc_stat_add(MC_STAT_WORKER_FAILURES, 1);
+				mc_stat_error(err.msg);
+				ereport(WARNING,
+						(errmsg("meetcache drain: redis refused to flush the cache families: %s", err.msg)));
 			}
+			else
+				ereport(LOG, (errmsg("meetcache drain: flushed every cache family")));
 			LWLockAcquire(s->lock, LW_EXCLUSIVE);
 			d->flushed_epoch = epoch;
 			LWLockRelease(s->lock);
-			ereport(LOG, (errmsg("meetcache drain: flushed every cache family")));
 		}
 
 		/*
@@ -622,8 +736,31 @@ mc_drain_main(Datum arg)
 		 * and a pass holds all of its keys in memory.
 		 */
 		pa.batch = Min(batch, mc_drain_batch);
+		pa.skip = skip;
+		pa.nskip = nskip;
 		if (!in_xact(pass_fn, &pa, &err))
-			drain_failure(&err);
+		{
+			mc_stat_add(MC_STAT_WORKER_FAILURES, 1);
+			mc_stat_error(err.msg);
+			if (err.sqlstate == ERRCODE_CONNECTION_FAILURE || nskip == MAX_SKIP)
+				drain_failure(&err);
+			/*
+			 * Redis answered but refused: find the row it refuses, one row
+			 * per pass, and set it aside (it stays queued for a later
+			 * drain); the rest goes on.
+			 */
+			if (pa.batch > 1)
+				batch = 1;
+			else
+			{
+				skip[nskip++] = pa.first_id;
+				ereport(WARNING,
+						(errmsg("meetcache drain: redis refused to delete the keys of queue row %lld: %s",
+								(long long) pa.first_id, err.msg),
+						 errdetail("The row stays in meetcache.queue; this drain goes on with the others.")));
+			}
+			continue;
+		}
 		rows = pa.rows;
 		if (pa.nkeys > KEYS_PER_PASS)
 			batch = Max(1, batch / 2);
@@ -655,7 +792,7 @@ mc_drain_main(Datum arg)
 
 			LWLockAcquire(s->lock, LW_EXCLUSIVE);
 			work = d->work;
-			if (!work)
+			if (!work && d->drain == MyProc)
 			{
 				/* leave; a wake from now on goes to the launcher */
 				d->drain = NULL;

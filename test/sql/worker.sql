@@ -129,6 +129,14 @@ ALTER TABLE meetings DISABLE TRIGGER USER;
 ALTER TABLE meetings ENABLE TRIGGER meetcache_upd;
 ALTER TABLE meetings ENABLE REPLICA TRIGGER meetcache_upd;
 DROP TRIGGER meetcache_upd ON meetings;
+ALTER TRIGGER meetcache_upd ON meetings RENAME TO not_meetcache;
+CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+CREATE OR REPLACE TRIGGER meetcache_ins AFTER INSERT ON meetings
+  FOR EACH STATEMENT EXECUTE FUNCTION noop();
+-- a function of the caller's search_path never runs inside the guard
+CREATE FUNCTION public.quote_ident(name) RETURNS text LANGUAGE sql AS $$ SELECT 'hijacked' $$;
+ALTER TABLE meetings DISABLE TRIGGER meetcache_upd;
+DROP FUNCTION public.quote_ident(name);
 SET session_replication_role = replica;
 ALTER TABLE meetings DISABLE TRIGGER meetcache_upd;
 DROP TRIGGER meetcache_del ON meetings;
