@@ -301,6 +301,10 @@ mc_retry_push(Oid db, McStr *keys, int nkeys, McStr *patterns, int npatterns)
 	if (s == NULL || need > s->ring_size)
 		return false;
 	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	/* empty: start over at offset 0, so an entry up to the ring's size fits
+	 * (the launcher holds no copy of an empty ring) */
+	if (s->ring_tail == s->ring_head)
+		s->ring_head = s->ring_tail = 0;
 	{
 		Size		used = s->ring_tail - s->ring_head;
 		Size		off = s->ring_tail % s->ring_size;
