@@ -242,6 +242,7 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows, int *nkeys,
 	StrVec		keys = {NULL, 0, 0};
 	StrVec		pats = {NULL, 0, 0};
 	int			skipped = 0;
+	TransactionId *skipped_xids;
 	bool		ok = true;
 	McInvResult res;
 
@@ -280,6 +281,7 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows, int *nkeys,
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_DELETE_RETURNING)
 		elog(ERROR, "meetcache: the drain query failed");
 	*rows = (int) SPI_processed;
+	skipped_xids = palloc(sizeof(TransactionId) * Max(*rows, 1));
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -293,9 +295,11 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows, int *nkeys,
 
 		if (*first_id == 0 || id < *first_id)
 			*first_id = id;
-		if (mc_delivered_take(MyDatabaseId, xmin))
+		/* the mark goes only once Redis acknowledged the rest: a pass that
+		 * fails puts the rows back, and they are still delivered */
+		if (mc_delivered_contains(MyDatabaseId, xmin))
 		{
-			skipped++;
+			skipped_xids[skipped++] = xmin;
 			continue;
 		}
 		d = SPI_getbinval(tup, td, 3, &isnull);
@@ -330,6 +334,8 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows, int *nkeys,
 	}
 	if (ok)
 	{
+		for (int i = 0; i < skipped; i++)
+			(void) mc_delivered_take(MyDatabaseId, skipped_xids[i]);
 		mc_stat_add(MC_STAT_QUEUE_ROWS_DONE, *rows);
 		mc_stat_add(MC_STAT_QUEUE_ROWS_SKIPPED, skipped);
 	}

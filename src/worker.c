@@ -226,9 +226,10 @@ want_cmp(const void *a, const void *b)
 /*
  * Start drains for databases with work (or due for a poll), the one
  * served longest ago first: with more databases than MAX_DRAINS, every
- * database gets its turn.
+ * database gets its turn.  Returns when a database waiting out its
+ * backoff is due (0: none), so the launcher wakes up for it.
  */
-static void
+static TimestampTz
 schedule_drains(bool poll_due)
 {
 	McShared   *s = mc_shared;
@@ -238,6 +239,7 @@ schedule_drains(bool poll_due)
 	bool		epoch_served = true;
 	int			running = drains_running();
 	static TimestampTz last_complaint = 0;
+	TimestampTz next_due = 0;
 
 	LWLockAcquire(s->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < MC_MAX_DBS; i++)
@@ -259,6 +261,8 @@ schedule_drains(bool poll_due)
 			want[nwant].last_start = d->last_start;
 			nwant++;
 		}
+		else if (due && d->drain == NULL && (next_due == 0 || d->next_start < next_due))
+			next_due = d->next_start;
 	}
 	if (epoch_served)
 		s->epoch_served = true;
@@ -295,6 +299,7 @@ schedule_drains(bool poll_due)
 		LWLockRelease(s->lock);
 	}
 	s->drains_running = running;
+	return next_due;
 }
 
 static bool
@@ -414,6 +419,7 @@ mc_launcher_main(Datum arg)
 	for (;;)
 	{
 		TimestampTz now;
+		TimestampTz next_due;
 		long		timeout;
 		bool		down;
 
@@ -472,15 +478,16 @@ mc_launcher_main(Datum arg)
 		was_down = down;
 
 		now = GetCurrentTimestamp();
+		next_due = 0;
 		if (now >= next_poll)
 		{
 			refresh_databases();
 			next_poll = TimestampTzPlusMilliseconds(now, mc_poll_interval);
 			if (!down)
-				schedule_drains(true);
+				next_due = schedule_drains(true);
 		}
 		else if (!down)
-			schedule_drains(false);
+			next_due = schedule_drains(false);
 		else
 			s->drains_running = drains_running();
 
@@ -492,6 +499,8 @@ mc_launcher_main(Datum arg)
 		pgstat_report_stat(false);
 
 		timeout = (next_poll - GetCurrentTimestamp()) / 1000;
+		if (next_due != 0)
+			timeout = Min(timeout, (next_due - GetCurrentTimestamp()) / 1000);
 		if (down)
 			timeout = Min(timeout, Max((next_ping - GetCurrentTimestamp()) / 1000, 0));
 		timeout = Max(timeout, 1);
