@@ -679,9 +679,3 @@ mc_delivered_purge(TimestampTz cutoff)
 	}
 	LWLockRelease(s->dlock);
 }
-
-int
-mc_delivered_count(void)
-{
-	return mc_shared ? mc_shared->ndelivered : 0;
-}

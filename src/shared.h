@@ -22,7 +22,6 @@ typedef struct McDbSlot
 	bool		poll_due;		/* a poll wants a drain here, not yet started */
 	uint32		flushed_epoch;	/* last flush_epoch this database served */
 	PGPROC	   *drain;			/* running drain, for its latch */
-	pid_t		drain_pid;
 	int			backoff_ms;		/* after a failed drain */
 	TimestampTz next_start;		/* launcher: not before */
 	TimestampTz last_start;
@@ -73,6 +72,5 @@ extern int	mc_retry_peek(McRetryEntry **entries, uint64 *end);
 extern void mc_retry_consume(uint64 end, int nentries);
 extern McDbSlot *mc_db_slot(Oid db, bool create);
 extern void mc_delivered_purge(TimestampTz cutoff);
-extern int	mc_delivered_count(void);
 
 #endif							/* MEETCACHE_SHARED_H */

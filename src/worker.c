@@ -8,9 +8,10 @@
  *	      time: flushes families when keys were lost, then drains
  *	      meetcache.queue in batches, and exits when idle.
  *
- * Drains exit after a short idle period and after any failure, so none
- * ever holds a database long enough to block DROP DATABASE (which waits
- * five seconds for other sessions).  The launcher polls every
+ * Drains exit after a short idle period and when Redis does not answer,
+ * so none ever holds a database long enough to block DROP DATABASE (which
+ * waits five seconds for other sessions).  What Redis refuses is set aside
+ * (logged, counted), never retried in a loop that holds up the rest.  The launcher polls every
  * meetcache.poll_interval, so rows nobody woke it for (COMMIT PREPARED)
  * are still drained.
  */
@@ -92,20 +93,29 @@ launcher_exit(int code, Datum arg)
 	LWLockRelease(s->lock);
 }
 
+/* is drains[i] a drain still starting or running?  Forgets it if not. */
+static bool
+handle_alive(int i)
+{
+	pid_t		pid;
+	BgwHandleStatus st;
+
+	if (drains[i].handle == NULL)
+		return false;
+	st = GetBackgroundWorkerPid(drains[i].handle, &pid);
+	if (st == BGWH_STARTED || st == BGWH_NOT_YET_STARTED)
+		return true;
+	pfree(drains[i].handle);
+	drains[i].handle = NULL;
+	return false;
+}
+
 static bool
 drain_running(Oid db)
 {
 	for (int i = 0; i < MC_MAX_DBS; i++)
-		if (drains[i].handle && drains[i].db == db)
-		{
-			pid_t		pid;
-			BgwHandleStatus st = GetBackgroundWorkerPid(drains[i].handle, &pid);
-
-			if (st == BGWH_STARTED || st == BGWH_NOT_YET_STARTED)
-				return true;
-			pfree(drains[i].handle);
-			drains[i].handle = NULL;
-		}
+		if (drains[i].handle && drains[i].db == db && handle_alive(i))
+			return true;
 	return false;
 }
 
@@ -115,7 +125,7 @@ drains_running(void)
 	int			n = 0;
 
 	for (int i = 0; i < MC_MAX_DBS; i++)
-		if (drains[i].handle && drain_running(drains[i].db))
+		if (handle_alive(i))
 			n++;
 	return n;
 }
@@ -529,10 +539,7 @@ drain_exit(int code, Datum arg)
 	{
 		/* a successor may have registered already */
 		if (d->drain == MyProc)
-		{
 			d->drain = NULL;
-			d->drain_pid = 0;
-		}
 		if (drain_failed || code != 0)
 		{
 			d->backoff_ms = Min(Max(d->backoff_ms * 2, 100), BACKOFF_MAX_MS);
@@ -668,10 +675,7 @@ mc_drain_main(Datum arg)
 	LWLockAcquire(s->lock, LW_EXCLUSIVE);
 	d = mc_db_slot(drain_db, true);
 	if (d)
-	{
 		d->drain = MyProc;
-		d->drain_pid = MyProcPid;
-	}
 	LWLockRelease(s->lock);
 	before_shmem_exit(drain_exit, 0);
 	if (d == NULL)
@@ -805,8 +809,7 @@ mc_drain_main(Datum arg)
 			{
 				/* leave; a wake from now on goes to the launcher */
 				d->drain = NULL;
-				d->drain_pid = 0;
-			}
+				}
 			LWLockRelease(s->lock);
 			if (!work)
 				break;
