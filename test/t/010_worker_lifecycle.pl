@@ -36,6 +36,17 @@ my $node = new_node(
 	  . "restart_after_crash = on\n"
 	  . "log_min_messages = debug1\n");
 
+# DROP DATABASE $db, timed: (seconds, psql exit code, stdout, stderr)
+sub timed_drop_database
+{
+	my ($db) = @_;
+	return elapsed(sub {
+		my ($o, $e);
+		my $x = $node->psql('postgres', "DROP DATABASE $db", stdout => \$o, stderr => \$e, timeout => 60);
+		return ($x, $o, $e);
+	});
+}
+
 # rows m<i> hosted by u<i> (disjoint keys), in database $db
 sub make_rows
 {
@@ -246,11 +257,7 @@ make_rows('second', 'bar', 1);
 		$node->safe_psql('postgres',
 			"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'meetcache drain' AND datname = 'second'") > 0 });
 	note $seen ? 'a drain of "second" is connected' : 'no drain of "second" seen (already gone)';
-	my ($t, $rc, $out, $err) = elapsed(sub {
-		my ($o, $e);
-		my $r = $node->psql('postgres', 'DROP DATABASE second', stdout => \$o, stderr => \$e, timeout => 60);
-		return ($r, $o, $e);
-	});
+	my ($t, $rc, $out, $err) = timed_drop_database('second');
 	note sprintf('DROP DATABASE took %.2fs', $t);
 	is($rc, 0, 'DROP DATABASE of a database with the extension succeeds while the worker is active')
 	  or diag($err);
@@ -279,11 +286,7 @@ make_rows('third', 't', 1);
 			"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'meetcache drain' "
 			  . "AND datname = 'third' AND backend_xid IS NOT NULL") > 0 });
 	note $seen ? 'the drain of "third" is delivering' : 'no drain of "third" seen delivering';
-	my ($t, $r, $out, $err) = elapsed(sub {
-		my ($o, $e);
-		my $x = $node->psql('postgres', 'DROP DATABASE third', stdout => \$o, stderr => \$e, timeout => 60);
-		return ($x, $o, $e);
-	});
+	my ($t, $r, $out, $err) = timed_drop_database('third');
 	note sprintf('DROP DATABASE (drain stuck on frozen redis) took %.2fs', $t);
 	is($r, 0, 'DROP DATABASE succeeds while its drain waits for a frozen redis') or diag($err);
 	cmp_ok($t, '<', 15, 'DROP DATABASE with a stuck drain: bounded');
