@@ -4,8 +4,9 @@ EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).
 MODULE_big = meetcache
 OBJS       = src/meetcache.o src/redis.o src/pending.o src/rules.o src/trigger.o \
              src/shared.o src/queue.o src/worker.o \
-             src/cache.o src/stats.o
-DATA       = sql/$(EXTENSION)--$(EXTVERSION).sql
+             src/cache.o src/stats.o src/settings.o
+# every released full script and upgrade script
+DATA       = $(wildcard sql/$(EXTENSION)--*.sql)
 PGFILEDESC = "meetcache - Redis cache invalidation"
 
 REGRESS      = core rules txn get_or_set matrix_snake matrix_camel worker

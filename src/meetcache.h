@@ -15,6 +15,7 @@
  *	  queue.c      the durable queue table: writing a transaction's row and
  *	               draining rows into Redis
  *	  worker.c     the launcher and per-database drain background workers
+ *	  settings.c   pinned search_path for SPI, canonical output settings
  */
 #ifndef MEETCACHE_H
 #define MEETCACHE_H
@@ -269,6 +270,16 @@ extern bool mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 extern McStr *mc_queue_family_patterns(int *n);
 extern bool mc_queue_flush(McStr *pats, int n, McErr *err);
 extern void mc_queue_vacuum(void);
+
+/* ---- settings.c ---- */
+
+/*
+ * Pin search_path to "pg_catalog, pg_temp" (and, with canonical_output, the
+ * output settings keys are rendered under) until mc_settings_restore(level).
+ * Wrap every SPI query in it.
+ */
+extern int	mc_settings_pin(bool canonical_output);
+extern void mc_settings_restore(int level);
 
 /* ---- worker.c ---- */
 

@@ -19,12 +19,15 @@
 #   MEETCACHE_TAP_TESTS="001_redis_restart.pl ..."  run only these TAP files
 #   MEETCACHE_TEST_TIMEOUT=300   per-suite timeout in seconds
 #   MEETCACHE_SKIP_INSTALL=1     do not run `make install` (test the installed build)
+#   MEETCACHE_PGBIN=DIR          PostgreSQL 15 bin directory (default /usr/lib/postgresql/15/bin)
 set -uo pipefail
 
-PGBIN=/usr/lib/postgresql/15/bin
+# MEETCACHE_PGBIN: another (relocated) PostgreSQL 15 bin directory, e.g. a private copy
+# of the installation so that several checkouts can install and test side by side
+PGBIN=${MEETCACHE_PGBIN:-/usr/lib/postgresql/15/bin}
 PG_CONFIG=$PGBIN/pg_config
-PGXS_PERL=/usr/lib/postgresql/15/lib/pgxs/src/test/perl
-PG_REGRESS_BIN=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress
+PGXS_PERL=$PGBIN/../lib/pgxs/src/test/perl
+PG_REGRESS_BIN=$PGBIN/../lib/pgxs/src/test/regress/pg_regress
 PACKAGES=(postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server libipc-run-perl)
 SUITE_TIMEOUT=${MEETCACHE_TEST_TIMEOUT:-300}
 
@@ -292,7 +295,7 @@ if [ "$is_root" -eq 1 ]; then
 	fi
 	chown -R postgres: "$work" || fail "chown failed"
 	say "running tests as postgres in $work"
-	(cd "$work" && runuser -u postgres -- env HOME="$work" bash "$work/repo/test/run-tests.sh" --inner "$work" </dev/null)
+	(cd "$work" && runuser -u postgres -- env HOME="$work" MEETCACHE_PGBIN="$PGBIN" bash "$work/repo/test/run-tests.sh" --inner "$work" </dev/null)
 	rc=$?
 else
 	say "running tests as $(id -un) in $work"
