@@ -1,2 +1,60 @@
--- meetcache 0.1.0 -> 0.2.0
+-- meetcache 0.1.0 -> 0.2.0: safe to install in a shared database.
 \echo Use "ALTER EXTENSION meetcache UPDATE TO '0.2.0'" to load this file. \quit
+
+-- The 0.1.0 guard goes first: it compared a single snapshot and could be
+-- defeated by a table owner.
+DROP EVENT TRIGGER meetcache_guard_snapshot;
+DROP EVENT TRIGGER meetcache_guard_check;
+DROP FUNCTION meetcache._guard_check();
+DROP FUNCTION meetcache._guard_snapshot();
+DROP FUNCTION meetcache._guard_before();
+DROP FUNCTION meetcache._trigger_ddl_allowed(oid);
+
+-- attach() and detach() create and drop the triggers themselves, for the
+-- table's owner; nothing else may (the trigger function is revoked below)
+CREATE OR REPLACE FUNCTION meetcache.detach(tbl regclass) RETURNS void
+  LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_detach';
+COMMENT ON FUNCTION meetcache.detach(regclass) IS
+  'Drop the meetcache triggers of a table and of its partitions and children (caller must own them).';
+CREATE OR REPLACE FUNCTION meetcache.attach(tbl regclass, table_name text DEFAULT NULL) RETURNS void
+  LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_attach';
+COMMENT ON FUNCTION meetcache.attach(regclass, text) IS
+  'Create the invalidation triggers (ENABLE ALWAYS) on a table and its partitions and children (caller must own it); rules are those of table_name (default: the table''s name).';
+DROP FUNCTION meetcache._allow_trigger_ddl(regclass);
+
+-- the catalog accepts exactly what the C rule compiler accepts
+CREATE OR REPLACE FUNCTION meetcache._placeholders(template text) RETURNS text[]
+  LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'meetcache_template_placeholders';
+CREATE OR REPLACE FUNCTION meetcache._check_family() RETURNS trigger
+  LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_check_family';
+DROP TRIGGER check_attached ON meetcache.rules;
+DROP TRIGGER check_attached ON meetcache.families;
+CREATE CONSTRAINT TRIGGER check_attached AFTER INSERT OR UPDATE OR DELETE ON meetcache.rules
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION meetcache._check_attached();
+CREATE CONSTRAINT TRIGGER check_attached AFTER INSERT OR UPDATE OR DELETE ON meetcache.families
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION meetcache._check_attached();
+ALTER TABLE meetcache.families ENABLE ALWAYS TRIGGER check_family,
+  ENABLE ALWAYS TRIGGER families_changed, ENABLE ALWAYS TRIGGER check_attached;
+ALTER TABLE meetcache.rules ENABLE ALWAYS TRIGGER check_rule,
+  ENABLE ALWAYS TRIGGER rules_changed, ENABLE ALWAYS TRIGGER check_attached;
+
+REVOKE EXECUTE ON FUNCTION
+  meetcache.invalidate_trigger(), meetcache._placeholders(text), meetcache._queue_row_delivered(xid)
+  FROM PUBLIC;
+
+-- the 0.2.0 guard, last
+CREATE FUNCTION meetcache._guard_start() RETURNS event_trigger
+  LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_guard_start';
+CREATE FUNCTION meetcache._guard_end() RETURNS event_trigger
+  LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_guard_end';
+CREATE FUNCTION meetcache._guard_rewrite() RETURNS event_trigger
+  LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_guard_rewrite';
+CREATE EVENT TRIGGER meetcache_guard_start ON ddl_command_start
+  EXECUTE FUNCTION meetcache._guard_start();
+CREATE EVENT TRIGGER meetcache_guard_end ON ddl_command_end
+  EXECUTE FUNCTION meetcache._guard_end();
+CREATE EVENT TRIGGER meetcache_guard_rewrite ON table_rewrite
+  EXECUTE FUNCTION meetcache._guard_rewrite();
+ALTER EVENT TRIGGER meetcache_guard_start ENABLE ALWAYS;
+ALTER EVENT TRIGGER meetcache_guard_end ENABLE ALWAYS;
+ALTER EVENT TRIGGER meetcache_guard_rewrite ENABLE ALWAYS;

@@ -246,36 +246,13 @@ COMMENT ON FUNCTION meetcache.invalidate_all() IS
 -- Catalog validation: bad rules are refused when written
 ------------------------------------------------------------------------
 
+-- the placeholder names of a template, from the parser the rules are compiled with
 CREATE FUNCTION meetcache._placeholders(template text) RETURNS text[]
-  LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(array_agg(m[1] ORDER BY ord), '{}')
-    FROM regexp_matches(template, '\{([A-Za-z0-9_]+)\}', 'g') WITH ORDINALITY AS r(m, ord)
-$$;
+  LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'meetcache_template_placeholders';
 
+-- templates and ttl_by_value, checked by the code that loads them
 CREATE FUNCTION meetcache._check_family() RETURNS trigger
-  LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-  IF NEW.ttl_by_value IS NOT NULL AND jsonb_typeof(NEW.ttl_by_value) <> 'object' THEN
-    RAISE EXCEPTION 'ttl_by_value of family "%" must be a JSON object', NEW.name
-      USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Example: {"PROCESSING": 30}';
-  END IF;
-  IF NEW.ttl_by_value IS NOT NULL AND EXISTS (
-       SELECT 1 FROM jsonb_each(NEW.ttl_by_value) e
-       WHERE jsonb_typeof(e.value) <> 'number' OR (e.value)::numeric <= 0
-             OR (e.value)::numeric <> trunc((e.value)::numeric)) THEN
-    RAISE EXCEPTION 'ttl_by_value of family "%" must map values to positive whole seconds', NEW.name
-      USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Example: {"PROCESSING": 30}';
-  END IF;
-  IF NEW.template !~ '^([^{}]|\{[A-Za-z0-9_]+\})+$' THEN
-    RAISE EXCEPTION 'invalid key template "%"', NEW.template
-      USING ERRCODE = 'invalid_parameter_value',
-            DETAIL = 'A template is literal text with placeholders such as {id}; braces appear only around placeholder names.',
-            HINT = 'Example: meeting:{meeting_id}:participants';
-  END IF;
-  RETURN NEW;
-END $$;
+  LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_check_family';
 
 CREATE FUNCTION meetcache._check_rule() RETURNS trigger
   LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -325,10 +302,17 @@ CREATE TRIGGER rules_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON mee
   FOR EACH STATEMENT EXECUTE FUNCTION meetcache._rules_changed();
 CREATE TRIGGER families_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON meetcache.families
   FOR EACH STATEMENT EXECUTE FUNCTION meetcache._rules_changed();
-CREATE TRIGGER check_attached AFTER INSERT OR UPDATE OR DELETE ON meetcache.rules
-  FOR EACH STATEMENT EXECUTE FUNCTION meetcache._check_attached();
-CREATE TRIGGER check_attached AFTER UPDATE OR DELETE ON meetcache.families
-  FOR EACH STATEMENT EXECUTE FUNCTION meetcache._check_attached();
+-- checked at COMMIT, so that the rules and the tables can change together
+-- in one transaction (rename a column and the rules that name it)
+CREATE CONSTRAINT TRIGGER check_attached AFTER INSERT OR UPDATE OR DELETE ON meetcache.rules
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION meetcache._check_attached();
+CREATE CONSTRAINT TRIGGER check_attached AFTER INSERT OR UPDATE OR DELETE ON meetcache.families
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION meetcache._check_attached();
+-- the checks hold under session_replication_role = replica too
+ALTER TABLE meetcache.families ENABLE ALWAYS TRIGGER check_family,
+  ENABLE ALWAYS TRIGGER families_changed, ENABLE ALWAYS TRIGGER check_attached;
+ALTER TABLE meetcache.rules ENABLE ALWAYS TRIGGER check_rule,
+  ENABLE ALWAYS TRIGGER rules_changed, ENABLE ALWAYS TRIGGER check_attached;
 
 ------------------------------------------------------------------------
 -- Attaching tables
@@ -346,61 +330,14 @@ COMMENT ON VIEW meetcache.attached IS
   'Tables with meetcache triggers and the rule table name they use.';
 
 CREATE FUNCTION meetcache.detach(tbl regclass) RETURNS void
-  LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-  t text;
-BEGIN
-  IF tbl IS NULL THEN
-    RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
-  END IF;
-  PERFORM meetcache._allow_trigger_ddl(tbl);
-  FOR t IN SELECT tgname FROM pg_catalog.pg_trigger
-           WHERE tgrelid = tbl AND tgfoid = 'meetcache.invalidate_trigger()'::regprocedure LOOP
-    EXECUTE format('DROP TRIGGER %I ON %s', t, tbl);
-  END LOOP;
-END $$;
-COMMENT ON FUNCTION meetcache.detach(regclass) IS 'Drop the meetcache triggers of a table.';
+  LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_detach';
+COMMENT ON FUNCTION meetcache.detach(regclass) IS
+  'Drop the meetcache triggers of a table and of its partitions and children (caller must own them).';
 
 CREATE FUNCTION meetcache.attach(tbl regclass, table_name text DEFAULT NULL) RETURNS void
-  LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-  name text;
-  kind "char";
-BEGIN
-  IF tbl IS NULL THEN
-    RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
-  END IF;
-  SELECT c.relname, c.relkind INTO name, kind FROM pg_catalog.pg_class c WHERE c.oid = tbl;
-  IF kind = 'p' THEN
-    RAISE EXCEPTION 'cannot attach partitioned table "%"', tbl::text
-      USING ERRCODE = 'feature_not_supported',
-            DETAIL = 'Statement triggers on a partitioned table do not fire for writes that name a partition directly.',
-            HINT = 'Attach each partition, under the parent''s rule name: meetcache.attach(''part_1'', ''meetings'').';
-  END IF;
-  IF kind <> 'r' THEN
-    RAISE EXCEPTION '"%" is not a table', tbl::text USING ERRCODE = 'wrong_object_type';
-  END IF;
-  name := coalesce(attach.table_name, name);
-  IF meetcache._check_table(tbl, name) = 0 THEN
-    RAISE EXCEPTION 'no meetcache rules for table "%"', name
-      USING ERRCODE = 'undefined_object',
-            HINT = 'Add rules to meetcache.rules, or attach the table under the name its rules use: meetcache.attach(''my_table'', ''meetings'').';
-  END IF;
-  PERFORM meetcache.detach(tbl);
-  PERFORM meetcache._allow_trigger_ddl(tbl);
-  EXECUTE format('CREATE TRIGGER meetcache_ins AFTER INSERT ON %s REFERENCING NEW TABLE AS meetcache_new '
-                 'FOR EACH STATEMENT EXECUTE FUNCTION meetcache.invalidate_trigger(%L)', tbl, name);
-  EXECUTE format('CREATE TRIGGER meetcache_upd AFTER UPDATE ON %s REFERENCING OLD TABLE AS meetcache_old NEW TABLE AS meetcache_new '
-                 'FOR EACH STATEMENT EXECUTE FUNCTION meetcache.invalidate_trigger(%L)', tbl, name);
-  EXECUTE format('CREATE TRIGGER meetcache_del AFTER DELETE ON %s REFERENCING OLD TABLE AS meetcache_old '
-                 'FOR EACH STATEMENT EXECUTE FUNCTION meetcache.invalidate_trigger(%L)', tbl, name);
-  EXECUTE format('CREATE TRIGGER meetcache_trunc AFTER TRUNCATE ON %s '
-                 'FOR EACH STATEMENT EXECUTE FUNCTION meetcache.invalidate_trigger(%L)', tbl, name);
-  EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER meetcache_ins, ENABLE ALWAYS TRIGGER meetcache_upd, '
-                 'ENABLE ALWAYS TRIGGER meetcache_del, ENABLE ALWAYS TRIGGER meetcache_trunc', tbl);
-END $$;
+  LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_attach';
 COMMENT ON FUNCTION meetcache.attach(regclass, text) IS
-  'Create the invalidation triggers (ENABLE ALWAYS) on a table; rules are those of table_name (default: the table''s name).';
+  'Create the invalidation triggers (ENABLE ALWAYS) on a table and its partitions and children (caller must own it); rules are those of table_name (default: the table''s name).';
 
 CREATE FUNCTION meetcache.attach_defaults(schema_name name DEFAULT current_schema())
   RETURNS SETOF regclass LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -451,80 +388,6 @@ COMMENT ON FUNCTION meetcache.affected_keys(regclass, jsonb, jsonb) IS
   'Dry run: the keys (without key_prefix) that changing old_row into new_row would delete. NULL old_row = INSERT, NULL new_row = DELETE.';
 
 ------------------------------------------------------------------------
--- The guard: nobody switches invalidation off by accident
-------------------------------------------------------------------------
-
-CREATE FUNCTION meetcache._allow_trigger_ddl(tbl regclass) RETURNS void
-  LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'meetcache_allow_trigger_ddl';
-CREATE FUNCTION meetcache._trigger_ddl_allowed(tbl oid) RETURNS boolean
-  LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'meetcache_trigger_ddl_allowed';
-CREATE FUNCTION meetcache._guard_before(OUT tgoid oid, OUT relid oid, OUT tgname name, OUT tgenabled "char")
-  RETURNS SETOF record LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_guard_before';
-CREATE FUNCTION meetcache._guard_snapshot() RETURNS event_trigger
-  LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_guard_snapshot';
-
--- After ALTER TABLE, ALTER TRIGGER, CREATE [OR REPLACE] TRIGGER and DROP
--- TRIGGER, every meetcache trigger that existed before the command must
--- still exist, under its name, calling meetcache.invalidate_trigger, and
--- ENABLE ALWAYS unless its state did not change (DISABLE, ENABLE [REPLICA]
--- all let some writes skip it).  Only a change counts, so pg_dump's CREATE
--- TRIGGER followed by one ENABLE ALWAYS TRIGGER per trigger passes.
--- attach()/detach() and a dropped table are exempt.
-CREATE FUNCTION meetcache._guard_check() RETURNS event_trigger
-  LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-  r record;
-  fn regprocedure := 'meetcache.invalidate_trigger()'::regprocedure;
-BEGIN
-  FOR r IN
-    SELECT b.relid::regclass::text AS tbl, b.tgname AS old_name, t.tgname AS new_name,
-           t.tgfoid, b.tgenabled AS old_state, t.tgenabled AS new_state
-    FROM meetcache._guard_before() b
-    JOIN pg_catalog.pg_class c ON c.oid = b.relid
-    LEFT JOIN pg_catalog.pg_trigger t ON t.oid = b.tgoid
-    WHERE NOT meetcache._trigger_ddl_allowed(b.relid)
-    ORDER BY 1, 2
-  LOOP
-    IF r.new_name IS NULL THEN
-      RAISE EXCEPTION 'cannot drop meetcache trigger % of table %', r.old_name, r.tbl
-        USING ERRCODE = 'object_not_in_prerequisite_state',
-              DETAIL = 'Writes to a table without its meetcache triggers leave stale keys in Redis.',
-              HINT = format('Use SELECT meetcache.detach(%L) to stop invalidating this table.', r.tbl);
-    ELSIF r.tgfoid <> fn OR r.new_name <> r.old_name THEN
-      RAISE EXCEPTION 'cannot replace or rename meetcache trigger % of table %', r.old_name, r.tbl
-        USING ERRCODE = 'object_not_in_prerequisite_state',
-              DETAIL = 'meetcache finds its triggers by name and function.',
-              HINT = format('Use SELECT meetcache.detach(%L) and meetcache.attach(%L) to recreate them.', r.tbl, r.tbl);
-    END IF;
-  END LOOP;
-  FOR r IN
-    SELECT b.relid::regclass::text AS tbl,
-           string_agg(quote_ident(t.tgname), ', ' ORDER BY t.tgname) AS names
-    FROM meetcache._guard_before() b
-    JOIN pg_catalog.pg_trigger t ON t.oid = b.tgoid
-    WHERE t.tgenabled <> 'A' AND t.tgenabled <> b.tgenabled
-      AND NOT meetcache._trigger_ddl_allowed(b.relid)
-    GROUP BY 1 ORDER BY 1
-  LOOP
-    RAISE EXCEPTION 'cannot change meetcache trigger % of table % from ENABLE ALWAYS', r.names, r.tbl
-      USING ERRCODE = 'object_not_in_prerequisite_state',
-            DETAIL = 'Writes that skip a meetcache trigger leave stale keys in Redis.',
-            HINT = format('To stop invalidating this table, run SELECT meetcache.detach(%L); to attach it again, meetcache.attach(%L).', r.tbl, r.tbl);
-  END LOOP;
-END $$;
-
-CREATE EVENT TRIGGER meetcache_guard_snapshot ON ddl_command_start
-  WHEN TAG IN ('ALTER TABLE', 'ALTER TRIGGER', 'CREATE TRIGGER', 'DROP TRIGGER')
-  EXECUTE FUNCTION meetcache._guard_snapshot();
-CREATE EVENT TRIGGER meetcache_guard_check ON ddl_command_end
-  WHEN TAG IN ('ALTER TABLE', 'ALTER TRIGGER', 'CREATE TRIGGER', 'DROP TRIGGER')
-  EXECUTE FUNCTION meetcache._guard_check();
--- event triggers are skipped under session_replication_role = replica
--- unless enabled ALWAYS, like the table triggers themselves
-ALTER EVENT TRIGGER meetcache_guard_snapshot ENABLE ALWAYS;
-ALTER EVENT TRIGGER meetcache_guard_check ENABLE ALWAYS;
-
-------------------------------------------------------------------------
 -- Privileges: reading, writing and deleting cache data is not for PUBLIC
 ------------------------------------------------------------------------
 
@@ -539,5 +402,32 @@ REVOKE EXECUTE ON FUNCTION
   meetcache.stats_reset(), meetcache.attach(regclass, text), meetcache.detach(regclass),
   meetcache.attach_defaults(name), meetcache.affected_keys(regclass, jsonb, jsonb),
   meetcache._affected_keys(regclass, jsonb, jsonb), meetcache._check_table(regclass, text),
-  meetcache.invalidate_all(), meetcache._allow_trigger_ddl(regclass)
+  meetcache.invalidate_all(),
+  -- only attach() (as the bootstrap superuser) creates triggers calling it
+  meetcache.invalidate_trigger(),
+  meetcache._placeholders(text), meetcache._queue_row_delivered(xid)
   FROM PUBLIC;
+
+------------------------------------------------------------------------
+-- The guard: nobody but a superuser switches invalidation off.  Created
+-- last: it fires for every DDL command that follows.
+------------------------------------------------------------------------
+
+CREATE FUNCTION meetcache._guard_start() RETURNS event_trigger
+  LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_guard_start';
+CREATE FUNCTION meetcache._guard_end() RETURNS event_trigger
+  LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_guard_end';
+CREATE FUNCTION meetcache._guard_rewrite() RETURNS event_trigger
+  LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_guard_rewrite';
+
+CREATE EVENT TRIGGER meetcache_guard_start ON ddl_command_start
+  EXECUTE FUNCTION meetcache._guard_start();
+CREATE EVENT TRIGGER meetcache_guard_end ON ddl_command_end
+  EXECUTE FUNCTION meetcache._guard_end();
+CREATE EVENT TRIGGER meetcache_guard_rewrite ON table_rewrite
+  EXECUTE FUNCTION meetcache._guard_rewrite();
+-- event triggers are skipped under session_replication_role = replica
+-- unless enabled ALWAYS, like the table triggers themselves
+ALTER EVENT TRIGGER meetcache_guard_start ENABLE ALWAYS;
+ALTER EVENT TRIGGER meetcache_guard_end ENABLE ALWAYS;
+ALTER EVENT TRIGGER meetcache_guard_rewrite ENABLE ALWAYS;

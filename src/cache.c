@@ -39,7 +39,7 @@
 
 #include "meetcache.h"
 
-#define MC_MAX_KEY_BYTES 1024
+
 
 /* ---- helpers ---- */
 

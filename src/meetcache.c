@@ -432,6 +432,7 @@ _PG_init(void)
 #endif
 
 	mc_pending_init();
+	mc_guard_init();
 	mc_rules_init();
 	if (process_shared_preload_libraries_in_progress)
 	{

@@ -8,6 +8,8 @@
  *	  pending.c    the per-transaction set of keys and its commit/abort path
  *	  rules.c      the rule catalog cache, key templates and key rendering
  *	  trigger.c    the trigger function, attach checks, affected_keys()
+ *	  guard.c      attach()/detach(), the guard's event triggers, invalidate_all()
+ *	  legacy.c     C functions only the frozen 0.1.0 SQL script uses
  *	  cache.c      the SQL-callable cache_* functions and key()
  *	  stats.c      counters (shared memory when preloaded, else per backend)
  *	  shared.c     shared state for the worker: circuit breaker, retry queue,
@@ -150,6 +152,10 @@ extern McReply *mc_redis_script(McScript which, int nkeys, int nargs,
 
 /* ---- rules.c ---- */
 
+#define MC_MAX_KEY_BYTES 1024	/* a key without key_prefix, on every path */
+#define MC_MAX_PLACEHOLDERS 64	/* per template */
+#define MC_MAX_LOOKUP_COLUMNS 32	/* per lookup group */
+
 typedef struct McTemplate
 {
 	char	   *source;		/* the template as written */
@@ -174,7 +180,7 @@ typedef struct McFamily
 
 struct McRelRules;
 
-/* where collected keys go */
+/* where collected keys go; key NULL means the whole family */
 typedef void (*McKeySink) (void *arg, const char *key, int len,
 						   McFamily *family, int rule_id);
 
@@ -194,10 +200,17 @@ extern void mc_collect(struct McRelRules *rr, Relation rel, int event,
 					   Tuplestorestate *oldtab, Tuplestorestate *newtab,
 					   TupleTableSlot *oldslot, TupleTableSlot *newslot,
 					   const char *prefix, McKeySink sink, void *arg);
+extern int	mc_check_rel(Relation rel, const char *table_name);
+extern void mc_rules_reload(void);
 extern List *mc_rel_families(struct McRelRules *rr);
 extern int	mc_rel_nrules(struct McRelRules *rr);
 extern void mc_rules_init(void);
 extern List *mc_family_globs(const char *prefix);
+
+/* ---- trigger.c, guard.c ---- */
+
+extern void mc_invalidate_families(struct McRelRules *rr);
+extern void mc_guard_init(void);
 
 /* ---- pending.c ---- */
 
@@ -205,6 +218,7 @@ extern void mc_pending_init(void);
 extern void mc_pending_sink(void *arg, const char *key, int len,
 							McFamily *family, int rule_id);
 extern void mc_pending_add_pattern(const char *pat, int len);
+extern void mc_pending_add_family(McFamily *family);
 extern bool mc_pending_any(void);
 extern int	mc_effective_delivery(void);
 

@@ -170,18 +170,32 @@ mc_pending_add_pattern(const char *pat, int len)
 	p->npatterns++;
 }
 
+/* a family's SCAN pattern under the prefix, deleted after commit */
+void
+mc_pending_add_family(McFamily *family)
+{
+	StringInfoData pat;
+
+	initStringInfo(&pat);
+	mc_append_glob_escaped(&pat, mc_key_prefix, strlen(mc_key_prefix));
+	appendStringInfoString(&pat, family->tmpl->glob);
+	mc_pending_add_pattern(pat.data, pat.len);
+	pfree(pat.data);
+}
+
 /*
  * Key sink for the triggers: keys arrive prefixed.  When the set is full,
- * the key's whole family is recorded instead (its glob, prefixed).
+ * the key's whole family is recorded instead (its glob, prefixed), and so
+ * it is when the key is NULL (too long to build, or a broken rule).
  */
 void
 mc_pending_sink(void *arg, const char *key, int len, McFamily *family, int rule_id)
 {
 	PendingSet *p = pending_get();
 
-	if (add_key(p, key, len))
+	if (key != NULL && add_key(p, key, len))
 		return;
-	if (!p->overflowed)
+	if (key != NULL && !p->overflowed)
 	{
 		p->overflowed = true;
 		mc_stat_add(MC_STAT_OVERFLOWS, 1);
@@ -192,15 +206,7 @@ mc_pending_sink(void *arg, const char *key, int len, McFamily *family, int rule_
 						   family->name),
 				 errhint("Raise meetcache.max_keys to keep exact keys for bulk writes.")));
 	}
-	{
-		StringInfoData pat;
-
-		initStringInfo(&pat);
-		mc_append_glob_escaped(&pat, mc_key_prefix, strlen(mc_key_prefix));
-		appendStringInfoString(&pat, family->tmpl->glob);
-		mc_pending_add_pattern(pat.data, pat.len);
-		pfree(pat.data);
-	}
+	mc_pending_add_family(family);
 }
 
 bool

@@ -9,9 +9,25 @@
  * The cache is dropped on any relcache invalidation of a watched relation:
  * the catalog tables (a statement trigger on them broadcasts one), the
  * tables rules were compiled for, and the tables their lookups read.
+ *
+ * One parser for templates and TTLs serves both the catalog's checks
+ * (meetcache._placeholders, meetcache._check_family) and the loader, so the
+ * catalog accepts exactly what is compiled.  Loading and compiling for a
+ * write never fail the write: a family or rule that cannot be used (which
+ * the checks keep out, unless a superuser bypasses them) is skipped with a
+ * WARNING, and a rule that no longer compiles against its table deletes its
+ * whole family instead of exact keys.  Strict compiling (attach, the guard)
+ * raises the error instead.
+ *
+ * Lookups read only ordinary and partitioned tables, resolved to an OID at
+ * compile time, as the owner of the table they read, under
+ * SECURITY_RESTRICTED_OPERATION and without row security (as PostgreSQL's
+ * foreign-key checks do).  Keys rendered from columns whose text form
+ * depends on session settings are rendered under fixed ones (settings.c).
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/htup_details.h"
 #include "access/genam.h"
 #include "access/nbtree.h"
@@ -21,18 +37,22 @@
 #include "catalog/pg_am.h"
 #include "parser/parse_coerce.h"
 #include "catalog/namespace.h"
-#include "catalog/pg_authid.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "lib/stringinfo.h"
 #include "nodes/makefuncs.h"
+#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/numeric.h"
 #include "utils/regproc.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -63,11 +83,13 @@ typedef struct CRule
 	int		   *cols;			/* direct: source attnums; lookup: result column (1-based) */
 	int			group;			/* -1: direct */
 	AttrNumber	cond_attno;
+	bool		broken;			/* does not compile: every change deletes its family */
 } CRule;
 
 typedef struct LGroup
 {
 	Oid			via_relid;
+	Oid			via_owner;		/* lookups run as this role */
 	AttrNumber	match_attno;	/* in the changed table */
 	char	   *via_colname;	/* resolved, in the via table */
 	AttrNumber	cond_attno;
@@ -100,6 +122,7 @@ typedef struct McRelRules
 	FmgrInfo   *outfn;			/* per attribute, lazily set */
 	bool	   *outfn_set;
 	bool	   *is_text;
+	bool		canonical;		/* some key part's text form depends on settings */
 } McRelRules;
 
 static MemoryContext rules_cxt = NULL;
@@ -116,6 +139,20 @@ static McRelRules **rels = NULL;
 static List *plans_to_free = NIL;	/* SPI plans of a dropped cache */
 
 static McFamily *mc_find_family(const char *name);
+
+/* the owner of a relation */
+static Oid
+get_rel_owner(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
 
 /* ---- templates and globs ---- */
 
@@ -177,8 +214,13 @@ mc_glob_match(const char *pat, int plen, const char *s, int slen)
 	return p == plen;
 }
 
+/*
+ * Parse a key template.  Returns NULL and sets *why when it is not one:
+ * literal text with at most MC_MAX_PLACEHOLDERS placeholders {name}, names
+ * of letters, digits and underscores, and braces only around them.
+ */
 static McTemplate *
-mc_parse_template(const char *tmpl)
+parse_template(const char *tmpl, const char **why)
 {
 	McTemplate *t = palloc0(sizeof(McTemplate));
 	List	   *lits = NIL,
@@ -188,6 +230,7 @@ mc_parse_template(const char *tmpl)
 	const char *p = tmpl;
 	int			i;
 
+	*why = "A template is literal text with placeholders such as {id}; placeholder names are letters, digits and underscores, and braces appear only around them.";
 	initStringInfo(&lit);
 	initStringInfo(&glob);
 	while (*p)
@@ -198,10 +241,10 @@ mc_parse_template(const char *tmpl)
 			const char *q;
 
 			if (close == NULL || close == p + 1)
-				goto bad;
+				return NULL;
 			for (q = p + 1; q < close; q++)
 				if (!(isalnum((unsigned char) *q) || *q == '_'))
-					goto bad;
+					return NULL;
 			lits = lappend(lits, pnstrdup(lit.data, lit.len));
 			args = lappend(args, pnstrdup(p + 1, close - p - 1));
 			mc_append_glob_escaped(&glob, lit.data, lit.len);
@@ -212,16 +255,22 @@ mc_parse_template(const char *tmpl)
 			continue;
 		}
 		if (*p == '}')
-			goto bad;
+			return NULL;
 		appendStringInfoChar(&lit, *p++);
 	}
 	lits = lappend(lits, pnstrdup(lit.data, lit.len));
 	mc_append_glob_escaped(&glob, lit.data, lit.len);
 	t->literal_chars += lit.len;
 	if (t->literal_chars == 0 && list_length(args) == 0)
-		goto bad;
-	if (list_length(args) > 64)
-		goto bad;
+	{
+		*why = "A template must not be empty.";
+		return NULL;
+	}
+	if (list_length(args) > MC_MAX_PLACEHOLDERS)
+	{
+		*why = psprintf("A template has at most %d placeholders.", MC_MAX_PLACEHOLDERS);
+		return NULL;
+	}
 
 	t->nargs = list_length(args);
 	t->argnames = palloc(sizeof(char *) * Max(1, t->nargs));
@@ -239,15 +288,136 @@ mc_parse_template(const char *tmpl)
 	}
 	t->glob = glob.data;
 	t->source = pstrdup(tmpl);
+	*why = NULL;
 	return t;
+}
 
-bad:
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("invalid key template \"%s\"", tmpl),
-			 errdetail("A template is literal text with placeholders such as {id}; placeholder names are letters, digits and underscores, and braces appear only around them."),
-			 errhint("Example: \"meeting:{meeting_id}:participants\".")));
-	return NULL;
+static McTemplate *
+mc_parse_template(const char *tmpl)
+{
+	const char *why;
+	McTemplate *t = parse_template(tmpl, &why);
+
+	if (t == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid key template \"%s\"", tmpl),
+				 errdetail("%s", why),
+				 errhint("Example: \"meeting:{meeting_id}:participants\".")));
+	return t;
+}
+
+/*
+ * Parse a family's ttl_by_value (a JSON object of value -> whole seconds,
+ * 1 to INT_MAX; 30 and 30.0 are the same number) into f.  Returns false and
+ * sets *why when it is not one.
+ */
+static bool
+parse_ttl_by_value(Jsonb *jb, McFamily *f, const char **why)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	int			n = 0;
+
+	if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
+	{
+		*why = "ttl_by_value must be a JSON object.";
+		return false;
+	}
+	f->nttl_values = JB_ROOT_COUNT(jb);
+	f->ttl_values = palloc0(sizeof(char *) * Max(1, f->nttl_values));
+	f->ttl_by_value = palloc0(sizeof(int) * Max(1, f->nttl_values));
+	it = JsonbIteratorInit(&jb->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+			f->ttl_values[n] = pnstrdup(v.val.string.val, v.val.string.len);
+		else if (tok == WJB_VALUE)
+		{
+			Numeric		num;
+			bool		whole;
+
+			if (v.type != jbvNumeric)
+			{
+				*why = "ttl_by_value must map values to positive whole seconds.";
+				return false;
+			}
+			num = v.val.numeric;
+			whole = !numeric_is_nan(num) && !numeric_is_inf(num) &&
+				DatumGetBool(DirectFunctionCall2(numeric_eq, NumericGetDatum(num),
+												 DirectFunctionCall2(numeric_trunc, NumericGetDatum(num),
+																	 Int32GetDatum(0))));
+			if (!whole ||
+				DatumGetBool(DirectFunctionCall2(numeric_le, NumericGetDatum(num),
+												 DirectFunctionCall1(int4_numeric, Int32GetDatum(0)))) ||
+				DatumGetBool(DirectFunctionCall2(numeric_gt, NumericGetDatum(num),
+												 DirectFunctionCall1(int4_numeric, Int32GetDatum(PG_INT32_MAX)))))
+			{
+				*why = "ttl_by_value must map values to positive whole seconds, at most 2147483647.";
+				return false;
+			}
+			f->ttl_by_value[n++] = DatumGetInt32(DirectFunctionCall1(numeric_int4, NumericGetDatum(num)));
+		}
+	}
+	f->nttl_values = n;
+	return true;
+}
+
+/*
+ * meetcache._placeholders(template text) -> text[]
+ *	  The placeholder names of a template, in order; an error if it is not
+ *	  one (the same parser the rules are compiled with).
+ */
+PG_FUNCTION_INFO_V1(meetcache_template_placeholders);
+Datum
+meetcache_template_placeholders(PG_FUNCTION_ARGS)
+{
+	McTemplate *t = mc_parse_template(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	Datum	   *elems = palloc(sizeof(Datum) * Max(1, t->nargs));
+
+	for (int i = 0; i < t->nargs; i++)
+		elems[i] = CStringGetTextDatum(t->argnames[i]);
+	PG_RETURN_ARRAYTYPE_P(construct_array(elems, t->nargs, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/* BEFORE INSERT OR UPDATE trigger on meetcache.families: what the loader accepts */
+PG_FUNCTION_INFO_V1(meetcache_check_family);
+Datum
+meetcache_check_family(PG_FUNCTION_ARGS)
+{
+	TriggerData *trig = (TriggerData *) fcinfo->context;
+	HeapTuple	tup;
+	TupleDesc	td;
+	bool		isnull;
+	Datum		d;
+	char	   *name;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(trig->tg_event) ||
+		TRIGGER_FIRED_BY_DELETE(trig->tg_event))
+		elog(ERROR, "meetcache._check_family() must be a row trigger for INSERT or UPDATE");
+	tup = TRIGGER_FIRED_BY_UPDATE(trig->tg_event) ? trig->tg_newtuple : trig->tg_trigtuple;
+	td = RelationGetDescr(trig->tg_relation);
+	d = heap_getattr(tup, SPI_fnumber(td, "name"), td, &isnull);
+	name = isnull ? "" : TextDatumGetCString(d);
+	d = heap_getattr(tup, SPI_fnumber(td, "template"), td, &isnull);
+	if (!isnull)
+		(void) mc_parse_template(TextDatumGetCString(d));
+	d = heap_getattr(tup, SPI_fnumber(td, "ttl_by_value"), td, &isnull);
+	if (!isnull)
+	{
+		McFamily	f;
+		const char *why;
+
+		memset(&f, 0, sizeof(f));
+		if (!parse_ttl_by_value(DatumGetJsonbP(d), &f, &why))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid ttl_by_value for family \"%s\"", name),
+					 errdetail("%s", why),
+					 errhint("Example: {\"PROCESSING\": 30}.")));
+	}
+	return PointerGetDatum(tup);
 }
 
 void
@@ -373,6 +543,7 @@ load_catalog(void)
 	Oid			nsp;
 	MemoryContext old;
 	uint64		inval_before;
+	int			lvl;
 
 	drop_cache();
 	while (plans_to_free != NIL)
@@ -392,6 +563,7 @@ load_catalog(void)
 	rules_relid = get_relname_relid("rules", nsp);
 	families_relid = get_relname_relid("families", nsp);
 
+	lvl = mc_settings_pin(false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
@@ -401,59 +573,51 @@ load_catalog(void)
 	 * arriving meanwhile leaves the cache marked stale for the next use.
 	 */
 	inval_before = rules_inval_count;
-	catalog_query("SELECT name, template, ttl_seconds, ttl_field, "
-				  "(SELECT array_agg(key ORDER BY key) FROM jsonb_each(ttl_by_value)), "
-				  "(SELECT array_agg(value::text::int ORDER BY key) FROM jsonb_each(ttl_by_value)) "
-				  "FROM meetcache.families ORDER BY name");
+	catalog_query("SELECT f.name, f.template, f.ttl_seconds, f.ttl_field, f.ttl_by_value "
+				  "FROM meetcache.families f");
 	old = MemoryContextSwitchTo(rules_cxt);
-	nfamilies = SPI_processed;
-	families = palloc(sizeof(McFamily *) * Max(1, nfamilies));
-	for (int i = 0; i < nfamilies; i++)
+	families = palloc(sizeof(McFamily *) * Max(1, SPI_processed));
+	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	td = SPI_tuptable->tupdesc;
 		McFamily   *f = palloc0(sizeof(McFamily));
 		bool		isnull;
-		Datum		ttl;
+		Datum		d;
+		const char *why = NULL;
 
 		f->name = spi_text(tup, td, 1);
-		f->tmpl = mc_parse_template(spi_text(tup, td, 2));
-		ttl = SPI_getbinval(tup, td, 3, &isnull);
-		f->ttl_seconds = isnull ? 0 : DatumGetInt32(ttl);
+		f->tmpl = parse_template(spi_text(tup, td, 2), &why);
+		d = SPI_getbinval(tup, td, 3, &isnull);
+		f->ttl_seconds = isnull ? 0 : DatumGetInt32(d);
 		f->ttl_field = spi_text(tup, td, 4);
-		if (f->ttl_field)
+		d = SPI_getbinval(tup, td, 5, &isnull);
+		if (f->tmpl != NULL && f->ttl_field != NULL && !isnull)
+			(void) parse_ttl_by_value(DatumGetJsonbP(d), f, &why);
+		if (why != NULL)
 		{
-			int			n2;
-			Datum		a = SPI_getbinval(tup, td, 6, &isnull);
-
-			f->ttl_values = spi_text_array(tup, td, 5, &f->nttl_values);
-			f->ttl_by_value = palloc0(sizeof(int) * Max(1, f->nttl_values));
-			if (!isnull)
-			{
-				Datum	   *elems;
-				bool	   *enulls;
-
-				deconstruct_array(DatumGetArrayTypeP(a), INT4OID, 4, true, TYPALIGN_INT,
-								  &elems, &enulls, &n2);
-				for (int k = 0; k < n2 && k < f->nttl_values; k++)
-					f->ttl_by_value[k] = DatumGetInt32(elems[k]);
-			}
+			/* only a superuser bypassing the catalog's checks gets here */
+			ereport(WARNING,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("meetcache: ignoring cache key family \"%s\"", f->name),
+					 errdetail("%s", why),
+					 errhint("Fix the row in meetcache.families.")));
+			continue;
 		}
-		families[i] = f;
+		families[nfamilies++] = f;
 	}
 	MemoryContextSwitchTo(old);
 
-	catalog_query("SELECT id, table_name, family, args, on_insert, on_update, on_delete, "
-				  "when_column, when_values, via_table, via_column, match_column "
-				  "FROM meetcache.rules WHERE enabled ORDER BY id");
+	catalog_query("SELECT r.id, r.table_name, r.family, r.args, r.on_insert, r.on_update, r.on_delete, "
+				  "r.when_column, r.when_values, r.via_table, r.via_column, r.match_column "
+				  "FROM meetcache.rules r WHERE r.enabled ORDER BY r.id");
 	old = MemoryContextSwitchTo(rules_cxt);
-	nraw = SPI_processed;
-	raw_rules = palloc0(sizeof(RawRule) * Max(1, nraw));
-	for (int i = 0; i < nraw; i++)
+	raw_rules = palloc0(sizeof(RawRule) * Max(1, SPI_processed));
+	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	td = SPI_tuptable->tupdesc;
-		RawRule    *r = &raw_rules[i];
+		RawRule    *r = &raw_rules[nraw];
 		bool		isnull;
 		char	   *fam;
 		int			nargs;
@@ -463,19 +627,24 @@ load_catalog(void)
 		r->table_name = spi_text(tup, td, 2);
 		fam = spi_text(tup, td, 3);
 		r->family = mc_find_family(fam);
-		if (r->family == NULL)
-			elog(ERROR, "meetcache rule %d names unknown family \"%s\"", r->id, fam);
 		args = spi_text_array(tup, td, 4, &nargs);
-		if (args == NULL)
+		if (r->family != NULL && args == NULL)
 		{
 			args = r->family->tmpl->argnames;
 			nargs = r->family->tmpl->nargs;
 		}
-		if (nargs != r->family->tmpl->nargs)
-			ereport(ERROR,
+		if (r->family == NULL || nargs != r->family->tmpl->nargs)
+		{
+			ereport(WARNING,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("meetcache rule %d gives %d arguments, family \"%s\" takes %d",
-							r->id, nargs, fam, r->family->tmpl->nargs)));
+					 errmsg("meetcache: ignoring rule %d", r->id),
+					 r->family == NULL ?
+					 errdetail("Its family \"%s\" is unknown or ignored.", fam) :
+					 errdetail("It gives %d arguments; family \"%s\" takes %d.",
+							   nargs, fam, r->family->tmpl->nargs),
+					 errhint("Fix the row in meetcache.rules.")));
+			continue;
+		}
 		r->args = args;
 		if (DatumGetBool(SPI_getbinval(tup, td, 5, &isnull)))
 			r->events |= MC_EV_INSERT;
@@ -488,9 +657,11 @@ load_catalog(void)
 		r->via_table = spi_text(tup, td, 10);
 		r->via_column = spi_text(tup, td, 11);
 		r->match_column = spi_text(tup, td, 12);
+		nraw++;
 	}
 	MemoryContextSwitchTo(old);
 	SPI_finish();
+	mc_settings_restore(lvl);
 	rules_valid = (rules_inval_count == inval_before);
 }
 
@@ -609,8 +780,25 @@ find_column(Oid relid, const char *name, char **resolved)
 	return InvalidAttrNumber;
 }
 
+/*
+ * A rule that does not compile: strict, an error; otherwise a WARNING, and
+ * the caller marks the rule broken (each change then deletes its family).
+ */
+static void
+rule_problem(bool strict, RawRule *r, int sqlstate, const char *msg,
+			 const char *detail, const char *hint)
+{
+	ereport(strict ? ERROR : WARNING,
+			(errcode(sqlstate),
+			 errmsg_internal("%s", msg),
+			 detail ? errdetail_internal("%s", detail) : 0,
+			 strict ? errhint("%s", hint) :
+			 errhint("%s Until then, every change to the table deletes the whole family \"%s\".",
+					 hint, r->family->name)));
+}
+
 static AttrNumber
-require_column(Oid relid, const char *name, RawRule *r, char **resolved)
+require_column(Oid relid, const char *name, RawRule *r, char **resolved, bool strict)
 {
 	AttrNumber	att = find_column(relid, name, resolved);
 
@@ -618,24 +806,25 @@ require_column(Oid relid, const char *name, RawRule *r, char **resolved)
 	{
 		char	   *camel = camel_case(name);
 
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_COLUMN),
-				 errmsg("table \"%s\" has no column \"%s\" needed by meetcache rule %d",
-						get_rel_name(relid), name, r->id),
-				 strcmp(camel, name) != 0 ?
-				 errdetail("Rule %d (table \"%s\", family \"%s\") looked for column \"%s\" and its camelCase spelling \"%s\".",
-						   r->id, r->table_name, r->family->name, name, camel) :
-				 errdetail("Rule %d (table \"%s\", family \"%s\") looked for column \"%s\".",
-						   r->id, r->table_name, r->family->name, name),
-				 errhint("Add the column, change or disable the rule in meetcache.rules, or attach the table under another name.")));
+		rule_problem(strict, r, ERRCODE_UNDEFINED_COLUMN,
+					 psprintf("table \"%s\" has no column \"%s\" needed by meetcache rule %d",
+							  get_rel_name(relid), name, r->id),
+					 strcmp(camel, name) != 0 ?
+					 psprintf("Rule %d (table \"%s\", family \"%s\") looked for column \"%s\" and its camelCase spelling \"%s\".",
+							  r->id, r->table_name, r->family->name, name, camel) :
+					 psprintf("Rule %d (table \"%s\", family \"%s\") looked for column \"%s\".",
+							  r->id, r->table_name, r->family->name, name),
+					 "Add the column, change or disable the rule in meetcache.rules (in the same transaction as the DDL: changes to the rules are checked at COMMIT), or attach the table under another name.");
 	}
 	return att;
 }
 
+/* the via_table of a rule: an ordinary or partitioned table, never temporary */
 static Oid
-resolve_via(Relation rel, RawRule *r)
+resolve_via(Relation rel, RawRule *r, bool strict)
 {
 	Oid			relid;
+	char		kind;
 
 	if (strchr(r->via_table, '.'))
 	{
@@ -644,18 +833,69 @@ resolve_via(Relation rel, RawRule *r)
 													  ,NULL
 #endif
 			);
+		RangeVar   *rv = makeRangeVarFromNameList(names);
 
-		relid = RangeVarGetRelid(makeRangeVarFromNameList(names), AccessShareLock, true);
+		/* never a temporary relation through the pg_temp search path */
+		relid = rv->schemaname ? get_relname_relid(rv->relname, get_namespace_oid(rv->schemaname, true))
+			: InvalidOid;
+		if (OidIsValid(relid))
+			LockRelationOid(relid, AccessShareLock);
 	}
 	else
 		relid = get_relname_relid(r->via_table, RelationGetNamespace(rel));
 	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("meetcache rule %d looks up table \"%s\", which does not exist in schema \"%s\"",
-						r->id, r->via_table, get_namespace_name(RelationGetNamespace(rel))),
-				 errhint("Rules look up related tables in the schema of the changed table unless the name is schema-qualified.")));
+	{
+		rule_problem(strict, r, ERRCODE_UNDEFINED_TABLE,
+					 psprintf("meetcache rule %d looks up table \"%s\", which does not exist in schema \"%s\"",
+							  r->id, r->via_table, get_namespace_name(RelationGetNamespace(rel))),
+					 NULL,
+					 "Rules look up related tables in the schema of the changed table unless the name is schema-qualified; change the rule in meetcache.rules in the same transaction as the DDL.");
+		return InvalidOid;
+	}
+	kind = get_rel_relkind(relid);
+	if ((kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE) ||
+		get_rel_persistence(relid) == RELPERSISTENCE_TEMP)
+	{
+		rule_problem(strict, r, ERRCODE_WRONG_OBJECT_TYPE,
+					 psprintf("meetcache rule %d looks up \"%s\", which is not a table",
+							  r->id, r->via_table),
+					 "Lookups read ordinary and partitioned tables only, never a view, a foreign, temporary or other relation.",
+					 "Point via_table at the table itself.");
+		return InvalidOid;
+	}
 	return relid;
+}
+
+/* does the text form of a value of this type depend on session settings? */
+static bool
+type_needs_canonical(Oid typ)
+{
+	typ = getBaseType(typ);
+	switch (typ)
+	{
+		case TEXTOID:
+		case VARCHAROID:
+		case BPCHAROID:
+		case NAMEOID:
+		case CHAROID:
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case OIDOID:
+		case NUMERICOID:
+		case BOOLOID:
+		case UUIDOID:
+			return false;
+		default:
+			return !type_is_enum(typ);
+	}
+}
+
+static void
+note_column_type(McRelRules *rr, Oid relid, AttrNumber att)
+{
+	if (att > 0 && type_needs_canonical(get_atttype(relid, att)))
+		rr->canonical = true;
 }
 
 static bool
@@ -674,8 +914,85 @@ same_cond(RawRule *a, RawRule *b)
 	return true;
 }
 
+/* compile one lookup rule into its group; false if it does not compile */
+static bool
+compile_lookup(McRelRules *rr, Relation rel, CRule *c, bool strict)
+{
+	RawRule    *r = c->raw;
+	Oid			relid = RelationGetRelid(rel);
+	int			nargs = r->family->tmpl->nargs;
+	Oid			via = resolve_via(rel, r, strict);
+	AttrNumber	match;
+	char	   *via_col;
+	LGroup	   *g = NULL;
+	AttrNumber	via_att;
+
+	if (!OidIsValid(via))
+		return false;
+	match = require_column(relid, r->match_column, r, NULL, strict);
+	via_att = require_column(via, r->via_column, r, &via_col, strict);
+	if (match <= 0 || via_att <= 0)
+		return false;
+	for (int a = 0; a < nargs; a++)
+		if (require_column(via, r->args[a], r, NULL, strict) <= 0)
+			return false;
+	note_column_type(rr, relid, match);
+	note_column_type(rr, via, via_att);
+
+	for (int k = 0; k < rr->ngroups; k++)
+	{
+		LGroup	   *cand = &rr->groups[k];
+
+		if (cand->via_relid == via && cand->match_attno == match &&
+			strcmp(cand->via_colname, via_col) == 0 &&
+			((cand->cond == NULL && r->when_column == NULL) ||
+			 (cand->cond != NULL && same_cond(cand->cond, r))))
+		{
+			g = cand;
+			c->group = k;
+			break;
+		}
+	}
+	if (g == NULL)
+	{
+		c->group = rr->ngroups;
+		g = &rr->groups[rr->ngroups++];
+		g->via_relid = via;
+		g->via_owner = get_rel_owner(via);
+		g->match_attno = match;
+		g->via_colname = via_col;
+		g->cond = r->when_column ? r : NULL;
+		g->cond_attno = c->cond_attno;
+		g->cols = palloc0(sizeof(char *) * MC_MAX_LOOKUP_COLUMNS);
+	}
+	g->events |= r->events;
+	for (int a = 0; a < nargs; a++)
+	{
+		char	   *colname;
+		AttrNumber	att = require_column(via, r->args[a], r, &colname, strict);
+		int			k;
+
+		note_column_type(rr, via, att);
+		for (k = 0; k < g->ncols; k++)
+			if (strcmp(g->cols[k], colname) == 0)
+				break;
+		if (k == g->ncols)
+		{
+			if (g->ncols >= MC_MAX_LOOKUP_COLUMNS)
+				ereport(ERROR,
+						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						 errmsg("too many lookup columns for table \"%s\"", r->via_table),
+						 errdetail("The rules of one table select at most %d columns of one related table.",
+								   MC_MAX_LOOKUP_COLUMNS)));
+			g->cols[g->ncols++] = colname;
+		}
+		c->cols[a] = k + 1;
+	}
+	return true;
+}
+
 static McRelRules *
-compile_rel(Relation rel, const char *table_name)
+compile_rel(Relation rel, const char *table_name, bool strict)
 {
 	Oid			relid = RelationGetRelid(rel);
 	TupleDesc	td = RelationGetDescr(rel);
@@ -706,6 +1023,7 @@ compile_rel(Relation rel, const char *table_name)
 		RawRule    *r = &raw_rules[i];
 		CRule	   *c;
 		int			nargs = r->family->tmpl->nargs;
+		bool		ok = true;
 
 		if (strcmp(r->table_name, table_name) != 0)
 			continue;
@@ -714,66 +1032,26 @@ compile_rel(Relation rel, const char *table_name)
 		c->group = -1;
 		c->cols = palloc0(sizeof(int) * Max(1, nargs));
 		if (r->when_column)
-			c->cond_attno = require_column(relid, r->when_column, r, NULL);
-
-		if (r->via_table == NULL)
 		{
-			for (int a = 0; a < nargs; a++)
-				c->cols[a] = require_column(relid, r->args[a], r, NULL);
+			c->cond_attno = require_column(relid, r->when_column, r, NULL, strict);
+			ok = c->cond_attno > 0;
+			note_column_type(rr, relid, c->cond_attno);
 		}
-		else
+		if (ok && r->via_table == NULL)
 		{
-			Oid			via = resolve_via(rel, r);
-			AttrNumber	match = require_column(relid, r->match_column, r, NULL);
-			char	   *via_col;
-			LGroup	   *g = NULL;
-
-			(void) require_column(via, r->via_column, r, &via_col);
-			for (int k = 0; k < rr->ngroups; k++)
+			for (int a = 0; a < nargs && ok; a++)
 			{
-				LGroup	   *cand = &rr->groups[k];
-
-				if (cand->via_relid == via && cand->match_attno == match &&
-					strcmp(cand->via_colname, via_col) == 0 &&
-					((cand->cond == NULL && r->when_column == NULL) ||
-					 (cand->cond != NULL && same_cond(cand->cond, r))))
-				{
-					g = cand;
-					c->group = k;
-					break;
-				}
+				c->cols[a] = require_column(relid, r->args[a], r, NULL, strict);
+				ok = c->cols[a] > 0;
+				note_column_type(rr, relid, c->cols[a]);
 			}
-			if (g == NULL)
-			{
-				c->group = rr->ngroups;
-				g = &rr->groups[rr->ngroups++];
-				g->via_relid = via;
-				g->match_attno = match;
-				g->via_colname = via_col;
-				g->cond = r->when_column ? r : NULL;
-				g->cond_attno = c->cond_attno;
-				g->cols = palloc0(sizeof(char *) * 32);
-			}
-			g->events |= r->events;
-			for (int a = 0; a < nargs; a++)
-			{
-				char	   *colname;
-				int			k;
-
-				(void) require_column(via, r->args[a], r, &colname);
-				for (k = 0; k < g->ncols; k++)
-					if (strcmp(g->cols[k], colname) == 0)
-						break;
-				if (k == g->ncols)
-				{
-					if (g->ncols >= 32)
-						ereport(ERROR,
-								(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-								 errmsg("too many lookup columns for table \"%s\"", r->via_table)));
-					g->cols[g->ncols++] = colname;
-				}
-				c->cols[a] = k + 1;
-			}
+		}
+		else if (ok)
+			ok = compile_lookup(rr, rel, c, strict);
+		if (!ok)
+		{
+			c->broken = true;
+			c->group = -1;
 		}
 	}
 	MemoryContextSwitchTo(old);
@@ -812,30 +1090,76 @@ prepare_group(LGroup *g)
 	pfree(sql.data);
 }
 
-McRelRules *
-mc_rel_rules(Relation rel, const char *table_name, bool fresh)
+static McRelRules *
+cached_rel(Relation rel, const char *table_name)
 {
 	Oid			relid = RelationGetRelid(rel);
-	McRelRules *rr;
-	MemoryContext old;
 
-	if (fresh)
-		rules_valid = false;
-	ensure_catalog();
-	/* the generation just loaded serves this call even if already stale */
 	for (int i = 0; i < nrels; i++)
 		if (rels[i]->relid == relid && strcmp(rels[i]->table_name, table_name) == 0)
 			return rels[i];
+	return NULL;
+}
 
-	rr = compile_rel(rel, table_name);
-	old = MemoryContextSwitchTo(rules_cxt);
+static void
+cache_rel(McRelRules *rr)
+{
+	MemoryContext old = MemoryContextSwitchTo(rules_cxt);
+
 	if (rels == NULL)
 		rels = palloc(sizeof(McRelRules *) * 64);
 	else if (nrels % 64 == 0)
 		rels = repalloc(rels, sizeof(McRelRules *) * (nrels + 64));
 	rels[nrels++] = rr;
 	MemoryContextSwitchTo(old);
+}
+
+/* the rules of a table for a write: never fails because of the catalog */
+McRelRules *
+mc_rel_rules(Relation rel, const char *table_name, bool fresh)
+{
+	McRelRules *rr;
+
+	if (fresh)
+		rules_valid = false;
+	ensure_catalog();
+	/* the generation just loaded serves this call even if already stale */
+	rr = cached_rel(rel, table_name);
+	if (rr == NULL)
+	{
+		rr = compile_rel(rel, table_name, false);
+		cache_rel(rr);
+	}
 	return rr;
+}
+
+/* read the catalog again before the next use */
+void
+mc_rules_reload(void)
+{
+	rules_valid = false;
+}
+
+/*
+ * Compile the rules of table_name against rel strictly: a rule that does
+ * not compile is an error.  Returns the number of rules.
+ */
+int
+mc_check_rel(Relation rel, const char *table_name)
+{
+	McRelRules *rr;
+
+	ensure_catalog();
+	rr = cached_rel(rel, table_name);
+	if (rr == NULL)
+	{
+		rr = compile_rel(rel, table_name, true);
+		cache_rel(rr);
+	}
+	for (int i = 0; i < rr->nrules; i++)
+		if (rr->rules[i].broken)
+			return compile_rel(rel, table_name, true)->nrules;	/* raises the error */
+	return rr->nrules;
 }
 
 int
@@ -846,14 +1170,28 @@ mc_rel_nrules(McRelRules *rr)
 
 /* ---- collecting keys ---- */
 
+/* a column value too long to be part of a key (see emit) */
+static const char too_long[] = "";
+
+/* a varlena datum whose text form is surely over the key limit */
+static bool
+datum_too_long(Datum d, int16 typlen)
+{
+	return typlen == -1 &&
+		toast_raw_datum_size(d) > (Size) MC_MAX_KEY_BYTES * 4 + VARHDRSZ;
+}
+
 static const char *
 value_text(McRelRules *rr, TupleTableSlot *slot, AttrNumber att)
 {
 	bool		isnull;
 	Datum		d = slot_getattr(slot, att, &isnull);
+	Form_pg_attribute attr = TupleDescAttr(slot->tts_tupleDescriptor, att - 1);
 
 	if (isnull)
 		return NULL;
+	if (datum_too_long(d, attr->attlen))
+		return too_long;
 	if (rr->is_text[att - 1])
 		return TextDatumGetCString(d);
 	if (!rr->outfn_set[att - 1])
@@ -861,8 +1199,7 @@ value_text(McRelRules *rr, TupleTableSlot *slot, AttrNumber att)
 		Oid			outfn;
 		bool		isvarlena;
 
-		getTypeOutputInfo(TupleDescAttr(slot->tts_tupleDescriptor, att - 1)->atttypid,
-						  &outfn, &isvarlena);
+		getTypeOutputInfo(attr->atttypid, &outfn, &isvarlena);
 		fmgr_info_cxt(outfn, &rr->outfn[att - 1], rules_cxt);
 		rr->outfn_set[att - 1] = true;
 	}
@@ -879,21 +1216,40 @@ cond_holds(McRelRules *rr, RawRule *r, AttrNumber att, TupleTableSlot *slot)
 	v = value_text(rr, slot, att);
 	if (v == NULL)
 		return false;
+	if (v == too_long)
+		return true;			/* deleting too much is safe */
 	for (int i = 0; i < r->nwhen; i++)
 		if (r->when_values[i] && strcmp(r->when_values[i], v) == 0)
 			return true;
 	return false;
 }
 
+/*
+ * Render one key.  A key longer than MC_MAX_KEY_BYTES (without the
+ * prefix) is never built: the sink gets NULL, meaning the whole family, as
+ * on overflow, so a huge column value neither fails the write nor reaches
+ * the queue.
+ */
 static void
 emit(StringInfo buf, CRule *c, const char *prefix, const char **values,
 	 McKeySink sink, void *arg)
 {
-	for (int a = 0; a < c->raw->family->tmpl->nargs; a++)
+	McTemplate *t = c->raw->family->tmpl;
+	Size		len = t->literal_chars;
+
+	for (int a = 0; a < t->nargs; a++)
+	{
 		if (values[a] == NULL)
 			return;				/* no key can hold a NULL part */
+		len += values[a] == too_long ? MC_MAX_KEY_BYTES + 1 : strlen(values[a]);
+	}
+	if (len > MC_MAX_KEY_BYTES)
+	{
+		sink(arg, NULL, 0, c->raw->family, c->raw->id);
+		return;
+	}
 	resetStringInfo(buf);
-	mc_render(buf, c->raw->family->tmpl, prefix, values);
+	mc_render(buf, t, prefix, values);
 	sink(arg, buf->data, buf->len, c->raw->family, c->raw->id);
 }
 
@@ -902,7 +1258,7 @@ scan_table(McRelRules *rr, int event, Tuplestorestate *tab, TupleTableSlot *slot
 		   const char *prefix, McKeySink sink, void *arg,
 		   List **groupvals, StringInfo buf)
 {
-	const char *values[64];
+	const char *values[MC_MAX_PLACEHOLDERS];
 
 	if (tab == NULL)
 		return;
@@ -915,9 +1271,14 @@ scan_table(McRelRules *rr, int event, Tuplestorestate *tab, TupleTableSlot *slot
 
 			if (c->group >= 0 || !(c->raw->events & event))
 				continue;
+			if (c->broken)
+			{
+				sink(arg, NULL, 0, c->raw->family, c->raw->id);
+				continue;
+			}
 			if (!cond_holds(rr, c->raw, c->cond_attno, slot))
 				continue;
-			for (int a = 0; a < c->raw->family->tmpl->nargs && a < 64; a++)
+			for (int a = 0; a < c->raw->family->tmpl->nargs; a++)
 				values[a] = value_text(rr, slot, c->cols[a]);
 			emit(buf, c, prefix, values, sink, arg);
 		}
@@ -950,7 +1311,9 @@ choose_index(LGroup *g)
 	TupleDesc	td = RelationGetDescr(heap);
 	AttrNumber	att = get_attnum(g->via_relid, g->via_colname);
 	Oid			atttype = TupleDescAttr(td, att - 1)->atttypid;
-	List	   *indexes = RelationGetIndexList(heap);
+	/* a partitioned table's indexes cannot be scanned: the planner probes its partitions */
+	List	   *indexes = heap->rd_rel->relkind == RELKIND_RELATION ?
+		RelationGetIndexList(heap) : NIL;
 	ListCell   *lc;
 	MemoryContext old = MemoryContextSwitchTo(rules_cxt);
 
@@ -1013,7 +1376,7 @@ static void
 emit_group_row(McRelRules *rr, int g, int event, const char **colvals,
 			   const char *prefix, McKeySink sink, void *arg, StringInfo buf)
 {
-	const char *values[64];
+	const char *values[MC_MAX_PLACEHOLDERS];
 
 	for (int i = 0; i < rr->nrules; i++)
 	{
@@ -1021,7 +1384,7 @@ emit_group_row(McRelRules *rr, int g, int event, const char **colvals,
 
 		if (c->group != g || !(c->raw->events & event))
 			continue;
-		for (int a = 0; a < c->raw->family->tmpl->nargs && a < 64; a++)
+		for (int a = 0; a < c->raw->family->tmpl->nargs; a++)
 			values[a] = colvals[c->cols[a] - 1];
 		emit(buf, c, prefix, values, sink, arg);
 	}
@@ -1083,28 +1446,34 @@ index_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
 }
 
 /* fallback: one SPI query per group, = ANY over all values */
-static void spi_lookup_as_owner(McRelRules *rr, int g, List *vals, int event,
-								const char *prefix, McKeySink sink, void *arg,
-								StringInfo buf);
+static void spi_lookup(McRelRules *rr, int g, List *vals, int event,
+					   const char *prefix, McKeySink sink, void *arg,
+					   StringInfo buf);
 
+/*
+ * Run one group's lookup as the owner of the table it reads, the way
+ * PostgreSQL's foreign-key checks do: no ACL surprise and no row security
+ * (an invalidation must not depend on who made the change), and restricted
+ * so that nothing it calls can change the session.
+ */
 static void
-spi_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
-		   McKeySink sink, void *arg, StringInfo buf)
+lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix,
+				McKeySink sink, void *arg, StringInfo buf)
 {
+	LGroup	   *grp = &rr->groups[g];
 	Oid			save_userid;
 	int			save_sec;
 
-	/*
-	 * Like the index probe, the lookup must see every row whoever made the
-	 * change: run it as the bootstrap superuser (no ACL, no row security),
-	 * restricted so that no user code can exploit it.
-	 */
 	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID,
-						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	SetUserIdAndSecContext(grp->via_owner,
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION | SECURITY_NOFORCE_RLS);
 	PG_TRY();
 	{
-		spi_lookup_as_owner(rr, g, vals, event, prefix, sink, arg, buf);
+		if (OidIsValid(grp->indexoid))
+			index_lookup(rr, g, vals, event, prefix, sink, arg, buf);
+		else
+			spi_lookup(rr, g, vals, event, prefix, sink, arg, buf);
 	}
 	PG_FINALLY();
 	{
@@ -1114,8 +1483,8 @@ spi_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
 }
 
 static void
-spi_lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix,
-					McKeySink sink, void *arg, StringInfo buf)
+spi_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
+		   McKeySink sink, void *arg, StringInfo buf)
 {
 	LGroup	   *grp = &rr->groups[g];
 	Datum	   *elems;
@@ -1124,6 +1493,7 @@ spi_lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *pr
 	int			ret;
 	ListCell   *lc;
 	const char **colvals = palloc(sizeof(char *) * Max(1, grp->ncols));
+	int			lvl = mc_settings_pin(false);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -1147,6 +1517,7 @@ spi_lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *pr
 	}
 	SPI_freetuptable(SPI_tuptable);
 	SPI_finish();
+	mc_settings_restore(lvl);
 }
 
 /*
@@ -1161,7 +1532,10 @@ mc_collect(McRelRules *rr, Relation rel, int event,
 {
 	List	  **groupvals = palloc0(sizeof(List *) * Max(1, rr->ngroups));
 	StringInfoData buf;
+	int			lvl = -1;
 
+	if (rr->canonical)
+		lvl = mc_settings_pin(true);
 	initStringInfo(&buf);
 	scan_table(rr, event, oldtab, oldslot, prefix, sink, arg, groupvals, &buf);
 	scan_table(rr, event, newtab, newslot, prefix, sink, arg, groupvals, &buf);
@@ -1174,11 +1548,10 @@ mc_collect(McRelRules *rr, Relation rel, int event,
 			continue;
 		if (!grp->index_checked)
 			choose_index(grp);
-		if (OidIsValid(grp->indexoid))
-			index_lookup(rr, g, groupvals[g], event, prefix, sink, arg, &buf);
-		else
-			spi_lookup(rr, g, groupvals[g], event, prefix, sink, arg, &buf);
+		lookup_as_owner(rr, g, groupvals[g], event, prefix, sink, arg, &buf);
 	}
+	if (lvl >= 0)
+		mc_settings_restore(lvl);
 }
 
 /* every family any rule of the table can produce (for TRUNCATE) */

@@ -5,9 +5,8 @@
  *	  one path: rules.c turns rows into keys, and a sink decides where the
  *	  keys go (the transaction's pending set, or a result set).
  *
- *	  Also the guard's memory: which tables attach()/detach() may change
- *	  triggers on in this transaction (the event triggers ask), and
- *	  invalidate_all().
+ *	  TRUNCATE (and a table rewrite, through guard.c) record the patterns
+ *	  of every family the table's rules can produce.
  */
 #include "postgres.h"
 
@@ -45,6 +44,33 @@ attached_name(Relation rel)
 	return NULL;
 }
 
+/*
+ * Every family any rule of the table can produce, deleted after commit:
+ * families without placeholders by name, the others by SCAN pattern.
+ */
+void
+mc_invalidate_families(struct McRelRules *rr)
+{
+	ListCell   *lc;
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	foreach(lc, mc_rel_families(rr))
+	{
+		McFamily   *f = (McFamily *) lfirst(lc);
+
+		resetStringInfo(&buf);
+		if (f->tmpl->nargs == 0)
+		{
+			mc_render(&buf, f->tmpl, mc_key_prefix, NULL);
+			mc_pending_sink(NULL, buf.data, buf.len, f, 0);
+		}
+		else
+			mc_pending_add_family(f);
+	}
+	pfree(buf.data);
+}
+
 PG_FUNCTION_INFO_V1(meetcache_invalidate_trigger);
 Datum
 meetcache_invalidate_trigger(PG_FUNCTION_ARGS)
@@ -73,27 +99,7 @@ meetcache_invalidate_trigger(PG_FUNCTION_ARGS)
 
 	if (TRIGGER_FIRED_BY_TRUNCATE(trig->tg_event))
 	{
-		ListCell   *lc;
-		StringInfoData buf;
-
-		initStringInfo(&buf);
-		foreach(lc, mc_rel_families(rr))
-		{
-			McFamily   *f = (McFamily *) lfirst(lc);
-
-			resetStringInfo(&buf);
-			if (f->tmpl->nargs == 0)
-			{
-				mc_render(&buf, f->tmpl, mc_key_prefix, NULL);
-				mc_pending_sink(NULL, buf.data, buf.len, f, 0);
-			}
-			else
-			{
-				mc_append_glob_escaped(&buf, mc_key_prefix, strlen(mc_key_prefix));
-				appendStringInfoString(&buf, f->tmpl->glob);
-				mc_pending_add_pattern(buf.data, buf.len);
-			}
-		}
+		mc_invalidate_families(rr);
 		return PointerGetDatum(NULL);
 	}
 
@@ -137,9 +143,10 @@ meetcache_check_table(PG_FUNCTION_ARGS)
 	Oid			relid = PG_GETARG_OID(0);
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	Relation	rel = table_open(relid, AccessShareLock);
-	struct McRelRules *rr = mc_rel_rules(rel, name, true);
-	int			n = mc_rel_nrules(rr);
+	int			n;
 
+	mc_rules_reload();
+	n = mc_check_rel(rel, name);
 	table_close(rel, AccessShareLock);
 	PG_RETURN_INT32(n);
 }
@@ -172,7 +179,9 @@ srf_sink(void *arg, const char *key, int len, McFamily *family, int rule_id)
 	Datum		values[3];
 	bool		nulls[3] = {false, false, false};
 
-	values[0] = PointerGetDatum(cstring_to_text_with_len(key, len));
+	/* the whole family: shown as its pattern */
+	values[0] = key ? PointerGetDatum(cstring_to_text_with_len(key, len))
+		: CStringGetTextDatum(family->tmpl->glob);
 	values[1] = CStringGetTextDatum(family->name);
 	values[2] = Int32GetDatum(rule_id);
 	tuplestore_putvalues(s->ts, s->desc, values, nulls);
@@ -190,8 +199,9 @@ row_store(Relation rel, Datum jsonrow)
 	HeapTupleHeader th;
 	HeapTupleData tmp;
 	MemoryContext outer = CurrentMemoryContext;
+	int			lvl = mc_settings_pin(false);
 
-	sql = psprintf("SELECT jsonb_populate_record(NULL::%s, $1)",
+	sql = psprintf("SELECT pg_catalog.jsonb_populate_record(NULL::%s, $1)",
 				   quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 											  RelationGetRelationName(rel)));
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -207,6 +217,7 @@ row_store(Relation rel, Datum jsonrow)
 		MemoryContextSwitchTo(old);
 	}
 	SPI_finish();
+	mc_settings_restore(lvl);
 	tmp.t_len = HeapTupleHeaderGetDatumLength(th);
 	ItemPointerSetInvalid(&tmp.t_self);
 	tmp.t_tableOid = RelationGetRelid(rel);
@@ -281,147 +292,3 @@ meetcache_affected_keys(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-/* ---- the guard: trigger DDL allowed for attach()/detach() ---- */
-
-#define MAX_ALLOWED 64
-static Oid	allowed_rel[MAX_ALLOWED];
-static int	nallowed = 0;
-static LocalTransactionId allowed_lxid = InvalidLocalTransactionId;
-
-#if PG_VERSION_NUM >= 170000
-#define MY_LXID (MyProc->vxid.lxid)
-#else
-#define MY_LXID (MyProc->lxid)
-#endif
-
-PG_FUNCTION_INFO_V1(meetcache_allow_trigger_ddl);
-Datum
-meetcache_allow_trigger_ddl(PG_FUNCTION_ARGS)
-{
-	Oid			relid = PG_GETARG_OID(0);
-
-	if (allowed_lxid != MY_LXID)
-	{
-		nallowed = 0;
-		allowed_lxid = MY_LXID;
-	}
-	for (int i = 0; i < nallowed; i++)
-		if (allowed_rel[i] == relid)
-			PG_RETURN_VOID();
-	if (nallowed == MAX_ALLOWED)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("cannot attach or detach more than %d tables in one transaction", MAX_ALLOWED)));
-	allowed_rel[nallowed++] = relid;
-	PG_RETURN_VOID();
-}
-
-PG_FUNCTION_INFO_V1(meetcache_trigger_ddl_allowed);
-Datum
-meetcache_trigger_ddl_allowed(PG_FUNCTION_ARGS)
-{
-	Oid			relid = PG_GETARG_OID(0);
-
-	if (allowed_lxid == MY_LXID)
-		for (int i = 0; i < nallowed; i++)
-			if (allowed_rel[i] == relid)
-				PG_RETURN_BOOL(true);
-	PG_RETURN_BOOL(false);
-}
-
-/*
- * The guard compares the meetcache triggers before and after each ALTER
- * TABLE, ALTER TRIGGER, CREATE TRIGGER and DROP TRIGGER: only a change
- * counts, so pg_dump's CREATE TRIGGER followed by one ENABLE ALWAYS
- * TRIGGER per trigger passes.  The snapshot is taken at ddl_command_start
- * (meetcache._guard_snapshot) and read back at ddl_command_end
- * (meetcache._guard_before()).
- */
-typedef struct GuardTrig
-{
-	Oid			tgoid;
-	Oid			relid;
-	NameData	name;
-	char		state;
-} GuardTrig;
-
-static GuardTrig *snap = NULL;
-static int	snap_n = 0;
-
-PG_FUNCTION_INFO_V1(meetcache_guard_snapshot);
-Datum
-meetcache_guard_snapshot(PG_FUNCTION_ARGS)
-{
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "meetcache: SPI_connect failed");
-	if (SPI_execute("SELECT t.oid, t.tgrelid, t.tgname, t.tgenabled FROM pg_catalog.pg_trigger t "
-					"WHERE t.tgfoid = 'meetcache.invalidate_trigger()'::pg_catalog.regprocedure",
-					true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "meetcache: could not read pg_trigger");
-	if (snap)
-		pfree(snap);
-	snap_n = (int) SPI_processed;
-	snap = MemoryContextAlloc(TopMemoryContext, sizeof(GuardTrig) * Max(snap_n, 1));
-	for (int i = 0; i < snap_n; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	td = SPI_tuptable->tupdesc;
-		bool		isnull;
-
-		snap[i].tgoid = DatumGetObjectId(SPI_getbinval(tup, td, 1, &isnull));
-		snap[i].relid = DatumGetObjectId(SPI_getbinval(tup, td, 2, &isnull));
-		namestrcpy(&snap[i].name, DatumGetCString(DirectFunctionCall1(nameout,
-																	  SPI_getbinval(tup, td, 3, &isnull))));
-		snap[i].state = DatumGetChar(SPI_getbinval(tup, td, 4, &isnull));
-	}
-	SPI_finish();
-	PG_RETURN_VOID();
-}
-
-/* the snapshot: (tgoid, relid, tgname, tgenabled) of every meetcache trigger */
-PG_FUNCTION_INFO_V1(meetcache_guard_before);
-Datum
-meetcache_guard_before(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	TupleDesc	desc;
-	Tuplestorestate *ts;
-	MemoryContext oldcxt;
-
-	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	oldcxt = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
-	desc = CreateTupleDescCopy(desc);
-	ts = tuplestore_begin_heap(true, false, work_mem);
-	MemoryContextSwitchTo(oldcxt);
-	for (int i = 0; i < snap_n; i++)
-	{
-		Datum		values[4];
-		bool		nulls[4] = {false, false, false, false};
-
-		values[0] = ObjectIdGetDatum(snap[i].tgoid);
-		values[1] = ObjectIdGetDatum(snap[i].relid);
-		values[2] = NameGetDatum(&snap[i].name);
-		values[3] = CharGetDatum(snap[i].state);
-		tuplestore_putvalues(ts, desc, values, nulls);
-	}
-	rsinfo->returnMode = SFRM_Materialize;
-	rsinfo->setResult = ts;
-	rsinfo->setDesc = desc;
-	return (Datum) 0;
-}
-
-/* every key under the prefix, deleted when this transaction commits */
-PG_FUNCTION_INFO_V1(meetcache_invalidate_all);
-Datum
-meetcache_invalidate_all(PG_FUNCTION_ARGS)
-{
-	StringInfoData pat;
-
-	initStringInfo(&pat);
-	mc_append_glob_escaped(&pat, mc_key_prefix, strlen(mc_key_prefix));
-	appendStringInfoChar(&pat, '*');
-	mc_pending_add_pattern(pat.data, pat.len);
-	pfree(pat.data);
-	PG_RETURN_VOID();
-}
