@@ -676,12 +676,12 @@ refuse_change(List *before, List *now)
 	if (OidIsValid(bad_rel))
 	{
 		ListCell   *lc2;
+		char	   *tbl = qualified_name(bad_rel);
 
 		list_sort(bad, cmp_names);
 		initStringInfo(&names);
 		foreach(lc2, bad)
 			appendStringInfo(&names, "%s%s", names.len ? ", " : "", (char *) lfirst(lc2));
-		char	   *tbl = qualified_name(bad_rel);
 
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
