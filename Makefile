@@ -9,7 +9,7 @@ OBJS       = src/meetcache.o src/redis.o src/pending.o src/rules.o src/trigger.o
 DATA       = $(wildcard sql/$(EXTENSION)--*.sql)
 PGFILEDESC = "meetcache - Redis cache invalidation"
 
-REGRESS      = core rules txn get_or_set matrix_snake matrix_camel worker
+REGRESS      = core rules txn get_or_set matrix_snake matrix_camel worker upgrade
 REGRESS_OPTS = --inputdir=test
 
 PG_CPPFLAGS = -DMEETCACHE_VERSION=\"$(EXTVERSION)\" -Wall -Wextra -Werror \

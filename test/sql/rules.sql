@@ -34,6 +34,7 @@ SELECT meetcache.attach(NULL);
 CREATE VIEW v AS SELECT 1 AS id;
 SELECT meetcache.attach('v');
 SELECT meetcache.attach_defaults('no_such_schema');
+-- a partitioned table is attached together with its partitions
 CREATE TABLE pmeetings (LIKE meetings) PARTITION BY LIST (status);
 SELECT meetcache.attach('pmeetings', 'meetings');
 
@@ -118,7 +119,7 @@ SELECT gone() AS prefixed_gone;
 RESET meetcache.key_prefix;
 SELECT gone() AS unprefixed_gone;
 
--- a column dropped after attach: the write fails loudly rather than leave stale keys
+-- a column a rule needs cannot be dropped while the table is attached
 ALTER TABLE widgets DROP COLUMN "shelfId";
 UPDATE widgets SET kind = 'x' WHERE id = 1;
 SELECT meetcache.detach('widgets');

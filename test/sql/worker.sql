@@ -167,10 +167,10 @@ SELECT meetcache.detach('meetings');
 SELECT count(*) AS meetings_triggers FROM meetcache.attached WHERE relation = 'meetings'::regclass;
 SELECT meetcache.attach('meetings');
 SELECT relation, triggers, enabled_always FROM meetcache.attached WHERE relation = 'meetings'::regclass;
--- non-superusers cannot use the internal switch nor invalidate_all
+-- non-superusers cannot detach without EXECUTE, nor invalidate_all
 CREATE ROLE wk_user;
 SET ROLE wk_user;
-SELECT meetcache._allow_trigger_ddl('pg_class');
+SELECT meetcache.detach('meetings');
 SELECT meetcache.invalidate_all();
 RESET ROLE;
 DROP ROLE wk_user;

@@ -1,0 +1,48 @@
+-- upgrade: ALTER EXTENSION meetcache UPDATE from every released version
+-- gives the same objects as a fresh CREATE EXTENSION, and keeps attached
+-- tables invalidating.
+\set VERBOSITY terse
+SET client_min_messages = warning;
+CREATE DATABASE mc_upgrade_fresh;
+CREATE DATABASE mc_upgrade_010;
+
+\c mc_upgrade_fresh
+SET client_min_messages = warning;
+CREATE EXTENSION meetcache;
+SELECT extversion FROM pg_extension WHERE extname = 'meetcache';
+\i test/sql/upgrade_listing.inc
+SELECT current_setting('data_directory') || '/meetcache_fresh_listing.txt' AS listing_file \gset
+COPY (SELECT * FROM public.mc_listing()) TO :'listing_file';
+
+\c mc_upgrade_010
+SET client_min_messages = warning;
+CREATE EXTENSION meetcache VERSION '0.1.0';
+-- tables attached under 0.1.0 keep invalidating across the update
+\i test/fixtures/meet_snake.sql
+SELECT count(*) FROM meetcache.attach_defaults('public');
+ALTER EXTENSION meetcache UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'meetcache';
+\i test/sql/upgrade_listing.inc
+CREATE TEMP TABLE fresh (l text);
+COPY fresh FROM :'listing_file';
+-- no difference either way
+(SELECT 'only after UPDATE' AS side, l FROM public.mc_listing() l EXCEPT SELECT 'only after UPDATE', l FROM fresh)
+UNION ALL
+(SELECT 'only in a fresh install', l FROM fresh EXCEPT SELECT 'only in a fresh install', l FROM public.mc_listing() l)
+ORDER BY 1, 2;
+SELECT count(*) > 50 AS listed FROM fresh;
+SELECT relation, table_name, triggers, enabled_always FROM meetcache.attached ORDER BY relation::text;
+SELECT meetcache.cache_set('user:u1', '1', 600);
+INSERT INTO users (id, name, email) VALUES ('u1', 'A', 'a@x');
+SELECT meetcache.cache_exists('user:u1') AS cached_after_insert;
+-- the 0.2.0 guard is in place
+ALTER TABLE users DISABLE TRIGGER meetcache_upd;
+CREATE ROLE mc_upgrade_role;
+SET ROLE mc_upgrade_role;
+SELECT meetcache.attach('users');
+RESET ROLE;
+DROP ROLE mc_upgrade_role;
+
+\c contrib_regression
+DROP DATABASE mc_upgrade_fresh;
+DROP DATABASE mc_upgrade_010;
