@@ -163,14 +163,14 @@ ALTER TABLE dumped ENABLE ALWAYS TRIGGER meetcache_del;
 SELECT meetcache.detach('dumped');
 SELECT meetcache.attach('dumped', 'users');
 DROP TABLE dumped;
-SELECT meetcache.detach('meetings');
+SELECT meetcache.detach('pg_class');
 SELECT count(*) AS meetings_triggers FROM meetcache.attached WHERE relation = 'meetings'::regclass;
 SELECT meetcache.attach('meetings');
 SELECT relation, triggers, enabled_always FROM meetcache.attached WHERE relation = 'meetings'::regclass;
 -- non-superusers cannot detach without EXECUTE, nor invalidate_all
 CREATE ROLE wk_user;
 SET ROLE wk_user;
-SELECT meetcache.detach('meetings');
+SELECT meetcache.detach('pg_class');
 SELECT meetcache.invalidate_all();
 RESET ROLE;
 DROP ROLE wk_user;
