@@ -163,7 +163,7 @@ ALTER TABLE dumped ENABLE ALWAYS TRIGGER meetcache_del;
 SELECT meetcache.detach('dumped');
 SELECT meetcache.attach('dumped', 'users');
 DROP TABLE dumped;
-SELECT meetcache.detach('pg_class');
+SELECT meetcache.detach('meetings');
 SELECT count(*) AS meetings_triggers FROM meetcache.attached WHERE relation = 'meetings'::regclass;
 SELECT meetcache.attach('meetings');
 SELECT relation, triggers, enabled_always FROM meetcache.attached WHERE relation = 'meetings'::regclass;
