@@ -101,11 +101,13 @@ CREATE TRIGGER meetcache_upd AFTER UPDATE ON pg_temp.users
 	'42501', 'LOGIN role: CREATE TRIGGER with meetcache.invalidate_trigger');
 # the 0.1.0 exploit end to end: a temp view standing in for the lookup table
 try_sql('mallory', q{
-CREATE FUNCTION public.mallory_up() RETURNS text LANGUAGE plpgsql AS
+CREATE FUNCTION pg_temp.mallory_up() RETURNS text LANGUAGE plpgsql AS
   $$BEGIN ALTER ROLE mallory SUPERUSER; RETURN 'x'; END$$;
 CREATE TEMP TABLE users (id text, name text, email text);
-CREATE TEMP VIEW meetings AS SELECT public.mallory_up() AS id, 'u1'::text AS host_id,
+CREATE TEMP VIEW meetings AS SELECT pg_temp.mallory_up() AS id, 'u1'::text AS host_id,
   'i'::text AS invite_code;
+CREATE TEMP TABLE participants (user_id text, meeting_id text);
+CREATE TEMP TABLE chat_messages (user_id text, meeting_id text);
 CREATE TRIGGER meetcache_upd AFTER UPDATE ON pg_temp.users
   REFERENCING OLD TABLE AS meetcache_old NEW TABLE AS meetcache_new
   FOR EACH STATEMENT EXECUTE FUNCTION meetcache.invalidate_trigger('users');
