@@ -89,7 +89,7 @@ sub cached { return $redis->cli('EXISTS', $_[0]) eq '1' ? 1 : 0; }
 sub all_always
 {
 	return $node->safe_psql('postgres',
-		"SELECT coalesce(bool_and(triggers = 4 AND enabled_always), false) FROM meetcache.attached WHERE relation = '$_[0]'::regclass");
+		"SELECT coalesce(bool_and(triggers = 4 AND enabled_always), false) FROM meetcache.attached WHERE relation = to_regclass('$_[0]')");
 }
 
 # ---- 1. the trigger function, attach(), lookups ----
