@@ -56,6 +56,21 @@ sub run_as
 
 #################### a. reserved keys
 my $fake = 'mc-lease:u:{meeting:m1}';
+
+# the attack: a fake lease for meeting:m1; its next fill must still cache
+{
+	my ($out, $err, $state) = run_as('mc_app',
+		"SELECT meetcache.cache_set('$fake', '\"fake\"', 600);\n"
+		  . "SELECT meetcache.cache_get_or_set('$fake', 'SELECT 1', 600)");
+	is($state, '22023', 'a fake lease for meeting:m1 is refused');
+	($out, $err, $state) = run_as('postgres',
+		"SET meetcache.lease_wait = 300;\n"
+		  . "SELECT meetcache.cache_get_or_set('meeting:m1', 'SELECT title FROM meetings WHERE id = \$1', 600, 'm1');\n"
+		  . "SELECT meetcache.cache_exists('meeting:m1')");
+	is($out, "\"t1\"\nt", 'the next fill of meeting:m1 is cached');
+	$redis->cli('DEL', 'meeting:m1');
+}
+
 my %calls = (
 	cache_get => "SELECT meetcache.cache_get('%s')",
 	cache_set => "SELECT meetcache.cache_set('%s', '\"fake\"', 600)",
@@ -103,14 +118,6 @@ is($redis->cli('EXISTS', $fake), '0', 'still no lease key');
 	is($out, "|\n1\n1", 'and work');
 }
 
-# the attack: a fill of meeting:m1 after the attempt caches its value
-{
-	my ($out, $err, $state) = run_as('postgres',
-		"SET meetcache.lease_wait = 300;\n"
-		  . "SELECT meetcache.cache_get_or_set('meeting:m1', 'SELECT title FROM meetings WHERE id = \$1', 600, 'm1');\n"
-		  . "SELECT meetcache.cache_exists('meeting:m1')");
-	is($out, "\"t1\"\nt", 'a fill of meeting:m1 is cached after the attempt');
-}
 
 #################### b. cache_keys on a big keyspace
 {
