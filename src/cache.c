@@ -7,9 +7,10 @@
  *	  meetcache.key_prefix; it is applied here.
  *
  * Invariants:
- *	  - no function writes or reads a key in the reserved lease namespace
- *	    (MC_LEASE_NS), as given or after the prefix; leases are only made,
- *	    stored with and cancelled by meetcache's own scripts;
+ *	  - no function takes a key, or a pattern whose literal start is a key,
+ *	    in the reserved lease namespace (MC_LEASE_NS), as given or after the
+ *	    prefix: leases are made, used and cancelled by meetcache's scripts
+ *	    only;
  *	  - the query of cache_get_or_set runs in a subtransaction of its own,
  *	    read-only, and whatever it wrote is refused and rolled back;
  *	  - every pipeline is bounded (MC_KEYS_CHUNK keys a round trip), each
@@ -55,13 +56,13 @@
 #define MC_EXCERPT_VALUE 44		/* bytes (NUL included) of a value in a message */
 #define MC_EXCERPT_REPLY 204	/* ... and of an error reply */
 
+/* ---- helpers ---- */
+
 static char *
 prefixed(const char *key)
 {
 	return psprintf("%s%s", mc_key_prefix, key);
 }
-
-/* ---- helpers ---- */
 
 /*
  * Refuse a key, or a pattern whose literal start is a key, in the lease
