@@ -5,6 +5,17 @@
  *	  compact (as JSON.stringify writes it), so applications and SQL read
  *	  each other's values.  Keys are given and returned without
  *	  meetcache.key_prefix; it is applied here.
+ *
+ * Invariants:
+ *	  - no function takes a key, or a pattern whose literal start is a key,
+ *	    in the reserved lease namespace (MC_LEASE_NS), as given or after the
+ *	    prefix: leases are made, used and cancelled by meetcache's scripts
+ *	    only;
+ *	  - the query of cache_get_or_set runs in a subtransaction of its own,
+ *	    read-only, and whatever it wrote is refused and rolled back;
+ *	  - every pipeline is bounded (MC_KEYS_CHUNK keys a round trip), each
+ *	    round trip under its own command_timeout;
+ *	  - Redis text reaches messages only through mc_excerpt.
  */
 #include "postgres.h"
 
@@ -30,6 +41,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/plancache.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
@@ -39,9 +51,61 @@
 
 #include "meetcache.h"
 
-
+#define MC_KEYS_CHUNK 1000		/* keys per TYPE/TTL/MEMORY USAGE round trip */
+#define MC_EXCERPT_VALUE 44		/* bytes (NUL included) of a value in a message */
+#define MC_EXCERPT_REPLY 204	/* ... and of an error reply */
 
 /* ---- helpers ---- */
+
+static char *
+prefixed(const char *key)
+{
+	return psprintf("%s%s", mc_key_prefix, key);
+}
+
+/*
+ * Refuse a key, or a pattern whose literal start is a key, in the lease
+ * namespace: as given, or after meetcache.key_prefix.  Writing a lease key
+ * would make every fill of its key wait lease_wait and cache nothing.
+ */
+static bool
+reserved(const char *s, bool glob)
+{
+	int			n = 0;
+
+	for (; *s && n < (int) strlen(MC_LEASE_NS); s++)
+	{
+		if (glob && (*s == '*' || *s == '?' || *s == '['))
+			return false;
+		if (glob && *s == '\\' && s[1])
+			s++;
+		if (*s != MC_LEASE_NS[n++])
+			return false;
+	}
+	return n == (int) strlen(MC_LEASE_NS);
+}
+
+static void
+check_reserved(const char *given, const char *full, bool glob, const char *what)
+{
+	if (reserved(given, glob) || reserved(full, glob))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s \"%s\" is in the reserved namespace \"%s\"", what, given, MC_LEASE_NS),
+				 errdetail("Keys starting with \"%s\", as given or after meetcache.key_prefix, are meetcache's leases.",
+						   MC_LEASE_NS),
+				 errhint("Choose another name. meetcache manages lease keys itself: cache_del() and cache_del_pattern() delete a key's lease with the key.")));
+}
+
+/* Redis text (a value or an error reply) made fit for a message */
+static char *
+excerpt(const char *s, int len, int size)
+{
+	char	   *out = palloc(size);
+
+	mc_excerpt(out, size, s, len);
+	return out;
+}
 
 static char *
 arg_key(FunctionCallInfo fcinfo, int argno, const char *what)
@@ -64,13 +128,8 @@ arg_key(FunctionCallInfo fcinfo, int argno, const char *what)
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("%s is too long", what),
 				 errdetail("It has %d bytes; the limit is %d.", len, MC_MAX_KEY_BYTES)));
+	check_reserved(key, prefixed(key), false, what);
 	return key;
-}
-
-static char *
-prefixed(const char *key)
-{
-	return psprintf("%s%s", mc_key_prefix, key);
 }
 
 /* a SCAN pattern under the prefix: the prefix is literal, the rest a glob */
@@ -94,11 +153,11 @@ check_reply_error(McReply *r, const char *key)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("cache key \"%s\" does not hold a string value", key),
-				 errdetail("Redis said: %s", r->str)));
+				 errdetail("Redis said: %s", excerpt(r->str, r->len, MC_EXCERPT_REPLY))));
 	ereport(ERROR,
 			(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 			 errmsg("redis refused the command for key \"%s\"", key ? key : ""),
-			 errdetail("Redis said: %s", r->str)));
+			 errdetail("Redis said: %s", excerpt(r->str, r->len, MC_EXCERPT_REPLY))));
 }
 
 /*
@@ -233,7 +292,7 @@ json_text_to_jsonb(const char *key, const char *s, size_t len)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 				 errmsg("cache key \"%s\" does not hold valid JSON", key),
-				 errdetail("The value starts with: %.40s", z),
+				 errdetail("The value starts with: %s", excerpt(s, len, MC_EXCERPT_VALUE)),
 				 errhint("meetcache stores JSON text; delete the key with meetcache.cache_del().")));
 	return DirectFunctionCall1(jsonb_in, CStringGetDatum(z));
 }
@@ -458,6 +517,7 @@ meetcache_cache_del(PG_FUNCTION_ARGS)
 					 errmsg("cache key %d is too long", i + 1),
 					 errdetail("The limit is %d bytes.", MC_MAX_KEY_BYTES)));
 		keys[i] = prefixed(k);
+		check_reserved(k, keys[i], false, "cache key");
 	}
 	PG_RETURN_INT64(unlink_keys(keys, n));
 }
@@ -521,7 +581,7 @@ del_page(McReply *keys, void *arg)
 
 	/* lease keys were handled before; a key is deleted with its lease */
 	for (int i = 0; i < keys->nelems; i++)
-		if (strncmp(keys->elems[i]->str, "mc-lease:", 9) != 0)
+		if (strncmp(keys->elems[i]->str, MC_LEASE_NS, strlen(MC_LEASE_NS)) != 0)
 			k[n++] = keys->elems[i]->str;
 	*total += unlink_keys(k, n);
 	return true;
@@ -562,6 +622,7 @@ arg_pattern(FunctionCallInfo fcinfo, int argno)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("pattern must not be empty"),
 				 errhint("Use '*' to match every key under meetcache.key_prefix.")));
+	check_reserved(p, prefixed_pattern(p), true, "pattern");
 	return p;
 }
 
@@ -646,6 +707,61 @@ cmp_str(const ListCell *a, const ListCell *b)
 	return strcmp((char *) lfirst(a), (char *) lfirst(b));
 }
 
+/*
+ * TYPE, TTL and MEMORY USAGE of keys[0..n-1] in one round trip, one row
+ * each into ts (keys gone since the SCAN are skipped).
+ */
+static void
+keys_describe(char **keys, int n, Tuplestorestate *ts, TupleDesc desc)
+{
+	McPipe		pipe;
+	McReply   **r;
+	int			plen = strlen(mc_key_prefix);
+
+	mc_pipe_init(&pipe);
+	for (int i = 0; i < n; i++)
+	{
+		const char *k = keys[i];
+		const char *a1[2] = {"TYPE", k};
+		const char *a2[2] = {"TTL", k};
+		const char *a3[3] = {"MEMORY", "USAGE", k};
+		size_t		l1[2] = {4, strlen(k)};
+		size_t		l2[2] = {3, strlen(k)};
+		size_t		l3[3] = {6, 5, strlen(k)};
+
+		mc_pipe_add(&pipe, 2, a1, l1);
+		mc_pipe_add(&pipe, 2, a2, l2);
+		mc_pipe_add(&pipe, 3, a3, l3);
+	}
+	r = mc_pipe_exec(&pipe);
+
+	for (int i = 0; i < n; i++)
+	{
+		McReply    *type = r[i * 3],
+				   *ttl = r[i * 3 + 1],
+				   *size = r[i * 3 + 2];
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+
+		if (type->type == MC_REPLY_STATUS && strcmp(type->str, "none") == 0)
+			continue;			/* expired or deleted since the SCAN */
+		values[0] = CStringGetTextDatum(keys[i] + plen);
+		if (type->type == MC_REPLY_STATUS)
+			values[1] = CStringGetTextDatum(type->str);
+		else
+			nulls[1] = true;
+		if (ttl->type == MC_REPLY_INTEGER && ttl->integer >= -1)
+			values[2] = Int64GetDatum(ttl->integer);
+		else
+			nulls[2] = true;
+		if (size->type == MC_REPLY_INTEGER)
+			values[3] = Int64GetDatum(size->integer);
+		else
+			nulls[3] = true;
+		tuplestore_putvalues(ts, desc, values, nulls);
+	}
+}
+
 PG_FUNCTION_INFO_V1(meetcache_cache_keys);
 Datum
 meetcache_cache_keys(PG_FUNCTION_ARGS)
@@ -656,10 +772,9 @@ meetcache_cache_keys(PG_FUNCTION_ARGS)
 	TupleDesc	desc;
 	Tuplestorestate *ts;
 	MemoryContext old;
-	McPipe		pipe;
-	McReply   **r = NULL;
-	int			plen = strlen(mc_key_prefix);
-	int			i;
+	MemoryContext chunk_cxt;
+	char	  **keys;
+	int			nkeys;
 	ListCell   *lc;
 
 	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
@@ -675,26 +790,10 @@ meetcache_cache_keys(PG_FUNCTION_ARGS)
 
 	scan_keys(pattern, keys_page, &st);
 	list_sort(st.keys, cmp_str);
-
-	if (st.keys != NIL)
-	{
-		mc_pipe_init(&pipe);
-		foreach(lc, st.keys)
-		{
-			const char *k = lfirst(lc);
-			const char *a1[2] = {"TYPE", k};
-			const char *a2[2] = {"TTL", k};
-			const char *a3[3] = {"MEMORY", "USAGE", k};
-			size_t		l1[2] = {4, strlen(k)};
-			size_t		l2[2] = {3, strlen(k)};
-			size_t		l3[3] = {6, 5, strlen(k)};
-
-			mc_pipe_add(&pipe, 2, a1, l1);
-			mc_pipe_add(&pipe, 2, a2, l2);
-			mc_pipe_add(&pipe, 3, a3, l3);
-		}
-		r = mc_pipe_exec(&pipe);
-	}
+	nkeys = list_length(st.keys);
+	keys = palloc(sizeof(char *) * Max(1, nkeys));
+	foreach(lc, st.keys)
+		keys[foreach_current_index(lc)] = lfirst(lc);
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
@@ -703,34 +802,18 @@ meetcache_cache_keys(PG_FUNCTION_ARGS)
 	ts = tuplestore_begin_heap(true, false, work_mem);
 	MemoryContextSwitchTo(old);
 
-	i = 0;
-	foreach(lc, st.keys)
+	/* bounded round trips, each under its own deadline; replies freed as we go */
+	chunk_cxt = AllocSetContextCreate(CurrentMemoryContext, "meetcache cache_keys chunk",
+									  ALLOCSET_DEFAULT_SIZES);
+	for (int i = 0; i < nkeys; i += MC_KEYS_CHUNK)
 	{
-		const char *k = lfirst(lc);
-		McReply    *type = r[i * 3],
-				   *ttl = r[i * 3 + 1],
-				   *size = r[i * 3 + 2];
-		Datum		values[4];
-		bool		nulls[4] = {false, false, false, false};
-
-		i++;
-		if (type->type == MC_REPLY_STATUS && strcmp(type->str, "none") == 0)
-			continue;			/* expired or deleted since the SCAN */
-		values[0] = CStringGetTextDatum(k + plen);
-		if (type->type == MC_REPLY_STATUS)
-			values[1] = CStringGetTextDatum(type->str);
-		else
-			nulls[1] = true;
-		if (ttl->type == MC_REPLY_INTEGER && ttl->integer >= -1)
-			values[2] = Int64GetDatum(ttl->integer);
-		else
-			nulls[2] = true;
-		if (size->type == MC_REPLY_INTEGER)
-			values[3] = Int64GetDatum(size->integer);
-		else
-			nulls[3] = true;
-		tuplestore_putvalues(ts, desc, values, nulls);
+		old = MemoryContextSwitchTo(chunk_cxt);
+		keys_describe(keys + i, Min(MC_KEYS_CHUNK, nkeys - i), ts, desc);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(chunk_cxt);
+		CHECK_FOR_INTERRUPTS();
 	}
+	MemoryContextDelete(chunk_cxt);
 	rsinfo->returnMode = SFRM_Materialize;
 	rsinfo->setResult = ts;
 	rsinfo->setDesc = desc;
@@ -775,8 +858,9 @@ value_to_json(Datum value, Oid type)
 }
 
 /*
- * Run the query read-only, as the caller, with its parameters bound (types
- * inferred from the query, values given as text).  Returns its JSON.
+ * Run the query as the caller, with its parameters bound (types inferred
+ * from the query, values given as text).  Returns its JSON.  Called by
+ * run_query_readonly only.
  */
 static char *
 run_query(const char *key, const char *query, Datum *ptexts, bool *pnulls, int nparams)
@@ -787,7 +871,6 @@ run_query(const char *key, const char *query, Datum *ptexts, bool *pnulls, int n
 	List	   *sources;
 	int			ret;
 	char	   *json = NULL;
-	bool		save_ro = XactReadOnly;
 	MemoryContext outer = CurrentMemoryContext;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -854,18 +937,7 @@ run_query(const char *key, const char *query, Datum *ptexts, bool *pnulls, int n
 	 * never store).  SPI read-only mode runs the query on it.
 	 */
 	PushActiveSnapshot(GetTransactionSnapshot());
-
-	/* read-only for real: functions called by the query cannot write */
-	XactReadOnly = true;
-	PG_TRY();
-	{
-		ret = SPI_execute_plan_with_paramlist(plan, params, true, 2);
-	}
-	PG_FINALLY();
-	{
-		XactReadOnly = save_ro;
-	}
-	PG_END_TRY();
+	ret = SPI_execute_plan_with_paramlist(plan, params, true, 2);
 	PopActiveSnapshot();
 	if (ret != SPI_OK_SELECT)
 		ereport(ERROR,
@@ -904,6 +976,59 @@ run_query(const char *key, const char *query, Datum *ptexts, bool *pnulls, int n
 		MemoryContextSwitchTo(old);
 	}
 	SPI_finish();
+	return json;
+}
+
+/*
+ * run_query in a subtransaction of its own, with the transaction read-only
+ * (XactReadOnly) throughout, so that no function the query calls can write:
+ * what the executor checks fails with its own 25006 error, and what it does
+ * not check but a write needs, a transaction id, is caught here (on
+ * PostgreSQL 15 large objects and temporary tables).  The subtransaction is
+ * always rolled back: nothing the query did outlives its result.
+ */
+static char *
+run_query_readonly(const char *key, const char *query, Datum *ptexts, bool *pnulls,
+				   int nparams)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	bool		save_ro = XactReadOnly;
+	char	   *json = NULL;
+	bool		wrote = false;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	XactReadOnly = true;
+	PG_TRY();
+	{
+		json = run_query(key, query, ptexts, pnulls, nparams);
+		wrote = GetCurrentTransactionIdIfAny() != InvalidTransactionId;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		XactReadOnly = save_ro;
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+	XactReadOnly = save_ro;
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	if (wrote)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("the query for cache key \"%s\" must not write", key),
+				 errdetail("The query of cache_get_or_set runs read-only; what it wrote (a large object or a temporary table, for instance) was rolled back."),
+				 errhint("Compute the value with a query that only reads.")));
 	return json;
 }
 
@@ -963,7 +1088,8 @@ store_result(const char *key, const char *full, const char *lease, const char *t
 		mc_stat_add(MC_STAT_CACHE_BYPASSES, 1);
 		ereport(WARNING,
 				(errcode(err->sqlstate),
-				 errmsg("meetcache: cache unavailable, returning the query result uncached: %s", err->msg)));
+				 errmsg("meetcache: cache unavailable, returning the query result uncached: %s",
+						excerpt(err->msg, strlen(err->msg), 4 * sizeof(err->msg)))));
 	}
 	else if (bypass || (use_lease && !hold))
 		mc_stat_add(MC_STAT_CACHE_BYPASSES, 1);
@@ -987,7 +1113,8 @@ store_result(const char *key, const char *full, const char *lease, const char *t
 		if (r == NULL)
 			ereport(WARNING,
 					(errcode(err->sqlstate),
-					 errmsg("meetcache: could not store cache key \"%s\": %s", key, err->msg)));
+					 errmsg("meetcache: could not store cache key \"%s\": %s", key,
+							excerpt(err->msg, strlen(err->msg), 4 * sizeof(err->msg)))));
 		else
 		{
 			check_reply_error(r, key);
@@ -1135,7 +1262,7 @@ meetcache_cache_get_or_set(PG_FUNCTION_ARGS)
 	/* any error from the query to the store gives the lease back */
 	PG_TRY();
 	{
-		json = run_query(key, query, ptexts, pnulls, nparams);
+		json = run_query_readonly(key, query, ptexts, pnulls, nparams);
 		json = json_compact(json, strlen(json), &jlen);
 		result = DirectFunctionCall1(jsonb_in, CStringGetDatum(json));
 		ttl = ttl_final(ttl, family, DatumGetJsonbP(result));

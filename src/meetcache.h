@@ -11,7 +11,8 @@
  *	  guard.c      attach()/detach(), the guard's event triggers, invalidate_all()
  *	  legacy.c     C functions only the frozen 0.1.0 SQL script uses
  *	  cache.c      the SQL-callable cache_* functions and key()
- *	  stats.c      counters (shared memory when preloaded, else per backend)
+ *	  stats.c      counters (shared memory when preloaded, else per backend),
+ *	               and mc_excerpt: how text from Redis appears in messages
  *	  shared.c     shared state for the worker: circuit breaker, retry queue,
  *	               per-database drain slots, keys already delivered
  *	  queue.c      the durable queue table: writing a transaction's row and
@@ -136,6 +137,7 @@ extern bool mc_redis_invalidate(McStr *keys, int nkeys,
 
 /* leases: see redis.c and README "Leases" */
 #define MC_LEASE_EXTRA 14		/* bytes a lease key adds to its key, NUL included */
+#define MC_LEASE_NS "mc-lease:"	/* the reserved namespace of lease keys */
 typedef enum McScript
 {
 	MC_SCRIPT_LEASE_GET,
@@ -257,6 +259,7 @@ typedef enum McCounter
 extern void mc_stats_shmem_request(void);
 extern void mc_stat_add(McCounter c, uint64 n);
 extern void mc_stat_error(const char *msg);
+extern int	mc_excerpt(char *out, int outsize, const char *s, int len);
 
 /* ---- shared.c ---- */
 

@@ -5,18 +5,29 @@
  *
  * Counters are lock-free atomics, safe to bump from a commit callback.  The
  * last error is copied under a spinlock; no allocation happens here.
+ *
+ * Reading them (meetcache.stats()) needs the privileges of pg_read_all_stats:
+ * they are cluster-wide and tell one database's activity to another's users.
+ *
+ * mc_excerpt is the one way text from Redis (a value, an error reply, an
+ * error message built from one) goes into a message or into last_error:
+ * bounded, printable, valid in the database encoding.  It neither allocates
+ * nor throws, so the commit path may use it.
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/pg_authid.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -110,15 +121,62 @@ mc_stat_add(McCounter c, uint64 n)
 	pg_atomic_fetch_add_u64(&get_stats()->counters[c], n);
 }
 
+/*
+ * Render len bytes of s into out (outsize bytes, at least 8, NUL included)
+ * for a message: bytes below 0x20, 0x7f and bytes that do not form a valid
+ * character of the database encoding become \xNN; a character is copied
+ * whole or not at all, and a cut excerpt ends with "...".  Returns the
+ * length written.
+ */
+int
+mc_excerpt(char *out, int outsize, const char *s, int len)
+{
+	int			enc = GetDatabaseEncoding();
+	int			o = 0;
+
+	for (int i = 0; i < len;)
+	{
+		unsigned char c = (unsigned char) s[i];
+		int			n = 1;		/* input bytes of this character */
+		char		esc[5];
+		const char *unit = s + i;
+		int			ulen;
+
+		if (IS_HIGHBIT_SET(c))
+			n = pg_encoding_verifymbchar(enc, s + i, len - i);
+		if (c < 0x20 || c == 0x7f || n <= 0)
+		{
+			snprintf(esc, sizeof(esc), "\\x%02x", c);
+			unit = esc;
+			n = 1;
+		}
+		ulen = unit == esc ? 4 : n;
+		/* room for this character, and for "..." unless it is the last */
+		if (o + ulen + (i + n < len ? 3 : 0) > outsize - 1)
+		{
+			memcpy(out + o, "...", 3);
+			o += 3;
+			break;
+		}
+		memcpy(out + o, unit, ulen);
+		o += ulen;
+		i += n;
+	}
+	out[o] = '\0';
+	return o;
+}
+
 /* record the last error; the text must never hold a password */
 void
 mc_stat_error(const char *msg)
 {
 	McStatsShared *s = get_stats();
+	char		shown[sizeof(s->last_error)];
 
+	mc_excerpt(shown, sizeof(shown), msg, strlen(msg));
 	pg_atomic_fetch_add_u64(&s->counters[MC_STAT_REDIS_ERRORS], 1);
 	SpinLockAcquire(&s->mutex);
-	strlcpy(s->last_error, msg, sizeof(s->last_error));
+	strlcpy(s->last_error, shown, sizeof(s->last_error));
 	s->last_error_time = GetCurrentTimestamp();
 	SpinLockRelease(&s->mutex);
 }
@@ -134,11 +192,19 @@ meetcache_stats(PG_FUNCTION_ARGS)
 	Datum		values[MC_STAT__COUNT + NEXTRA];
 	bool		nulls[MC_STAT__COUNT + NEXTRA] = {0};
 	McShared   *sh = mc_shared;
-	char		errbuf[256];
+	char		errbuf[sizeof(s->last_error)];
+	char		shown[4 * sizeof(s->last_error)];
 	TimestampTz errtime,
 				resettime;
 	int			i;
 
+	if (!has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for function meetcache.stats()"),
+				 errdetail("Only superusers and roles with the privileges of pg_read_all_stats may read meetcache's cluster-wide counters."),
+				 errhint("A superuser can allow it with: GRANT pg_read_all_stats TO %s;",
+						 quote_identifier(GetUserNameFromId(GetUserId(), false)))));
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	if (tupdesc->natts != MC_STAT__COUNT + NEXTRA)
@@ -155,8 +221,9 @@ meetcache_stats(PG_FUNCTION_ARGS)
 	resettime = s->reset_time;
 	SpinLockRelease(&s->mutex);
 	i = MC_STAT__COUNT + 1;
-	if (errbuf[0])
-		values[i] = CStringGetTextDatum(errbuf);
+	/* written by a process of another database, maybe in another encoding */
+	if (errbuf[0] && mc_excerpt(shown, sizeof(shown), errbuf, strlen(errbuf)) > 0)
+		values[i] = CStringGetTextDatum(shown);
 	else
 		nulls[i] = true;
 	if (errtime)
