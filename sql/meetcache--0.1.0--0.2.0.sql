@@ -41,6 +41,8 @@ ALTER TABLE meetcache.rules ENABLE ALWAYS TRIGGER check_rule,
 REVOKE EXECUTE ON FUNCTION
   meetcache.invalidate_trigger(), meetcache._placeholders(text), meetcache._queue_row_delivered(xid)
   FROM PUBLIC;
+-- stats() itself admits pg_read_all_stats members; so does its view
+GRANT SELECT ON meetcache.stats TO pg_read_all_stats;
 
 -- the 0.2.0 guard, last
 CREATE FUNCTION meetcache._guard_start() RETURNS event_trigger

@@ -407,6 +407,8 @@ REVOKE EXECUTE ON FUNCTION
   meetcache.invalidate_trigger(),
   meetcache._placeholders(text), meetcache._queue_row_delivered(xid)
   FROM PUBLIC;
+-- stats() itself admits pg_read_all_stats members; so does its view
+GRANT SELECT ON meetcache.stats TO pg_read_all_stats;
 
 ------------------------------------------------------------------------
 -- The guard: nobody but a superuser switches invalidation off.  Created
