@@ -3,18 +3,31 @@
  *	  Module load: _PG_init, the meetcache.* GUCs and the redis_url parser.
  *
  * The parsed URL lives in a malloc'd struct handed from the check hook to
- * the assign hook ("extra"), so nothing here allocates at use time.  The
- * password never appears in any message: a bad URL is described, not
- * echoed.
+ * the assign hook ("extra"), so nothing here allocates at use time.
+ *
+ * The Redis password never lives in a setting, where pg_db_role_setting,
+ * pg_read_all_settings members and the reload log would show it: a
+ * redis_url carrying one is refused, and the password comes from the file
+ * named by meetcache.redis_password_file (PGC_SIGHUP), checked like
+ * .pgpass.  The file is read by that setting's check hook (start-up,
+ * reload, ALTER SYSTEM) into a static copy, and again by
+ * mc_redis_password(true) when a connection is opened outside the commit
+ * path and the file changed; the commit path uses the copy.  A refused
+ * redis_url is described, never echoed, and its statement is kept out of
+ * the server log (emit_log_hook).
  */
 #include "postgres.h"
 
 #include <ctype.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/hashfn.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/elog.h"
 #include "utils/guc.h"
 
 #include "meetcache.h"
@@ -41,6 +54,24 @@ bool		mc_preloaded = false;
 uint64		mc_url_hash = 0;
 
 static char *redis_url_string = NULL;
+static char *redis_password_file = NULL;
+
+/* the password file as last read; path empty: no password */
+typedef struct McPassword
+{
+	char		path[MAXPGPATH];
+	dev_t		dev;
+	ino_t		ino;
+	off_t		size;
+	struct timespec mtime;
+	char		password[256];
+} McPassword;
+
+static McPassword pw_cache;
+
+/* set by a refused redis_url until its report is logged */
+static bool hide_statement = false;
+static emit_log_hook_type prev_emit_log_hook = NULL;
 
 static const struct config_enum_entry delivery_options[] = {
 	{"sync", MC_DELIVERY_SYNC, false},
@@ -88,8 +119,8 @@ copy_part(char *dst, size_t dstlen, const char *src, size_t n)
 }
 
 /*
- * Parse redis://[user[:password]@]host[:port][/db].  On failure returns
- * false and sets *why to a description that never contains the password.
+ * Parse redis://[user@]host[:port][/db].  On failure returns false and sets
+ * *why to a description that never repeats the URL.
  */
 static bool
 parse_redis_url(const char *url, McRedisUrl *out, const char **why)
@@ -116,26 +147,19 @@ parse_redis_url(const char *url, McRedisUrl *out, const char **why)
 			at = q;
 	if (at)
 	{
-		const char *colon = memchr(p, ':', at - p);
-
-		if (colon)
+		if (memchr(p, ':', at - p))
 		{
-			if (!copy_part(out->user, sizeof(out->user), p, colon - p) ||
-				!copy_part(out->password, sizeof(out->password), colon + 1, at - colon - 1))
-			{
-				*why = "The user name or password is too long.";
-				return false;
-			}
-		}
-		else if (!copy_part(out->password, sizeof(out->password), p, at - p))
-		{
-			/* redis://secret@host: a lone userinfo is the password */
-			*why = "The password is too long.";
+			*why = "The URL carries a password.";
 			return false;
 		}
-		if (!percent_decode(out->user) || !percent_decode(out->password))
+		if (!copy_part(out->user, sizeof(out->user), p, at - p))
 		{
-			*why = "The user name or password has a malformed %-escape.";
+			*why = "The user name is too long.";
+			return false;
+		}
+		if (!percent_decode(out->user))
+		{
+			*why = "The user name has a malformed %-escape.";
 			return false;
 		}
 		p = at + 1;
@@ -239,12 +263,14 @@ check_redis_url(char **newval, void **extra, GucSource source)
 	McRedisUrl *copy;
 	const char *why = NULL;
 
+	hide_statement = false;
 	if (*newval == NULL || !parse_redis_url(*newval, &parsed, &why))
 	{
-		/* never echo the value: it may hold a password */
+		/* never echo the value, nor let the log show the statement: it may hold a password */
+		hide_statement = true;
 		GUC_check_errmsg("invalid value for parameter \"meetcache.redis_url\"");
 		GUC_check_errdetail("%s", why ? why : "The URL is empty.");
-		GUC_check_errhint("The format is redis://[user[:password]@]host[:port][/db].");
+		GUC_check_errhint("The format is redis://[user@]host[:port][/db]; the password goes in the file named by meetcache.redis_password_file.");
 		return false;
 	}
 	copy = (McRedisUrl *) malloc(sizeof(McRedisUrl));
@@ -263,6 +289,184 @@ assign_redis_url(const char *newval, void *extra)
 	/* the struct is zero-filled before parsing: hashing it is stable */
 	mc_url_hash = mc_url ? hash_bytes_extended((const unsigned char *) mc_url,
 											   sizeof(McRedisUrl), 0) : 0;
+}
+
+/* the statement of a refused redis_url stays out of the server log */
+static void
+mc_emit_log(ErrorData *edata)
+{
+	if (hide_statement)
+	{
+		edata->hide_stmt = true;
+		hide_statement = false;
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+/* NULL if a password file may be used: like .pgpass, owner-only */
+static const char *
+password_file_unfit(const struct stat *st)
+{
+	if (!S_ISREG(st->st_mode))
+		return "It is not a regular file.";
+	if (st->st_uid != geteuid())
+		return "It is not owned by the operating-system user the server runs as.";
+	if (st->st_mode & (S_IRWXG | S_IRWXO))
+		return "Its permissions give access to group or others; they must be u=rw (0600) or less.";
+	return NULL;
+}
+
+static bool
+same_file(const struct stat *st, const McPassword *pw)
+{
+	return st->st_dev == pw->dev && st->st_ino == pw->ino &&
+		st->st_size == pw->size &&
+		st->st_mtim.tv_sec == pw->mtime.tv_sec &&
+		st->st_mtim.tv_nsec == pw->mtime.tv_nsec;
+}
+
+/*
+ * Read the password, the first line of the file at path (without its
+ * newline and a CR before it), into *out.  On failure fills why, which
+ * never holds the content, and returns false.  No palloc, no throw.
+ */
+static bool
+read_password_file(const char *path, McPassword *out, char *why, size_t whylen)
+{
+	char		buf[sizeof(out->password) + 2];
+	struct stat st;
+	const char *unfit;
+	size_t		n = 0;
+	size_t		len;
+	char	   *nl;
+	int			fd;
+	bool		ok = false;
+
+	memset(out, 0, sizeof(*out));
+	if (strlcpy(out->path, path, sizeof(out->path)) >= sizeof(out->path))
+	{
+		snprintf(why, whylen, "The path is too long.");
+		return false;
+	}
+	/* O_NONBLOCK: a FIFO must not hang us before fstat refuses it */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (fd < 0)
+	{
+		snprintf(why, whylen, "Could not open it: %s.", strerror(errno));
+		return false;
+	}
+	if (fstat(fd, &st) != 0)
+	{
+		snprintf(why, whylen, "Could not stat it: %s.", strerror(errno));
+		close(fd);
+		return false;
+	}
+	if ((unfit = password_file_unfit(&st)) != NULL)
+	{
+		strlcpy(why, unfit, whylen);
+		close(fd);
+		return false;
+	}
+	while (n < sizeof(buf) && memchr(buf, '\n', n) == NULL)
+	{
+		ssize_t		r = read(fd, buf + n, sizeof(buf) - n);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+		{
+			snprintf(why, whylen, "Could not read it: %s.", strerror(errno));
+			close(fd);
+			explicit_bzero(buf, sizeof(buf));
+			return false;
+		}
+		if (r == 0)
+			break;
+		n += r;
+	}
+	close(fd);
+	nl = memchr(buf, '\n', n);
+	len = nl ? (size_t) (nl - buf) : n;
+	if (len > 0 && buf[len - 1] == '\r')
+		len--;
+	if (len >= sizeof(out->password) || memchr(buf, '\0', len))
+		snprintf(why, whylen, "Its first line, the password, is longer than %d bytes or holds a NUL byte.",
+				 (int) sizeof(out->password) - 1);
+	else if (len == 0)
+		snprintf(why, whylen, "Its first line, the password, is empty.");
+	else
+	{
+		memcpy(out->password, buf, len);
+		out->dev = st.st_dev;
+		out->ino = st.st_ino;
+		out->size = st.st_size;
+		out->mtime = st.st_mtim;
+		ok = true;
+	}
+	explicit_bzero(buf, sizeof(buf));
+	return ok;
+}
+
+static bool
+check_redis_password_file(char **newval, void **extra, GucSource source)
+{
+	McPassword	pw;
+	McPassword *copy;
+	char		why[256];
+
+	memset(&pw, 0, sizeof(pw));
+	if (*newval && (*newval)[0] && !read_password_file(*newval, &pw, why, sizeof(why)))
+	{
+		GUC_check_errcode(ERRCODE_CONFIG_FILE_ERROR);
+		GUC_check_errmsg("password file \"%s\" of meetcache.redis_password_file cannot be used",
+						 *newval);
+		GUC_check_errdetail("%s", why);
+		GUC_check_errhint("It must be a regular file owned by the server's operating-system user, with no access for group or others (chmod 0600), holding the password on its first line.");
+		return false;
+	}
+	copy = (McPassword *) malloc(sizeof(McPassword));
+	if (copy != NULL)
+	{
+		*copy = pw;
+		*extra = copy;
+	}
+	explicit_bzero(&pw, sizeof(pw));
+	return copy != NULL;
+}
+
+static void
+assign_redis_password_file(const char *newval, void *extra)
+{
+	explicit_bzero(&pw_cache, sizeof(pw_cache));
+	if (extra)
+		pw_cache = *(McPassword *) extra;
+}
+
+const char *
+mc_redis_password(bool reread, McErr *err)
+{
+	struct stat st;
+	McPassword	fresh;
+	char		why[256];
+
+	if (!reread || pw_cache.path[0] == '\0')
+		return pw_cache.password;
+	if (stat(pw_cache.path, &st) == 0 && same_file(&st, &pw_cache) &&
+		password_file_unfit(&st) == NULL)
+		return pw_cache.password;
+	if (!read_password_file(pw_cache.path, &fresh, why, sizeof(why)))
+	{
+		err->sqlstate = ERRCODE_CONFIG_FILE_ERROR;
+		snprintf(err->msg, sizeof(err->msg),
+				 "password file \"%s\" of meetcache.redis_password_file cannot be used",
+				 pw_cache.path);
+		strlcpy(err->detail, why, sizeof(err->detail));
+		return NULL;
+	}
+	pw_cache = fresh;
+	explicit_bzero(&fresh, sizeof(fresh));
+	return pw_cache.password;
 }
 
 static bool
@@ -305,12 +509,21 @@ _PG_init(void)
 
 	DefineCustomStringVariable("meetcache.redis_url",
 							   "Redis server that holds the cache.",
-							   "Format: redis://[user[:password]@]host[:port][/db].",
+							   "Format: redis://[user@]host[:port][/db]; the password is read from meetcache.redis_password_file.",
 							   &redis_url_string,
 							   "redis://127.0.0.1:6379/0",
 							   PGC_SUSET,
 							   GUC_SUPERUSER_ONLY,
 							   check_redis_url, assign_redis_url, NULL);
+
+	DefineCustomStringVariable("meetcache.redis_password_file",
+							   "File whose first line is the password meetcache sends to Redis with AUTH.",
+							   "Like .pgpass: a regular file owned by the server's operating-system user, with no access for group or others.",
+							   &redis_password_file,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   check_redis_password_file, assign_redis_password_file, NULL);
 
 	DefineCustomStringVariable("meetcache.key_prefix",
 							   "Prefix of every cache key.",
@@ -430,6 +643,9 @@ _PG_init(void)
 #else
 	EmitWarningsOnPlaceholders("meetcache");
 #endif
+
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = mc_emit_log;
 
 	mc_pending_init();
 	mc_guard_init();

@@ -39,10 +39,9 @@ typedef struct McRedisUrl
 {
 	char		host[256];
 	int			port;
-	char		user[128];		/* empty: no ACL user */
-	char		password[256];	/* empty: no AUTH */
+	char		user[128];		/* empty: the default user */
 	int			db;
-} McRedisUrl;
+} McRedisUrl;				/* never a password: see mc_redis_password() */
 
 typedef enum McDelivery
 {
@@ -83,6 +82,14 @@ typedef struct McErr
 	char		msg[256];
 	char		detail[256];
 } McErr;
+
+/*
+ * The password of meetcache.redis_password_file ("" = none), as last read
+ * (meetcache.c).  reread: first check the file and read it again if it
+ * changed; that is file I/O, never done on the commit path.  NULL, with
+ * err filled, when the file cannot be used (only with reread).
+ */
+extern const char *mc_redis_password(bool reread, McErr *err);
 
 /* ---- redis.c ---- */
 

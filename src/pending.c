@@ -292,8 +292,10 @@ deliver(PendingSet *p)
 			mc_delivered_add(MyDatabaseId, p->queue_xid);
 		return;
 	}
-	/* only a Redis that does not answer opens the breaker; one that
-	 * answers "no" is no reason to stop trying */
+	/* only a Redis that does not answer (no reply in time, a broken
+	 * connection) opens the breaker; one that answers "no", or answers
+	 * every step of a SCAN too long for commit_timeout, is no reason to
+	 * stop trying */
 	if (worker && err.sqlstate == ERRCODE_CONNECTION_FAILURE)
 		mc_breaker_trip();
 	if (p->queued)

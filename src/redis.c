@@ -12,8 +12,11 @@
  *		with the process latch, so statement_timeout and pg_cancel_backend
  *		work; failures are thrown as ERRORs, after hiredis replies are freed.
  *	  - the commit callback (mc_redis_invalidate): never throws, never
- *		pallocs; it waits with poll() against its own deadline (interrupts are
- *		held there) and reports failure through an McErr.
+ *		pallocs, does no file I/O (a connection it opens uses the password
+ *		file's copy as last read); it waits with poll() against its own
+ *		deadline (interrupts are held there) and reports failure through an
+ *		McErr, which tells a Redis that does not answer from a job too long
+ *		for its deadline.
  * After any timeout, cancel or protocol error the connection is out of step
  * and is dropped; the next use reconnects.
  */
@@ -408,6 +411,7 @@ conn_open(bool interruptible, TimestampTz outer_deadline, McErr *err)
 	RawBuf		b = {NULL, 0, 0};
 	const char *argv[3];
 	size_t		lens[3];
+	const char *password;
 	char		name[64];
 	char		dbstr[16];
 	volatile int ncmds = 0;
@@ -424,6 +428,14 @@ conn_open(bool interruptible, TimestampTz outer_deadline, McErr *err)
 		set_err(err, ERRCODE_CONFIG_FILE_ERROR, "meetcache.redis_url is not set");
 		return false;
 	}
+	/*
+	 * The commit path (a backend's non-interruptible exchanges) does no
+	 * file I/O: it uses the password as last read.  SQL functions and the
+	 * workers look at the file first.
+	 */
+	password = mc_redis_password(interruptible || IsBackgroundWorker, err);
+	if (password == NULL)
+		return false;
 	strlcpy(conn.endpoint, mc_redis_endpoint(), sizeof(conn.endpoint));
 	/* the connect deadline never stretches the caller's */
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), mc_connect_timeout);
@@ -511,7 +523,8 @@ conn_open(bool interruptible, TimestampTz outer_deadline, McErr *err)
 	}
 
 	ok = true;
-	if (mc_url->password[0])
+	/* a named user is always authenticated, without a password file too */
+	if (mc_url->user[0] || password[0])
 	{
 		int			argc = 0;
 
@@ -522,8 +535,8 @@ conn_open(bool interruptible, TimestampTz outer_deadline, McErr *err)
 			argv[argc] = mc_url->user;
 			lens[argc++] = strlen(mc_url->user);
 		}
-		argv[argc] = mc_url->password;
-		lens[argc++] = strlen(mc_url->password);
+		argv[argc] = password;
+		lens[argc++] = strlen(password);
 		hs.auth_idx = ncmds++;
 		ok &= rawbuf_add(&b, argc, argv, lens);
 	}
@@ -981,6 +994,7 @@ mc_redis_ping(TimestampTz deadline, McErr *err)
 typedef struct InvState
 {
 	McInvResult *res;
+	bool		answered;		/* a reply arrived in this job */
 	/* SCAN state */
 	char		cursor[32];
 	McStr	   *patterns;
@@ -996,6 +1010,7 @@ unlink_cb(redisReply *r, void *arg, McErr *err)
 	InvState   *st = (InvState *) arg;
 	bool		ok = true;
 
+	st->answered = true;
 	if (r->type == REDIS_REPLY_INTEGER)
 		st->res->keys_deleted += r->integer;
 	else if (r->type == REDIS_REPLY_ERROR)
@@ -1064,6 +1079,7 @@ scan_cb(redisReply *r, void *arg, McErr *err)
 	McStr		batch[KEYS_PER_UNLINK];
 	int			nb = 0;
 
+	st->answered = true;
 	if (r->type == REDIS_REPLY_INTEGER || r->type == REDIS_REPLY_ERROR)
 		return unlink_cb(r, arg, err);	/* an UNLINK sent with this SCAN */
 	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
@@ -1179,6 +1195,13 @@ scan_pass(InvState *st, RawBuf *ub, TimestampTz deadline, int step_ms,
  * With step_ms > 0 (the workers) the deadline bounds the keys, and then
  * each SCAN round trip gets step_ms of its own: a large keyspace takes
  * as long as it takes, a frozen Redis fails within step_ms.
+ *
+ * Failures: ERRCODE_CONNECTION_FAILURE means Redis did not answer (no
+ * reply within the deadline, a broken connection), which opens the
+ * circuit breaker.  With step_ms == 0 (the commit path) the deadline
+ * bounds the whole job, and a job that runs out of it after Redis
+ * answered reports ERRCODE_QUERY_CANCELED instead: Redis is answering,
+ * the job is too long for commit_timeout (a large SCAN).
  */
 bool
 mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
@@ -1214,13 +1237,9 @@ mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 		if (ok)
 			res->keys_sent += nkeys;
 		free(b.data);
-		b.data = NULL;
-		b.len = b.cap = 0;
-		if (!ok)
-			return false;
 	}
 
-	if (npatterns > 0)
+	if (ok && npatterns > 0)
 	{
 		RawBuf		ub = {NULL, 0, 0};
 
@@ -1240,5 +1259,10 @@ mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 			ok = scan_pass(&st, &ub, deadline, step_ms, res, err);
 		free(ub.data);
 	}
+	if (!ok && step_ms == 0 && st.answered && ms_left(deadline) <= 0 &&
+		err->sqlstate == ERRCODE_CONNECTION_FAILURE)
+		set_err(err, ERRCODE_QUERY_CANCELED,
+				"redis at %s kept answering, but deleting the keys took longer than the deadline",
+				conn.endpoint);
 	return ok;
 }

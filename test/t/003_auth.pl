@@ -1,26 +1,40 @@
 # Redis authentication: requirepass and ACL users, SELECT db, CLIENT SETNAME;
-# passwords never leak (error messages, SHOW for non-superusers, server log).
+# the password comes from meetcache.redis_password_file and never leaks
+# (error messages, SHOW for non-superusers, server log).
 use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use MeetcacheTest qw(start_redis new_node setup_schema bg_session bg_query);
+use MeetcacheTest qw(start_redis new_node setup_schema bg_session bg_query poll_until);
 
 my $pw = 'S3cretPw9f2a';
 my $apppw = 'AppPw77c1x';
 my $wrong = 'WrongPw31337';
-my $odd = 'Odd@Pw:x/y%z';    # %-encoded in the URL as Odd%40Pw%3Ax%2Fy%25z
+my $odd = 'Odd@Pw:x/y%z';    # written to the file as is
 
 my $redis = start_redis(requirepass => $pw);
 is($redis->cli('ACL', 'SETUSER', 'app', 'on', ">$apppw", '~*', '&*', '+@all'),
 	'OK', 'ACL user app created');
 
-# log_statement = none: SET statements carry passwords, and logging them
-# would be PostgreSQL's doing, not meetcache's.
+# the password file, replaced atomically (owner-only, as required)
+my $pwfile = PostgreSQL::Test::Utils::tempdir() . '/redis.pw';
+sub set_pw
+{
+	my ($p) = @_;
+	open(my $fh, '>', "$pwfile.tmp") or die "cannot write $pwfile.tmp: $!";
+	print $fh "$p\n";
+	close $fh;
+	chmod 0600, "$pwfile.tmp";
+	rename("$pwfile.tmp", $pwfile) or die "cannot rename to $pwfile: $!";
+	return;
+}
+set_pw($pw);
+
+# log_statement = none: the Cluster default (all) would log every statement
 my $node = new_node('auth', $redis,
-	url => $redis->url(password => $pw),
+	url => $redis->url(password => undef),
 	log_statement => 'none',
-	conf => "log_min_messages = debug1\n");
+	conf => "log_min_messages = debug1\nmeetcache.redis_password_file = '$pwfile'\n");
 setup_schema($node);
 $node->safe_psql('postgres', q{
 INSERT INTO users (id, name, email) VALUES ('u1', 'U1', 'u1@x');
@@ -29,6 +43,18 @@ CREATE ROLE alice LOGIN;
 GRANT USAGE ON SCHEMA meetcache TO alice;
 });
 my @m1 = qw(meeting:m1 meeting:invite:inv-m1 meetings:user:u1 user:u1:meetings:count);
+my $port = $redis->port;
+
+# reload, and wait until the postmaster (which new backends copy) re-read the file
+sub reload_and_wait
+{
+	my $n = () = slurp_file($node->logfile) =~ /received SIGHUP, reloading configuration files/g;
+	$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
+	poll_until(20, sub {
+		my $m = () = slurp_file($node->logfile) =~ /received SIGHUP, reloading configuration files/g;
+		$m > $n });
+	return;
+}
 
 # psql with optional SET of the URL first; returns (exit code, stdout, stderr)
 sub run_sql
@@ -47,9 +73,9 @@ sub no_secret
 	unlike($text // '', qr/\Q$pw\E|\Q$apppw\E|\Q$wrong\E|\Q$odd\E|Odd%40Pw/, "$what: no password in it");
 }
 
-# requirepass, password-only URL (redis://:pw@host:port/0) from the config file
+# requirepass, the password file from the config file
 my ($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()');
-is($out, 'PONG', 'requirepass + correct password (config file): PONG');
+is($out, 'PONG', 'requirepass + correct password (password file): PONG');
 $redis->set_keys(@m1);
 ($ret, $out, $err) = run_sql("UPDATE meetings SET title = 'a' WHERE id = 'm1'");
 is($err, '', 'requirepass: commit without warning');
@@ -57,26 +83,30 @@ is_deeply([ $redis->existing(@m1) ], [], 'requirepass: commit deletes the keys')
 
 # the default user named explicitly
 ($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()',
-	url => $redis->url(user => 'default', password => $pw));
-is($out, 'PONG', 'user default + password: PONG');
+	url => "redis://default\@127.0.0.1:$port/0");
+is($out, 'PONG', 'user default + password file: PONG');
 
-# wrong password for the default user
-($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()',
-	url => $redis->url(password => $wrong));
+# wrong password for the default user: a changed file is read at the next connection
+set_pw($wrong);
+($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()');
 isnt($ret, 0, 'wrong password: cache_ping fails');
 like($err, qr/WRONGPASS|invalid username-password|auth/i, 'wrong password: clear error');
 no_secret("$out $err", 'wrong password error');
 note "error: $err";
 
 # no password at all
-($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()',
-	url => "redis://127.0.0.1:" . $redis->port . "/0");
+$node->safe_psql('postgres', "ALTER SYSTEM SET meetcache.redis_password_file = ''");
+reload_and_wait();
+($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()');
 isnt($ret, 0, 'no password: cache_ping fails');
 like($err, qr/NOAUTH|auth/i, 'no password: clear error');
 note "error: $err";
+$node->safe_psql('postgres', 'ALTER SYSTEM RESET meetcache.redis_password_file');
 
-# ACL user, database 3
-my $appurl = $redis->url(user => 'app', password => $apppw, db => 3);
+# ACL user, database 3; after a reload even the commit path uses the new file
+set_pw($apppw);
+reload_and_wait();
+my $appurl = "redis://app\@127.0.0.1:$port/3";
 ($ret, $out, $err) = run_sql(
 	q{SELECT meetcache.cache_ping(); SELECT meetcache.cache_set('dbk', '"v3"'::jsonb, 600);},
 	url => $appurl);
@@ -87,7 +117,7 @@ is($redis->cli('-n', 0, 'EXISTS', 'dbk'), '0', 'nothing written to db 0');
 ($ret, $out, $err) = run_sql(q{SELECT meetcache.cache_get('dbk')}, url => $appurl);
 is($out, '"v3"', 'cache_get reads db 3');
 
-# invalidation goes to db 3 only
+# invalidation goes to db 3 only (the commit opens the connection)
 $redis->set_keys([ -n => 3 ], @m1);
 $redis->set_keys([ -n => 0 ], @m1);
 ($ret, $out, $err) = run_sql("UPDATE meetings SET title = 'b' WHERE id = 'm1'", url => $appurl);
@@ -96,44 +126,51 @@ is_deeply([ $redis->existing([ -n => 3 ], @m1) ], [], 'commit deleted the keys i
 is_deeply([ $redis->existing([ -n => 0 ], @m1) ], \@m1, 'keys in db 0 untouched');
 
 # wrong password for the ACL user: SQL function error and commit warning
-my $badurl = $redis->url(user => 'app', password => $wrong, db => 3);
-($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()', url => $badurl);
+set_pw($wrong);
+reload_and_wait();
+($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()', url => $appurl);
 isnt($ret, 0, 'ACL user, wrong password: fails');
 like($err, qr/WRONGPASS|invalid username-password|auth/i, 'ACL user, wrong password: clear error');
 no_secret("$out $err", 'ACL wrong password error');
 note "error: $err";
-($ret, $out, $err) = run_sql("UPDATE meetings SET title = 'c' WHERE id = 'm1'", url => $badurl);
+($ret, $out, $err) = run_sql("UPDATE meetings SET title = 'c' WHERE id = 'm1'", url => $appurl);
 is($ret, 0, 'wrong password: the commit still succeeds');
 like($err, qr/WARNING/, 'wrong password: commit WARNING');
 no_secret($err, 'commit warning');
 note "warning: $err";
 
-# a password with URL-special characters, %-encoded in the URL
+# a password with URL-special characters, and a %-encoded user name (app%32 = app2)
 is($redis->cli('ACL', 'SETUSER', 'app2', 'on', ">$odd", '~*', '&*', '+@all'),
 	'OK', 'ACL user app2 created');
+set_pw($odd);
 ($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()',
-	url => 'redis://app2:Odd%40Pw%3Ax%2Fy%25z@127.0.0.1:' . $redis->port . '/0');
-is($out, 'PONG', '%-encoded password with @ : / % works');
-is($err, '', '%-encoded password: no error');
+	url => "redis://app%32\@127.0.0.1:$port/0");
+is($out, 'PONG', 'password with @ : / % in the file, %-encoded user: works');
+is($err, '', 'special password: no error');
 
-# malformed URLs are rejected when set
+# malformed URLs and URLs with a password are rejected when set
 for my $bad ('http://127.0.0.1:6379/0', 'redis://127.0.0.1:notaport/0',
-	'redis://127.0.0.1:6379/x')
+	'redis://127.0.0.1:6379/x', "redis://app:$apppw\@127.0.0.1:$port/0",
+	"redis://:$pw\@127.0.0.1:$port/0")
 {
 	($ret, $out, $err) = run_sql("SET meetcache.redis_url = '$bad'");
-	isnt($ret, 0, "malformed URL $bad rejected at SET");
+	isnt($ret, 0, "malformed URL rejected at SET");
+	no_secret($err, 'URL refusal');
 }
 
 # switching URL inside one session takes effect immediately
+set_pw($apppw);
 my $s = bg_session($node);
-is(bg_query($s, 'SELECT meetcache.cache_ping()'), 'PONG', 'session: PONG with config URL');
-bg_query($s, "SET meetcache.redis_url = '$badurl'");
+bg_query($s, "SET meetcache.redis_url = '$appurl'");
+($out, $err) = bg_query($s, q{SELECT meetcache.cache_get('dbk')});
+is($out, '"v3"', 'session: with the ACL URL, reads db 3');
+bg_query($s, "SET meetcache.redis_url = 'redis://app2\@127.0.0.1:$port/0'");
 ($out, $err) = bg_query($s, 'SELECT meetcache.cache_ping()');
-like($err, qr/ERROR/, 'session: after SET to a wrong password, cache_ping fails');
+like($err, qr/ERROR/, 'session: after SET to a user the file has no password for, cache_ping fails');
 no_secret($err, 'session error');
 bg_query($s, "SET meetcache.redis_url = '$appurl'");
 ($out, $err) = bg_query($s, q{SELECT meetcache.cache_get('dbk')});
-is($out, '"v3"', 'session: after SET to the ACL URL, reads db 3');
+is($out, '"v3"', 'session: after SET back to the ACL URL, reads db 3');
 
 # CLIENT SETNAME / CLIENT LIST while the session holds its connection
 my $list = $redis->cli('CLIENT', 'LIST');
@@ -144,10 +181,12 @@ ok((grep { /\buser=app\b/ && /\bdb=3\b/ } @named),
 	'the named connection is user app on db 3');
 $s->quit;
 
-# non-superuser cannot see the URL
+# non-superuser cannot see the URL or the password file
 ($ret, $out, $err) = run_sql('SHOW meetcache.redis_url', user => 'alice');
 isnt($ret, 0, 'non-superuser: SHOW meetcache.redis_url refused');
 no_secret("$out $err", 'SHOW as non-superuser');
+($ret, $out, $err) = run_sql('SHOW meetcache.redis_password_file', user => 'alice');
+isnt($ret, 0, 'non-superuser: SHOW meetcache.redis_password_file refused');
 ($ret, $out, $err) = run_sql(q{SELECT current_setting('meetcache.redis_url')}, user => 'alice');
 isnt($ret, 0, 'non-superuser: current_setting refused');
 no_secret("$out $err", 'current_setting as non-superuser');

@@ -339,12 +339,18 @@ INSERT INTO users (id, name, email)
 	is( $redis->cli('ACL', 'SETUSER', 'limited', 'reset', 'on', '>pw',
 			'~user:*', '~mc-lease:*', '+@all'),
 		'OK', 'acl: a redis user limited to user:* and lease keys');
-	my $limited = $redis->url(user => 'limited', password => 'pw');
+	my $limited = $redis->url(user => 'limited', password => undef);
+	my $pwfile = $node->basedir . '/redis.pw';
+	open(my $fh, '>', $pwfile) or die "cannot write $pwfile: $!";
+	print $fh "pw\n";
+	close $fh;
+	chmod 0600, $pwfile;
 	# the setup's own sync+queue rows gone first: only the rows below get refused
 	ok(poll_sql($node, 'acl', 'SELECT count(*) FROM meetcache.queue', '0', 10),
 		'acl: queue empty before');
 	$node->safe_psql('postgres',
-		"ALTER SYSTEM SET meetcache.redis_url = '$limited'; SELECT pg_reload_conf();");
+		"ALTER SYSTEM SET meetcache.redis_url = '$limited'; "
+		  . "ALTER SYSTEM SET meetcache.redis_password_file = '$pwfile'; SELECT pg_reload_conf();");
 	ok(poll_sql($node, 'acl', 'SHOW meetcache.redis_url', $limited),
 		'acl: the server-wide redis_url is the limited user');
 	my $trips0 = stats($node, 'acl')->{breaker_trips};
@@ -421,7 +427,8 @@ INSERT INTO users (id, name, email)
 
 	# the full user again: the set-aside rows are delivered by a later drain
 	$node->safe_psql('postgres',
-		'ALTER SYSTEM RESET meetcache.redis_url; SELECT pg_reload_conf();');
+		'ALTER SYSTEM RESET meetcache.redis_url; '
+		  . 'ALTER SYSTEM RESET meetcache.redis_password_file; SELECT pg_reload_conf();');
 	ok(poll_sql($node, 'acl', 'SHOW meetcache.redis_url', $redis->url),
 		'acl: the server-wide redis_url is the full user again');
 	$chk->must_delete(@km, @ksq);
