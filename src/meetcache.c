@@ -477,6 +477,11 @@ check_key_prefix(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("The key prefix may be at most 512 bytes long.");
 		return false;
 	}
+	if (*newval && strncmp(*newval, MC_LEASE_NS, strlen(MC_LEASE_NS)) == 0)
+	{
+		GUC_check_errdetail("Keys starting with \"%s\" are meetcache's lease keys.", MC_LEASE_NS);
+		return false;
+	}
 	return true;
 }
 

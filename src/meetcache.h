@@ -3,7 +3,7 @@
  *	  Declarations shared by the meetcache source files.
  *
  * Who owns what:
- *	  meetcache.c  _PG_init, GUCs and the parsed redis_url
+ *	  meetcache.c  _PG_init, GUCs, the parsed redis_url and the Redis password file
  *	  redis.c      every byte exchanged with Redis (the only hiredis user)
  *	  pending.c    the per-transaction set of keys and its commit/abort path
  *	  rules.c      the rule catalog cache, key templates and key rendering

@@ -67,11 +67,24 @@ set_err(McErr *err, int sqlstate, const char *fmt,...)
 {
 	va_list		ap;
 
+	char		raw[sizeof(err->msg)];
+
 	err->sqlstate = sqlstate;
 	va_start(ap, fmt);
-	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+	vsnprintf(raw, sizeof(raw), fmt, ap);
 	va_end(ap);
+	/* messages may quote Redis: printable, never a cut character */
+	mc_excerpt(err->msg, sizeof(err->msg), raw, strlen(raw));
 	err->detail[0] = '\0';
+}
+
+/* "Redis said: <its error text>", as a printable excerpt */
+static void
+set_said(McErr *err, redisReply *r)
+{
+	int			n = snprintf(err->detail, sizeof(err->detail), "Redis said: ");
+
+	mc_excerpt(err->detail + n, sizeof(err->detail) - n, r->str, (int) r->len);
 }
 
 static const char *
@@ -330,19 +343,19 @@ handshake_cb(redisReply *r, void *arg, McErr *err)
 		{
 			set_err(err, ERRCODE_INVALID_PASSWORD,
 					"redis at %s refused the credentials", conn.endpoint);
-			snprintf(err->detail, sizeof(err->detail), "Redis said: %.200s", r->str);
+			set_said(err, r);
 		}
 		else if (hs->idx == hs->select_idx)
 		{
 			set_err(err, ERRCODE_INVALID_PARAMETER_VALUE,
 					"redis at %s refused to select database %d", conn.endpoint, mc_url->db);
-			snprintf(err->detail, sizeof(err->detail), "Redis said: %.200s", r->str);
+			set_said(err, r);
 		}
 		else
 		{
 			set_err(err, ERRCODE_CONNECTION_FAILURE,
 					"redis at %s refused the connection handshake", conn.endpoint);
-			snprintf(err->detail, sizeof(err->detail), "Redis said: %.200s", r->str);
+			set_said(err, r);
 		}
 		ok = false;
 	}
