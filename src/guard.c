@@ -488,6 +488,24 @@ require_fn(void)
 	return fn;
 }
 
+/* the regclass argument of attach() and detach() */
+static Oid
+table_arg(FunctionCallInfo fcinfo)
+{
+	Oid			relid;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("table must not be null")));
+	relid = PG_GETARG_OID(0);
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid)));
+	return relid;
+}
+
 /*
  * meetcache.attach(tbl regclass, table_name text DEFAULT NULL)
  *	  Create the triggers on tbl and every partition or child of it.  The
@@ -502,17 +520,10 @@ meetcache_attach(PG_FUNCTION_ARGS)
 	Oid			fn = require_fn();
 	ListCell   *lc;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("table must not be null")));
-	relid = PG_GETARG_OID(0);
-	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation with OID %u does not exist", relid)));
+	relid = table_arg(fcinfo);
 	rule_name = PG_ARGISNULL(1) ? get_rel_name(relid) : text_to_cstring(PG_GETARG_TEXT_PP(1));
 
+	mc_rules_reload();
 	if (check_attachable(relid, rule_name) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -534,15 +545,7 @@ meetcache_detach(PG_FUNCTION_ARGS)
 	Oid			fn = require_fn();
 	ListCell   *lc;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("table must not be null")));
-	relid = PG_GETARG_OID(0);
-	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation with OID %u does not exist", relid)));
+	relid = table_arg(fcinfo);
 	foreach(lc, tree_of(relid, ShareRowExclusiveLock))
 	{
 		Oid			r = lfirst_oid(lc);
