@@ -299,18 +299,21 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 		 * TID scan deletes the ones taken, whatever the planner thinks of
 		 * the table's size.  Generic plans, not new plans per pass.
 		 */
-		take_plan = SPI_prepare_cursor("SELECT ctid, id, xmin, keys, patterns FROM meetcache.queue "
-									   "WHERE id OPERATOR(pg_catalog.<>) ALL ($2) "
-									   "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-									   2, take_types, CURSOR_OPT_GENERIC_PLAN);
-		delete_plan = SPI_prepare_cursor("DELETE FROM meetcache.queue "
-										 "WHERE ctid OPERATOR(pg_catalog.=) ANY ($1)",
-										 1, delete_types, CURSOR_OPT_GENERIC_PLAN);
-		if (take_plan == NULL || delete_plan == NULL)
+		SPIPlanPtr	take = SPI_prepare_cursor("SELECT ctid, id, xmin, keys, patterns FROM meetcache.queue "
+											  "WHERE id OPERATOR(pg_catalog.<>) ALL ($2) "
+											  "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+											  2, take_types, CURSOR_OPT_GENERIC_PLAN);
+		SPIPlanPtr	del = SPI_prepare_cursor("DELETE FROM meetcache.queue "
+											 "WHERE ctid OPERATOR(pg_catalog.=) ANY ($1)",
+											 1, delete_types, CURSOR_OPT_GENERIC_PLAN);
+
+		if (take == NULL || del == NULL)
 			elog(ERROR, "meetcache: could not prepare the drain queries: %s",
 				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(take_plan);
-		SPI_keepplan(delete_plan);
+		SPI_keepplan(take);
+		SPI_keepplan(del);
+		take_plan = take;
+		delete_plan = del;
 	}
 	if (SPI_execute_plan(take_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "meetcache: the drain query failed");
