@@ -290,7 +290,7 @@ extern bool mc_delivered_contains(Oid db, TransactionId xid);
 extern int64 mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 							bool missing_ok);
 extern bool mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
-								int *nkeys, int64 *first_id, McErr *err);
+								int64 *first_id, bool *more, McErr *err);
 extern McStr *mc_queue_family_patterns(int *n);
 extern bool mc_queue_flush(McStr *pats, int n, McErr *err);
 extern void mc_queue_vacuum(void);

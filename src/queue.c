@@ -9,10 +9,17 @@
  * writes fire the triggers can queue without privileges on the table.  A
  * drain pass deletes its batch first and commits only after Redis acknowledged
  * the UNLINKs: on any failure the transaction aborts and the rows are
- * still there.
+ * still there.  A pass holds at most PASS_BYTES of keys and patterns in
+ * memory, unless its first row alone holds more.
+ *
+ * Every query sent through SPI here is schema-qualified and runs with
+ * search_path pinned (mc_settings_pin): drains run as the bootstrap
+ * superuser, so nothing a database owner creates may stand in for a
+ * built-in function, operator or type.
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/xact.h"
 #include "access/table.h"
 #include "utils/memutils.h"
@@ -38,6 +45,9 @@
 #include "utils/timestamp.h"
 
 #include "meetcache.h"
+
+/* raw (detoasted) bytes of keys and patterns one drain pass takes */
+#define PASS_BYTES (8 * 1024 * 1024)
 
 static ArrayType *
 str_array(McStr *v, int n)
@@ -86,9 +96,11 @@ queue_insert_spi(Datum *values, bool *nulls)
 	char		cnulls[4];
 	Oid			save_userid;
 	int			save_sec;
+	int			lvl;
 
 	for (int i = 0; i < 4; i++)
 		cnulls[i] = nulls[i] ? 'n' : ' ';
+	lvl = mc_settings_pin(false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "meetcache: SPI_connect failed");
 	GetUserIdAndSecContext(&save_userid, &save_sec);
@@ -115,6 +127,7 @@ queue_insert_spi(Datum *values, bool *nulls)
 	}
 	PG_END_TRY();
 	SPI_finish();
+	mc_settings_restore(lvl);
 }
 
 /*
@@ -224,73 +237,123 @@ vec_add(StrVec *vec, McStr *s, int n)
 	vec->n += n;
 }
 
+/* raw size of a nullable text[] column of an SPI row, without detoasting it */
+static Size
+column_bytes(HeapTuple tup, TupleDesc td, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, td, col, &isnull);
+
+	return isnull ? 0 : toast_raw_datum_size(d);
+}
+
 /*
  * One drain pass, inside a transaction the caller started and will commit
- * (true) or abort (false).  Takes up to batch rows in id order, skipping
+ * (true) or abort (false).  Takes rows in id order, up to batch rows and
+ * PASS_BYTES of keys and patterns (but always the first row), skipping
  * rows another drain holds and the ids in skip (rows whose keys Redis
  * refused); rows whose backend already deleted their keys are removed
- * without sending.  *rows is the number of rows taken, *nkeys the keys
- * they held, *first_id the lowest id taken.
+ * without sending.  *rows is the number of rows taken, *first_id the
+ * lowest id taken; *more says the pass stopped at one of its limits, so
+ * more rows may be waiting.
  */
 bool
-mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows, int *nkeys,
-					int64 *first_id, McErr *err)
+mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
+					int64 *first_id, bool *more, McErr *err)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr take_plan = NULL;
+	static SPIPlanPtr delete_plan = NULL;
 	Datum		args[2];
 	Datum	   *skipd = palloc(sizeof(Datum) * Max(nskip, 1));
+	Datum	   *ctids;
+	SPITupleTable *cand;
+	int			ncand;
+	Size		bytes = 0;
+	int			n;
 	StrVec		keys = {NULL, 0, 0};
 	StrVec		pats = {NULL, 0, 0};
 	int			skipped = 0;
 	TransactionId *skipped_xids;
 	bool		ok = true;
 	McInvResult res;
+	int			lvl;
 
 	memset(err, 0, sizeof(*err));
 	*rows = 0;
-	*nkeys = 0;
 	*first_id = 0;
 	for (int i = 0; i < nskip; i++)
 		skipd[i] = Int64GetDatum(skip[i]);
 	args[0] = Int32GetDatum(batch);
 	args[1] = PointerGetDatum(construct_array(skipd, nskip, INT8OID, 8, FLOAT8PASSBYVAL,
 											  TYPALIGN_DOUBLE));
+	lvl = mc_settings_pin(false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "meetcache: SPI_connect failed");
-	if (plan == NULL)
+	if (take_plan == NULL)
 	{
-		Oid			types[2] = {INT4OID, INT8ARRAYOID};
+		Oid			take_types[2] = {INT4OID, INT8ARRAYOID};
+		Oid			delete_types[1] = {TIDARRAYOID};
 
 		/*
 		 * Rows are never updated, so the locked rows' ctids are stable: a
-		 * TID scan deletes them, whatever the planner thinks of the table's
-		 * size.  One generic plan, not a new plan per pass.
+		 * TID scan deletes the ones taken, whatever the planner thinks of
+		 * the table's size.  Generic plans, not new plans per pass.
 		 */
-		SPIPlanPtr	p = SPI_prepare_cursor("DELETE FROM meetcache.queue WHERE ctid = ANY (ARRAY("
-										   "SELECT ctid FROM meetcache.queue WHERE id <> ALL ($2) "
-										   "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) "
-										   "RETURNING id, xmin, keys, patterns",
-										   2, types, CURSOR_OPT_GENERIC_PLAN);
+		SPIPlanPtr	take = SPI_prepare_cursor("SELECT ctid, id, xmin, keys, patterns FROM meetcache.queue "
+											  "WHERE id OPERATOR(pg_catalog.<>) ALL ($2) "
+											  "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+											  2, take_types, CURSOR_OPT_GENERIC_PLAN);
+		SPIPlanPtr	del = SPI_prepare_cursor("DELETE FROM meetcache.queue "
+											 "WHERE ctid OPERATOR(pg_catalog.=) ANY ($1)",
+											 1, delete_types, CURSOR_OPT_GENERIC_PLAN);
 
-		if (p == NULL)
-			elog(ERROR, "meetcache: could not prepare the drain query: %s",
+		if (take == NULL || del == NULL)
+			elog(ERROR, "meetcache: could not prepare the drain queries: %s",
 				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		plan = p;
+		SPI_keepplan(take);
+		SPI_keepplan(del);
+		take_plan = take;
+		delete_plan = del;
 	}
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_DELETE_RETURNING)
+	if (SPI_execute_plan(take_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "meetcache: the drain query failed");
-	*rows = (int) SPI_processed;
-	skipped_xids = palloc(sizeof(TransactionId) * Max(*rows, 1));
-	for (uint64 i = 0; i < SPI_processed; i++)
+	cand = SPI_tuptable;
+	ncand = (int) SPI_processed;
+
+	/* the rows up to the byte budget; the sizes come from the toast headers */
+	ctids = palloc(sizeof(Datum) * Max(ncand, 1));
+	for (n = 0; n < ncand; n++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	td = SPI_tuptable->tupdesc;
+		HeapTuple	tup = cand->vals[n];
+		Size		sz = column_bytes(tup, cand->tupdesc, 4) +
+			column_bytes(tup, cand->tupdesc, 5);
 		bool		isnull;
-		int64		id = DatumGetInt64(SPI_getbinval(tup, td, 1, &isnull));
-		TransactionId xmin = DatumGetTransactionId(SPI_getbinval(tup, td, 2, &isnull));
+
+		if (n > 0 && bytes + sz > PASS_BYTES)
+			break;
+		bytes += sz;
+		ctids[n] = SPI_getbinval(tup, cand->tupdesc, 1, &isnull);
+	}
+	*rows = n;
+	*more = n < ncand || ncand == batch;
+	if (n > 0)
+	{
+		Datum		del = PointerGetDatum(construct_array(ctids, n, TIDOID, sizeof(ItemPointerData),
+														  false, TYPALIGN_SHORT));
+
+		if (SPI_execute_plan(delete_plan, &del, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "meetcache: the drain's delete failed");
+	}
+	skipped_xids = palloc(sizeof(TransactionId) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	tup = cand->vals[i];
+		TupleDesc	td = cand->tupdesc;
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tup, td, 2, &isnull));
+		TransactionId xmin = DatumGetTransactionId(SPI_getbinval(tup, td, 3, &isnull));
 		Datum		d;
-		int			n;
+		int			nv;
 		McStr	   *v;
 
 		if (*first_id == 0 || id < *first_id)
@@ -302,20 +365,22 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows, int *nkeys,
 			skipped_xids[skipped++] = xmin;
 			continue;
 		}
-		d = SPI_getbinval(tup, td, 3, &isnull);
-		if (!isnull)
-		{
-			v = array_strs(d, &n);
-			vec_add(&keys, v, n);
-		}
 		d = SPI_getbinval(tup, td, 4, &isnull);
 		if (!isnull)
 		{
-			v = array_strs(d, &n);
-			vec_add(&pats, v, n);
+			v = array_strs(d, &nv);
+			vec_add(&keys, v, nv);
+		}
+		d = SPI_getbinval(tup, td, 5, &isnull);
+		if (!isnull)
+		{
+			v = array_strs(d, &nv);
+			vec_add(&pats, v, nv);
 		}
 	}
-	*nkeys = keys.n + pats.n;
+	if (n > 0)
+		elog(DEBUG1, "meetcache drain pass: %d queue rows, %d keys and patterns, %zu bytes",
+			 n, keys.n + pats.n, bytes);
 	if (keys.n > 0 || pats.n > 0)
 	{
 		/* a second per thousand keys on top of the commit deadline */
@@ -340,6 +405,7 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows, int *nkeys,
 		mc_stat_add(MC_STAT_QUEUE_ROWS_SKIPPED, skipped);
 	}
 	SPI_finish();
+	mc_settings_restore(lvl);
 	return ok;
 }
 
@@ -347,7 +413,9 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows, int *nkeys,
  * VACUUM the queue from the drain, between transactions: its rows live for
  * milliseconds, and autovacuum visits a database only once per naptime.
  * SKIP_LOCKED: if autovacuum is at it already, there is nothing to do.
- * Must be called outside a transaction; runs its own.
+ * Must be called outside a transaction; runs its own.  Not under
+ * mc_settings_pin: VACUUM commits and starts transactions itself, which
+ * would unwind the pin; the statement is qualified and runs no user code.
  */
 void
 mc_queue_vacuum(void)
@@ -374,9 +442,12 @@ mc_queue_vacuum(void)
 McStr *
 mc_queue_family_patterns(int *n)
 {
+	int			lvl = mc_settings_pin(false);	/* the rule catalog may load */
 	List	   *globs = mc_family_globs(mc_key_prefix);
 	McStr	   *pats = palloc(sizeof(McStr) * Max(list_length(globs), 1));
 	ListCell   *lc;
+
+	mc_settings_restore(lvl);
 
 	*n = 0;
 	foreach(lc, globs)

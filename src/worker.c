@@ -49,7 +49,6 @@ PGDLLEXPORT void mc_drain_main(Datum arg);
 #define MAX_DRAINS 4			/* drains running at once */
 #define DRAIN_IDLE_MS 500		/* a drain exits after this long idle */
 #define DRAIN_GATHER_MS 2		/* pause after a partial batch */
-#define KEYS_PER_PASS 200000	/* halve the batch above this many keys */
 #define BACKOFF_MAX_MS 5000
 #define NO_EXT_RECHECK_MS 10000 /* databases without the extension */
 #define DELIVERED_MAX_AGE_MS 60000
@@ -604,8 +603,8 @@ typedef struct PassArgs
 	int64	   *skip;			/* ids not to take */
 	int			nskip;
 	int			rows;			/* rows taken */
-	int			nkeys;			/* keys they held */
 	int64		first_id;		/* lowest id taken */
+	bool		more;			/* the pass stopped at a limit */
 } PassArgs;
 
 static bool
@@ -613,8 +612,8 @@ pass_fn(void *arg, McErr *err)
 {
 	PassArgs   *a = (PassArgs *) arg;
 
-	return mc_queue_drain_pass(a->batch, a->skip, a->nskip, &a->rows, &a->nkeys,
-							   &a->first_id, err);
+	return mc_queue_drain_pass(a->batch, a->skip, a->nskip, &a->rows,
+							   &a->first_id, &a->more, err);
 }
 
 static bool
@@ -646,7 +645,7 @@ mc_drain_main(Datum arg)
 	TimestampTz idle_since = 0;
 	bool		did_work = false;
 	int64		since_vacuum = 0;
-	int			batch = 10;
+	int			batch = mc_drain_batch;
 	int64		skip[MAX_SKIP];
 	int			nskip = 0;
 	MemoryContext flush_cxt;
@@ -744,9 +743,10 @@ mc_drain_main(Datum arg)
 		}
 
 		/*
-		 * The batch starts small and doubles while rows are small: a few
-		 * rows of a bulk transaction can hold a hundred thousand keys each,
-		 * and a pass holds all of its keys in memory.
+		 * A pass takes up to drain_batch rows, and stops early at its byte
+		 * budget (queue.c): a few rows of a bulk transaction can hold a
+		 * hundred thousand keys each, and a pass holds its keys in memory.
+		 * After a refusal the batch is one row, and doubles back from there.
 		 */
 		pa.batch = Min(batch, mc_drain_batch);
 		pa.skip = skip;
@@ -775,9 +775,7 @@ mc_drain_main(Datum arg)
 			continue;
 		}
 		rows = pa.rows;
-		if (pa.nkeys > KEYS_PER_PASS)
-			batch = Max(1, batch / 2);
-		else if (rows >= pa.batch)
+		if (rows >= pa.batch)
 			batch = Min(batch * 2, mc_drain_batch);
 		since_vacuum += rows;
 		if (since_vacuum >= VACUUM_EVERY_ROWS)
@@ -785,7 +783,7 @@ mc_drain_main(Datum arg)
 			mc_queue_vacuum();
 			since_vacuum = 0;
 		}
-		if (rows >= pa.batch)
+		if (pa.more)
 			continue;			/* more to come */
 		if (rows > 0 || flush)
 		{
