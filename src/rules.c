@@ -574,7 +574,7 @@ load_catalog(void)
 	 */
 	inval_before = rules_inval_count;
 	catalog_query("SELECT f.name, f.template, f.ttl_seconds, f.ttl_field, f.ttl_by_value "
-				  "FROM meetcache.families f");
+				  "FROM meetcache.families f ORDER BY f.name");
 	old = MemoryContextSwitchTo(rules_cxt);
 	families = palloc(sizeof(McFamily *) * Max(1, SPI_processed));
 	for (uint64 i = 0; i < SPI_processed; i++)
