@@ -105,8 +105,11 @@ typedef struct GuardLink
 typedef struct GuardFrame
 {
 	int			level;			/* transaction nest level at push */
-	List	   *trigs;			/* GuardTrig * */
+	MemoryContext cxt;			/* holds the frame; deleted when it is popped */
+	CommandId	cid;			/* the command's first command id */
+	List	   *trigs;			/* GuardTrig *: the meetcache triggers */
 	List	   *links;			/* GuardLink *: links of attached tables */
+	List	   *broken;			/* attached relids whose rules did not compile */
 } GuardFrame;
 
 typedef struct Allowance
@@ -131,6 +134,16 @@ state_check_xact(void)
 	}
 }
 
+/* drop the innermost frame and its memory */
+static void
+frame_pop(void)
+{
+	GuardFrame *f = llast(frames);
+
+	frames = list_delete_last(frames);
+	MemoryContextDelete(f->cxt);
+}
+
 static void
 guard_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 					   SubTransactionId parentSubid, void *arg)
@@ -141,7 +154,7 @@ guard_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		return;
 	level = GetCurrentTransactionNestLevel();
 	while (frames != NIL && ((GuardFrame *) llast(frames))->level >= level)
-		frames = list_delete_last(frames);
+		frame_pop();
 	while (allowed != NIL && ((Allowance *) llast(allowed))->level >= level)
 		allowed = list_delete_last(allowed);
 }
@@ -307,6 +320,33 @@ parents_of(Oid relid)
 	return out;
 }
 
+/* was the pg_inherits row parent <- child made by a command from cid on? */
+static bool
+link_created_since(Oid parent, Oid child, CommandId cid)
+{
+	Relation	rel = table_open(InheritsRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		created = false;
+
+	ScanKeyInit(&key, Anum_pg_inherits_inhrelid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(child));
+	scan = systable_beginscan(rel, InheritsRelidSeqnoIndexId, true, NULL, 1, &key);
+	while ((tup = systable_getnext(scan)) != NULL)
+	{
+		HeapTupleHeader h = tup->t_data;
+
+		if (((Form_pg_inherits) GETSTRUCT(tup))->inhparent == parent &&
+			TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(h)) &&
+			HeapTupleHeaderGetCmin(h) >= cid)
+			created = true;
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return created;
+}
+
 static void
 add_link(List **links, Oid parent, Oid child)
 {
@@ -337,6 +377,8 @@ read_links(List *trigs)
 		Oid			relid = lfirst_oid(lc);
 		ListCell   *lc2;
 
+		if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+			continue;
 		foreach(lc2, parents_of(relid))
 			add_link(&links, lfirst_oid(lc2), relid);
 		foreach(lc2, find_inheritance_children(relid, NoLock))
@@ -569,24 +611,66 @@ require_event_trigger(FunctionCallInfo fcinfo)
 		elog(ERROR, "meetcache: not called by the event trigger manager");
 }
 
+/*
+ * An attached table, if it exists and its lock is free: the guard never
+ * waits for a lock (another session's DDL on it runs its own check).
+ */
+static Relation
+open_if_free(Oid relid)
+{
+	if (!ConditionalLockRelationOid(relid, AccessShareLock))
+		return NULL;
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+	{
+		UnlockRelationOid(relid, AccessShareLock);
+		return NULL;
+	}
+	return table_open(relid, NoLock);
+}
+
+/* delete the families of a rule name when the transaction commits */
+static void
+invalidate_rule_name(const char *rule_name)
+{
+	mc_invalidate_families(mc_rule_name_families(rule_name));
+}
+
 PG_FUNCTION_INFO_V1(meetcache_guard_start);
 Datum
 meetcache_guard_start(PG_FUNCTION_ARGS)
 {
 	Oid			fn;
-	MemoryContext old;
+	MemoryContext cxt,
+				old;
 	GuardFrame *f;
+	ListCell   *lc;
 
 	require_event_trigger(fcinfo);
 	fn = trigger_fn();
 	if (!OidIsValid(fn) || IsBinaryUpgrade)
 		PG_RETURN_VOID();
 	state_check_xact();
-	old = MemoryContextSwitchTo(TopTransactionContext);
+	cxt = AllocSetContextCreate(TopTransactionContext, "meetcache guard frame",
+								ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(cxt);
 	f = palloc0(sizeof(GuardFrame));
+	f->cxt = cxt;
 	f->level = GetCurrentTransactionNestLevel();
+	f->cid = GetCurrentCommandId(false);
 	f->trigs = read_triggers(fn, InvalidOid);
 	f->links = read_links(f->trigs);
+	foreach(lc, attached_relids(f->trigs))
+	{
+		Oid			relid = lfirst_oid(lc);
+		Relation	rel = open_if_free(relid);
+
+		if (rel == NULL)
+			continue;
+		if (mc_rel_broken(rel, attached_as(f->trigs, relid)))
+			f->broken = lappend_oid(f->broken, relid);
+		table_close(rel, AccessShareLock);
+	}
+	MemoryContextSwitchTo(TopTransactionContext);
 	frames = lappend(frames, f);
 	MemoryContextSwitchTo(old);
 	PG_RETURN_VOID();
@@ -735,30 +819,50 @@ refuse_extension_deps(List *now)
 }
 
 /*
- * New inheritance links: a new partition or child of an attached table is
- * attached under its parent's rule name; an attached table may not become
- * the partition or child of a table that is not attached.
+ * Inheritance links made or removed by this command.  Rows appear in or
+ * leave the parent without a write, so the parent's families are deleted.
+ * A new partition or child of an attached table is attached under the
+ * parent's rule name; an attached table may not become the partition or
+ * child of a table that is not attached, nor of one attached under another
+ * rule name, and a temporary table may not become a child of an attached
+ * one.  Links made by earlier commands (a restore that creates triggers
+ * after ATTACH PARTITION) are not this command's business.
  */
 static void
-follow_links(List *before_links, List *now, Oid fn)
+follow_links(GuardFrame *f, List *now, Oid fn)
 {
+	List	   *links_now = read_links(now);
 	ListCell   *lc;
 
-	foreach(lc, read_links(now))
+	foreach(lc, f->links)
+	{
+		GuardLink  *l = lfirst(lc);
+		const char *pname = attached_as(f->trigs, l->parent);
+
+		if (!has_link(links_now, l) && pname != NULL)
+			invalidate_rule_name(pname);
+	}
+	foreach(lc, links_now)
 	{
 		GuardLink  *l = lfirst(lc);
 		const char *pname = attached_as(now, l->parent);
 		const char *cname = attached_as(now, l->child);
+		char	   *child;
+		char	   *parent;
 
-		if (has_link(before_links, l))
+		if (has_link(f->links, l) || !link_created_since(l->parent, l->child, f->cid))
 			continue;
+		child = qualified_name(l->child);
+		parent = qualified_name(l->parent);
+		if (pname != NULL && get_rel_persistence(l->child) == RELPERSISTENCE_TEMP)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot make temporary table %s a partition or child of attached table %s",
+							child, parent),
+					 errdetail("meetcache does not attach temporary tables.")));
 		if (pname != NULL && cname == NULL)
 			attach_tree(l->child, pname, fn);
 		else if (cname != NULL && pname == NULL)
-		{
-			char	   *child = qualified_name(l->child);
-			char	   *parent = qualified_name(l->parent);
-
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("cannot make attached table %s a partition or child of %s, which is not attached",
@@ -766,7 +870,15 @@ follow_links(List *before_links, List *now, Oid fn)
 					 errdetail("Writes through %s would not fire the meetcache triggers of %s.", parent, child),
 					 errhint("Attach the parent first: SELECT meetcache.attach(%s, %s).",
 							 quote_literal_cstr(parent), quote_literal_cstr(cname))));
-		}
+		else if (cname != NULL && strcmp(cname, pname) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot make table %s, attached as \"%s\", a partition or child of %s, attached as \"%s\"",
+							child, cname, parent, pname),
+					 errdetail("Writes through %s produce only the keys of the rules of \"%s\".", parent, pname),
+					 errhint("Detach %s first, or attach it under \"%s\".", child, pname)));
+		if (pname != NULL)
+			invalidate_rule_name(pname);
 	}
 }
 
@@ -784,13 +896,18 @@ recheck_context(void *arg)
 	errcontext("meetcache: checking the rules of attached table %s after %s", c->rel, c->tag);
 }
 
-/* every attached table must still compile against the rules */
+/*
+ * Every attached table must still compile against the rules.  A table
+ * whose rules already did not compile before this command is not this
+ * command's fault: its writes delete whole families (with a WARNING), and
+ * the command passes.
+ */
 static void
-recheck_rules(List *now, const char *tag)
+recheck_rules(GuardFrame *f, List *now, const char *tag)
 {
 	ListCell   *lc;
-	bool		first = true;
 
+	mc_rules_reload();
 	foreach(lc, attached_relids(now))
 	{
 		Oid			relid = lfirst_oid(lc);
@@ -798,47 +915,23 @@ recheck_rules(List *now, const char *tag)
 		ErrorContextCallback cb;
 		RecheckContext ctx;
 
-		if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+		if (f != NULL && list_member_oid(f->broken, relid))
 			continue;
-		rel = table_open(relid, AccessShareLock);
-		ctx.rel = qualified_name(relid);
-		ctx.tag = tag;
-		cb.callback = recheck_context;
-		cb.arg = &ctx;
-		cb.previous = error_context_stack;
-		error_context_stack = &cb;
-		if (first)
-			mc_rules_reload();
-		first = false;
-		(void) mc_check_rel(rel, attached_as(now, relid));
-		error_context_stack = cb.previous;
+		rel = open_if_free(relid);
+		if (rel == NULL)
+			continue;
+		if (mc_rel_broken(rel, attached_as(now, relid)))
+		{
+			ctx.rel = qualified_name(relid);
+			ctx.tag = tag;
+			cb.callback = recheck_context;
+			cb.arg = &ctx;
+			cb.previous = error_context_stack;
+			error_context_stack = &cb;
+			(void) mc_check_rel(rel, attached_as(now, relid));	/* raises the error */
+			error_context_stack = cb.previous;
+		}
 		table_close(rel, AccessShareLock);
-	}
-}
-
-/*
- * Commands that can rename or drop a column or a table a rule names (ALTER
- * TABLE covers RENAME and SET SCHEMA; the DROPs cascade to tables and
- * columns).  Other DDL cannot break a rule, and is not made to pay for
- * compiling them.
- */
-static bool
-may_break_rules(CommandTag tag)
-{
-	switch (tag)
-	{
-		case CMDTAG_ALTER_TABLE:
-		case CMDTAG_ALTER_SCHEMA:
-		case CMDTAG_DROP_TABLE:
-		case CMDTAG_DROP_SCHEMA:
-		case CMDTAG_DROP_OWNED:
-		case CMDTAG_DROP_TYPE:
-		case CMDTAG_DROP_DOMAIN:
-		case CMDTAG_DROP_COLLATION:
-		case CMDTAG_DROP_EXTENSION:
-			return true;
-		default:
-			return false;
 	}
 }
 
@@ -864,13 +957,20 @@ meetcache_guard_end(PG_FUNCTION_ARGS)
 	now = read_triggers(fn, InvalidOid);
 	if (f != NULL)
 	{
+		ListCell   *lc;
+
 		refuse_change(f->trigs, now);
-		follow_links(f->links, now, fn);
+		follow_links(f, now, fn);
+		/* a dropped attached table took its rows with it */
+		foreach(lc, attached_relids(f->trigs))
+			if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(lfirst_oid(lc))))
+				invalidate_rule_name(attached_as(f->trigs, lfirst_oid(lc)));
 		now = read_triggers(fn, InvalidOid);
 	}
 	refuse_extension_deps(now);
-	if (may_break_rules(trig->tag))
-		recheck_rules(now, GetCommandTagName(trig->tag));
+	recheck_rules(f, now, GetCommandTagName(trig->tag));
+	if (f != NULL)
+		MemoryContextDelete(f->cxt);
 	PG_RETURN_VOID();
 }
 
@@ -893,7 +993,7 @@ meetcache_guard_rewrite(PG_FUNCTION_ARGS)
 	{
 		Relation	rel = table_open(relid, AccessShareLock);
 
-		mc_invalidate_families(mc_rel_rules(rel, name, false));
+		mc_invalidate_families(mc_rel_families(mc_rel_rules(rel, name, false)));
 		table_close(rel, AccessShareLock);
 	}
 	PG_RETURN_VOID();

@@ -210,6 +210,8 @@ extern void mc_collect(struct McRelRules *rr, Relation rel, int event,
 					   TupleTableSlot *oldslot, TupleTableSlot *newslot,
 					   const char *prefix, McKeySink sink, void *arg);
 extern int	mc_check_rel(Relation rel, const char *table_name);
+extern bool mc_rel_broken(Relation rel, const char *table_name);
+extern List *mc_rule_name_families(const char *table_name);
 extern void mc_rules_reload(void);
 extern List *mc_rel_families(struct McRelRules *rr);
 extern int	mc_rel_nrules(struct McRelRules *rr);
@@ -218,7 +220,7 @@ extern List *mc_family_globs(const char *prefix);
 
 /* ---- trigger.c, guard.c ---- */
 
-extern void mc_invalidate_families(struct McRelRules *rr);
+extern void mc_invalidate_families(List *families);
 extern void mc_guard_init(void);
 
 /* ---- pending.c ---- */

@@ -28,6 +28,7 @@
 #include "postgres.h"
 
 #include "access/detoast.h"
+#include "access/xact.h"
 #include "access/htup_details.h"
 #include "access/genam.h"
 #include "access/nbtree.h"
@@ -54,6 +55,7 @@
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/regproc.h"
+#include "utils/resowner.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -784,10 +786,14 @@ find_column(Oid relid, const char *name, char **resolved)
  * A rule that does not compile: strict, an error; otherwise a WARNING, and
  * the caller marks the rule broken (each change then deletes its family).
  */
+static bool quiet_compile = false;	/* mc_rel_broken(): no WARNING */
+
 static void
 rule_problem(bool strict, RawRule *r, int sqlstate, const char *msg,
 			 const char *detail, const char *hint)
 {
+	if (quiet_compile && !strict)
+		return;
 	ereport(strict ? ERROR : WARNING,
 			(errcode(sqlstate),
 			 errmsg_internal("%s", msg),
@@ -979,11 +985,14 @@ compile_lookup(McRelRules *rr, Relation rel, CRule *c, bool strict)
 		if (k == g->ncols)
 		{
 			if (g->ncols >= MC_MAX_LOOKUP_COLUMNS)
-				ereport(ERROR,
-						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-						 errmsg("too many lookup columns for table \"%s\"", r->via_table),
-						 errdetail("The rules of one table select at most %d columns of one related table.",
-								   MC_MAX_LOOKUP_COLUMNS)));
+			{
+				rule_problem(strict, r, ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+							 psprintf("too many lookup columns for table \"%s\"", r->via_table),
+							 psprintf("The rules of one table select at most %d columns of one related table.",
+									  MC_MAX_LOOKUP_COLUMNS),
+							 "Split the rules over two rule names, or select fewer columns.");
+				return false;
+			}
 			g->cols[g->ncols++] = colname;
 		}
 		c->cols[a] = k + 1;
@@ -1138,6 +1147,39 @@ void
 mc_rules_reload(void)
 {
 	rules_valid = false;
+}
+
+/* does some rule of table_name not compile against rel?  (never an error) */
+bool
+mc_rel_broken(Relation rel, const char *table_name)
+{
+	McRelRules *rr;
+
+	ensure_catalog();
+	rr = cached_rel(rel, table_name);
+	if (rr == NULL)
+	{
+		quiet_compile = true;
+		PG_TRY();
+		{
+			rr = compile_rel(rel, table_name, false);
+		}
+		PG_FINALLY();
+		{
+			quiet_compile = false;
+		}
+		PG_END_TRY();
+		for (int i = 0; i < rr->nrules; i++)
+			if (rr->rules[i].broken)
+				return true;
+		/* what a write would compile: keep it (a broken one is not, so writes warn) */
+		cache_rel(rr);
+		return false;
+	}
+	for (int i = 0; i < rr->nrules; i++)
+		if (rr->rules[i].broken)
+			return true;
+	return false;
 }
 
 /*
@@ -1464,22 +1506,58 @@ lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix
 	Oid			save_userid;
 	int			save_sec;
 
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(grp->via_owner,
 						   save_sec | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION | SECURITY_NOFORCE_RLS);
+
+	/*
+	 * In a subtransaction of its own: a lookup that fails (the table's owner
+	 * revoked its own SELECT, a value that is no valid input for the related
+	 * column, a domain check) never fails the write.  Its keys are dropped
+	 * with the subtransaction and the families of the group's rules are
+	 * deleted instead.  A cancel still cancels.
+	 */
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
 		if (OidIsValid(grp->indexoid))
 			index_lookup(rr, g, vals, event, prefix, sink, arg, buf);
 		else
 			spi_lookup(rr, g, vals, event, prefix, sink, arg, buf);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
 	}
-	PG_FINALLY();
+	PG_CATCH();
 	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+			PG_RE_THROW();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
 		SetUserIdAndSecContext(save_userid, save_sec);
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg("meetcache: lookup in table \"%s\" failed; deleting whole families instead",
+						get_rel_name(grp->via_relid)),
+				 errdetail("%s", edata->message)));
+		for (int i = 0; i < rr->nrules; i++)
+			if (rr->rules[i].group == g && (rr->rules[i].raw->events & event))
+				sink(arg, NULL, 0, rr->rules[i].raw->family, rr->rules[i].raw->id);
+		FreeErrorData(edata);
 	}
 	PG_END_TRY();
+	SetUserIdAndSecContext(save_userid, save_sec);
 }
 
 static void
@@ -1562,5 +1640,18 @@ mc_rel_families(McRelRules *rr)
 
 	for (int i = 0; i < rr->nrules; i++)
 		out = list_append_unique_ptr(out, rr->rules[i].raw->family);
+	return out;
+}
+
+/* the same from the catalog alone, for a table that is gone */
+List *
+mc_rule_name_families(const char *table_name)
+{
+	List	   *out = NIL;
+
+	ensure_catalog();
+	for (int i = 0; i < nraw; i++)
+		if (strcmp(raw_rules[i].table_name, table_name) == 0)
+			out = list_append_unique_ptr(out, raw_rules[i].family);
 	return out;
 }

@@ -49,13 +49,13 @@ attached_name(Relation rel)
  * families without placeholders by name, the others by SCAN pattern.
  */
 void
-mc_invalidate_families(struct McRelRules *rr)
+mc_invalidate_families(List *families)
 {
 	ListCell   *lc;
 	StringInfoData buf;
 
 	initStringInfo(&buf);
-	foreach(lc, mc_rel_families(rr))
+	foreach(lc, families)
 	{
 		McFamily   *f = (McFamily *) lfirst(lc);
 
@@ -99,7 +99,7 @@ meetcache_invalidate_trigger(PG_FUNCTION_ARGS)
 
 	if (TRIGGER_FIRED_BY_TRUNCATE(trig->tg_event))
 	{
-		mc_invalidate_families(rr);
+		mc_invalidate_families(mc_rel_families(rr));
 		return PointerGetDatum(NULL);
 	}
 

@@ -231,6 +231,50 @@ is(join(',', map { cached("note:$_") } 1, 101, 201, 7, 8, 9), '0,0,0,0,0,0',
 	'every written note key is deleted');
 is(cached('note:50'), 1, 'an untouched note key stays');
 
+# rows that arrive in or leave an attached table without a write
+$redis->set_keys('note:990', 'note:991', 'note:992');
+ok_sql('owner', q{
+CREATE TABLE pnotes2_d (id int, body text);
+INSERT INTO pnotes2_d VALUES (350, 'arrives');
+ALTER TABLE pnotes2 ATTACH PARTITION pnotes2_d FOR VALUES FROM (300) TO (400);},
+	'owner: ATTACH PARTITION of a table with rows');
+is(cached('note:990'), 0, 'ATTACH PARTITION: the parent\'s families are deleted');
+ok_sql('owner', q{ALTER TABLE pnotes2 DETACH PARTITION pnotes2_a;}, 'owner: DETACH PARTITION');
+is(cached('note:991'), 0, 'DETACH PARTITION: the parent\'s families are deleted');
+ok_sql('owner', q{DROP TABLE notes_child;}, 'owner: DROP TABLE of an attached child');
+is(cached('note:992'), 0, 'DROP TABLE: the families are deleted');
+# the order pg_dump restores in: partitions attached first, triggers later
+ok_sql('postgres', q{
+BEGIN;
+CREATE TABLE rp (id int, body text) PARTITION BY RANGE (id);
+CREATE TABLE rp1 (id int, body text);
+ALTER TABLE ONLY rp ATTACH PARTITION rp1 FOR VALUES FROM (0) TO (10);
+CREATE TRIGGER meetcache_ins AFTER INSERT ON rp REFERENCING NEW TABLE AS meetcache_new
+  FOR EACH STATEMENT EXECUTE FUNCTION meetcache.invalidate_trigger('notes');
+ALTER TABLE rp ENABLE ALWAYS TRIGGER meetcache_ins;
+CREATE TRIGGER meetcache_ins AFTER INSERT ON rp1 REFERENCING NEW TABLE AS meetcache_new
+  FOR EACH STATEMENT EXECUTE FUNCTION meetcache.invalidate_trigger('notes');
+ALTER TABLE rp1 ENABLE ALWAYS TRIGGER meetcache_ins;
+COMMIT;}, 'restore order: ATTACH PARTITION, then the triggers of parent and partition');
+ok_sql('owner', q{
+CREATE TABLE up (id int, body text) PARTITION BY RANGE (id);
+CREATE TABLE up1 PARTITION OF up FOR VALUES FROM (0) TO (10);
+SELECT meetcache.attach('up1', 'notes');}, 'attach() of a partition of an unattached parent (the 0.1.0 way)');
+refused('owner', q{CREATE TEMP TABLE tchild () INHERITS (notes);}, '0A000',
+	'owner: a temporary child of an attached table');
+# a lookup that fails never fails the write: the via_table's owner revokes its own SELECT
+$redis->set_keys('user:zz');
+{
+	my ($rc, $out, $err) = try_sql('owner', q{
+REVOKE SELECT ON note_owners FROM owner;
+UPDATE notes SET body = 'r' WHERE id = 1;});
+	is($rc, 0, 'a failing lookup: the write succeeds') or diag($err);
+	like($err, qr/WARNING:  42501: meetcache: lookup in table "note_owners" failed/,
+		'a failing lookup: a WARNING says so');
+	is(cached('user:zz'), 0, 'a failing lookup: the families of its rules are deleted');
+	$node->safe_psql('postgres', 'GRANT SELECT ON note_owners TO owner');
+}
+
 # ---- 6. the catalog accepts what the compiler accepts ----
 refused('postgres', q{INSERT INTO meetcache.families (name, template) VALUES ('wide', '} .
 	  join(':', map { "{a$_}" } 1 .. 65) . q{');}, '22023', 'a family with 65 placeholders');
