@@ -38,6 +38,29 @@ ALTER TABLE meetcache.families ENABLE ALWAYS TRIGGER check_family,
 ALTER TABLE meetcache.rules ENABLE ALWAYS TRIGGER check_rule,
   ENABLE ALWAYS TRIGGER rules_changed, ENABLE ALWAYS TRIGGER check_attached;
 
+-- lookups travel in the queue row, to be resolved again after commit
+ALTER TABLE meetcache.queue ADD COLUMN lookups text[];
+COMMENT ON TABLE meetcache.queue IS
+  'Keys (already prefixed), SCAN patterns and lookups to resolve again of committed transactions, waiting for a drain worker.';
+CREATE OR REPLACE VIEW meetcache.pending AS
+  SELECT q.id, q.enqueued_at, clock_timestamp() - q.enqueued_at AS age,
+         cardinality(q.keys) AS nkeys, coalesce(cardinality(q.patterns), 0) AS npatterns,
+         meetcache._queue_row_delivered(q.xmin) AS delivered,
+         q.keys, q.patterns,
+         coalesce(cardinality(q.lookups), 0) AS nlookups, q.lookups
+  FROM meetcache.queue q
+  ORDER BY q.id;
+COMMENT ON VIEW meetcache.pending IS
+  'Queue rows a drain worker has not removed yet, oldest first; delivered: the committing backend already deleted the keys (sync+queue); lookups are resolved again by the drain in any case.';
+CREATE OR REPLACE VIEW meetcache.stats AS
+  SELECT s.*, q.queue_depth, q.oldest_pending_age
+  FROM meetcache.stats() s,
+       LATERAL (SELECT count(*) AS queue_depth,
+                       clock_timestamp() - min(p.enqueued_at) AS oldest_pending_age
+                FROM meetcache.pending p WHERE NOT p.delivered OR p.nlookups > 0) q;
+COMMENT ON VIEW meetcache.stats IS
+  'Counters (cluster-wide when preloaded), worker and Redis state, and this database''s queue rows still waiting for a drain.';
+
 REVOKE EXECUTE ON FUNCTION
   meetcache.invalidate_trigger(), meetcache._placeholders(text), meetcache._queue_row_delivered(xid)
   FROM PUBLIC;

@@ -201,7 +201,9 @@ CREATE TABLE meetcache.queue (
   id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
   enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp(),
   keys        text[] NOT NULL,
-  patterns    text[]
+  patterns    text[],
+  -- lookups to resolve again after commit: "relid:rule_id:family:prefix-length:prefix value"
+  lookups     text[]
 ) WITH (
   -- rows live for milliseconds: vacuum often, never throttled
   autovacuum_vacuum_scale_factor = 0,
@@ -213,7 +215,7 @@ CREATE TABLE meetcache.queue (
   autovacuum_vacuum_cost_delay = 0
 );
 COMMENT ON TABLE meetcache.queue IS
-  'Keys (already prefixed) and SCAN patterns of committed transactions, waiting for a drain worker.';
+  'Keys (already prefixed), SCAN patterns and lookups to resolve again of committed transactions, waiting for a drain worker.';
 
 CREATE FUNCTION meetcache._queue_row_delivered(row_xmin xid) RETURNS boolean
   LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'meetcache_queue_row_delivered';
@@ -222,20 +224,21 @@ CREATE VIEW meetcache.pending AS
   SELECT q.id, q.enqueued_at, clock_timestamp() - q.enqueued_at AS age,
          cardinality(q.keys) AS nkeys, coalesce(cardinality(q.patterns), 0) AS npatterns,
          meetcache._queue_row_delivered(q.xmin) AS delivered,
-         q.keys, q.patterns
+         q.keys, q.patterns,
+         coalesce(cardinality(q.lookups), 0) AS nlookups, q.lookups
   FROM meetcache.queue q
   ORDER BY q.id;
 COMMENT ON VIEW meetcache.pending IS
-  'Queue rows a drain worker has not removed yet, oldest first; delivered: the committing backend already deleted the keys (sync+queue).';
+  'Queue rows a drain worker has not removed yet, oldest first; delivered: the committing backend already deleted the keys (sync+queue); lookups are resolved again by the drain in any case.';
 
 CREATE VIEW meetcache.stats AS
   SELECT s.*, q.queue_depth, q.oldest_pending_age
   FROM meetcache.stats() s,
        LATERAL (SELECT count(*) AS queue_depth,
                        clock_timestamp() - min(p.enqueued_at) AS oldest_pending_age
-                FROM meetcache.pending p WHERE NOT p.delivered) q;
+                FROM meetcache.pending p WHERE NOT p.delivered OR p.nlookups > 0) q;
 COMMENT ON VIEW meetcache.stats IS
-  'Counters (cluster-wide when preloaded), worker and Redis state, and this database''s undelivered queue rows.';
+  'Counters (cluster-wide when preloaded), worker and Redis state, and this database''s queue rows still waiting for a drain.';
 
 CREATE FUNCTION meetcache.invalidate_all() RETURNS void
   LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_invalidate_all';

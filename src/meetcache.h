@@ -208,10 +208,14 @@ extern struct McRelRules *mc_rel_rules(Relation rel, const char *table_name,
 extern void mc_collect(struct McRelRules *rr, Relation rel, int event,
 					   Tuplestorestate *oldtab, Tuplestorestate *newtab,
 					   TupleTableSlot *oldslot, TupleTableSlot *newslot,
-					   const char *prefix, McKeySink sink, void *arg);
+					   const char *prefix, McKeySink sink, void *arg,
+					   bool again);
 extern int	mc_check_rel(Relation rel, const char *table_name);
 extern bool mc_rel_broken(Relation rel, const char *table_name);
 extern List *mc_rule_name_families(const char *table_name);
+extern void mc_resolve_lookups(McStr *entries, int n,
+							   void (*out) (void *arg, const char *s, int len, bool pattern),
+							   void *arg);
 extern void mc_rules_reload(void);
 extern List *mc_rel_families(struct McRelRules *rr);
 extern int	mc_rel_nrules(struct McRelRules *rr);
@@ -230,6 +234,8 @@ extern void mc_pending_sink(void *arg, const char *key, int len,
 							McFamily *family, int rule_id);
 extern void mc_pending_add_pattern(const char *pat, int len);
 extern void mc_pending_add_family(McFamily *family);
+extern void mc_pending_add_lookup(Oid relid, int rule_id, McFamily *family,
+								  const char *value);
 extern bool mc_pending_any(void);
 extern int	mc_effective_delivery(void);
 
@@ -290,7 +296,7 @@ extern bool mc_delivered_contains(Oid db, TransactionId xid);
 /* ---- queue.c ---- */
 
 extern int64 mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns,
-							bool missing_ok);
+							McStr *lookups, int nlookups, bool missing_ok);
 extern bool mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 								int64 *first_id, bool *more, McErr *err);
 extern McStr *mc_queue_family_patterns(int *n);

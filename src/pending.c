@@ -10,6 +10,12 @@
  * forgets it.  Past meetcache.max_keys new keys are replaced by their
  * family's pattern, so memory stays bounded for any transaction.
  *
+ * Lookups (a user's rename reaches the meetings they host) are also kept
+ * as entries to resolve again after commit (mc_pending_add_lookup): a row
+ * linked to the changed one by a transaction that commits between the
+ * statement's lookup and our commit is found then.  They travel in the
+ * queue row, which is written for them in sync mode too.
+ *
  * Delivery (meetcache.delivery):
  *	  - queue modes write the set as one row of meetcache.queue at PRE_COMMIT
  *	    (and at PRE_PREPARE in every mode), where an error still aborts;
@@ -40,19 +46,27 @@ typedef struct SubStart
 	int			level;
 	int			nkeys;
 	int			npatterns;
+	int			nlookups;
 } SubStart;
+
+/* a deduplicated set of strings in insertion order (open addressing) */
+typedef struct StrSet
+{
+	McStr	   *v;
+	int			n;
+	int			cap;
+	uint32	   *slots;			/* index + 1 into v; 0 = empty */
+	uint32		nslots;			/* power of two */
+} StrSet;
 
 typedef struct PendingSet
 {
 	MemoryContext cxt;
-	McStr	   *keys;
-	int			nkeys;
-	int			keycap;
-	uint32	   *slots;			/* index + 1 into keys; 0 = empty */
-	uint32		nslots;			/* power of two */
+	StrSet		keys;
 	McStr	   *patterns;
 	int			npatterns;
 	int			patcap;
+	StrSet		lookups;		/* to resolve again after commit (rules.c) */
 	SubStart   *subs;
 	int			nsubs;
 	int			subcap;
@@ -63,6 +77,15 @@ typedef struct PendingSet
 } PendingSet;
 
 static PendingSet *pending = NULL;
+
+static void
+set_init(StrSet *set, MemoryContext cxt)
+{
+	set->cap = 64;
+	set->v = MemoryContextAlloc(cxt, sizeof(McStr) * set->cap);
+	set->nslots = 256;
+	set->slots = MemoryContextAllocZero(cxt, sizeof(uint32) * set->nslots);
+}
 
 static PendingSet *
 pending_get(void)
@@ -75,10 +98,8 @@ pending_get(void)
 		PendingSet *p = MemoryContextAllocZero(cxt, sizeof(PendingSet));
 
 		p->cxt = cxt;
-		p->keycap = 64;
-		p->keys = MemoryContextAlloc(cxt, sizeof(McStr) * p->keycap);
-		p->nslots = 256;
-		p->slots = MemoryContextAllocZero(cxt, sizeof(uint32) * p->nslots);
+		set_init(&p->keys, cxt);
+		set_init(&p->lookups, cxt);
 		p->patcap = 8;
 		p->patterns = MemoryContextAlloc(cxt, sizeof(McStr) * p->patcap);
 		pending = p;
@@ -87,64 +108,75 @@ pending_get(void)
 }
 
 static void
-rehash(PendingSet *p, uint32 nslots)
+rehash(StrSet *set, uint32 nslots, MemoryContext cxt)
 {
-	if (nslots != p->nslots)
+	if (nslots != set->nslots)
 	{
-		/* allocate before freeing: an out-of-memory error leaves p intact */
-		uint32	   *nslots_arr = MemoryContextAllocZero(p->cxt, sizeof(uint32) * nslots);
+		/* allocate before freeing: an out-of-memory error leaves the set intact */
+		uint32	   *nslots_arr = MemoryContextAllocZero(cxt, sizeof(uint32) * nslots);
 
-		pfree(p->slots);
-		p->slots = nslots_arr;
-		p->nslots = nslots;
+		pfree(set->slots);
+		set->slots = nslots_arr;
+		set->nslots = nslots;
 	}
 	else
-		memset(p->slots, 0, sizeof(uint32) * nslots);
-	for (int i = 0; i < p->nkeys; i++)
+		memset(set->slots, 0, sizeof(uint32) * nslots);
+	for (int i = 0; i < set->n; i++)
 	{
-		uint32		h = hash_bytes((const unsigned char *) p->keys[i].s, p->keys[i].len);
-		uint32		mask = p->nslots - 1;
+		uint32		h = hash_bytes((const unsigned char *) set->v[i].s, set->v[i].len);
+		uint32		mask = set->nslots - 1;
 		uint32		pos = h & mask;
 
-		while (p->slots[pos] != 0)
+		while (set->slots[pos] != 0)
 			pos = (pos + 1) & mask;
-		p->slots[pos] = i + 1;
+		set->slots[pos] = i + 1;
 	}
 }
 
-/* true if added or already present; false if the set is full */
-static bool
-add_key(PendingSet *p, const char *key, int len)
+/* back to the first n entries (a rolled-back savepoint) */
+static void
+set_truncate(StrSet *set, int n, MemoryContext cxt)
 {
-	uint32		h = hash_bytes((const unsigned char *) key, len);
-	uint32		mask = p->nslots - 1;
+	if (n != set->n)
+	{
+		set->n = n;
+		rehash(set, set->nslots, cxt);
+	}
+}
+
+/* true if added or already present; false if the set holds mc_max_keys */
+static bool
+set_add(StrSet *set, const char *s, int len, MemoryContext cxt)
+{
+	uint32		h = hash_bytes((const unsigned char *) s, len);
+	uint32		mask = set->nslots - 1;
 	uint32		pos = h & mask;
 	char	   *copy;
 
-	while (p->slots[pos] != 0)
+	while (set->slots[pos] != 0)
 	{
-		McStr	   *e = &p->keys[p->slots[pos] - 1];
+		McStr	   *e = &set->v[set->slots[pos] - 1];
 
-		if (e->len == len && memcmp(e->s, key, len) == 0)
+		if (e->len == len && memcmp(e->s, s, len) == 0)
 			return true;
 		pos = (pos + 1) & mask;
 	}
-	if (p->nkeys >= mc_max_keys)
+	if (set->n >= mc_max_keys)
 		return false;
-	if (p->nkeys == p->keycap)
+	if (set->n == set->cap)
 	{
-		p->keycap *= 2;
-		p->keys = repalloc_huge(p->keys, sizeof(McStr) * p->keycap);
+		set->cap *= 2;
+		set->v = repalloc_huge(set->v, sizeof(McStr) * set->cap);
 	}
-	copy = MemoryContextAlloc(p->cxt, len + 1);
-	memcpy(copy, key, len);
+	copy = MemoryContextAlloc(cxt, len + 1);
+	memcpy(copy, s, len);
 	copy[len] = '\0';
-	p->keys[p->nkeys].s = copy;
-	p->keys[p->nkeys].len = len;
-	p->nkeys++;
-	p->slots[pos] = p->nkeys;
-	if ((uint32) p->nkeys * 2 > p->nslots)
-		rehash(p, p->nslots * 2);
+	set->v[set->n].s = copy;
+	set->v[set->n].len = len;
+	set->n++;
+	set->slots[pos] = set->n;
+	if ((uint32) set->n * 2 > set->nslots)
+		rehash(set, set->nslots * 2, cxt);
 	return true;
 }
 
@@ -193,7 +225,7 @@ mc_pending_sink(void *arg, const char *key, int len, McFamily *family, int rule_
 {
 	PendingSet *p = pending_get();
 
-	if (key != NULL && add_key(p, key, len))
+	if (key != NULL && set_add(&p->keys, key, len, p->cxt))
 		return;
 	if (key != NULL && !p->overflowed)
 	{
@@ -209,10 +241,30 @@ mc_pending_sink(void *arg, const char *key, int len, McFamily *family, int rule_
 	mc_pending_add_family(family);
 }
 
+/*
+ * A lookup to resolve again after commit, by a drain, from a snapshot that
+ * sees every commit before this transaction's (README, "Leases").  One
+ * entry per rule, matched value and key prefix:
+ * "relid:rule_id:family:prefix-length:prefix value".  Past mc_max_keys
+ * entries the rule's family is deleted instead.
+ */
+void
+mc_pending_add_lookup(Oid relid, int rule_id, McFamily *family, const char *value)
+{
+	PendingSet *p = pending_get();
+	char	   *e = psprintf("%u:%d:%s:%d:%s%s", relid, rule_id, family->name,
+							 (int) strlen(mc_key_prefix), mc_key_prefix, value);
+
+	if (!set_add(&p->lookups, e, strlen(e), p->cxt))
+		mc_pending_add_family(family);
+	pfree(e);
+}
+
 bool
 mc_pending_any(void)
 {
-	return pending != NULL && (pending->nkeys > 0 || pending->npatterns > 0);
+	return pending != NULL &&
+		(pending->keys.n > 0 || pending->npatterns > 0 || pending->lookups.n > 0);
 }
 
 /* ---- transaction end ---- */
@@ -231,7 +283,7 @@ deliver_now(PendingSet *p, McErr *err)
 	TimestampTz deadline;
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), mc_commit_timeout);
-	if (mc_redis_invalidate(p->keys, p->nkeys, p->patterns, p->npatterns,
+	if (mc_redis_invalidate(p->keys.v, p->keys.n, p->patterns, p->npatterns,
 							deadline, 0, &res, err))
 	{
 		mc_stat_add(MC_STAT_XACTS_DELIVERED, 1);
@@ -250,7 +302,7 @@ deliver_now(PendingSet *p, McErr *err)
 static void
 hand_off(PendingSet *p)
 {
-	if (mc_retry_push(MyDatabaseId, p->keys, p->nkeys, p->patterns, p->npatterns))
+	if (mc_retry_push(MyDatabaseId, p->keys.v, p->keys.n, p->patterns, p->npatterns))
 	{
 		mc_stat_add(MC_STAT_HANDOFFS, 1);
 		return;
@@ -269,7 +321,7 @@ deliver(PendingSet *p)
 	bool		worker = mc_breaker_applies();
 
 	/* counted once per transaction: no shared-memory traffic per key */
-	mc_stat_add(MC_STAT_KEYS_QUEUED, p->nkeys);
+	mc_stat_add(MC_STAT_KEYS_QUEUED, p->keys.n);
 	mc_stat_add(MC_STAT_PATTERNS_QUEUED, p->npatterns);
 
 	if (p->queued && p->mode == MC_DELIVERY_QUEUE)
@@ -290,6 +342,9 @@ deliver(PendingSet *p)
 	{
 		if (p->queued)
 			mc_delivered_add(MyDatabaseId, p->queue_xid);
+		/* the drain resolves the row's lookups again: now, not at its poll */
+		if (p->queued && p->lookups.n > 0)
+			mc_db_wake(MyDatabaseId);
 		return;
 	}
 	/* only a Redis that does not answer (no reply in time, a broken
@@ -306,7 +361,7 @@ deliver(PendingSet *p)
 	ereport(WARNING,
 			(errcode(err.sqlstate),
 			 errmsg("meetcache: could not delete %d cache keys after commit: %s",
-					p->nkeys + p->npatterns, err.msg),
+					p->keys.n + p->npatterns, err.msg),
 			 (p->queued || worker) ?
 			 errdetail("The transaction is committed. The background worker deletes its keys when Redis answers again.") :
 			 errdetail("The transaction is committed. Its cache keys stay until their TTL expires."),
@@ -320,7 +375,8 @@ deliver(PendingSet *p)
 static void
 write_queue(PendingSet *p, bool missing_ok)
 {
-	if (mc_queue_write(p->keys, p->nkeys, p->patterns, p->npatterns, missing_ok) < 0)
+	if (mc_queue_write(p->keys.v, p->keys.n, p->patterns, p->npatterns,
+					   p->lookups.v, p->lookups.n, missing_ok) < 0)
 		return;
 	p->queued = true;
 	p->queue_xid = GetTopTransactionIdIfAny();
@@ -337,8 +393,12 @@ xact_callback(XactEvent event, void *arg)
 			if (mc_pending_any())
 			{
 				pending->mode = mc_effective_delivery();
-				/* READ ONLY and standbys cannot write (nor have keys) */
-				if (pending->mode != MC_DELIVERY_SYNC &&
+				/*
+				 * READ ONLY and standbys cannot write (nor have keys).  In
+				 * sync mode a row is written only for lookups to resolve
+				 * again after commit.
+				 */
+				if ((pending->mode != MC_DELIVERY_SYNC || pending->lookups.n > 0) &&
 					!XactReadOnly && !RecoveryInProgress())
 					write_queue(pending, true);
 			}
@@ -386,7 +446,7 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	{
 		case SUBXACT_EVENT_START_SUB:
 			/* level is the new subtransaction's; record where it starts */
-			if (p->nkeys == 0 && p->npatterns == 0)
+			if (p->keys.n == 0 && p->npatterns == 0 && p->lookups.n == 0)
 				break;			/* absent entry means "started empty" */
 			if (p->nsubs == p->subcap)
 			{
@@ -397,8 +457,9 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 					p->subs = MemoryContextAlloc(p->cxt, sizeof(SubStart) * p->subcap);
 			}
 			p->subs[p->nsubs].level = level;
-			p->subs[p->nsubs].nkeys = p->nkeys;
+			p->subs[p->nsubs].nkeys = p->keys.n;
 			p->subs[p->nsubs].npatterns = p->npatterns;
+			p->subs[p->nsubs].nlookups = p->lookups.n;
 			p->nsubs++;
 			break;
 		case SUBXACT_EVENT_COMMIT_SUB:
@@ -407,22 +468,14 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			break;
 		case SUBXACT_EVENT_ABORT_SUB:
 			{
-				int			nk = 0,
-							np = 0;
+				SubStart	start = {0, 0, 0, 0};
 
 				if (p->nsubs > 0 && p->subs[p->nsubs - 1].level >= level)
-				{
-					nk = p->subs[p->nsubs - 1].nkeys;
-					np = p->subs[p->nsubs - 1].npatterns;
-					p->nsubs--;
-				}
-				if (nk != p->nkeys)
-				{
-					p->nkeys = nk;
-					rehash(p, p->nslots);
-				}
-				p->npatterns = np;
-				if (p->nkeys < mc_max_keys)
+					start = p->subs[--p->nsubs];
+				set_truncate(&p->keys, start.nkeys, p->cxt);
+				set_truncate(&p->lookups, start.nlookups, p->cxt);
+				p->npatterns = start.npatterns;
+				if (p->keys.n < mc_max_keys)
 					p->overflowed = false;
 				break;
 			}

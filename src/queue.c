@@ -46,8 +46,13 @@
 
 #include "meetcache.h"
 
-/* raw (detoasted) bytes of keys and patterns one drain pass takes */
+/* raw (detoasted) bytes of keys, patterns and lookups one drain pass takes */
 #define PASS_BYTES (8 * 1024 * 1024)
+
+/* id, enqueued_at, keys, patterns, lookups */
+#define QUEUE_NATTS 5
+/* a database still on 0.1.0 (until ALTER EXTENSION UPDATE) has no lookups */
+#define QUEUE_NATTS_010 4
 
 static ArrayType *
 str_array(McStr *v, int n)
@@ -72,7 +77,8 @@ queue_is_plain(Relation rel)
 	bool		plain;
 
 	if (rel->rd_rel->relhastriggers || rel->rd_rel->relrowsecurity ||
-		RelationGetDescr(rel)->natts != 4)
+		(RelationGetDescr(rel)->natts != QUEUE_NATTS &&
+		 RelationGetDescr(rel)->natts != QUEUE_NATTS_010))
 		return false;
 	idx = RelationGetIndexList(rel);
 	plain = list_length(idx) == 1;
@@ -90,15 +96,15 @@ queue_is_plain(Relation rel)
 }
 
 static void
-queue_insert_spi(Datum *values, bool *nulls)
+queue_insert_spi(Datum *values, bool *nulls, bool legacy)
 {
-	static SPIPlanPtr plan = NULL;
-	char		cnulls[4];
+	static SPIPlanPtr plans[2] = {NULL, NULL};
+	char		cnulls[QUEUE_NATTS];
 	Oid			save_userid;
 	int			save_sec;
 	int			lvl;
 
-	for (int i = 0; i < 4; i++)
+	for (int i = 0; i < QUEUE_NATTS; i++)
 		cnulls[i] = nulls[i] ? 'n' : ' ';
 	lvl = mc_settings_pin(false);
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -107,18 +113,23 @@ queue_insert_spi(Datum *values, bool *nulls)
 	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID, save_sec | SECURITY_LOCAL_USERID_CHANGE);
 	PG_TRY();
 	{
-		if (plan == NULL)
+		if (plans[legacy] == NULL)
 		{
-			Oid			types[4] = {INT8OID, TIMESTAMPTZOID, TEXTARRAYOID, TEXTARRAYOID};
-			SPIPlanPtr	p = SPI_prepare("INSERT INTO meetcache.queue (id, enqueued_at, keys, patterns) "
-										"OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4)",
-										4, types);
+			Oid			types[QUEUE_NATTS] = {INT8OID, TIMESTAMPTZOID, TEXTARRAYOID,
+			TEXTARRAYOID, TEXTARRAYOID};
+			SPIPlanPtr	p = legacy ?
+				SPI_prepare("INSERT INTO meetcache.queue (id, enqueued_at, keys, patterns) "
+							"OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4)",
+							QUEUE_NATTS_010, types) :
+				SPI_prepare("INSERT INTO meetcache.queue (id, enqueued_at, keys, patterns, lookups) "
+							"OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5)",
+							QUEUE_NATTS, types);
 
 			if (p == NULL || SPI_keepplan(p) != 0)
 				elog(ERROR, "meetcache: could not prepare the queue insert");
-			plan = p;
+			plans[legacy] = p;
 		}
-		if (SPI_execute_plan(plan, values, cnulls, false, 0) != SPI_OK_INSERT)
+		if (SPI_execute_plan(plans[legacy], values, cnulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "meetcache: could not write the queue row");
 	}
 	PG_FINALLY();
@@ -141,14 +152,16 @@ queue_insert_spi(Datum *values, bool *nulls)
  * privilege is checked: writers need none on the table.
  */
 int64
-mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns, bool missing_ok)
+mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns,
+			   McStr *lookups, int nlookups, bool missing_ok)
 {
 	Oid			nsp;
 	Oid			relid = InvalidOid;
 	Relation	rel;
-	Datum		values[4];
-	bool		nulls[4] = {false, false, false, false};
+	Datum		values[QUEUE_NATTS];
+	bool		nulls[QUEUE_NATTS] = {false, false, false, false, false};
 	int64		id;
+	bool		legacy;
 
 	nsp = get_namespace_oid("meetcache", true);
 	if (OidIsValid(nsp))
@@ -175,6 +188,12 @@ mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns, bool miss
 		values[3] = PointerGetDatum(str_array(patterns, npatterns));
 	else
 		nulls[3] = true;
+	if (nlookups > 0)
+		values[4] = PointerGetDatum(str_array(lookups, nlookups));
+	else
+		nulls[4] = true;
+	/* 0.1.0's table (no ALTER EXTENSION UPDATE yet): the lookups are not kept */
+	legacy = RelationGetDescr(rel)->natts == QUEUE_NATTS_010;
 	if (queue_is_plain(rel))
 	{
 		HeapTuple	tup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
@@ -184,7 +203,7 @@ mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns, bool miss
 		heap_freetuple(tup);
 	}
 	else
-		queue_insert_spi(values, nulls);
+		queue_insert_spi(values, nulls, legacy);
 	table_close(rel, NoLock);
 	mc_stat_add(MC_STAT_QUEUE_ROWS_WRITTEN, 1);
 	return id;
@@ -238,6 +257,34 @@ vec_add(StrVec *vec, McStr *s, int n)
 }
 
 /* raw size of a nullable text[] column of an SPI row, without detoasting it */
+/* is meetcache.queue still 0.1.0's, without the lookups column? */
+static bool
+queue_is_legacy(void)
+{
+	Oid			nsp = get_namespace_oid("meetcache", false);
+	Oid			relid = get_relname_relid("queue", nsp);
+
+	return OidIsValid(relid) && get_attnum(relid, "lookups") == InvalidAttrNumber;
+}
+
+/* where re-resolved lookups go: keys and family patterns of a pass */
+typedef struct PassOut
+{
+	StrVec	   *keys;
+	StrVec	   *pats;
+} PassOut;
+
+static void
+pass_out(void *arg, const char *s, int len, bool pattern)
+{
+	PassOut    *o = arg;
+	McStr		m;
+
+	m.s = pnstrdup(s, len);
+	m.len = len;
+	vec_add(pattern ? o->pats : o->keys, &m, 1);
+}
+
 static Size
 column_bytes(HeapTuple tup, TupleDesc td, int col)
 {
@@ -261,8 +308,10 @@ bool
 mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 					int64 *first_id, bool *more, McErr *err)
 {
-	static SPIPlanPtr take_plan = NULL;
+	static SPIPlanPtr take_plans[2] = {NULL, NULL};	/* [legacy] */
 	static SPIPlanPtr delete_plan = NULL;
+	SPIPlanPtr	take_plan;
+	bool		legacy = queue_is_legacy();
 	Datum		args[2];
 	Datum	   *skipd = palloc(sizeof(Datum) * Max(nskip, 1));
 	Datum	   *ctids;
@@ -272,6 +321,7 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 	int			n;
 	StrVec		keys = {NULL, 0, 0};
 	StrVec		pats = {NULL, 0, 0};
+	StrVec		lookups = {NULL, 0, 0};
 	int			skipped = 0;
 	TransactionId *skipped_xids;
 	bool		ok = true;
@@ -289,7 +339,7 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 	lvl = mc_settings_pin(false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "meetcache: SPI_connect failed");
-	if (take_plan == NULL)
+	if (take_plans[legacy] == NULL)
 	{
 		Oid			take_types[2] = {INT4OID, INT8ARRAYOID};
 		Oid			delete_types[1] = {TIDARRAYOID};
@@ -299,22 +349,30 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 		 * TID scan deletes the ones taken, whatever the planner thinks of
 		 * the table's size.  Generic plans, not new plans per pass.
 		 */
-		SPIPlanPtr	take = SPI_prepare_cursor("SELECT ctid, id, xmin, keys, patterns FROM meetcache.queue "
+		SPIPlanPtr	take = SPI_prepare_cursor(legacy ?
+											  "SELECT ctid, id, xmin, keys, patterns, NULL::pg_catalog.text[] "
+											  "FROM meetcache.queue "
+											  "WHERE id OPERATOR(pg_catalog.<>) ALL ($2) "
+											  "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED" :
+											  "SELECT ctid, id, xmin, keys, patterns, lookups FROM meetcache.queue "
 											  "WHERE id OPERATOR(pg_catalog.<>) ALL ($2) "
 											  "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
 											  2, take_types, CURSOR_OPT_GENERIC_PLAN);
-		SPIPlanPtr	del = SPI_prepare_cursor("DELETE FROM meetcache.queue "
-											 "WHERE ctid OPERATOR(pg_catalog.=) ANY ($1)",
-											 1, delete_types, CURSOR_OPT_GENERIC_PLAN);
+		SPIPlanPtr	del = delete_plan ? delete_plan :
+			SPI_prepare_cursor("DELETE FROM meetcache.queue "
+							   "WHERE ctid OPERATOR(pg_catalog.=) ANY ($1)",
+							   1, delete_types, CURSOR_OPT_GENERIC_PLAN);
 
 		if (take == NULL || del == NULL)
 			elog(ERROR, "meetcache: could not prepare the drain queries: %s",
 				 SPI_result_code_string(SPI_result));
 		SPI_keepplan(take);
-		SPI_keepplan(del);
-		take_plan = take;
+		if (del != delete_plan)
+			SPI_keepplan(del);
+		take_plans[legacy] = take;
 		delete_plan = del;
 	}
+	take_plan = take_plans[legacy];
 	if (SPI_execute_plan(take_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "meetcache: the drain query failed");
 	cand = SPI_tuptable;
@@ -326,7 +384,7 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 	{
 		HeapTuple	tup = cand->vals[n];
 		Size		sz = column_bytes(tup, cand->tupdesc, 4) +
-			column_bytes(tup, cand->tupdesc, 5);
+			column_bytes(tup, cand->tupdesc, 5) + column_bytes(tup, cand->tupdesc, 6);
 		bool		isnull;
 
 		if (n > 0 && bytes + sz > PASS_BYTES)
@@ -358,6 +416,13 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 
 		if (*first_id == 0 || id < *first_id)
 			*first_id = id;
+		/* lookups are resolved again whoever delivered the keys */
+		d = SPI_getbinval(tup, td, 6, &isnull);
+		if (!isnull)
+		{
+			v = array_strs(d, &nv);
+			vec_add(&lookups, v, nv);
+		}
 		/* the mark goes only once Redis acknowledged the rest: a pass that
 		 * fails puts the rows back, and they are still delivered */
 		if (mc_delivered_contains(MyDatabaseId, xmin))
@@ -378,9 +443,16 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 			vec_add(&pats, v, nv);
 		}
 	}
+	/* from a snapshot taken now, after the rows' transactions committed */
+	if (lookups.n > 0)
+	{
+		PassOut		out = {&keys, &pats};
+
+		mc_resolve_lookups(lookups.v, lookups.n, pass_out, &out);
+	}
 	if (n > 0)
-		elog(DEBUG1, "meetcache drain pass: %d queue rows, %d keys and patterns, %zu bytes",
-			 n, keys.n + pats.n, bytes);
+		elog(DEBUG1, "meetcache drain pass: %d queue rows, %d keys and patterns (%d lookups), %zu bytes",
+			 n, keys.n + pats.n, lookups.n, bytes);
 	if (keys.n > 0 || pats.n > 0)
 	{
 		/* a second per thousand keys on top of the commit deadline */

@@ -32,6 +32,7 @@
 #include "access/htup_details.h"
 #include "access/genam.h"
 #include "access/nbtree.h"
+#include "access/relation.h"
 #include "access/relscan.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -1487,6 +1488,8 @@ index_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
 	table_close(heap, AccessShareLock);
 }
 
+static void record_again(McRelRules *rr, int g, List *vals, int event);
+
 /* fallback: one SPI query per group, = ANY over all values */
 static void spi_lookup(McRelRules *rr, int g, List *vals, int event,
 					   const char *prefix, McKeySink sink, void *arg,
@@ -1606,7 +1609,7 @@ void
 mc_collect(McRelRules *rr, Relation rel, int event,
 		   Tuplestorestate *oldtab, Tuplestorestate *newtab,
 		   TupleTableSlot *oldslot, TupleTableSlot *newslot,
-		   const char *prefix, McKeySink sink, void *arg)
+		   const char *prefix, McKeySink sink, void *arg, bool again)
 {
 	List	  **groupvals = palloc0(sizeof(List *) * Max(1, rr->ngroups));
 	StringInfoData buf;
@@ -1627,9 +1630,190 @@ mc_collect(McRelRules *rr, Relation rel, int event,
 		if (!grp->index_checked)
 			choose_index(grp);
 		lookup_as_owner(rr, g, groupvals[g], event, prefix, sink, arg, &buf);
+		if (again)
+			record_again(rr, g, groupvals[g], event);
 	}
 	if (lvl >= 0)
 		mc_settings_restore(lvl);
+}
+
+/*
+ * Keep a group's lookups to be resolved again after commit: one entry per
+ * rule and matched value (pending.c dedups them).
+ */
+static void
+record_again(McRelRules *rr, int g, List *vals, int event)
+{
+	ListCell   *lc;
+
+	for (int i = 0; i < rr->nrules; i++)
+	{
+		CRule	   *c = &rr->rules[i];
+
+		if (c->group != g || c->broken || !(c->raw->events & event))
+			continue;
+		foreach(lc, vals)
+			mc_pending_add_lookup(rr->relid, c->raw->id, c->raw->family, lfirst(lc));
+	}
+}
+
+/* ---- resolving lookups again, after commit (the drains) ---- */
+
+typedef struct Again
+{
+	McRelRules *rr;
+	int			g;
+	char	   *prefix;
+	List	   *vals;
+} Again;
+
+typedef struct AgainSink
+{
+	void		(*out) (void *arg, const char *s, int len, bool pattern);
+	void	   *arg;
+	const char *prefix;
+} AgainSink;
+
+/* a family, deleted whole: its key, or its pattern under the prefix */
+static void
+again_family(AgainSink *o, McFamily *f)
+{
+	StringInfoData s;
+
+	initStringInfo(&s);
+	if (f->tmpl->nargs == 0)
+		mc_render(&s, f->tmpl, o->prefix, NULL);
+	else
+	{
+		mc_append_glob_escaped(&s, o->prefix, strlen(o->prefix));
+		appendStringInfoString(&s, f->tmpl->glob);
+	}
+	o->out(o->arg, s.data, s.len, f->tmpl->nargs > 0);
+	pfree(s.data);
+}
+
+static void
+again_sink(void *arg, const char *key, int len, McFamily *family, int rule_id)
+{
+	AgainSink  *o = arg;
+
+	if (key != NULL)
+		o->out(o->arg, key, len, false);
+	else
+		again_family(o, family);
+}
+
+static RawRule *
+find_raw_rule(int id)
+{
+	for (int i = 0; i < nraw; i++)
+		if (raw_rules[i].id == id)
+			return &raw_rules[i];
+	return NULL;
+}
+
+/*
+ * Resolve lookup entries (mc_pending_add_lookup) again, in a drain's
+ * transaction: the lookups read with a fresh snapshot, taken after the
+ * entries' transactions committed.  Keys found (and, where a rule, its
+ * table or its lookup is gone or no longer compiles, whole families) go to
+ * out.  Each lookup group runs once per key prefix for all its values, for
+ * every rule of the group.
+ */
+void
+mc_resolve_lookups(McStr *entries, int n,
+				   void (*out) (void *arg, const char *s, int len, bool pattern),
+				   void *arg)
+{
+	List	   *agains = NIL;
+	List	   *rels = NIL;
+	ListCell   *lc;
+	StringInfoData buf;
+
+	ensure_catalog();
+	initStringInfo(&buf);
+	for (int i = 0; i < n; i++)
+	{
+		char	   *e = pnstrdup(entries[i].s, entries[i].len);
+		char	   *p1 = strchr(e, ':');
+		char	   *p2 = p1 ? strchr(p1 + 1, ':') : NULL;
+		char	   *p3 = p2 ? strchr(p2 + 1, ':') : NULL;
+		char	   *p4 = p3 ? strchr(p3 + 1, ':') : NULL;
+		Oid			relid;
+		int			rule_id,
+					plen;
+		char	   *prefix,
+				   *value;
+		RawRule    *r;
+		Relation	rel = NULL;
+		McRelRules *rr = NULL;
+		CRule	   *c = NULL;
+		Again	   *a = NULL;
+
+		if (p4 == NULL)
+			continue;			/* not ours */
+		*p1 = *p2 = *p3 = *p4 = '\0';
+		relid = (Oid) strtoul(e, NULL, 10);
+		rule_id = atoi(p1 + 1);
+		plen = atoi(p3 + 1);
+		if (plen < 0 || plen > (int) strlen(p4 + 1))
+			continue;
+		prefix = pnstrdup(p4 + 1, plen);
+		value = p4 + 1 + plen;
+
+		r = find_raw_rule(rule_id);
+		if (r != NULL && r->via_table != NULL && strcmp(r->family->name, p2 + 1) == 0)
+			rel = try_relation_open(relid, AccessShareLock);
+		if (rel != NULL)
+		{
+			rels = lappend(rels, rel);
+			rr = mc_rel_rules(rel, r->table_name, false);
+			for (int k = 0; k < rr->nrules; k++)
+				if (rr->rules[k].raw->id == rule_id)
+					c = &rr->rules[k];
+		}
+		if (c == NULL || c->broken || c->group < 0)
+		{
+			/* the rule, its table or its lookup changed since: its family */
+			McFamily   *f = mc_find_family(p2 + 1);
+			AgainSink	o = {out, arg, prefix};
+
+			if (f != NULL)
+				again_family(&o, f);
+			continue;
+		}
+		foreach(lc, agains)
+		{
+			Again	   *x = lfirst(lc);
+
+			if (x->rr == rr && x->g == c->group && strcmp(x->prefix, prefix) == 0)
+				a = x;
+		}
+		if (a == NULL)
+		{
+			a = palloc0(sizeof(Again));
+			a->rr = rr;
+			a->g = c->group;
+			a->prefix = prefix;
+			agains = lappend(agains, a);
+		}
+		a->vals = lappend(a->vals, value);
+	}
+	foreach(lc, agains)
+	{
+		Again	   *a = lfirst(lc);
+		LGroup	   *grp = &a->rr->groups[a->g];
+		AgainSink	o = {out, arg, a->prefix};
+		int			lvl = mc_settings_pin(a->rr->canonical);
+
+		if (!grp->index_checked)
+			choose_index(grp);
+		lookup_as_owner(a->rr, a->g, a->vals, MC_EV_INSERT | MC_EV_UPDATE | MC_EV_DELETE,
+						a->prefix, again_sink, &o, &buf);
+		mc_settings_restore(lvl);
+	}
+	foreach(lc, rels)
+		relation_close((Relation) lfirst(lc), AccessShareLock);
 }
 
 /* every family any rule of the table can produce (for TRUNCATE) */

@@ -124,7 +124,8 @@ meetcache_invalidate_trigger(PG_FUNCTION_ARGS)
 		TupleTableSlot *newslot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
 
 		mc_collect(rr, rel, event, trig->tg_oldtable, trig->tg_newtable,
-				   oldslot, newslot, mc_key_prefix, mc_pending_sink, NULL);
+				   oldslot, newslot, mc_key_prefix, mc_pending_sink, NULL,
+				   mc_shared_ready());
 		ExecDropSingleTupleTableSlot(oldslot);
 		ExecDropSingleTupleTableSlot(newslot);
 	}
@@ -280,7 +281,7 @@ meetcache_affected_keys(PG_FUNCTION_ARGS)
 		TupleTableSlot *oldslot = MakeSingleTupleTableSlot(rd, &TTSOpsMinimalTuple);
 		TupleTableSlot *newslot = MakeSingleTupleTableSlot(rd, &TTSOpsMinimalTuple);
 
-		mc_collect(rr, rel, event, oldts, newts, oldslot, newslot, "", srf_sink, &sink);
+		mc_collect(rr, rel, event, oldts, newts, oldslot, newslot, "", srf_sink, &sink, false);
 		ExecDropSingleTupleTableSlot(oldslot);
 		ExecDropSingleTupleTableSlot(newslot);
 	}
