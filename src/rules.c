@@ -1348,14 +1348,22 @@ scan_table(McRelRules *rr, int event, Tuplestorestate *tab, TupleTableSlot *slot
  * the selected columns.
  */
 static void
-choose_index(LGroup *g)
+choose_index(McRelRules *rr, LGroup *g)
 {
 	Relation	heap = table_open(g->via_relid, AccessShareLock);
 	TupleDesc	td = RelationGetDescr(heap);
 	AttrNumber	att = get_attnum(g->via_relid, g->via_colname);
 	Oid			atttype = TupleDescAttr(td, att - 1)->atttypid;
-	/* a partitioned table's indexes cannot be scanned: the planner probes its partitions */
-	List	   *indexes = heap->rd_rel->relkind == RELKIND_RELATION ?
+	Oid			match_type = get_atttype(rr->relid, g->match_attno);
+
+	/*
+	 * A partitioned table's indexes cannot be scanned: the planner probes
+	 * its partitions.  And the probe reads the matched value with the input
+	 * function of the related column, which cannot fail only when both
+	 * columns have the same type; the SPI query, in its subtransaction,
+	 * serves the others.
+	 */
+	List	   *indexes = heap->rd_rel->relkind == RELKIND_RELATION && match_type == atttype ?
 		RelationGetIndexList(heap) : NIL;
 	ListCell   *lc;
 	MemoryContext old = MemoryContextSwitchTo(rules_cxt);
@@ -1518,20 +1526,24 @@ lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix
 						   SECURITY_RESTRICTED_OPERATION | SECURITY_NOFORCE_RLS);
 
 	/*
-	 * In a subtransaction of its own: a lookup that fails (the table's owner
-	 * revoked its own SELECT, a value that is no valid input for the related
-	 * column, a domain check) never fails the write.  Its keys are dropped
+	 * The SPI query runs in a subtransaction of its own: a lookup that fails
+	 * (the table's owner revoked its own SELECT, a value that is no valid
+	 * input for the related column, a domain check) never fails the write.  Its keys are dropped
 	 * with the subtransaction and the families of the group's rules are
 	 * deleted instead.  A cancel still cancels.
 	 */
+	if (OidIsValid(grp->indexoid))
+	{
+		/* same types, no query: nothing here can fail but the server */
+		index_lookup(rr, g, vals, event, prefix, sink, arg, buf);
+		SetUserIdAndSecContext(save_userid, save_sec);
+		return;
+	}
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		if (OidIsValid(grp->indexoid))
-			index_lookup(rr, g, vals, event, prefix, sink, arg, buf);
-		else
-			spi_lookup(rr, g, vals, event, prefix, sink, arg, buf);
+		spi_lookup(rr, g, vals, event, prefix, sink, arg, buf);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -1628,7 +1640,7 @@ mc_collect(McRelRules *rr, Relation rel, int event,
 		if (groupvals[g] == NIL)
 			continue;
 		if (!grp->index_checked)
-			choose_index(grp);
+			choose_index(rr, grp);
 		lookup_as_owner(rr, g, groupvals[g], event, prefix, sink, arg, &buf);
 		if (again)
 			record_again(rr, g, groupvals[g], event);
@@ -1807,7 +1819,7 @@ mc_resolve_lookups(McStr *entries, int n,
 		int			lvl = mc_settings_pin(a->rr->canonical);
 
 		if (!grp->index_checked)
-			choose_index(grp);
+			choose_index(a->rr, grp);
 		lookup_as_owner(a->rr, a->g, a->vals, MC_EV_INSERT | MC_EV_UPDATE | MC_EV_DELETE,
 						a->prefix, again_sink, &o, &buf);
 		mc_settings_restore(lvl);
