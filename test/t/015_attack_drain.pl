@@ -124,7 +124,7 @@ is($s1->{queue_keys_sent} - $s0->{queue_keys_sent}, $ntx * $nper, 'every key was
 is_deeply([ $redis->existing_many(@sample) ], [], 'the sampled keys were deleted');
 
 my $log = substr(slurp_file($node->logfile), $log_from);
-my @passes = $log =~ /meetcache drain pass: (\d+) queue rows, \d+ keys and patterns, (\d+) bytes/g;
+my @passes = $log =~ /meetcache drain pass: (\d+) queue rows, \d+ keys and patterns \(\d+ lookups\), (\d+) bytes/g;
 my @over;
 my $most = 0;
 while (my ($rows, $bytes) = splice @passes, 0, 2)
