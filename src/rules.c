@@ -1639,11 +1639,14 @@ mc_collect(McRelRules *rr, Relation rel, int event,
 
 		if (groupvals[g] == NIL)
 			continue;
+		if (again)
+			record_again(rr, g, groupvals[g], event);
+		/* in queue mode the drain's resolution after commit is the only one */
+		if (again && mc_effective_delivery() == MC_DELIVERY_QUEUE)
+			continue;
 		if (!grp->index_checked)
 			choose_index(rr, grp);
 		lookup_as_owner(rr, g, groupvals[g], event, prefix, sink, arg, &buf);
-		if (again)
-			record_again(rr, g, groupvals[g], event);
 	}
 	if (lvl >= 0)
 		mc_settings_restore(lvl);
