@@ -52,14 +52,6 @@ CREATE OR REPLACE VIEW meetcache.pending AS
   ORDER BY q.id;
 COMMENT ON VIEW meetcache.pending IS
   'Queue rows a drain worker has not removed yet, oldest first; delivered: the committing backend already deleted the keys (sync+queue); lookups are resolved again by the drain in any case.';
-CREATE OR REPLACE VIEW meetcache.stats AS
-  SELECT s.*, q.queue_depth, q.oldest_pending_age
-  FROM meetcache.stats() s,
-       LATERAL (SELECT count(*) AS queue_depth,
-                       clock_timestamp() - min(p.enqueued_at) AS oldest_pending_age
-                FROM meetcache.pending p WHERE NOT p.delivered OR p.nlookups > 0) q;
-COMMENT ON VIEW meetcache.stats IS
-  'Counters (cluster-wide when preloaded), worker and Redis state, and this database''s queue rows still waiting for a drain.';
 
 REVOKE EXECUTE ON FUNCTION
   meetcache.invalidate_trigger(), meetcache._placeholders(text), meetcache._queue_row_delivered(xid)

@@ -236,9 +236,9 @@ CREATE VIEW meetcache.stats AS
   FROM meetcache.stats() s,
        LATERAL (SELECT count(*) AS queue_depth,
                        clock_timestamp() - min(p.enqueued_at) AS oldest_pending_age
-                FROM meetcache.pending p WHERE NOT p.delivered OR p.nlookups > 0) q;
+                FROM meetcache.pending p WHERE NOT p.delivered) q;
 COMMENT ON VIEW meetcache.stats IS
-  'Counters (cluster-wide when preloaded), worker and Redis state, and this database''s queue rows still waiting for a drain.';
+  'Counters (cluster-wide when preloaded), worker and Redis state, and this database''s undelivered queue rows.';
 
 CREATE FUNCTION meetcache.invalidate_all() RETURNS void
   LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_invalidate_all';

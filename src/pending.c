@@ -72,7 +72,8 @@ typedef struct PendingSet
 	int			subcap;
 	bool		overflowed;
 	int			mode;			/* meetcache.delivery at PRE_COMMIT */
-	bool		queued;			/* a queue row holds the set */
+	bool		queued;			/* a queue row holds the keys */
+	bool		lookups_queued; /* a queue row holds the lookups */
 	TransactionId queue_xid;	/* the row's xmin */
 } PendingSet;
 
@@ -320,6 +321,10 @@ deliver(PendingSet *p)
 	McErr		err;
 	bool		worker = mc_breaker_applies();
 
+	/* the drain resolves the row's lookups again: now, not at its poll */
+	if (p->lookups_queued)
+		mc_db_wake(MyDatabaseId);
+
 	/* counted once per transaction: no shared-memory traffic per key */
 	mc_stat_add(MC_STAT_KEYS_QUEUED, p->keys.n);
 	mc_stat_add(MC_STAT_PATTERNS_QUEUED, p->npatterns);
@@ -342,9 +347,6 @@ deliver(PendingSet *p)
 	{
 		if (p->queued)
 			mc_delivered_add(MyDatabaseId, p->queue_xid);
-		/* the drain resolves the row's lookups again: now, not at its poll */
-		if (p->queued && p->lookups.n > 0)
-			mc_db_wake(MyDatabaseId);
 		return;
 	}
 	/* only a Redis that does not answer (no reply in time, a broken
@@ -373,12 +375,14 @@ deliver(PendingSet *p)
  * queue any more; its keys are then delivered as in sync mode.
  */
 static void
-write_queue(PendingSet *p, bool missing_ok)
+write_queue(PendingSet *p, bool missing_ok, bool with_keys)
 {
-	if (mc_queue_write(p->keys.v, p->keys.n, p->patterns, p->npatterns,
+	if (mc_queue_write(p->keys.v, with_keys ? p->keys.n : 0,
+					   p->patterns, with_keys ? p->npatterns : 0,
 					   p->lookups.v, p->lookups.n, missing_ok) < 0)
 		return;
-	p->queued = true;
+	p->queued = with_keys;
+	p->lookups_queued = p->lookups.n > 0;
 	p->queue_xid = GetTopTransactionIdIfAny();
 	/* the row exists, so the extension does: let the launcher poll us */
 	mc_db_announce(MyDatabaseId);
@@ -396,11 +400,14 @@ xact_callback(XactEvent event, void *arg)
 				/*
 				 * READ ONLY and standbys cannot write (nor have keys).  In
 				 * sync mode a row is written only for lookups to resolve
-				 * again after commit.
+				 * again after commit; the keys take the sync path.
 				 */
-				if ((pending->mode != MC_DELIVERY_SYNC || pending->lookups.n > 0) &&
-					!XactReadOnly && !RecoveryInProgress())
-					write_queue(pending, true);
+				if (XactReadOnly || RecoveryInProgress())
+					break;
+				if (pending->mode != MC_DELIVERY_SYNC)
+					write_queue(pending, true, true);
+				else if (pending->lookups.n > 0)
+					write_queue(pending, true, false);
 			}
 			break;
 		case XACT_EVENT_PRE_PREPARE:
@@ -413,7 +420,7 @@ xact_callback(XactEvent event, void *arg)
 							 errdetail("Its keys must be queued for the background worker, which runs only when meetcache is preloaded."),
 							 errhint("Add meetcache to shared_preload_libraries and restart the server.")));
 				/* delivered once COMMIT PREPARED makes the row visible */
-				write_queue(pending, false);
+				write_queue(pending, false, true);
 			}
 			break;
 		case XACT_EVENT_COMMIT:

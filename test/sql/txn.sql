@@ -188,8 +188,8 @@ SELECT count(*) FROM t_txn_untracked;
 SELECT count(*) AS rows_for_untracked FROM meetcache.queue;
 
 -- a dead Redis never fails the transaction: WARNING, commit kept, counted
--- (sync, and a Redis the launcher does not serve; the change ran a lookup,
--- so its queue row lets the drain delete the keys after all)
+-- (sync, and a Redis the worker does not serve: nothing retries these keys;
+-- the drain only resolves the change's lookups again)
 SELECT fill();
 SELECT delivery_failures AS f0 FROM meetcache.stats \gset
 SET meetcache.delivery = 'sync';
