@@ -5,6 +5,7 @@
 #   my $redis = MeetcacheTest::start_redis();            # private redis-server
 #   my $node  = MeetcacheTest::new_node('main', $redis);  # preloaded PG cluster
 #   MeetcacheTest::setup_schema($node);                  # reference schema + attach
+#   MeetcacheTest::setup_schema($node, 'camel', 'camel'); # the camelCase one
 #   $redis->cli('SET', 'meeting:m1', '1');
 #   $redis->freeze; $redis->thaw; $redis->restart(keep_data => 1); $redis->stop;
 #
@@ -34,6 +35,7 @@ use PostgreSQL::Test::Utils;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT_OK = qw(start_redis new_node setup_schema schema_sql free_port
+  with_columns fill_sql
   bg_session bg_query bg_send bg_wait_for elapsed
   poll_until poll_sql stats wait_redis_state wait_queue_empty run_load
   finish_load);
@@ -58,10 +60,98 @@ sub free_port
 
 sub start_redis { return MeetcacheTest::Redis->new(@_); }
 
-# The reference schema (snake_case columns), as SQL text.
+# A reference schema as SQL text: 'snake' (default, snake_case columns) or
+# 'camel' (Prisma's camelCase columns and enum types).
 sub schema_sql
 {
-	return PostgreSQL::Test::Utils::slurp_file("$repo/test/fixtures/meet_snake.sql");
+	my ($variant) = @_;
+	$variant //= 'snake';
+	return PostgreSQL::Test::Utils::slurp_file("$repo/test/fixtures/meet_$variant.sql");
+}
+
+# $sql with the {column} placeholders of the reference schemas (host_id,
+# invite_code, meeting_id, user_id, sent_at) replaced by the physical column
+# names of schema $variant ('snake' or 'camel').
+my %camel_cols = (
+	host_id => '"hostId"',
+	invite_code => '"inviteCode"',
+	meeting_id => '"meetingId"',
+	user_id => '"userId"',
+	sent_at => '"sentAt"');
+sub with_columns
+{
+	my ($variant, $sql) = @_;
+	$sql =~ s/\{(\w+)\}/
+	  exists $camel_cols{$1} ? ($variant eq 'camel' ? $camel_cols{$1} : $1) : "{$1}"/ge;
+	return $sql;
+}
+
+# SQL creating, in schema $variant, the application's queries of the default
+# key scheme (docs/keys.md): fill_query(key) is the text of the query that
+# fills key (one jsonb column, always one row, with the embedded names and
+# titles), for cache_get_or_set; fill_now(key) runs it and returns its result.
+sub fill_sql
+{
+	my ($variant) = @_;
+	my $host = q{jsonb_build_object('id', u.id, 'name', u.name)};
+	my $list = q{SELECT coalesce(jsonb_agg(x.j ORDER BY x.id), '[]') FROM (SELECT m.id, }
+	  . qq{jsonb_build_object('id', m.id, 'title', m.title, 'host', $host, 'participants', }
+	  . q{(SELECT count(*) FROM participants p WHERE p.{meeting_id} = m.id)) AS j }
+	  . q{FROM meetings m JOIN users u ON u.id = m.{host_id} WHERE %s ORDER BY m.id LIMIT 20) x};
+	my $sql = <<"SQL";
+CREATE FUNCTION fill_query(k text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS \$f\$
+DECLARE a text[];
+BEGIN
+  IF k = 'meetings:live' THEN
+    RETURN format(\$q\$$list\$q\$, \$c\$m.status = 'LIVE'\$c\$);
+  END IF;
+  IF k = 'meetings:scheduled' THEN
+    RETURN format(\$q\$$list\$q\$, \$c\$m.status = 'SCHEDULED'\$c\$);
+  END IF;
+  a := regexp_match(k, '^meetings:user:(.+)\$');
+  IF a IS NOT NULL THEN
+    RETURN format(\$q\$$list\$q\$, format('m.{host_id} = %L', a[1]));
+  END IF;
+  a := regexp_match(k, '^meeting:invite:(.+)\$');
+  IF a IS NOT NULL THEN
+    RETURN format(\$q\$SELECT (SELECT jsonb_build_object('id', m.id, 'title', m.title, 'status', m.status, 'host', $host)
+      FROM meetings m JOIN users u ON u.id = m.{host_id} WHERE m.{invite_code} = %L)\$q\$, a[1]);
+  END IF;
+  a := regexp_match(k, '^meeting:([^:]+)\$');
+  IF a IS NOT NULL THEN
+    RETURN format(\$q\$SELECT (SELECT jsonb_build_object('id', m.id, 'title', m.title, 'host', $host,
+        'participants', (SELECT count(*) FROM participants p WHERE p.{meeting_id} = m.id),
+        'chats', (SELECT count(*) FROM chat_messages c WHERE c.{meeting_id} = m.id))
+      FROM meetings m JOIN users u ON u.id = m.{host_id} WHERE m.id = %L)\$q\$, a[1]);
+  END IF;
+  a := regexp_match(k, '^meeting:([^:]+):participants\$');
+  IF a IS NOT NULL THEN
+    RETURN format(\$q\$SELECT coalesce(jsonb_agg(jsonb_build_object('id', p.id, 'user', $host) ORDER BY p.id), '[]')
+      FROM participants p JOIN users u ON u.id = p.{user_id} WHERE p.{meeting_id} = %L\$q\$, a[1]);
+  END IF;
+  a := regexp_match(k, '^meeting:([^:]+):chats:recent:50\$');
+  IF a IS NOT NULL THEN
+    RETURN format(\$q\$SELECT coalesce(jsonb_agg(x.j ORDER BY x.t DESC, x.id DESC), '[]')
+      FROM (SELECT c.id, c.{sent_at} AS t, jsonb_build_object('id', c.id, 'message', c.message, 'user', $host) AS j
+            FROM chat_messages c JOIN users u ON u.id = c.{user_id} WHERE c.{meeting_id} = %L
+            ORDER BY c.{sent_at} DESC, c.id DESC LIMIT 50) x\$q\$, a[1]);
+  END IF;
+  a := regexp_match(k, '^user:([^:]+):participations\$');
+  IF a IS NOT NULL THEN
+    RETURN format(\$q\$SELECT coalesce(jsonb_agg(jsonb_build_object('id', p.id,
+        'meeting', jsonb_build_object('id', m.id, 'title', m.title, 'status', m.status)) ORDER BY p.id), '[]')
+      FROM participants p JOIN meetings m ON m.id = p.{meeting_id} WHERE p.{user_id} = %L\$q\$, a[1]);
+  END IF;
+  RAISE EXCEPTION 'no fill query for key %', k;
+END \$f\$;
+CREATE FUNCTION fill_now(k text) RETURNS jsonb LANGUAGE plpgsql AS \$f\$
+DECLARE r jsonb;
+BEGIN
+  EXECUTE fill_query(k) INTO r;
+  RETURN r;
+END \$f\$;
+SQL
+	return with_columns($variant, $sql);
 }
 
 # A started PostgreSQL::Test::Cluster node preloading meetcache, pointing at
@@ -86,12 +176,13 @@ sub new_node
 	return $node;
 }
 
-# Reference schema + CREATE EXTENSION + attach_defaults in database $db.
+# Reference schema ($variant: see schema_sql) + CREATE EXTENSION +
+# attach_defaults in database $db.
 sub setup_schema
 {
-	my ($node, $db) = @_;
+	my ($node, $db, $variant) = @_;
 	$db //= 'postgres';
-	$node->safe_psql($db, schema_sql());
+	$node->safe_psql($db, schema_sql($variant));
 	$node->safe_psql($db,
 		"CREATE EXTENSION meetcache; SELECT meetcache.attach_defaults();");
 	return;
