@@ -94,7 +94,12 @@ sub fill_sql
 {
 	my ($variant) = @_;
 	my $host = q{jsonb_build_object('id', u.id, 'name', u.name)};
+	# only the live list embeds participant counts (docs/keys.md: a
+	# participant change invalidates meetings:live, not the other lists)
 	my $list = q{SELECT coalesce(jsonb_agg(x.j ORDER BY x.id), '[]') FROM (SELECT m.id, }
+	  . qq{jsonb_build_object('id', m.id, 'title', m.title, 'host', $host) AS j }
+	  . q{FROM meetings m JOIN users u ON u.id = m.{host_id} WHERE %s ORDER BY m.id LIMIT 20) x};
+	my $live = q{SELECT coalesce(jsonb_agg(x.j ORDER BY x.id), '[]') FROM (SELECT m.id, }
 	  . qq{jsonb_build_object('id', m.id, 'title', m.title, 'host', $host, 'participants', }
 	  . q{(SELECT count(*) FROM participants p WHERE p.{meeting_id} = m.id)) AS j }
 	  . q{FROM meetings m JOIN users u ON u.id = m.{host_id} WHERE %s ORDER BY m.id LIMIT 20) x};
@@ -103,7 +108,7 @@ CREATE FUNCTION fill_query(k text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS \$
 DECLARE a text[];
 BEGIN
   IF k = 'meetings:live' THEN
-    RETURN format(\$q\$$list\$q\$, \$c\$m.status = 'LIVE'\$c\$);
+    RETURN format(\$q\$$live\$q\$, \$c\$m.status = 'LIVE'\$c\$);
   END IF;
   IF k = 'meetings:scheduled' THEN
     RETURN format(\$q\$$list\$q\$, \$c\$m.status = 'SCHEDULED'\$c\$);
