@@ -1777,8 +1777,14 @@ mc_resolve_lookups(McStr *entries, int n,
 		value = p4 + 1 + plen;
 
 		r = find_raw_rule(rule_id);
-		if (r != NULL && r->via_table != NULL && strcmp(r->family->name, p2 + 1) == 0)
-			rel = try_relation_open(relid, AccessShareLock);
+		/* a drain never waits for a lock: a table locked now has its family deleted */
+		if (r != NULL && r->via_table != NULL && strcmp(r->family->name, p2 + 1) == 0 &&
+			ConditionalLockRelationOid(relid, AccessShareLock))
+		{
+			rel = try_relation_open(relid, NoLock);
+			if (rel == NULL)
+				UnlockRelationOid(relid, AccessShareLock);
+		}
 		if (rel != NULL)
 		{
 			rels = lappend(rels, rel);
