@@ -13,11 +13,14 @@ setup_schema($node);
 $node->safe_psql('postgres', q{
 INSERT INTO users (id, name, email) VALUES ('u1','U','u1@x'),('u2','U','u2@x');
 INSERT INTO meetings (id, title, host_id, invite_code, status) VALUES ('m1','t','u1','i1','ENDED'),('m2','t','u2','i2','ENDED');
+INSERT INTO participants (id, meeting_id, user_id) VALUES ('p1','m1','u1');
 SET meetcache.delivery = 'queue'; UPDATE meetings SET title = 'x' WHERE id = 'm2';});
 ok(poll_sql($node, 'postgres', 'SELECT count(*) FROM meetcache.queue', '0', 20), 'queue empty (queue-mode commit woke a drain)');
 my $s0 = stats($node, 'postgres', qw(queue_rows_skipped keys_sent));
 note explain $s0;
-note $node->safe_psql('postgres', q{SET meetcache.delivery = 'sync+queue'; UPDATE meetings SET title = 'a' WHERE id = 'm1';
+# participants have no lookup rules: a delivered row with no lookups waits
+# for the next poll (one with lookups wakes the drain at once)
+note $node->safe_psql('postgres', q{SET meetcache.delivery = 'sync+queue'; UPDATE participants SET left_at = now() WHERE id = 'p1';
 SELECT id, delivered FROM meetcache.pending; SELECT queue_depth FROM meetcache.stats;});
 $redis->freeze;
 $node->safe_psql('postgres', q{SET meetcache.delivery = 'queue'; UPDATE meetings SET title = 'b' WHERE id = 'm2';});
