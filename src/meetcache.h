@@ -302,6 +302,7 @@ extern bool mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 extern McStr *mc_queue_family_patterns(int *n);
 extern bool mc_queue_flush(McStr *pats, int n, McErr *err);
 extern void mc_queue_vacuum(void);
+extern bool mc_queue_keeps_lookups(void);
 
 /* ---- settings.c ---- */
 

@@ -267,6 +267,19 @@ queue_is_legacy(void)
 	return OidIsValid(relid) && get_attnum(relid, "lookups") == InvalidAttrNumber;
 }
 
+/*
+ * Can a queue row carry lookups to resolve again?  Not before ALTER
+ * EXTENSION meetcache UPDATE has added the column: the lookups then run at
+ * statement time only, as in 0.1.0.
+ */
+bool
+mc_queue_keeps_lookups(void)
+{
+	Oid			nsp = get_namespace_oid("meetcache", true);
+
+	return OidIsValid(nsp) && !queue_is_legacy();
+}
+
 /* where re-resolved lookups go: keys and family patterns of a pass */
 typedef struct PassOut
 {

@@ -48,6 +48,7 @@
 #include "lib/stringinfo.h"
 #include "nodes/makefuncs.h"
 #include "storage/lmgr.h"
+#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
@@ -139,7 +140,14 @@ static Oid	rules_relid = InvalidOid;
 static Oid	families_relid = InvalidOid;
 static int	nrels = 0;
 static McRelRules **rels = NULL;
-static List *plans_to_free = NIL;	/* SPI plans of a dropped cache */
+static List *plans_to_free = NIL;	/* SPI plans of a dropped cache ... */
+static LocalTransactionId plans_lxid = InvalidLocalTransactionId;	/* ... since */
+
+#if PG_VERSION_NUM >= 170000
+#define MY_LXID (MyProc->vxid.lxid)
+#else
+#define MY_LXID (MyProc->lxid)
+#endif
 
 static McFamily *mc_find_family(const char *name);
 
@@ -509,6 +517,7 @@ drop_cache(void)
 				MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
 				plans_to_free = lappend(plans_to_free, rels[i]->groups[g].plan);
+				plans_lxid = MY_LXID;
 				MemoryContextSwitchTo(old);
 			}
 	/*
@@ -549,7 +558,8 @@ load_catalog(void)
 	int			lvl;
 
 	drop_cache();
-	while (plans_to_free != NIL)
+	/* plans of this transaction's generations may still be in use up the stack */
+	while (plans_to_free != NIL && plans_lxid != MY_LXID)
 	{
 		SPIPlanPtr	plan = linitial(plans_to_free);
 
@@ -1360,10 +1370,11 @@ choose_index(McRelRules *rr, LGroup *g)
 	 * A partitioned table's indexes cannot be scanned: the planner probes
 	 * its partitions.  And the probe reads the matched value with the input
 	 * function of the related column, which cannot fail only when both
-	 * columns have the same type; the SPI query, in its subtransaction,
-	 * serves the others.
+	 * columns have the same type and it is no domain (whose checks may have
+	 * changed); the SPI query, in its subtransaction, serves the others.
 	 */
-	List	   *indexes = heap->rd_rel->relkind == RELKIND_RELATION && match_type == atttype ?
+	List	   *indexes = heap->rd_rel->relkind == RELKIND_RELATION && match_type == atttype &&
+		get_typtype(atttype) != TYPTYPE_DOMAIN ?
 		RelationGetIndexList(heap) : NIL;
 	ListCell   *lc;
 	MemoryContext old = MemoryContextSwitchTo(rules_cxt);
@@ -1502,6 +1513,9 @@ static void record_again(McRelRules *rr, int g, List *vals, int event);
 static void spi_lookup(McRelRules *rr, int g, List *vals, int event,
 					   const char *prefix, McKeySink sink, void *arg,
 					   StringInfo buf);
+static void lookup_as_owner(McRelRules *rr, int g, List *vals, int event,
+							const char *prefix, McKeySink sink, void *arg,
+							StringInfo buf, bool always_subxact);
 
 /*
  * Run one group's lookup as the owner of the table it reads, the way
@@ -1511,7 +1525,7 @@ static void spi_lookup(McRelRules *rr, int g, List *vals, int event,
  */
 static void
 lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix,
-				McKeySink sink, void *arg, StringInfo buf)
+				McKeySink sink, void *arg, StringInfo buf, bool always_subxact)
 {
 	LGroup	   *grp = &rr->groups[g];
 	Oid			save_userid;
@@ -1532,9 +1546,9 @@ lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix
 	 * with the subtransaction and the families of the group's rules are
 	 * deleted instead.  A cancel still cancels.
 	 */
-	if (OidIsValid(grp->indexoid))
+	if (OidIsValid(grp->indexoid) && !always_subxact)
 	{
-		/* same types, no query: nothing here can fail but the server */
+		/* one type, no domain, no query: nothing here fails but the server */
 		index_lookup(rr, g, vals, event, prefix, sink, arg, buf);
 		SetUserIdAndSecContext(save_userid, save_sec);
 		return;
@@ -1543,7 +1557,10 @@ lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		spi_lookup(rr, g, vals, event, prefix, sink, arg, buf);
+		if (OidIsValid(grp->indexoid))
+			index_lookup(rr, g, vals, event, prefix, sink, arg, buf);
+		else
+			spi_lookup(rr, g, vals, event, prefix, sink, arg, buf);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -1587,6 +1604,7 @@ spi_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
 	ListCell   *lc;
 	const char **colvals = palloc(sizeof(char *) * Max(1, grp->ncols));
 	int			lvl = mc_settings_pin(false);
+	MemoryContext caller = CurrentMemoryContext;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -1604,9 +1622,14 @@ spi_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
 		elog(ERROR, "meetcache: lookup failed: %s", SPI_result_code_string(ret));
 	for (uint64 row = 0; row < SPI_processed; row++)
 	{
+		MemoryContext spicxt;
+
 		for (int k = 0; k < grp->ncols; k++)
 			colvals[k] = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, k + 1);
+		/* the sink allocates in the caller's memory, not SPI's */
+		spicxt = MemoryContextSwitchTo(caller);
 		emit_group_row(rr, g, event, colvals, prefix, sink, arg, buf);
+		MemoryContextSwitchTo(spicxt);
 	}
 	SPI_freetuptable(SPI_tuptable);
 	SPI_finish();
@@ -1646,7 +1669,7 @@ mc_collect(McRelRules *rr, Relation rel, int event,
 			continue;
 		if (!grp->index_checked)
 			choose_index(rr, grp);
-		lookup_as_owner(rr, g, groupvals[g], event, prefix, sink, arg, &buf);
+		lookup_as_owner(rr, g, groupvals[g], event, prefix, sink, arg, &buf, false);
 	}
 	if (lvl >= 0)
 		mc_settings_restore(lvl);
@@ -1727,77 +1750,108 @@ find_raw_rule(int id)
 	return NULL;
 }
 
+static int
+cmp_cstr(const ListCell *a, const ListCell *b)
+{
+	return strcmp(lfirst(a), lfirst(b));
+}
+
+/* a parsed lookup entry */
+typedef struct AgainEntry
+{
+	Oid			relid;
+	int			rule_id;
+	char	   *family;
+	char	   *prefix;
+	char	   *value;
+} AgainEntry;
+
+/* "relid:rule_id:family:prefix-length:prefix value", or false */
+static bool
+parse_again(const McStr *m, AgainEntry *e)
+{
+	char	   *s = pnstrdup(m->s, m->len);
+	char	   *p1 = strchr(s, ':');
+	char	   *p2 = p1 ? strchr(p1 + 1, ':') : NULL;
+	char	   *p3 = p2 ? strchr(p2 + 1, ':') : NULL;
+	char	   *p4 = p3 ? strchr(p3 + 1, ':') : NULL;
+	int			plen;
+
+	if (p4 == NULL)
+		return false;
+	*p1 = *p2 = *p3 = *p4 = '\0';
+	e->relid = (Oid) strtoul(s, NULL, 10);
+	e->rule_id = atoi(p1 + 1);
+	e->family = p2 + 1;
+	plen = atoi(p3 + 1);
+	if (plen < 0 || plen > (int) strlen(p4 + 1))
+		return false;
+	e->prefix = pnstrdup(p4 + 1, plen);
+	e->value = p4 + 1 + plen;
+	return true;
+}
+
 /*
  * Resolve lookup entries (mc_pending_add_lookup) again, in a drain's
  * transaction: the lookups read with a fresh snapshot, taken after the
- * entries' transactions committed.  Keys found (and, where a rule, its
- * table or its lookup is gone or no longer compiles, whole families) go to
- * out.  Each lookup group runs once per key prefix for all its values, for
- * every rule of the group.
+ * entries' transactions committed.  Keys found go to out; so do whole
+ * families where a rule, its table or its lookup is gone or no longer
+ * compiles, where a table is locked right now (a drain never waits), and
+ * where a lookup fails (nothing here may stall the queue).  Each lookup
+ * group runs once per key prefix for its distinct values, for every rule
+ * of the group.
  */
 void
 mc_resolve_lookups(McStr *entries, int n,
 				   void (*out) (void *arg, const char *s, int len, bool pattern),
 				   void *arg)
 {
+	AgainEntry *es = palloc0(sizeof(AgainEntry) * Max(1, n));
+	bool	   *ok = palloc0(sizeof(bool) * Max(1, n));
 	List	   *agains = NIL;
-	List	   *rels = NIL;
+	List	   *locked = NIL;
 	ListCell   *lc;
 	StringInfoData buf;
 
+	/* locks first, then the catalog once: no reload while groups are built */
+	for (int i = 0; i < n; i++)
+	{
+		ok[i] = parse_again(&entries[i], &es[i]);
+		if (!ok[i] || list_member_oid(locked, es[i].relid))
+			continue;
+		if (ConditionalLockRelationOid(es[i].relid, AccessShareLock))
+			locked = lappend_oid(locked, es[i].relid);
+	}
 	ensure_catalog();
 	initStringInfo(&buf);
 	for (int i = 0; i < n; i++)
 	{
-		char	   *e = pnstrdup(entries[i].s, entries[i].len);
-		char	   *p1 = strchr(e, ':');
-		char	   *p2 = p1 ? strchr(p1 + 1, ':') : NULL;
-		char	   *p3 = p2 ? strchr(p2 + 1, ':') : NULL;
-		char	   *p4 = p3 ? strchr(p3 + 1, ':') : NULL;
-		Oid			relid;
-		int			rule_id,
-					plen;
-		char	   *prefix,
-				   *value;
+		AgainEntry *e = &es[i];
 		RawRule    *r;
-		Relation	rel = NULL;
 		McRelRules *rr = NULL;
 		CRule	   *c = NULL;
 		Again	   *a = NULL;
 
-		if (p4 == NULL)
+		if (!ok[i])
 			continue;			/* not ours */
-		*p1 = *p2 = *p3 = *p4 = '\0';
-		relid = (Oid) strtoul(e, NULL, 10);
-		rule_id = atoi(p1 + 1);
-		plen = atoi(p3 + 1);
-		if (plen < 0 || plen > (int) strlen(p4 + 1))
-			continue;
-		prefix = pnstrdup(p4 + 1, plen);
-		value = p4 + 1 + plen;
+		r = find_raw_rule(e->rule_id);
+		if (r != NULL && r->via_table != NULL && strcmp(r->family->name, e->family) == 0 &&
+			list_member_oid(locked, e->relid) &&
+			SearchSysCacheExists1(RELOID, ObjectIdGetDatum(e->relid)))
+		{
+			Relation	rel = relation_open(e->relid, NoLock);
 
-		r = find_raw_rule(rule_id);
-		/* a drain never waits for a lock: a table locked now has its family deleted */
-		if (r != NULL && r->via_table != NULL && strcmp(r->family->name, p2 + 1) == 0 &&
-			ConditionalLockRelationOid(relid, AccessShareLock))
-		{
-			rel = try_relation_open(relid, NoLock);
-			if (rel == NULL)
-				UnlockRelationOid(relid, AccessShareLock);
-		}
-		if (rel != NULL)
-		{
-			rels = lappend(rels, rel);
 			rr = mc_rel_rules(rel, r->table_name, false);
+			relation_close(rel, NoLock);
 			for (int k = 0; k < rr->nrules; k++)
-				if (rr->rules[k].raw->id == rule_id)
+				if (rr->rules[k].raw->id == e->rule_id)
 					c = &rr->rules[k];
 		}
 		if (c == NULL || c->broken || c->group < 0)
 		{
-			/* the rule, its table or its lookup changed since: its family */
-			McFamily   *f = mc_find_family(p2 + 1);
-			AgainSink	o = {out, arg, prefix};
+			/* the rule, its table or its lookup changed since, or is locked */
+			McFamily   *f = mc_find_family(e->family);
+			AgainSink	o = {out, arg, e->prefix};
 
 			if (f != NULL)
 				again_family(&o, f);
@@ -1807,7 +1861,7 @@ mc_resolve_lookups(McStr *entries, int n,
 		{
 			Again	   *x = lfirst(lc);
 
-			if (x->rr == rr && x->g == c->group && strcmp(x->prefix, prefix) == 0)
+			if (x->rr == rr && x->g == c->group && strcmp(x->prefix, e->prefix) == 0)
 				a = x;
 		}
 		if (a == NULL)
@@ -1815,26 +1869,48 @@ mc_resolve_lookups(McStr *entries, int n,
 			a = palloc0(sizeof(Again));
 			a->rr = rr;
 			a->g = c->group;
-			a->prefix = prefix;
+			a->prefix = e->prefix;
 			agains = lappend(agains, a);
 		}
-		a->vals = lappend(a->vals, value);
+		a->vals = lappend(a->vals, e->value);
 	}
 	foreach(lc, agains)
 	{
 		Again	   *a = lfirst(lc);
 		LGroup	   *grp = &a->rr->groups[a->g];
 		AgainSink	o = {out, arg, a->prefix};
-		int			lvl = mc_settings_pin(a->rr->canonical);
+		List	   *vals = NIL;
+		ListCell   *lc2;
+		int			lvl;
 
+		/* one lookup per distinct value, however many rules and rows named it */
+		list_sort(a->vals, cmp_cstr);
+		foreach(lc2, a->vals)
+			if (vals == NIL || strcmp(llast(vals), lfirst(lc2)) != 0)
+				vals = lappend(vals, lfirst(lc2));
+		if (!ConditionalLockRelationOid(grp->via_relid, AccessShareLock))
+		{
+			for (int i = 0; i < a->rr->nrules; i++)
+				if (a->rr->rules[i].group == a->g)
+					again_family(&o, a->rr->rules[i].raw->family);
+			continue;
+		}
+		lvl = mc_settings_pin(a->rr->canonical);
 		if (!grp->index_checked)
 			choose_index(a->rr, grp);
-		lookup_as_owner(a->rr, a->g, a->vals, MC_EV_INSERT | MC_EV_UPDATE | MC_EV_DELETE,
-						a->prefix, again_sink, &o, &buf);
+		if (OidIsValid(grp->indexoid) &&
+			!ConditionalLockRelationOid(grp->indexoid, AccessShareLock))
+		{
+			for (int i = 0; i < a->rr->nrules; i++)
+				if (a->rr->rules[i].group == a->g)
+					again_family(&o, a->rr->rules[i].raw->family);
+			mc_settings_restore(lvl);
+			continue;
+		}
+		lookup_as_owner(a->rr, a->g, vals, MC_EV_INSERT | MC_EV_UPDATE | MC_EV_DELETE,
+						a->prefix, again_sink, &o, &buf, true);
 		mc_settings_restore(lvl);
 	}
-	foreach(lc, rels)
-		relation_close((Relation) lfirst(lc), AccessShareLock);
 }
 
 /* every family any rule of the table can produce (for TRUNCATE) */

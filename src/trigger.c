@@ -125,7 +125,7 @@ meetcache_invalidate_trigger(PG_FUNCTION_ARGS)
 
 		mc_collect(rr, rel, event, trig->tg_oldtable, trig->tg_newtable,
 				   oldslot, newslot, mc_key_prefix, mc_pending_sink, NULL,
-				   mc_shared_ready());
+				   mc_shared_ready() && mc_queue_keeps_lookups());
 		ExecDropSingleTupleTableSlot(oldslot);
 		ExecDropSingleTupleTableSlot(newslot);
 	}

@@ -25,6 +25,7 @@ SELECT relation::text, table_name, triggers FROM meetcache.attached ORDER BY 1;
 -- Clean up (the extension only if this suite created it).
 \set ECHO none
 DROP VIEW deleted_keys, truncate_check;
+DROP FUNCTION wait_queue_empty();
 DROP TABLE universe, truncate_families;
 DROP TABLE recordings, chat_messages, participants, meetings, users;
 DROP TYPE "MeetingStatus", "RecordingStatus";

@@ -67,7 +67,10 @@ SELECT meetcache.attach('widgets');
 INSERT INTO users VALUES ('u1', 'Ann', 'ann@example.com', NULL), ('u2', 'Bob', 'bob@example.com', NULL);
 INSERT INTO widgets VALUES (1, 'u1', 'gadget', 7), (2, 'u1', 'gizmo', 8), (3, 'u2', 'gizmo', 8);
 
+\i test/fixtures/wait_queue.sql
+-- keys are filled once the drains have resolved earlier lookups again
 CREATE FUNCTION fill() RETURNS void LANGUAGE sql AS $$
+  SELECT wait_queue_empty();
   SELECT meetcache.cache_set(k, '1', 600)
   FROM unnest(ARRAY['widget:1', 'widget:2', 'widget:3', 'user:u1:widgets', 'user:u2:widgets',
                     'widgets:gadgets', 'shelf:7', 'shelf:8', 'user:u1', 'user:u2']) k;

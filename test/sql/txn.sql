@@ -16,8 +16,11 @@ INSERT INTO users VALUES ('u1', 'Ann', 'ann@example.com', NULL), ('u2', 'Bob', '
 INSERT INTO meetings (id, title, host_id, invite_code, status)
 VALUES ('m1', 'One', 'u1', 'inv1', 'LIVE'), ('m2', 'Two', 'u2', 'inv2', 'SCHEDULED');
 
--- helpers: fill a few keys, and list which of them are gone
+-- helpers: fill a few keys (once the drains have resolved earlier lookups
+-- again), and list which of them are gone
+\i test/fixtures/wait_queue.sql
 CREATE FUNCTION fill() RETURNS void LANGUAGE sql AS $$
+  SELECT wait_queue_empty();
   SELECT meetcache.cache_set(k, '1', 600)
   FROM unnest(ARRAY['meeting:m1', 'meeting:m2', 'meeting:invite:inv1', 'meetings:live',
                     'meetings:scheduled', 'user:u1', 'unrelated:key']) k;
@@ -158,7 +161,6 @@ RESET meetcache.key_prefix;
 
 -- two-phase commit: the keys are queued at PREPARE, in every mode, and
 -- deleted by the worker after COMMIT PREPARED, never after ROLLBACK PREPARED
-\i test/fixtures/wait_queue.sql
 SELECT wait_queue_empty();
 SELECT fill();
 SET meetcache.delivery = 'sync';

@@ -14,7 +14,10 @@ INSERT INTO users VALUES ('u1', 'Ann', 'ann@example.com', NULL), ('u2', 'Bob', '
 INSERT INTO meetings (id, title, host_id, invite_code, status)
 VALUES ('m1', 'One', 'u1', 'inv1', 'LIVE'), ('m2', 'Two', 'u2', 'inv2', 'SCHEDULED');
 
+\i test/fixtures/wait_queue.sql
+-- keys are filled once the drains have resolved earlier lookups again
 CREATE FUNCTION fill() RETURNS void LANGUAGE sql AS $$
+  SELECT wait_queue_empty();
   SELECT meetcache.cache_set(k, '1', 600)
   FROM unnest(ARRAY['meeting:m1', 'meeting:m2', 'meetings:live', 'user:u1', 'unrelated:key']) k;
 $$;
@@ -23,7 +26,6 @@ CREATE FUNCTION gone() RETURNS text LANGUAGE sql AS $$
   FROM unnest(ARRAY['meeting:m1', 'meeting:m2', 'meetings:live', 'user:u1', 'unrelated:key']) k
   WHERE NOT meetcache.cache_exists(k);
 $$;
-\i test/fixtures/wait_queue.sql
 SELECT wait_queue_empty();
 
 -- the modes

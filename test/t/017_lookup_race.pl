@@ -16,8 +16,10 @@
 # Once the queue is empty, the key must be absent or hold what its query
 # returns now.  Every lookup family of the default rules (docs/keys.md), linked
 # by INSERT or UPDATE, on both reference schemas (snake_case in database
-# postgres, Prisma camelCase with enum types in database camel), in each
-# delivery mode.  The fill queries are MeetcacheTest::fill_sql's.
+# postgres, Prisma camelCase with enum types in database camel, and the
+# snake_case one without indexes on the lookup columns in database noindex,
+# where lookups are SPI queries rather than index probes), in each delivery
+# mode.  The fill queries are MeetcacheTest::fill_sql's.
 use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
@@ -30,13 +32,25 @@ my $redis = start_redis();
 my $node = new_node('lookup_race', $redis,
 	log_statement => 'none',
 	conf => "meetcache.poll_interval = 100\n");
-my %db = (snake => 'postgres', camel => 'camel');
+# "noindex": the snake schema without the indexes on the lookup columns, so
+# that the lookups take the SPI query instead of the index probe
+my %db = (snake => 'postgres', camel => 'camel', noindex => 'noindex');
+my %variant = (snake => 'snake', camel => 'camel', noindex => 'snake');
 $node->safe_psql('postgres', 'CREATE DATABASE camel');
+$node->safe_psql('postgres', 'CREATE DATABASE noindex');
 for my $v (sort keys %db)
 {
-	setup_schema($node, $db{$v}, $v);
-	$node->safe_psql($db{$v}, fill_sql($v));
+	setup_schema($node, $db{$v}, $variant{$v});
+	$node->safe_psql($db{$v}, fill_sql($variant{$v}));
 }
+$node->safe_psql('noindex', q{
+DO $$ DECLARE i regclass; BEGIN
+  FOR i IN SELECT x.indexrelid::regclass FROM pg_index x
+           WHERE x.indrelid IN ('meetings'::regclass, 'participants'::regclass, 'chat_messages'::regclass)
+             AND NOT x.indisprimary AND NOT x.indisunique LOOP
+    EXECUTE format('DROP INDEX %s', i);
+  END LOOP;
+END $$;});
 
 my $reset = <<'SQL';
 DELETE FROM chat_messages; DELETE FROM participants; DELETE FROM meetings; DELETE FROM users;
@@ -133,7 +147,7 @@ for my $v (sort keys %db)
 		{
 			my ($name, $asql, $bsql, $key, $old) = @$c;
 			my $what = "$v/$mode/$name";
-			my $q = sub { with_columns($v, $_[0]) };
+			my $q = sub { with_columns($variant{$v}, $_[0]) };
 			$runs++;
 
 			# (the reset's keys are deleted at its commit, not by a drain)
