@@ -20,6 +20,18 @@ CREATE EXTENSION meetcache VERSION '0.1.0';
 -- tables attached under 0.1.0 keep invalidating across the update
 \i test/fixtures/meet_snake.sql
 SELECT count(*) FROM meetcache.attach_defaults('public');
+-- until the update, the 0.2.0 library serves the 0.1.0 objects: its queue
+-- has no lookups column, so lookups run at statement time as in 0.1.0
+\i test/fixtures/wait_queue.sql
+INSERT INTO users (id, name, email) VALUES ('h1', 'Old', 'h1@x');
+INSERT INTO meetings (id, title, host_id, invite_code, status) VALUES ('hm1', 't', 'h1', 'hinv1', 'ENDED');
+SELECT meetcache.cache_set('meeting:hm1', '1', 600);
+SET meetcache.delivery = 'queue';
+UPDATE users SET name = 'New' WHERE id = 'h1';
+RESET meetcache.delivery;
+SELECT wait_queue_empty();
+SELECT meetcache.cache_exists('meeting:hm1') AS hosted_meeting_cached_before_update;
+DROP FUNCTION wait_queue_empty();
 ALTER EXTENSION meetcache UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'meetcache';
 \i test/sql/upgrade_listing.inc
