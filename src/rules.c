@@ -1160,6 +1160,15 @@ mc_rules_reload(void)
 	rules_valid = false;
 }
 
+static bool
+any_broken(McRelRules *rr)
+{
+	for (int i = 0; i < rr->nrules; i++)
+		if (rr->rules[i].broken)
+			return true;
+	return false;
+}
+
 /* does some rule of table_name not compile against rel?  (never an error) */
 bool
 mc_rel_broken(Relation rel, const char *table_name)
@@ -1168,28 +1177,22 @@ mc_rel_broken(Relation rel, const char *table_name)
 
 	ensure_catalog();
 	rr = cached_rel(rel, table_name);
-	if (rr == NULL)
+	if (rr != NULL)
+		return any_broken(rr);
+	quiet_compile = true;
+	PG_TRY();
 	{
-		quiet_compile = true;
-		PG_TRY();
-		{
-			rr = compile_rel(rel, table_name, false);
-		}
-		PG_FINALLY();
-		{
-			quiet_compile = false;
-		}
-		PG_END_TRY();
-		for (int i = 0; i < rr->nrules; i++)
-			if (rr->rules[i].broken)
-				return true;
-		/* what a write would compile: keep it (a broken one is not, so writes warn) */
-		cache_rel(rr);
-		return false;
+		rr = compile_rel(rel, table_name, false);
 	}
-	for (int i = 0; i < rr->nrules; i++)
-		if (rr->rules[i].broken)
-			return true;
+	PG_FINALLY();
+	{
+		quiet_compile = false;
+	}
+	PG_END_TRY();
+	if (any_broken(rr))
+		return true;
+	/* what a write would compile: keep it (a broken one is not, so writes warn) */
+	cache_rel(rr);
 	return false;
 }
 
@@ -1209,9 +1212,8 @@ mc_check_rel(Relation rel, const char *table_name)
 		rr = compile_rel(rel, table_name, true);
 		cache_rel(rr);
 	}
-	for (int i = 0; i < rr->nrules; i++)
-		if (rr->rules[i].broken)
-			return compile_rel(rel, table_name, true)->nrules;	/* raises the error */
+	if (any_broken(rr))
+		return compile_rel(rel, table_name, true)->nrules;	/* raises the error */
 	return rr->nrules;
 }
 
