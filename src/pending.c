@@ -203,17 +203,31 @@ mc_pending_add_pattern(const char *pat, int len)
 	p->npatterns++;
 }
 
-/* a family's SCAN pattern under the prefix, deleted after commit */
+/*
+ * A whole family, deleted after commit: by name when its template has no
+ * placeholder (meetings:live), else by its SCAN pattern under the prefix.
+ */
 void
 mc_pending_add_family(McFamily *family)
 {
-	StringInfoData pat;
+	PendingSet *p = pending_get();
+	StringInfoData s;
 
-	initStringInfo(&pat);
-	mc_append_glob_escaped(&pat, mc_key_prefix, strlen(mc_key_prefix));
-	appendStringInfoString(&pat, family->tmpl->glob);
-	mc_pending_add_pattern(pat.data, pat.len);
-	pfree(pat.data);
+	initStringInfo(&s);
+	if (family->tmpl->nargs == 0)
+	{
+		mc_render(&s, family->tmpl, mc_key_prefix, NULL);
+		if (set_add(&p->keys, s.data, s.len, p->cxt))
+		{
+			pfree(s.data);
+			return;
+		}
+		resetStringInfo(&s);
+	}
+	mc_append_glob_escaped(&s, mc_key_prefix, strlen(mc_key_prefix));
+	appendStringInfoString(&s, family->tmpl->glob);
+	mc_pending_add_pattern(s.data, s.len);
+	pfree(s.data);
 }
 
 /*

@@ -44,31 +44,14 @@ attached_name(Relation rel)
 	return NULL;
 }
 
-/*
- * Every family any rule of the table can produce, deleted after commit:
- * families without placeholders by name, the others by SCAN pattern.
- */
+/* every family of a list (TRUNCATE, a rewrite, rows moved), deleted after commit */
 void
 mc_invalidate_families(List *families)
 {
 	ListCell   *lc;
-	StringInfoData buf;
 
-	initStringInfo(&buf);
 	foreach(lc, families)
-	{
-		McFamily   *f = (McFamily *) lfirst(lc);
-
-		resetStringInfo(&buf);
-		if (f->tmpl->nargs == 0)
-		{
-			mc_render(&buf, f->tmpl, mc_key_prefix, NULL);
-			mc_pending_sink(NULL, buf.data, buf.len, f, 0);
-		}
-		else
-			mc_pending_add_family(f);
-	}
-	pfree(buf.data);
+		mc_pending_add_family((McFamily *) lfirst(lc));
 }
 
 PG_FUNCTION_INFO_V1(meetcache_invalidate_trigger);
