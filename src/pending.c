@@ -330,14 +330,10 @@ hand_off(PendingSet *p)
 }
 
 static void
-deliver(PendingSet *p)
+deliver_keys(PendingSet *p)
 {
 	McErr		err;
 	bool		worker = mc_breaker_applies();
-
-	/* the drain resolves the row's lookups again: now, not at its poll */
-	if (p->lookups_queued)
-		mc_db_wake(MyDatabaseId);
 
 	/* counted once per transaction: no shared-memory traffic per key */
 	mc_stat_add(MC_STAT_KEYS_QUEUED, p->keys.n);
@@ -382,6 +378,15 @@ deliver(PendingSet *p)
 			 errdetail("The transaction is committed. The background worker deletes its keys when Redis answers again.") :
 			 errdetail("The transaction is committed. Its cache keys stay until their TTL expires."),
 			 errhint("Check that Redis is reachable at meetcache.redis_url.")));
+}
+
+static void
+deliver(PendingSet *p)
+{
+	deliver_keys(p);
+	/* the drain resolves the row's lookups again: now, not at its poll */
+	if (p->lookups_queued)
+		mc_db_wake(MyDatabaseId);
 }
 
 /*

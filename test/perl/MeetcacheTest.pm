@@ -332,8 +332,11 @@ sub wait_redis_state
 sub wait_queue_empty
 {
 	my ($node, $db, $secs) = @_;
+	# rows whose keys wait, and rows whose lookups wait to be resolved again
+	# (a backend that delivered its keys wakes the drain for those at once)
 	return poll_sql($node, $db // 'postgres',
-		'SELECT queue_depth = 0 AND coalesce(retry_queue_entries, 0) = 0 FROM meetcache.stats',
+		'SELECT s.queue_depth = 0 AND coalesce(s.retry_queue_entries, 0) = 0 AND '
+		  . 'NOT EXISTS (SELECT FROM meetcache.pending p WHERE p.nlookups > 0) FROM meetcache.stats s',
 		't', $secs // 20);
 }
 

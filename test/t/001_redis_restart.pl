@@ -64,6 +64,10 @@ is_deeply([ $redis->existing(@m1) ], [],
 	'redis restarted inside the transaction: its commit still deletes');
 is_deeply([ $redis->existing(@keep) ], \@keep, 'unrelated keys kept');
 
+# (the drains have resolved those commits' lookups again: no drain is
+# talking to Redis when it restarts or stops below)
+ok(wait_queue_empty($node), 'the drains are done');
+
 # SQL cache functions across a restart that keeps the data.
 bg_query($s, q{SELECT meetcache.cache_set('c:1', '{"a": 1}'::jsonb, 600)});
 is($redis->cli('GET', 'c:1'), '{"a":1}', 'cache_set stores compact JSON');
