@@ -1,16 +1,19 @@
 /*
  * queue.c
  *	  The durable queue table meetcache.queue: one row per transaction
- *	  holding its deduplicated, prefixed keys (and family patterns), written
- *	  in that transaction just before it commits or prepares; and the drain
- *	  pass that deletes committed rows' keys from Redis and then the rows.
+ *	  holding its deduplicated, prefixed keys (and family patterns) and the
+ *	  lookups to resolve again after commit, written in that transaction
+ *	  just before it commits or prepares; and the drain pass that resolves
+ *	  the rows' lookups again (rules.c), deletes the keys from Redis and
+ *	  then the rows.
  *
  * Rows are inserted directly, without privilege checks, so any role whose
  * writes fire the triggers can queue without privileges on the table.  A
  * drain pass deletes its batch first and commits only after Redis acknowledged
  * the UNLINKs: on any failure the transaction aborts and the rows are
- * still there.  A pass holds at most PASS_BYTES of keys and patterns in
- * memory, unless its first row alone holds more.
+ * still there.  A pass holds at most PASS_BYTES of keys, patterns and
+ * lookups in memory, unless its first row alone holds more.  A database
+ * still on 0.1.0's table (no lookups column) is served as before.
  *
  * Every query sent through SPI here is schema-qualified and runs with
  * search_path pinned (mc_settings_pin): drains run as the bootstrap
