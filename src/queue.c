@@ -471,7 +471,7 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 			 n, keys.n + pats.n, lookups.n, bytes);
 	if (keys.n > 0 || pats.n > 0)
 	{
-		/* a second per thousand keys on top of the commit deadline */
+		/* a millisecond per thousand keys on top of the commit deadline */
 		TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														   mc_commit_timeout + keys.n / 1000);
 

@@ -829,6 +829,14 @@ mc_redis_command(int argc, const char **argv, const size_t *lens)
  * parse back unambiguously.  out must have room for klen + MC_LEASE_EXTRA
  * bytes.  No allocation.
  */
+/* the two lease key forms (see above); MC_LEASE_EXTRA covers the longer */
+#define LEASE_TAGGED MC_LEASE_NS "t:"
+#define LEASE_TAGGED_LEN ((int) sizeof(LEASE_TAGGED) - 1)
+#define LEASE_UNTAGGED MC_LEASE_NS "u:{"
+#define LEASE_UNTAGGED_LEN ((int) sizeof(LEASE_UNTAGGED) - 1)
+StaticAssertDecl(LEASE_UNTAGGED_LEN + 2 == MC_LEASE_EXTRA,
+				 "MC_LEASE_EXTRA is the untagged lease form's overhead, NUL included");
+
 int
 mc_lease_key(const char *k, int klen, char *out)
 {
@@ -843,32 +851,33 @@ mc_lease_key(const char *k, int klen, char *out)
 	}
 	if (tagged)
 	{
-		memcpy(out, "mc-lease:t:", 11);
-		memcpy(out + 11, k, klen);
-		out[klen + 11] = '\0';
-		return klen + 11;
+		memcpy(out, LEASE_TAGGED, LEASE_TAGGED_LEN);
+		memcpy(out + LEASE_TAGGED_LEN, k, klen);
+		out[klen + LEASE_TAGGED_LEN] = '\0';
+		return klen + LEASE_TAGGED_LEN;
 	}
-	memcpy(out, "mc-lease:u:{", 12);
-	memcpy(out + 12, k, klen);
-	out[klen + 12] = '}';
-	out[klen + 13] = '\0';
-	return klen + 13;
+	memcpy(out, LEASE_UNTAGGED, LEASE_UNTAGGED_LEN);
+	memcpy(out + LEASE_UNTAGGED_LEN, k, klen);
+	out[klen + LEASE_UNTAGGED_LEN] = '}';
+	out[klen + LEASE_UNTAGGED_LEN + 1] = '\0';
+	return klen + LEASE_UNTAGGED_LEN + 1;
 }
 
 /* if s is a lease key, the key it leases (and true); else s itself */
 static bool
 lease_base(const char *s, int len, const char **base, int *blen)
 {
-	if (len > 11 && memcmp(s, "mc-lease:t:", 11) == 0)
+	if (len > LEASE_TAGGED_LEN && memcmp(s, LEASE_TAGGED, LEASE_TAGGED_LEN) == 0)
 	{
-		*base = s + 11;
-		*blen = len - 11;
+		*base = s + LEASE_TAGGED_LEN;
+		*blen = len - LEASE_TAGGED_LEN;
 		return true;
 	}
-	if (len > 13 && memcmp(s, "mc-lease:u:{", 12) == 0 && s[len - 1] == '}')
+	if (len > LEASE_UNTAGGED_LEN + 1 && memcmp(s, LEASE_UNTAGGED, LEASE_UNTAGGED_LEN) == 0 &&
+		s[len - 1] == '}')
 	{
-		*base = s + 12;
-		*blen = len - 13;
+		*base = s + LEASE_UNTAGGED_LEN;
+		*blen = len - LEASE_UNTAGGED_LEN - 1;
 		return true;
 	}
 	*base = s;
@@ -1038,6 +1047,7 @@ unlink_cb(redisReply *r, void *arg, McErr *err)
 }
 
 #define KEYS_PER_UNLINK 100
+#define SCAN_COUNT "1000"		/* SCAN's COUNT hint per page */
 
 /*
  * One UNLINK of up to KEYS_PER_UNLINK keys and, in the same command (so
@@ -1175,7 +1185,7 @@ scan_pass(InvState *st, RawBuf *ub, TimestampTz deadline, int step_ms,
 		}
 		if (!scan_done)
 		{
-			const char *argv[4] = {"SCAN", st->cursor, "COUNT", "1000"};
+			const char *argv[4] = {"SCAN", st->cursor, "COUNT", SCAN_COUNT};
 			size_t		lens[4] = {4, strlen(st->cursor), 5, 4};
 
 			if (!rawbuf_add(&cmd, 4, argv, lens))

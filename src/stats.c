@@ -283,6 +283,9 @@ meetcache_stats(PG_FUNCTION_ARGS)
 		values[i + 1] = Int64GetDatum((int64) used);
 		values[i + 2] = Int64GetDatum((int64) sh->ring_size);
 	}
+	i += 3;
+	/* every column set, as the SQL declaration has them */
+	Assert(i == MC_STAT__COUNT + NEXTRA);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

@@ -451,6 +451,7 @@ mc_launcher_main(Datum arg)
 		{
 			McErr		err;
 
+			pgstat_report_activity(STATE_RUNNING, "meetcache launcher: waiting for redis to answer PING");
 			if (mc_redis_ping(TimestampTzPlusMilliseconds(now, mc_command_timeout), &err))
 			{
 				mc_breaker_reset();
@@ -463,6 +464,8 @@ mc_launcher_main(Datum arg)
 				next_ping = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ping_backoff);
 			}
 		}
+		if (!down)
+			pgstat_report_activity(STATE_RUNNING, "meetcache launcher: retrying failed deletes");
 		if (!down && !deliver_retries())
 		{
 			mc_breaker_trip();
@@ -513,6 +516,7 @@ mc_launcher_main(Datum arg)
 		if (down)
 			timeout = Min(timeout, Max((next_ping - GetCurrentTimestamp()) / 1000, 0));
 		timeout = Max(timeout, 1);
+		pgstat_report_activity(STATE_IDLE, NULL);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
@@ -553,13 +557,15 @@ drain_exit(int code, Datum arg)
 }
 
 /* run fn inside a transaction; commit if it returns true */
+/* run fn in a transaction of its own; pg_stat_activity shows what */
 static bool
-in_xact(bool (*fn) (void *arg, McErr *err), void *arg, McErr *err)
+in_xact(const char *activity, bool (*fn) (void *arg, McErr *err), void *arg, McErr *err)
 {
 	bool		ok;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	pgstat_report_activity(STATE_RUNNING, activity);
 	PushActiveSnapshot(GetTransactionSnapshot());
 	ok = fn(arg, err);
 	PopActiveSnapshot();
@@ -568,6 +574,7 @@ in_xact(bool (*fn) (void *arg, McErr *err), void *arg, McErr *err)
 	else
 		AbortCurrentTransaction();
 	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
 	return ok;
 }
 
@@ -680,7 +687,7 @@ mc_drain_main(Datum arg)
 	if (d == NULL)
 		proc_exit(0);
 
-	(void) in_xact(has_extension_fn, &has_ext, &err);
+	(void) in_xact("meetcache drain: looking for the extension", has_extension_fn, &has_ext, &err);
 	if (!has_ext)
 	{
 		LWLockAcquire(s->lock, LW_EXCLUSIVE);
@@ -719,7 +726,7 @@ mc_drain_main(Datum arg)
 
 			/* the patterns come from the catalog; the SCAN needs no xact */
 			MemoryContextReset(flush_cxt);
-			(void) in_xact(patterns_fn, &fa, &err);
+			(void) in_xact("meetcache drain: flushing every cache family", patterns_fn, &fa, &err);
 			if (!mc_queue_flush(fa.pats, fa.n, &err))
 			{
 				if (err.sqlstate == ERRCODE_CONNECTION_FAILURE)
@@ -751,7 +758,7 @@ mc_drain_main(Datum arg)
 		pa.batch = Min(batch, mc_drain_batch);
 		pa.skip = skip;
 		pa.nskip = nskip;
-		if (!in_xact(pass_fn, &pa, &err))
+		if (!in_xact("meetcache drain: deleting the keys of queue rows", pass_fn, &pa, &err))
 		{
 			mc_stat_add(MC_STAT_WORKER_FAILURES, 1);
 			mc_stat_error(err.msg);
