@@ -6,7 +6,8 @@
  *	  meetcache.c  _PG_init, GUCs, the parsed redis_url and the Redis password file
  *	  redis.c      every byte exchanged with Redis (the only hiredis user)
  *	  pending.c    the per-transaction set of keys and its commit/abort path
- *	  rules.c      the rule catalog cache, key templates and key rendering
+ *	  rules.c      the rule catalog cache, compiling rules, collecting keys, lookups
+ *	  keys.c       the key grammar: templates, rendering, globs, ttl_by_value
  *	  trigger.c    the trigger function, attach checks, affected_keys()
  *	  guard.c      attach()/detach(), the guard's event triggers, invalidate_all()
  *	  legacy.c     C functions only the frozen 0.1.0 SQL script uses
@@ -197,6 +198,10 @@ typedef void (*McKeySink) (void *arg, const char *key, int len,
 #define MC_EV_UPDATE	0x02
 #define MC_EV_DELETE	0x04
 
+/* keys.c: the key grammar */
+extern McTemplate *mc_template_parse(const char *tmpl, const char **why);
+extern McTemplate *mc_parse_template(const char *tmpl);
+extern bool mc_parse_ttl_by_value(Datum jsonb, McFamily *f, const char **why);
 extern void mc_render(StringInfo out, McTemplate *t, const char *prefix,
 					  const char **values);
 extern void mc_append_glob_escaped(StringInfo out, const char *s, int len);
