@@ -632,14 +632,17 @@ meetcache_cache_del_pattern(PG_FUNCTION_ARGS)
 {
 	char	   *pattern = arg_pattern(fcinfo, 0);
 	int64		total = 0;
+	char	   *untagged,
+			   *tagged;
 
 	/*
 	 * Leases first, then keys.  A lease holder that stores while the lease
 	 * pass runs creates its key before the key pass starts, which then
 	 * deletes it; once the lease pass is over, no store can succeed.
 	 */
-	scan_match(psprintf("mc-lease:u:{%s}", prefixed_pattern(pattern)), del_lease_page, NULL);
-	scan_match(psprintf("mc-lease:t:%s", prefixed_pattern(pattern)), del_lease_page, NULL);
+	mc_lease_globs(prefixed_pattern(pattern), &untagged, &tagged);
+	scan_match(untagged, del_lease_page, NULL);
+	scan_match(tagged, del_lease_page, NULL);
 	scan_keys(pattern, del_page, &total);
 	PG_RETURN_INT64(total);
 }

@@ -156,6 +156,7 @@ typedef enum McScript
 	MC_SCRIPT__COUNT
 } McScript;
 extern int	mc_lease_key(const char *k, int klen, char *out);
+extern void mc_lease_globs(const char *glob, char **untagged, char **tagged);
 extern bool mc_redis_ping(TimestampTz deadline, McErr *err);
 extern McReply *mc_redis_script(McScript which, int nkeys, int nargs,
 								const char **argv, const size_t *lens, McErr *err);

@@ -863,6 +863,18 @@ mc_lease_key(const char *k, int klen, char *out)
 	return klen + LEASE_UNTAGGED_LEN + 1;
 }
 
+/*
+ * The SCAN globs of the lease keys of every key a glob matches, in both
+ * forms (palloc'd).  The untagged form wraps the glob in braces; a glob's
+ * own braces are literal to SCAN.
+ */
+void
+mc_lease_globs(const char *glob, char **untagged, char **tagged)
+{
+	*untagged = psprintf("%s%s}", LEASE_UNTAGGED, glob);
+	*tagged = psprintf("%s%s", LEASE_TAGGED, glob);
+}
+
 /* if s is a lease key, the key it leases (and true); else s itself */
 static bool
 lease_base(const char *s, int len, const char **base, int *blen)
