@@ -6,6 +6,7 @@
  *	  meetcache.c  _PG_init, GUCs, the parsed redis_url and the Redis password file
  *	  redis.c      every byte exchanged with Redis (the only hiredis user)
  *	  pending.c    the per-transaction set of keys and its commit/abort path
+ *	  delivery.c   where committed keys go: Redis, the queue or the retry ring
  *	  rules.c      the rule catalog cache, compiling rules, collecting keys, lookups
  *	  keys.c       the key grammar: templates, rendering, globs, ttl_by_value
  *	  trigger.c    the trigger function, attach checks, affected_keys()
@@ -243,6 +244,23 @@ extern void mc_pending_add_family(McFamily *family);
 extern void mc_pending_add_lookup(Oid relid, int rule_id, McFamily *family,
 								  const char *value);
 extern bool mc_pending_any(void);
+
+/* ---- delivery.c ---- */
+
+/* a committed transaction's keys, as the commit callback hands them over */
+typedef struct McCommitted
+{
+	McStr	   *keys;
+	int			nkeys;
+	McStr	   *patterns;
+	int			npatterns;
+	int			mode;			/* meetcache.delivery at PRE_COMMIT */
+	bool		queued;			/* a queue row holds the keys */
+	TransactionId queue_xid;	/* the row's xmin */
+	bool		lookups_queued; /* a queue row holds lookups to resolve again */
+} McCommitted;
+
+extern void mc_deliver(McCommitted *c);
 extern int	mc_effective_delivery(void);
 
 /* ---- stats.c ---- */
