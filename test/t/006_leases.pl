@@ -199,7 +199,7 @@ sub stress
 	# The writers stop a second before the readers: a stale value stored
 	# during the writes survives (it is a hit), and nothing deletes it.
 	ok( poll_sql($node, 'postgres',
-			"SELECT count(*) >= $READERS FROM pg_stat_activity WHERE application_name = 'pgbench'"),
+			"SELECT count(*) >= $READERS FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"),
 		"$label: the readers are connected before the writers start");
 	my $wh = IPC::Run::start(
 		[ $pgbench, '-n', @conn, '-c', 2, '-j', 2, '-T', $SECS, '-f', $writer_file, 'postgres' ],

@@ -115,7 +115,7 @@ my $t0 = time;
 $node->safe_psql('postgres', 'SELECT meetcache.stats_reset()');
 my @runs = (pgbench('readers', $READERS, $SECS + 1, 0, '', $reader));
 ok( poll_sql($node, 'postgres',
-		"SELECT count(*) >= $READERS FROM pg_stat_activity WHERE application_name = 'pgbench'"),
+		"SELECT count(*) >= $READERS FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"),
 	'the readers are connected before the writers start');
 push @runs, pgbench('linkers', 2, $SECS, $RATE, '', @linkers);
 push @runs, pgbench("renamers ($_)", 1, $SECS, 0, "-c meetcache.delivery=$_", @renamers)
