@@ -12,6 +12,11 @@
 # Every redis-server started here listens on a free 127.0.0.1 port and is
 # killed when the test script exits (PostgreSQL::Test::Cluster stops its nodes).
 #
+# SQL in a new session: run_sql (exit code, stdout, stderr), refused (an
+# error with a given SQLSTATE), all_always (the triggers of a table are
+# intact); make_rows (users hosting meetings).  Server log and config:
+# log_since, reload_and_wait, write_secret_file, no_secret.
+#
 # Fault tests: poll_until / poll_sql (bounded waits), stats($node) (a hash of
 # meetcache.stats), wait_redis_state, wait_queue_empty, run_load/finish_load
 # (pgbench write load: failed transactions, max latency), $redis->set_many /
@@ -35,10 +40,11 @@ use PostgreSQL::Test::Utils;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT_OK = qw(start_redis new_node setup_schema schema_sql free_port
-  with_columns fill_sql
+  with_columns fill_sql make_rows
+  run_sql refused all_always
   bg_session bg_query bg_send bg_wait_for elapsed
   poll_until poll_sql stats wait_redis_state wait_queue_empty run_load
-  finish_load);
+  finish_load log_since reload_and_wait write_secret_file no_secret);
 
 my $repo = $ENV{MEETCACHE_REPO}
   // File::Spec->rel2abs(dirname(__FILE__) . '/../..');
@@ -191,6 +197,113 @@ sub setup_schema
 	$node->safe_psql($db,
 		"CREATE EXTENSION meetcache; SELECT meetcache.attach_defaults();");
 	return;
+}
+
+# Users u<prefix><g> hosting ENDED meetings m<prefix><g> (invite code
+# inv-m<prefix><g>), g = 1 .. $count, in database $db: each prefix has keys
+# of its own.
+sub make_rows
+{
+	my ($node, $db, $prefix, $count) = @_;
+	$node->safe_psql($db, qq{
+INSERT INTO users (id, name, email)
+  SELECT 'u$prefix' || g, 'U', 'u$prefix' || g || '\@x' FROM generate_series(1, $count) g;
+INSERT INTO meetings (id, title, host_id, invite_code, status)
+  SELECT 'm$prefix' || g, 't0', 'u$prefix' || g, 'inv-m$prefix' || g, 'ENDED' FROM generate_series(1, $count) g;
+});
+	return;
+}
+
+# $sql in a new psql session on database $db.  Options:
+#   user => 'role'        connect as that role (-U)
+#   verbose => 1          \set VERBOSITY verbose (SQLSTATEs in stderr)
+#   delivery => 'queue'   SET meetcache.delivery first
+#   redis_url => 'redis://...'   SET meetcache.redis_url first
+#   on_error_stop => 0    go on after errors (default: stop)
+#   timeout => 60         seconds (default 60)
+# Returns (exit code, stdout, stderr).
+sub run_sql
+{
+	my ($node, $db, $sql, %o) = @_;
+	my ($out, $err) = ('', '');
+	$sql = "SET meetcache.redis_url = '$o{redis_url}';\n$sql" if defined $o{redis_url};
+	$sql = "SET meetcache.delivery = '$o{delivery}';\n$sql" if defined $o{delivery};
+	$sql = "\\set VERBOSITY verbose\n$sql" if $o{verbose};
+	my $rc = $node->psql($db, $sql,
+		stdout => \$out, stderr => \$err,
+		timeout => $o{timeout} // 60,
+		on_error_stop => $o{on_error_stop} // 1,
+		extra_params => [ defined $o{user} ? ('-U', $o{user}) : () ]);
+	return ($rc, $out // '', $err // '');
+}
+
+# Two assertions: $sql (run_sql options in %o, verbose always) fails, with
+# SQLSTATE $state.  Returns stderr.
+sub refused
+{
+	my ($node, $db, $sql, $state, $name, %o) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my ($rc, $out, $err) = run_sql($node, $db, $sql, %o, verbose => 1);
+	Test::More::isnt($rc, 0, "$name: refused");
+	Test::More::like($err, qr/ERROR:  $state:/, "$name: SQLSTATE $state")
+	  or Test::More::diag($err);
+	return $err;
+}
+
+# 't' if relation $rel is attached with its four meetcache triggers, all
+# ENABLE ALWAYS; 'f' otherwise (also when not attached).
+sub all_always
+{
+	my ($node, $rel, $db) = @_;
+	return $node->safe_psql($db // 'postgres',
+		"SELECT coalesce(bool_and(triggers = 4 AND enabled_always), false) "
+		  . "FROM meetcache.attached WHERE relation = to_regclass('$rel')");
+}
+
+# The node's server log from byte $pos on.
+sub log_since
+{
+	my ($node, $pos) = @_;
+	return PostgreSQL::Test::Utils::slurp_file($node->logfile, $pos);
+}
+
+# pg_reload_conf(), then wait (bounded) until the postmaster, which new
+# backends copy, has re-read the configuration.  True if it did.
+sub reload_and_wait
+{
+	my ($node, $secs) = @_;
+	my $reloads = sub {
+		my $n = () = PostgreSQL::Test::Utils::slurp_file($node->logfile)
+		  =~ /received SIGHUP, reloading configuration files/g;
+		return $n;
+	};
+	my $before = $reloads->();
+	$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
+	return poll_until($secs // 20, sub { $reloads->() > $before }) ? 1 : 0;
+}
+
+# Replaces file $path atomically (rename) with $content, mode $mode
+# (default 0600, as meetcache.redis_password_file requires).
+sub write_secret_file
+{
+	my ($path, $content, $mode) = @_;
+	open(my $fh, '>', "$path.tmp") or die "cannot write $path.tmp: $!";
+	print $fh $content;
+	close $fh;
+	chmod $mode // 0600, "$path.tmp";
+	rename("$path.tmp", $path) or die "cannot rename to $path: $!";
+	return;
+}
+
+# One assertion: $text holds none of @secrets.
+sub no_secret
+{
+	my ($text, $what, @secrets) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my @found = grep { index($text // '', $_) >= 0 } @secrets;
+	my $ok = Test::More::ok(!@found, "$what: no password in it");
+	Test::More::diag("found: @found") unless $ok;
+	return $ok;
 }
 
 # A BackgroundPsql session that survives errors, with a per-query timeout.
@@ -836,12 +949,24 @@ sub missing
 # Two assertions: every must-delete key is gone (waiting up to timeout
 # seconds, default 20), every must-survive key is still there (skipped
 # with survivors => 0, e.g. after a family flush).  Returns true if both
-# hold.  Clears the recorded keys unless keep => 1.
+# hold.  With no key to check (none recorded, or only survivors and
+# survivors => 0) it is one failing assertion instead: a check of nothing
+# proves nothing.  Clears the recorded keys unless keep => 1.
 sub verify
 {
 	my ($self, $name, %o) = @_;
 	local $Test::Builder::Level = $Test::Builder::Level + 1;
 	my ($nd, $nk) = $self->counts;
+	my $survivors = !defined $o{survivors} || $o{survivors};
+	if ($nd == 0 && !($survivors && $nk > 0))
+	{
+		fail("$name: the checker has keys to check");
+		diag("nothing recorded with must_delete"
+			  . ($survivors ? ' or must_survive' : ' (survivors => 0)')
+			  . ': did keys_of/affected find no key?');
+		$self->reset unless $o{keep};
+		return 0;
+	}
 	my $t0 = time;
 	my @left = $self->leftover($o{timeout} // 20);
 	my $ok = ok(!@left,

@@ -11,9 +11,9 @@ use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(usleep);
-use MeetcacheTest qw(start_redis new_node setup_schema bg_session bg_query
-  bg_send bg_wait_for elapsed wait_redis_state wait_queue_empty poll_until);
+use MeetcacheTest qw(start_redis new_node setup_schema run_sql bg_session
+  bg_query bg_send bg_wait_for elapsed poll_sql wait_redis_state
+  wait_queue_empty poll_until);
 
 my $redis = start_redis();
 my $node = new_node('hung', $redis, conf => "meetcache.commit_timeout = '500ms'\n");
@@ -38,13 +38,7 @@ my $alt = "SET meetcache.redis_url = '$alt_url'; ";
 sub timed_psql
 {
 	my ($sql) = @_;
-	return elapsed(
-		sub {
-			my ($o, $e);
-			my $r = $node->psql('postgres', $sql, stdout => \$o, stderr => \$e,
-				timeout => 60);
-			return ($r, $o, $e);
-		});
+	return elapsed(sub { run_sql($node, 'postgres', $sql) });
 }
 
 my $s = bg_session($node);
@@ -181,8 +175,8 @@ ok( $node->poll_query_until(
 		"SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $bpid AND state = 'active' AND query LIKE '%cache_get%'"
 	),
 	'cache_get is running');
-sleep 1;
-my ($done) = bg_wait_for($sb, $tag, 0.2);
+# blocked, not slow: still running 1.2 s later (bg_wait_for polls)
+my ($done) = bg_wait_for($sb, $tag, 1.2);
 ok(!$done, 'cache_get is blocked on the frozen redis');
 is($node->safe_psql('postgres', "SELECT pg_cancel_backend($bpid)"), 't', 'pg_cancel_backend sent');
 ($t, $done, $out, $err) = elapsed(sub { bg_wait_for($sb, $tag, 5) });
@@ -201,7 +195,9 @@ ok( $node->poll_query_until(
 		"SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $cpid AND state = 'active' AND query LIKE '%cache_get%'"
 	),
 	'second cache_get is running');
-usleep(500_000);
+ok( poll_sql($node, 'postgres',
+		"SELECT wait_event_type = 'Extension' FROM pg_stat_activity WHERE pid = $cpid"),
+	'second cache_get waits for the frozen redis (wait event Extension)');
 ($t, $ret, $out, $err) = timed_psql("SELECT pg_terminate_backend($cpid, 5000)");
 note sprintf('terminate took %.3fs; stderr: %s', $t, $err);
 is($out, 't', 'pg_terminate_backend: the blocked backend exited within 5s');
@@ -212,7 +208,15 @@ eval { $c->quit };
 
 # 7. SIGCONT: everything works again, and replies are in step
 $redis->thaw;
-usleep(300_000);
+# redis has read every command that queued up while it was frozen (no
+# client but ours with a non-empty query buffer)
+ok( poll_until(
+		20,
+		sub {
+			!grep { !/cmd=client\|list/ && !/ qbuf=0 / } split /\n/,
+			  $redis->cli('CLIENT', 'LIST');
+		}),
+	'after thaw: redis worked off the commands queued while frozen');
 ($out, $err) = bg_query($s, q{SELECT meetcache.cache_get('kb')});
 is($out, '"bval"', 'after thaw: cache_get returns the right value (session 1)');
 is($err, '', 'after thaw: no error (session 1)');

@@ -5,12 +5,14 @@ use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use MeetcacheTest qw(start_redis new_node setup_schema bg_session bg_query poll_until);
+use MeetcacheTest qw(start_redis new_node setup_schema run_sql bg_session bg_query
+  reload_and_wait write_secret_file no_secret);
 
 my $pw = 'S3cretPw9f2a';
 my $apppw = 'AppPw77c1x';
 my $wrong = 'WrongPw31337';
 my $odd = 'Odd@Pw:x/y%z';    # written to the file as is
+my @secrets = ($pw, $apppw, $wrong, $odd, 'Odd%40Pw');    # and $odd URL-encoded
 
 my $redis = start_redis(requirepass => $pw);
 is($redis->cli('ACL', 'SETUSER', 'app', 'on', ">$apppw", '~*', '&*', '+@all'),
@@ -18,17 +20,7 @@ is($redis->cli('ACL', 'SETUSER', 'app', 'on', ">$apppw", '~*', '&*', '+@all'),
 
 # the password file, replaced atomically (owner-only, as required)
 my $pwfile = PostgreSQL::Test::Utils::tempdir() . '/redis.pw';
-sub set_pw
-{
-	my ($p) = @_;
-	open(my $fh, '>', "$pwfile.tmp") or die "cannot write $pwfile.tmp: $!";
-	print $fh "$p\n";
-	close $fh;
-	chmod 0600, "$pwfile.tmp";
-	rename("$pwfile.tmp", $pwfile) or die "cannot rename to $pwfile: $!";
-	return;
-}
-set_pw($pw);
+write_secret_file($pwfile, "$pw\n");
 
 # log_statement = none: the Cluster default (all) would log every statement
 my $node = new_node('auth', $redis,
@@ -45,106 +37,78 @@ GRANT USAGE ON SCHEMA meetcache TO alice;
 my @m1 = qw(meeting:m1 meeting:invite:inv-m1 meetings:user:u1 user:u1:meetings:count);
 my $port = $redis->port;
 
-# reload, and wait until the postmaster (which new backends copy) re-read the file
-sub reload_and_wait
-{
-	my $n = () = slurp_file($node->logfile) =~ /received SIGHUP, reloading configuration files/g;
-	$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
-	poll_until(20, sub {
-		my $m = () = slurp_file($node->logfile) =~ /received SIGHUP, reloading configuration files/g;
-		$m > $n });
-	return;
-}
-
-# psql with optional SET of the URL first; returns (exit code, stdout, stderr)
-sub run_sql
-{
-	my ($sql, %o) = @_;
-	my ($out, $err);
-	$sql = "SET meetcache.redis_url = '$o{url}';\n$sql" if defined $o{url};
-	my $ret = $node->psql('postgres', $sql,
-		stdout => \$out, stderr => \$err, timeout => 60,
-		(defined $o{user} ? (extra_params => [ '-U', $o{user} ]) : ()));
-	return ($ret, $out, $err);
-}
-sub no_secret
-{
-	my ($text, $what) = @_;
-	unlike($text // '', qr/\Q$pw\E|\Q$apppw\E|\Q$wrong\E|\Q$odd\E|Odd%40Pw/, "$what: no password in it");
-}
-
 # requirepass, the password file from the config file
-my ($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()');
+my ($ret, $out, $err) = run_sql($node, 'postgres', 'SELECT meetcache.cache_ping()');
 is($out, 'PONG', 'requirepass + correct password (password file): PONG');
 $redis->set_keys(@m1);
-($ret, $out, $err) = run_sql("UPDATE meetings SET title = 'a' WHERE id = 'm1'");
+($ret, $out, $err) = run_sql($node, 'postgres', "UPDATE meetings SET title = 'a' WHERE id = 'm1'");
 is($err, '', 'requirepass: commit without warning');
 is_deeply([ $redis->existing(@m1) ], [], 'requirepass: commit deletes the keys');
 
 # the default user named explicitly
-($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()',
-	url => "redis://default\@127.0.0.1:$port/0");
+($ret, $out, $err) = run_sql($node, 'postgres', 'SELECT meetcache.cache_ping()',
+	redis_url => "redis://default\@127.0.0.1:$port/0");
 is($out, 'PONG', 'user default + password file: PONG');
 
 # wrong password for the default user: a changed file is read at the next connection
-set_pw($wrong);
-($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()');
+write_secret_file($pwfile, "$wrong\n");
+($ret, $out, $err) = run_sql($node, 'postgres', 'SELECT meetcache.cache_ping()');
 isnt($ret, 0, 'wrong password: cache_ping fails');
 like($err, qr/WRONGPASS|invalid username-password|auth/i, 'wrong password: clear error');
-no_secret("$out $err", 'wrong password error');
+no_secret("$out $err", 'wrong password error', @secrets);
 note "error: $err";
 
 # no password at all
 $node->safe_psql('postgres', "ALTER SYSTEM SET meetcache.redis_password_file = ''");
-reload_and_wait();
-($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()');
+ok(reload_and_wait($node), 'the postmaster reloaded');
+($ret, $out, $err) = run_sql($node, 'postgres', 'SELECT meetcache.cache_ping()');
 isnt($ret, 0, 'no password: cache_ping fails');
 like($err, qr/NOAUTH|auth/i, 'no password: clear error');
 note "error: $err";
 $node->safe_psql('postgres', 'ALTER SYSTEM RESET meetcache.redis_password_file');
 
 # ACL user, database 3; after a reload even the commit path uses the new file
-set_pw($apppw);
-reload_and_wait();
+write_secret_file($pwfile, "$apppw\n");
+ok(reload_and_wait($node), 'the postmaster reloaded');
 my $appurl = "redis://app\@127.0.0.1:$port/3";
-($ret, $out, $err) = run_sql(
+($ret, $out, $err) = run_sql($node, 'postgres',
 	q{SELECT meetcache.cache_ping(); SELECT meetcache.cache_set('dbk', '"v3"'::jsonb, 600);},
-	url => $appurl);
+	redis_url => $appurl);
 is($ret, 0, 'ACL user: cache_ping + cache_set succeed');
 is($err, '', 'ACL user: no error');
 is($redis->cli('-n', 3, 'GET', 'dbk'), '"v3"', 'SELECT db 3 honoured by cache_set');
 is($redis->cli('-n', 0, 'EXISTS', 'dbk'), '0', 'nothing written to db 0');
-($ret, $out, $err) = run_sql(q{SELECT meetcache.cache_get('dbk')}, url => $appurl);
+($ret, $out, $err) = run_sql($node, 'postgres', q{SELECT meetcache.cache_get('dbk')}, redis_url => $appurl);
 is($out, '"v3"', 'cache_get reads db 3');
 
 # invalidation goes to db 3 only (the commit opens the connection)
 $redis->set_keys([ -n => 3 ], @m1);
 $redis->set_keys([ -n => 0 ], @m1);
-($ret, $out, $err) = run_sql("UPDATE meetings SET title = 'b' WHERE id = 'm1'", url => $appurl);
+($ret, $out, $err) = run_sql($node, 'postgres', "UPDATE meetings SET title = 'b' WHERE id = 'm1'", redis_url => $appurl);
 is($err, '', 'ACL user: commit without warning');
 is_deeply([ $redis->existing([ -n => 3 ], @m1) ], [], 'commit deleted the keys in db 3');
 is_deeply([ $redis->existing([ -n => 0 ], @m1) ], \@m1, 'keys in db 0 untouched');
 
 # wrong password for the ACL user: SQL function error and commit warning
-set_pw($wrong);
-reload_and_wait();
-($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()', url => $appurl);
+write_secret_file($pwfile, "$wrong\n");
+ok(reload_and_wait($node), 'the postmaster reloaded');
+($ret, $out, $err) = run_sql($node, 'postgres', 'SELECT meetcache.cache_ping()', redis_url => $appurl);
 isnt($ret, 0, 'ACL user, wrong password: fails');
 like($err, qr/WRONGPASS|invalid username-password|auth/i, 'ACL user, wrong password: clear error');
-no_secret("$out $err", 'ACL wrong password error');
+no_secret("$out $err", 'ACL wrong password error', @secrets);
 note "error: $err";
-($ret, $out, $err) = run_sql("UPDATE meetings SET title = 'c' WHERE id = 'm1'", url => $appurl);
+($ret, $out, $err) = run_sql($node, 'postgres', "UPDATE meetings SET title = 'c' WHERE id = 'm1'", redis_url => $appurl);
 is($ret, 0, 'wrong password: the commit still succeeds');
 like($err, qr/WARNING/, 'wrong password: commit WARNING');
-no_secret($err, 'commit warning');
+no_secret($err, 'commit warning', @secrets);
 note "warning: $err";
 
 # a password with URL-special characters, and a %-encoded user name (app%32 = app2)
 is($redis->cli('ACL', 'SETUSER', 'app2', 'on', ">$odd", '~*', '&*', '+@all'),
 	'OK', 'ACL user app2 created');
-set_pw($odd);
-($ret, $out, $err) = run_sql('SELECT meetcache.cache_ping()',
-	url => "redis://app%32\@127.0.0.1:$port/0");
+write_secret_file($pwfile, "$odd\n");
+($ret, $out, $err) = run_sql($node, 'postgres', 'SELECT meetcache.cache_ping()',
+	redis_url => "redis://app%32\@127.0.0.1:$port/0");
 is($out, 'PONG', 'password with @ : / % in the file, %-encoded user: works');
 is($err, '', 'special password: no error');
 
@@ -153,13 +117,13 @@ for my $bad ('http://127.0.0.1:6379/0', 'redis://127.0.0.1:notaport/0',
 	'redis://127.0.0.1:6379/x', "redis://app:$apppw\@127.0.0.1:$port/0",
 	"redis://:$pw\@127.0.0.1:$port/0")
 {
-	($ret, $out, $err) = run_sql("SET meetcache.redis_url = '$bad'");
+	($ret, $out, $err) = run_sql($node, 'postgres', "SET meetcache.redis_url = '$bad'");
 	isnt($ret, 0, "malformed URL rejected at SET");
-	no_secret($err, 'URL refusal');
+	no_secret($err, 'URL refusal', @secrets);
 }
 
 # switching URL inside one session takes effect immediately
-set_pw($apppw);
+write_secret_file($pwfile, "$apppw\n");
 my $s = bg_session($node);
 bg_query($s, "SET meetcache.redis_url = '$appurl'");
 ($out, $err) = bg_query($s, q{SELECT meetcache.cache_get('dbk')});
@@ -167,7 +131,7 @@ is($out, '"v3"', 'session: with the ACL URL, reads db 3');
 bg_query($s, "SET meetcache.redis_url = 'redis://app2\@127.0.0.1:$port/0'");
 ($out, $err) = bg_query($s, 'SELECT meetcache.cache_ping()');
 like($err, qr/ERROR/, 'session: after SET to a user the file has no password for, cache_ping fails');
-no_secret($err, 'session error');
+no_secret($err, 'session error', @secrets);
 bg_query($s, "SET meetcache.redis_url = '$appurl'");
 ($out, $err) = bg_query($s, q{SELECT meetcache.cache_get('dbk')});
 is($out, '"v3"', 'session: after SET back to the ACL URL, reads db 3');
@@ -182,32 +146,32 @@ ok((grep { /\buser=app\b/ && /\bdb=3\b/ } @named),
 $s->quit;
 
 # non-superuser cannot see the URL or the password file
-($ret, $out, $err) = run_sql('SHOW meetcache.redis_url', user => 'alice');
+($ret, $out, $err) = run_sql($node, 'postgres', 'SHOW meetcache.redis_url', user => 'alice');
 isnt($ret, 0, 'non-superuser: SHOW meetcache.redis_url refused');
-no_secret("$out $err", 'SHOW as non-superuser');
-($ret, $out, $err) = run_sql('SHOW meetcache.redis_password_file', user => 'alice');
+no_secret("$out $err", 'SHOW as non-superuser', @secrets);
+($ret, $out, $err) = run_sql($node, 'postgres', 'SHOW meetcache.redis_password_file', user => 'alice');
 isnt($ret, 0, 'non-superuser: SHOW meetcache.redis_password_file refused');
-($ret, $out, $err) = run_sql(q{SELECT current_setting('meetcache.redis_url')}, user => 'alice');
+($ret, $out, $err) = run_sql($node, 'postgres', q{SELECT current_setting('meetcache.redis_url')}, user => 'alice');
 isnt($ret, 0, 'non-superuser: current_setting refused');
-no_secret("$out $err", 'current_setting as non-superuser');
-($ret, $out, $err) = run_sql(
+no_secret("$out $err", 'current_setting as non-superuser', @secrets);
+($ret, $out, $err) = run_sql($node, 'postgres',
 	q{SELECT string_agg(name || '=' || coalesce(setting, '') || coalesce(reset_val, '') || coalesce(boot_val, ''), ',') FROM pg_settings WHERE name LIKE 'meetcache.%'},
 	user => 'alice');
-no_secret("$out $err", 'pg_settings as non-superuser');
-($ret, $out, $err) = run_sql('SHOW ALL', user => 'alice');
+no_secret("$out $err", 'pg_settings as non-superuser', @secrets);
+($ret, $out, $err) = run_sql($node, 'postgres', 'SHOW ALL', user => 'alice');
 is($ret, 0, 'non-superuser: SHOW ALL works');
-no_secret("$out $err", 'SHOW ALL as non-superuser');
-($ret, $out, $err) = run_sql(q{SET meetcache.redis_url = 'redis://127.0.0.1:1/0'}, user => 'alice');
+no_secret("$out $err", 'SHOW ALL as non-superuser', @secrets);
+($ret, $out, $err) = run_sql($node, 'postgres', q{SET meetcache.redis_url = 'redis://127.0.0.1:1/0'}, user => 'alice');
 isnt($ret, 0, 'non-superuser cannot SET meetcache.redis_url');
 
 # the superuser does see it (sanity check of the test itself)
-($ret, $out, $err) = run_sql('SHOW meetcache.redis_url');
+($ret, $out, $err) = run_sql($node, 'postgres', 'SHOW meetcache.redis_url');
 like($out, qr/^redis:/, 'superuser: SHOW meetcache.redis_url works');
 
 # the server log never contains a password
 my $log = slurp_file($node->logfile);
 like($log, qr/WRONGPASS|invalid username-password|auth/i,
 	'the authentication errors are in the server log');
-no_secret($log, 'server log');
+no_secret($log, 'server log', @secrets);
 unlike($log, qr/PANIC|was terminated by signal/, 'no crash in the server log');
 done_testing();

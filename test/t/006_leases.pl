@@ -25,9 +25,9 @@ use warnings;
 use IPC::Run;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time usleep);
+use Time::HiRes qw(time);
 use MeetcacheTest qw(start_redis new_node setup_schema bg_session bg_query
-  bg_send bg_wait_for elapsed);
+  bg_send bg_wait_for elapsed poll_sql);
 
 my $SECS = $ENV{MEETCACHE_LEASE_SECS} // 8;
 my $READERS = $ENV{MEETCACHE_LEASE_READERS} // 6;
@@ -60,6 +60,7 @@ setup_schema($node);
 	  . ";\n";
 	$sql .= q{
 CREATE TABLE scratch (x int);
+CREATE FUNCTION stats_mark() RETURNS int LANGUAGE plpgsql AS $$BEGIN RETURN 1; END $$;
 CREATE FUNCTION slow_q() RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
   PERFORM pg_sleep(0.5);
@@ -109,6 +110,16 @@ sub wait_sleeping
 	ok( $node->poll_query_until('postgres',
 			"SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $pid AND wait_event = 'PgSleep'"),
 		"$what: query is running");
+	return;
+}
+
+# $pid waits in meetcache (a lease wait: wait event Extension)
+sub wait_lease
+{
+	my ($pid, $what) = @_;
+	ok( $node->poll_query_until('postgres',
+			"SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $pid AND wait_event_type = 'Extension'"),
+		"$what: waits for the lease");
 	return;
 }
 
@@ -187,7 +198,9 @@ sub stress
 	}
 	# The writers stop a second before the readers: a stale value stored
 	# during the writes survives (it is a hit), and nothing deletes it.
-	usleep(300_000);
+	ok( poll_sql($node, 'postgres',
+			"SELECT count(*) >= $READERS FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"),
+		"$label: the readers are connected before the writers start");
 	my $wh = IPC::Run::start(
 		[ $pgbench, '-n', @conn, '-c', 2, '-j', 2, '-T', $SECS, '-f', $writer_file, 'postgres' ],
 		'<', \undef, '>', \$wout, '2>', \$werr,
@@ -286,20 +299,16 @@ is($off->{lease_refused}, 0, 'leases off: no lease refusals counted');
 	is($redis->cli('GET', 'stampede:1'), $vals[0], 'stampede: the value is stored');
 	is(stat_of('lease_waits') - $w0, 15, 'stampede: lease_waits grew by 15');
 
-	# pg_stat_user_functions: flush every session's pending counters
-	bg_query($_, 'SELECT pg_stat_force_next_flush()') for @s;
+	# pg_stat_user_functions: flush every session's pending counters; each
+	# session calls stats_mark() in the statement whose end forces the
+	# flush, so 16 calls of stats_mark() seen means all 16 have flushed
+	bg_query($_, 'SELECT pg_stat_force_next_flush(), stats_mark()') for @s;
 	bg_query($_, 'SELECT 1') for @s;
-	my $calls;
-	my $deadline = time + 5;
-	while (time < $deadline)
-	{
-		$calls = $node->safe_psql('postgres',
-			"SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions WHERE funcname = 'slow_q'");
-		last if $calls > 0;
-		usleep(100_000);
-	}
-	sleep 1.2;    # past PGSTAT_MIN_INTERVAL: late flushes would show up now
-	$calls = $node->safe_psql('postgres',
+	ok( poll_sql($node, 'postgres',
+			"SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions WHERE funcname = 'stats_mark'",
+			'16'),
+		'stampede: all 16 sessions flushed their function statistics');
+	my $calls = $node->safe_psql('postgres',
 		"SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions WHERE funcname = 'slow_q'");
 	is($calls, 1, 'stampede: pg_stat_user_functions.calls of slow_q() = 1');
 
@@ -447,8 +456,7 @@ sub set_title
 	my $pttl = $redis->cli('PTTL', lease_key('meeting:m31'));
 	ok($pttl > 0 && $pttl <= 10000, "d1: the lease expires within lease_ttl (PTTL $pttl)");
 	my $wtag = bg_send($w, $gp->('m31', 0.2));
-	usleep(300_000);
-	my ($done) = bg_wait_for($w, $wtag, 0.05);
+	my ($done) = bg_wait_for($w, $wtag, 0.35);
 	ok(!$done, 'd1: the second session waits for the holder');
 	is($node->safe_psql('postgres', "SELECT pg_cancel_backend($hpid)"), 't', 'd1: cancel the holder');
 	my ($t, $out, $err);
@@ -487,7 +495,7 @@ sub set_title
 	wait_sleeping($hpid, 'd1d holder');
 	bg_query($w, 'SET meetcache.lease_wait = 20000');
 	$wtag = bg_send($w, $gp->('m36', 0));
-	usleep(300_000);
+	wait_lease($wpid, 'd1d waiter');
 	$node->safe_psql('postgres', "SELECT pg_cancel_backend($wpid)");
 	($t, $done, $out, $err) = elapsed(sub { bg_wait_for($w, $wtag, 5) });
 	ok($done && $t < 1, sprintf('d1d: a waiting session is interruptible (%.2fs)', $t));
@@ -523,7 +531,7 @@ sub set_title
 	my $t3 = stat_of('lease_timeouts');
 	$wtag = bg_send($w, $gp->('m34', 0.2));
 	my $wstart = time;
-	usleep(200_000);
+	wait_lease($wpid, 'd3 waiter');
 	is($node->safe_psql('postgres', "SELECT pg_terminate_backend($hpid, 5000)"),
 		't', 'd3: holder terminated');
 	($done, $out, $err) = bg_wait_for($w, $wtag, 10);

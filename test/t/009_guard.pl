@@ -15,7 +15,7 @@ use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use MeetcacheTest qw(start_redis new_node setup_schema stats);
+use MeetcacheTest qw(start_redis new_node setup_schema stats run_sql refused all_always);
 
 my $redis = start_redis();
 my $node = new_node('guard', $redis, log_statement => 'none');
@@ -32,57 +32,38 @@ INSERT INTO app_meetings (id, title, host_id, invite_code, status)
   VALUES ('a1', 't0', 'u1', 'inv-a1', 'ENDED');
 });
 
-# psql with verbose errors (SQLSTATE shown); returns (rc, stdout, stderr)
-sub try_sql
-{
-	my ($n, $sql, %o) = @_;
-	my ($out, $err) = ('', '');
-	my $rc = $n->psql($o{db} // 'postgres', "\\set VERBOSITY verbose\n$sql",
-		stdout => \$out, stderr => \$err,
-		extra_params => [ $o{user} ? ('-U', $o{user}) : () ]);
-	return ($rc, $out, $err);
-}
-
-sub all_always
-{
-	my ($rel) = @_;
-	return $node->safe_psql('postgres',
-		"SELECT triggers = 4 AND enabled_always FROM meetcache.attached WHERE relation = '$rel'::regclass"
-	);
-}
-
-sub refused
+# refused with SQLSTATE 55000 and a hint naming meetcache.detach; the four
+# triggers of $o{rel} (default meetings) still ENABLE ALWAYS
+sub guard_refused
 {
 	my ($sql, $name, %o) = @_;
-	my $rel = $o{rel} // 'meetings';
-	my ($rc, $out, $err) = try_sql($node, $sql, %o);
-	isnt($rc, 0, "$name: refused");
-	like($err, qr/ERROR:  55000:/, "$name: SQLSTATE 55000");
+	my $rel = delete $o{rel} // 'meetings';
+	my $err = refused($node, 'postgres', $sql, '55000', $name, %o);
 	like($err, qr/HINT:  .*meetcache\.detach\(/, "$name: the hint names meetcache.detach");
-	is(all_always($rel), 't', "$name: the four triggers are still ENABLE ALWAYS");
+	is(all_always($node, $rel), 't', "$name: the four triggers are still ENABLE ALWAYS");
 	return;
 }
 
-is(all_always('meetings'), 't', 'attached: four triggers, ENABLE ALWAYS');
+is(all_always($node, 'meetings'), 't', 'attached: four triggers, ENABLE ALWAYS');
 
 for my $role ('origin', 'replica')
 {
 	my $set = "SET session_replication_role = $role;\n";
 	my $r = $role eq 'replica' ? ' (replica)' : '';
-	refused($set . 'ALTER TABLE meetings DISABLE TRIGGER meetcache_upd',
+	guard_refused($set . 'ALTER TABLE meetings DISABLE TRIGGER meetcache_upd',
 		"DISABLE TRIGGER meetcache_upd$r");
-	refused($set . 'ALTER TABLE meetings DISABLE TRIGGER ALL', "DISABLE TRIGGER ALL$r");
-	refused($set . 'ALTER TABLE meetings DISABLE TRIGGER USER', "DISABLE TRIGGER USER$r");
-	refused($set . 'ALTER TABLE meetings ENABLE TRIGGER meetcache_upd',
+	guard_refused($set . 'ALTER TABLE meetings DISABLE TRIGGER ALL', "DISABLE TRIGGER ALL$r");
+	guard_refused($set . 'ALTER TABLE meetings DISABLE TRIGGER USER', "DISABLE TRIGGER USER$r");
+	guard_refused($set . 'ALTER TABLE meetings ENABLE TRIGGER meetcache_upd',
 		"ENABLE TRIGGER meetcache_upd (would drop ALWAYS)$r");
-	refused($set . 'ALTER TABLE meetings ENABLE REPLICA TRIGGER meetcache_upd',
+	guard_refused($set . 'ALTER TABLE meetings ENABLE REPLICA TRIGGER meetcache_upd',
 		"ENABLE REPLICA TRIGGER meetcache_upd$r");
-	refused($set . 'ALTER TABLE meetings ADD COLUMN x int, DISABLE TRIGGER meetcache_del',
+	guard_refused($set . 'ALTER TABLE meetings ADD COLUMN x int, DISABLE TRIGGER meetcache_del',
 		"DISABLE TRIGGER among other subcommands$r");
-	refused($set . 'DROP TRIGGER meetcache_upd ON meetings', "DROP TRIGGER meetcache_upd$r");
-	refused($set . 'DROP TRIGGER meetcache_trunc ON users', "DROP TRIGGER meetcache_trunc ON users$r",
+	guard_refused($set . 'DROP TRIGGER meetcache_upd ON meetings', "DROP TRIGGER meetcache_upd$r");
+	guard_refused($set . 'DROP TRIGGER meetcache_trunc ON users', "DROP TRIGGER meetcache_trunc ON users$r",
 		rel => 'users');
-	refused($set . 'BEGIN; ALTER TABLE meetings DISABLE TRIGGER meetcache_ins; COMMIT;',
+	guard_refused($set . 'BEGIN; ALTER TABLE meetings DISABLE TRIGGER meetcache_ins; COMMIT;',
 		"DISABLE TRIGGER in a transaction block$r");
 }
 is($node->safe_psql('postgres',
@@ -90,11 +71,11 @@ is($node->safe_psql('postgres',
 	0, 'the refused ALTER TABLE changed nothing');
 
 # the table owner (not a superuser) is refused the same way
-refused('ALTER TABLE app_meetings DISABLE TRIGGER meetcache_upd',
+guard_refused('ALTER TABLE app_meetings DISABLE TRIGGER meetcache_upd',
 	'table owner: DISABLE TRIGGER', user => 'app', rel => 'app_meetings');
-refused('ALTER TABLE app_meetings DISABLE TRIGGER ALL',
+guard_refused('ALTER TABLE app_meetings DISABLE TRIGGER ALL',
 	'table owner: DISABLE TRIGGER ALL', user => 'app', rel => 'app_meetings');
-refused('DROP TRIGGER meetcache_upd ON app_meetings',
+guard_refused('DROP TRIGGER meetcache_upd ON app_meetings',
 	'table owner: DROP TRIGGER', user => 'app', rel => 'app_meetings');
 
 # Writes under session_replication_role = replica still invalidate, in
@@ -110,7 +91,7 @@ my $chk = MeetcacheTest::Checker->new($node, $redis);
 		'keys of the attached copy follow the meetings rules');
 	$redis->set_keys('unrelated:key');
 	my @ku = $chk->seed($chk->affected('users', undef, '{"id": "u1", "email": "u1@x"}'));
-	my ($rc, $out, $err) = try_sql($node, q{
+	my ($rc, $out, $err) = run_sql($node, 'postgres', q{
 SET session_replication_role = replica;
 UPDATE meetings SET title = 'r1' WHERE id = 'm1';
 SET meetcache.delivery = 'queue';
@@ -118,7 +99,7 @@ UPDATE meetings SET title = 'r2' WHERE id = 'm2';
 UPDATE app_meetings SET title = 'r2' WHERE id = 'a1';
 BEGIN;
 UPDATE users SET name = 'rolled back' WHERE id = 'u1';
-ROLLBACK;});
+ROLLBACK;}, verbose => 1);
 	is($rc, 0, 'replica: writes succeed') or diag($err);
 	$chk->must_delete(@k1, @k2, @ka);
 	$chk->must_survive('unrelated:key', @ku);
@@ -126,19 +107,19 @@ ROLLBACK;});
 }
 
 # Things that must keep working
-my ($rc, $out, $err) = try_sql($node, q{
+my ($rc, $out, $err) = run_sql($node, 'postgres', q{
 ALTER TABLE meetings ADD COLUMN note text;
 ALTER TABLE meetings DROP COLUMN note;
 ALTER TABLE meetings ENABLE ALWAYS TRIGGER meetcache_upd;
 CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$;
 CREATE TRIGGER my_trg AFTER UPDATE ON meetings FOR EACH STATEMENT EXECUTE FUNCTION noop();
 ALTER TABLE meetings DISABLE TRIGGER my_trg;
-DROP TRIGGER my_trg ON meetings;});
+DROP TRIGGER my_trg ON meetings;}, verbose => 1);
 is($rc, 0, 'other DDL on an attached table works (columns, ENABLE ALWAYS, own triggers)')
   or diag($err);
-is(all_always('meetings'), 't', 'still four ENABLE ALWAYS triggers');
+is(all_always($node, 'meetings'), 't', 'still four ENABLE ALWAYS triggers');
 
-($rc, $out, $err) = try_sql($node, q{SELECT meetcache.detach('meetings');});
+($rc, $out, $err) = run_sql($node, 'postgres', q{SELECT meetcache.detach('meetings');}, verbose => 1);
 is($rc, 0, 'meetcache.detach works') or diag($err);
 is($node->safe_psql('postgres',
 		"SELECT count(*) FROM pg_trigger WHERE tgrelid = 'meetings'::regclass AND tgname LIKE 'meetcache%'"),
@@ -149,9 +130,9 @@ is($node->safe_psql('postgres',
 	$chk->must_survive(@k);
 	$chk->verify('detached: writes no longer invalidate', timeout => 1);
 }
-($rc, $out, $err) = try_sql($node, q{SELECT meetcache.attach('meetings');});
+($rc, $out, $err) = run_sql($node, 'postgres', q{SELECT meetcache.attach('meetings');}, verbose => 1);
 is($rc, 0, 'meetcache.attach again') or diag($err);
-is(all_always('meetings'), 't', 'attached again: four ENABLE ALWAYS triggers');
+is(all_always($node, 'meetings'), 't', 'attached again: four ENABLE ALWAYS triggers');
 {
 	my @k = $chk->seed($chk->keys_of('meetings', "t.id = 'm1'"));
 	$node->safe_psql('postgres', "UPDATE meetings SET title = 'a1' WHERE id = 'm1'");
@@ -159,19 +140,19 @@ is(all_always('meetings'), 't', 'attached again: four ENABLE ALWAYS triggers');
 	$chk->verify('attached again: writes invalidate');
 }
 
-($rc, $out, $err) = try_sql($node, 'DROP TABLE app_meetings');
+($rc, $out, $err) = run_sql($node, 'postgres', 'DROP TABLE app_meetings', verbose => 1);
 is($rc, 0, 'DROP TABLE of an attached table works') or diag($err);
 
 $node->safe_psql('postgres', 'CREATE DATABASE scratch');
 setup_schema($node, 'scratch');
-($rc, $out, $err) = try_sql($node, 'DROP EXTENSION meetcache CASCADE', db => 'scratch');
+($rc, $out, $err) = run_sql($node, 'scratch', 'DROP EXTENSION meetcache CASCADE', verbose => 1);
 is($rc, 0, 'DROP EXTENSION meetcache CASCADE works') or diag($err);
 is($node->safe_psql('scratch',
 		"SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'meetcache%'") . '/'
 	  . $node->safe_psql('scratch',
 		"SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'meetcache%'"),
 	'0/0', 'DROP EXTENSION CASCADE removed the table and event triggers');
-($rc, $out, $err) = try_sql($node, 'ALTER TABLE meetings DISABLE TRIGGER ALL', db => 'scratch');
+($rc, $out, $err) = run_sql($node, 'scratch', 'ALTER TABLE meetings DISABLE TRIGGER ALL', verbose => 1);
 is($rc, 0, 'without the extension, trigger DDL is free again') or diag($err);
 
 ###########################################################################
@@ -180,8 +161,8 @@ my $np = new_node('nopreload', $redis, preload => 0, log_statement => 'none',
 	conf => "max_prepared_transactions = 5\n");
 is($np->safe_psql('postgres', 'SHOW shared_preload_libraries'), '',
 	'no preload: shared_preload_libraries is empty');
-($rc, $out, $err) = try_sql($np, MeetcacheTest::schema_sql()
-	  . "\nCREATE EXTENSION meetcache; SELECT meetcache.attach_defaults();");
+($rc, $out, $err) = run_sql($np, 'postgres', MeetcacheTest::schema_sql()
+	  . "\nCREATE EXTENSION meetcache; SELECT meetcache.attach_defaults();", verbose => 1);
 is($rc, 0, 'no preload: CREATE EXTENSION and attach_defaults work') or diag($err);
 SKIP:
 {
@@ -212,8 +193,8 @@ CREATE TABLE not_attached (x int);});
 
 	for my $mode ('queue', 'sync+queue')
 	{
-		($rc, $out, $err) = try_sql($np,
-			"SELECT meetcache.key('meeting', 'x');\nSET meetcache.delivery = '$mode';");
+		($rc, $out, $err) = run_sql($np, 'postgres',
+			"SELECT meetcache.key('meeting', 'x');\nSET meetcache.delivery = '$mode';", verbose => 1);
 		isnt($rc, 0, "no preload: SET meetcache.delivery = '$mode' fails");
 		like($err, qr/ERROR:  55000:/, "no preload: delivery '$mode': SQLSTATE 55000");
 		like($err, qr/HINT:  .*shared_preload_libraries/,
@@ -222,10 +203,10 @@ CREATE TABLE not_attached (x int);});
 
 	{
 		my @k = $npchk->seed($npchk->keys_of('meetings', "t.id = 'm1'"));
-		($rc, $out, $err) = try_sql($np, q{
+		($rc, $out, $err) = run_sql($np, 'postgres', q{
 BEGIN;
 UPDATE meetings SET title = 'p1' WHERE id = 'm1';
-PREPARE TRANSACTION 'np1';});
+PREPARE TRANSACTION 'np1';}, verbose => 1);
 		like($err, qr/ERROR:  55000: cannot prepare a transaction that has pending cache invalidations/,
 			'no preload: PREPARE TRANSACTION with pending keys is refused');
 		like($err, qr/HINT:  .*shared_preload_libraries/,
@@ -234,11 +215,11 @@ PREPARE TRANSACTION 'np1';});
 				"SELECT (SELECT title FROM meetings WHERE id = 'm1') || '/' || (SELECT count(*) FROM pg_prepared_xacts)"),
 			't1/0', 'no preload: the refused transaction was rolled back, nothing prepared');
 		is_deeply([ $redis->existing(@k) ], [ @k ], 'no preload: keys of the refused transaction kept');
-		($rc, $out, $err) = try_sql($np, q{
+		($rc, $out, $err) = run_sql($np, 'postgres', q{
 BEGIN;
 INSERT INTO not_attached VALUES (1);
 PREPARE TRANSACTION 'np2';
-COMMIT PREPARED 'np2';});
+COMMIT PREPARED 'np2';}, verbose => 1);
 		is($rc, 0, 'no preload: PREPARE TRANSACTION without cache keys works') or diag($err);
 	}
 }

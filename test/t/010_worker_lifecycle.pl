@@ -22,10 +22,9 @@ use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time usleep);
-use MeetcacheTest qw(start_redis new_node setup_schema bg_session bg_query
-  poll_sql poll_until stats wait_redis_state wait_queue_empty elapsed
-  run_load finish_load);
+use MeetcacheTest qw(start_redis new_node setup_schema make_rows run_sql
+  bg_session bg_query poll_sql poll_until stats wait_redis_state
+  wait_queue_empty elapsed run_load finish_load);
 
 my $redis = start_redis();
 my $node = new_node(
@@ -40,38 +39,12 @@ my $node = new_node(
 sub timed_drop_database
 {
 	my ($db) = @_;
-	return elapsed(sub {
-		my ($o, $e);
-		my $x = $node->psql('postgres', "DROP DATABASE $db", stdout => \$o, stderr => \$e, timeout => 60);
-		return ($x, $o, $e);
-	});
-}
-
-# rows m<i> hosted by u<i> (disjoint keys), in database $db
-sub make_rows
-{
-	my ($db, $prefix, $n) = @_;
-	$node->safe_psql($db, qq{
-INSERT INTO users (id, name, email)
-  SELECT 'u$prefix' || g, 'U', 'u$prefix' || g || '\@x' FROM generate_series(1, $n) g;
-INSERT INTO meetings (id, title, host_id, invite_code, status)
-  SELECT 'm$prefix' || g, 't0', 'u$prefix' || g, 'inv-m$prefix' || g, 'ENDED' FROM generate_series(1, $n) g;
-});
-	return;
-}
-
-# run $sql in $db with meetcache.delivery = $mode; returns (rc, stdout, stderr)
-sub write_in
-{
-	my ($db, $mode, $sql) = @_;
-	my ($out, $err) = ('', '');
-	my $rc = $node->psql($db, "SET meetcache.delivery = '$mode';\n$sql",
-		stdout => \$out, stderr => \$err, timeout => 60);
-	return ($rc, $out, $err);
+	return elapsed(sub { run_sql($node, 'postgres', "DROP DATABASE $db") });
 }
 
 # A barrier: a queue-mode commit whose keys the worker deleted proves a
-# drain pass ran after everything committed before it.
+# drain pass ran after everything committed before it.  False if the keys
+# are still there after 20 s (or if mbar1 has no keys: nothing to wait for).
 my $barrier_n = 0;
 sub barrier
 {
@@ -79,13 +52,15 @@ sub barrier
 	$db //= 'postgres';
 	my $chk = MeetcacheTest::Checker->new($node, $redis, db => $db);
 	my @k = $chk->seed($chk->keys_of('meetings', "t.id = 'mbar1'"));
-	write_in($db, 'queue', "UPDATE meetings SET title = 'b" . (++$barrier_n) . "' WHERE id = 'mbar1'");
-	return !$chk->leftover(20);
+	run_sql($node, $db, "UPDATE meetings SET title = 'b" . (++$barrier_n) . "' WHERE id = 'mbar1'",
+		delivery => 'queue');
+	$chk->must_delete(@k);
+	return @k && !$chk->leftover(20);
 }
 
 setup_schema($node);
-make_rows('postgres', '', 60);
-make_rows('postgres', 'bar', 1);
+make_rows($node, 'postgres', '', 60);
+make_rows($node, 'postgres', 'bar', 1);
 my $chk = MeetcacheTest::Checker->new($node, $redis);
 sub mkeys { my $i = shift; return $chk->keys_of('meetings', "t.id = 'm$i'"); }
 
@@ -98,7 +73,7 @@ ok( poll_sql($node, 'postgres',
 		"SELECT xact_commit > 0 FROM pg_stat_database WHERE datname = 'late'"),
 	'late: the launcher has looked at the new database (a drain committed there)');
 setup_schema($node, 'late');
-make_rows('late', 'late', 2);
+make_rows($node, 'late', 'late', 2);
 {
 	my $c = MeetcacheTest::Checker->new($node, $redis, db => 'late');
 	my @k = $c->seed($c->keys_of('meetings', "t.id = 'mlate1'"));
@@ -161,9 +136,9 @@ for my $mode ('sync', 'queue', 'sync+queue')
 		't', 'launcher: pg_terminate_backend, exited within 5s');
 	my ($ia, $ib) = (++$i, ++$i);
 	my @k = $chk->seed(mkeys($ia), mkeys($ib));
-	my ($rc) = write_in('postgres', 'queue', "UPDATE meetings SET title = 'w' WHERE id = 'm$ia'");
+	my ($rc) = run_sql($node, 'postgres', "UPDATE meetings SET title = 'w' WHERE id = 'm$ia'", delivery => 'queue');
 	is($rc, 0, 'launcher gone: queue-mode commit');
-	($rc) = write_in('postgres', 'sync+queue', "UPDATE meetings SET title = 'w' WHERE id = 'm$ib'");
+	($rc) = run_sql($node, 'postgres', "UPDATE meetings SET title = 'w' WHERE id = 'm$ib'", delivery => 'sync+queue');
 	is($rc, 0, 'launcher gone: sync+queue commit');
 	$chk->must_delete(@k);
 	ok( poll_sql($node, 'postgres',
@@ -173,7 +148,7 @@ for my $mode ('sync', 'queue', 'sync+queue')
 		'launcher: a new launcher is running');
 	$chk->verify('launcher restarted');
 	@k = $chk->seed(mkeys(++$i));
-	write_in('postgres', 'queue', "UPDATE meetings SET title = 'w' WHERE id = 'm$i'");
+	run_sql($node, 'postgres', "UPDATE meetings SET title = 'w' WHERE id = 'm$i'", delivery => 'queue');
 	$chk->must_delete(@k);
 	$chk->verify('launcher restarted, later commit');
 }
@@ -189,7 +164,7 @@ for my $mode ('sync', 'queue', 'sync+queue')
 	ok(wait_queue_empty($node), 'drain: queue empty before');
 	my @k = $chk->seed(mkeys(++$i));
 	$redis->freeze;
-	my ($rc) = write_in('postgres', 'queue', "UPDATE meetings SET title = 'd' WHERE id = 'm$i'");
+	my ($rc) = run_sql($node, 'postgres', "UPDATE meetings SET title = 'd' WHERE id = 'm$i'", delivery => 'queue');
 	is($rc, 0, 'drain: queue-mode commit with redis frozen');
 	my $dpid = '';
 	poll_until(
@@ -225,8 +200,8 @@ for my $mode ('sync', 'queue', 'sync+queue')
 # one while the worker is active.
 $node->safe_psql('postgres', 'CREATE DATABASE second');
 setup_schema($node, 'second');
-make_rows('second', 'b', 20);
-make_rows('second', 'bar', 1);
+make_rows($node, 'second', 'b', 20);
+make_rows($node, 'second', 'bar', 1);
 {
 	my $c2 = MeetcacheTest::Checker->new($node, $redis, db => 'second');
 	my @k1 = $chk->seed(map { mkeys($_) } ($i + 1) .. ($i + 10));
@@ -234,8 +209,8 @@ make_rows('second', 'bar', 1);
 	my @keep2 = $c2->seed(map { $c2->keys_of('meetings', "t.id = 'mb$_'") } 11 .. 20);
 	for my $j (1 .. 10)
 	{
-		write_in('postgres', 'queue', "UPDATE meetings SET title = 'q' WHERE id = 'm" . ($i + $j) . "'");
-		write_in('second', 'queue', "UPDATE meetings SET title = 'q' WHERE id = 'mb$j'");
+		run_sql($node, 'postgres', "UPDATE meetings SET title = 'q' WHERE id = 'm" . ($i + $j) . "'", delivery => 'queue');
+		run_sql($node, 'second', "UPDATE meetings SET title = 'q' WHERE id = 'mb$j'", delivery => 'queue');
 	}
 	$i += 10;
 	$chk->must_delete(@k1);
@@ -252,7 +227,7 @@ make_rows('second', 'bar', 1);
 		clients => 2, jobs => 1, seconds => 3, rate => 100,
 		options => '-c meetcache.delivery=queue',
 		background => 1);
-	write_in('second', 'queue', "UPDATE meetings SET title = 'x' WHERE id = 'mb11'");
+	run_sql($node, 'second', "UPDATE meetings SET title = 'x' WHERE id = 'mb11'", delivery => 'queue');
 	my $seen = poll_until(5, sub {
 		$node->safe_psql('postgres',
 			"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'meetcache drain' AND datname = 'second'") > 0 });
@@ -275,11 +250,11 @@ make_rows('second', 'bar', 1);
 # DROP DATABASE while its drain waits for a frozen Redis
 $node->safe_psql('postgres', 'CREATE DATABASE third');
 setup_schema($node, 'third');
-make_rows('third', 't', 1);
+make_rows($node, 'third', 't', 1);
 {
 	ok(wait_queue_empty($node), 'third: queue empty before');
 	$redis->freeze;
-	my ($rc) = write_in('third', 'queue', "UPDATE meetings SET title = 'f' WHERE id = 'mt1'");
+	my ($rc) = run_sql($node, 'third', "UPDATE meetings SET title = 'f' WHERE id = 'mt1'", delivery => 'queue');
 	is($rc, 0, 'third: queue-mode commit with redis frozen');
 	my $seen = poll_until(20, sub {
 		$node->safe_psql('postgres',
@@ -298,7 +273,7 @@ make_rows('third', 't', 1);
 ###########################################################################
 # PostgreSQL crash with undelivered work: rows in meetcache.queue, keys in
 # the launcher's retry queue (shared memory, lost in the crash).
-make_rows('postgres', 'c', 20);
+make_rows($node, 'postgres', 'c', 20);
 {
 	ok(wait_queue_empty($node), 'crash: queue empty before');
 	my @kq = $chk->seed(map { $chk->keys_of('meetings', "t.id = 'mc$_'") } 1 .. 10);
@@ -311,12 +286,12 @@ make_rows('postgres', 'c', 20);
 	my $victim = bg_query($s, 'SELECT pg_backend_pid()');
 	for my $j (1 .. 10)
 	{
-		my ($rc, $o, $e) = write_in('postgres', 'queue', "UPDATE meetings SET title = 'q' WHERE id = 'mc$j'");
+		my ($rc, $o, $e) = run_sql($node, 'postgres', "UPDATE meetings SET title = 'q' WHERE id = 'mc$j'", delivery => 'queue');
 		is($rc, 0, "crash: queue-mode commit $j, redis down") if $j == 1;
 	}
 	for my $j (11 .. 20)
 	{
-		my ($rc, $o, $e) = write_in('postgres', 'sync', "UPDATE meetings SET title = 's' WHERE id = 'mc$j'");
+		my ($rc, $o, $e) = run_sql($node, 'postgres', "UPDATE meetings SET title = 's' WHERE id = 'mc$j'", delivery => 'sync');
 		is($rc, 0, "crash: sync commit $j, redis down") if $j == 11;
 	}
 	my $st = stats($node);
@@ -366,8 +341,8 @@ make_rows('postgres', 'c', 20);
 	like(slurp_file($node->logfile, $logpos), qr/meetcache launcher.*terminated by signal 9/,
 		'launcher killed -9: crash-restart logged');
 	my @k = $chk->seed($chk->keys_of('meetings', "t.id IN ('mc1', 'mc11')"));
-	write_in('postgres', 'queue', "UPDATE meetings SET title = 'k' WHERE id = 'mc1'");
-	write_in('postgres', 'sync', "UPDATE meetings SET title = 'k' WHERE id = 'mc11'");
+	run_sql($node, 'postgres', "UPDATE meetings SET title = 'k' WHERE id = 'mc1'", delivery => 'queue');
+	run_sql($node, 'postgres', "UPDATE meetings SET title = 'k' WHERE id = 'mc11'", delivery => 'sync');
 	$chk->must_delete(@k);
 	$chk->verify('launcher killed -9: later commits delivered');
 	ok(wait_queue_empty($node), 'launcher killed -9: queue empty');

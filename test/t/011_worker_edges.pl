@@ -38,9 +38,10 @@ use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time usleep);
-use MeetcacheTest qw(start_redis new_node setup_schema poll_sql poll_until
-  stats wait_redis_state run_load finish_load);
+use Time::HiRes qw(time);
+use MeetcacheTest qw(start_redis new_node setup_schema make_rows run_sql
+  log_since write_secret_file poll_sql poll_until stats wait_redis_state
+  run_load finish_load);
 
 my $t_begin = time;
 my $redis = start_redis();
@@ -51,36 +52,6 @@ my $node = new_node(
 	  . "max_worker_processes = 16\n"
 	  . "meetcache.commit_timeout = '500ms'\n");
 
-# users u<tag>_<i> hosting ENDED meetings m<tag>_<i> in $db: every tag has
-# keys of its own (all databases share one Redis)
-sub make_rows
-{
-	my ($n, $db, $tag, $count) = @_;
-	$n->safe_psql($db, qq{
-INSERT INTO users (id, name, email)
-  SELECT 'u${tag}_' || g, 'U', 'u${tag}_' || g || '\@x' FROM generate_series(1, $count) g;
-INSERT INTO meetings (id, title, host_id, invite_code, status)
-  SELECT 'm${tag}_' || g, 't0', 'u${tag}_' || g, 'inv-${tag}_' || g, 'ENDED' FROM generate_series(1, $count) g;
-});
-	return;
-}
-
-# run $sql in $db (with meetcache.delivery = $mode unless undef)
-sub write_in
-{
-	my ($n, $db, $mode, $sql) = @_;
-	my ($out, $err) = ('', '');
-	$sql = "SET meetcache.delivery = '$mode';\n$sql" if defined $mode;
-	my $rc = $n->psql($db, $sql, stdout => \$out, stderr => \$err, timeout => 60);
-	return ($rc, $out, $err);
-}
-
-sub log_since
-{
-	my ($n, $pos) = @_;
-	return slurp_file($n->logfile, $pos);
-}
-
 sub queue_rows_with
 {
 	my ($n, $db, $key) = @_;
@@ -89,7 +60,7 @@ sub queue_rows_with
 }
 
 setup_schema($node);
-make_rows($node, 'postgres', 'p', 10);
+make_rows($node, 'postgres', 'p_', 10);
 
 ###########################################################################
 # 1. More databases than drains
@@ -98,8 +69,8 @@ for my $d (1 .. 7)
 {
 	$node->safe_psql('postgres', "CREATE DATABASE edge$d");
 	setup_schema($node, "edge$d");
-	make_rows($node, "edge$d", "e$d", 5);
-	make_rows($node, "edge$d", "l$d", 30) if $d <= 5;
+	make_rows($node, "edge$d", "e${d}_", 5);
+	make_rows($node, "edge$d", "l${d}_", 30) if $d <= 5;
 }
 note sprintf('setup of 8 databases took %.1fs', time - $t_begin);
 {
@@ -150,15 +121,18 @@ note sprintf('setup of 8 databases took %.1fs', time - $t_begin);
 	{
 		my $c = $chk{"edge$d"};
 		my @kk = $c->seed($c->keys_of('meetings', "t.id = 'me${d}_2'"));
-		my ($rc, $o, $e) = write_in($node, "edge$d", undef,
+		my ($rc, $o, $e) = run_sql($node, "edge$d",
 			"UPDATE meetings SET title = 'sq' WHERE id = 'me${d}_2'");
 		is($rc, 0, "edge$d: sync+queue commit") or diag($e);
 		$c->must_delete(@kk);
 	}
+	# keep => 1: edge6 and edge7 have no load of their own; "after the load"
+	# below checks their keys again (their survivor outlives the load of
+	# the other databases, which share this Redis)
 	for my $d (6, 7)
 	{
 		$chk{"edge$d"}->verify("edge$d: COMMIT PREPARED delivered within 10s while other databases keep drains busy",
-			timeout => 10);
+			timeout => 10, keep => 1);
 	}
 	for my $d (1 .. 7)
 	{
@@ -200,7 +174,7 @@ note sprintf('%.1fs: many databases done', time - $t_begin);
 		  . "SELECT count(*) || '|' || count(*) FILTER (WHERE delivered) || '|' || "
 		  . "(SELECT queue_depth FROM meetcache.stats) FROM meetcache.pending;\n";
 	}
-	my ($rc, $out, $err) = write_in($node, 'postgres', undef, $sql);
+	my ($rc, $out, $err) = run_sql($node, 'postgres', $sql);
 	is($rc, 0, 'pending: three sync+queue commits') or diag($err);
 	my @lines = split /\n/, $out;
 	is(scalar @lines, 3, 'pending: three looks at the view');
@@ -223,10 +197,10 @@ note sprintf('%.1fs: many databases done', time - $t_begin);
 	# with Redis frozen: not delivered, counted
 	@k = $chk->seed($chk->keys_of('meetings', "t.id = 'mp_4'"));
 	$redis->freeze;
-	($rc, $out, $err) = write_in($node, 'postgres', 'sync+queue',
+	($rc, $out, $err) = run_sql($node, 'postgres',
 		"UPDATE meetings SET title = 'v' WHERE id = 'mp_4';\n"
 		  . "SELECT string_agg(delivered::text, ',') || '|' || (SELECT queue_depth FROM meetcache.stats) "
-		  . "FROM meetcache.pending WHERE keys && ARRAY['meeting:mp_4'];");
+		  . "FROM meetcache.pending WHERE keys && ARRAY['meeting:mp_4'];", delivery => 'sync+queue');
 	is($rc, 0, 'pending, redis frozen: the commit succeeds') or diag($err);
 	is($out, 'false|1', 'pending, redis frozen: the row is delivered = f and counted in queue_depth');
 	$redis->thaw;
@@ -241,7 +215,7 @@ note sprintf('%.1fs: many databases done', time - $t_begin);
 # 3. A read-only database with a 1 ms statement_timeout
 $node->safe_psql('postgres', 'CREATE DATABASE rodb');
 setup_schema($node, 'rodb');
-make_rows($node, 'rodb', 'ro', 5);
+make_rows($node, 'rodb', 'ro_', 5);
 {
 	my $chk = MeetcacheTest::Checker->new($node, $redis, db => 'rodb');
 	# keys computed before the settings (the checker's own queries would time out)
@@ -254,7 +228,7 @@ make_rows($node, 'rodb', 'ro', 5);
 	my ($rc, $out, $err);
 	{
 		local $ENV{PGOPTIONS} = '-c statement_timeout=0';
-		($rc, $out, $err) = write_in($node, 'rodb', undef,
+		($rc, $out, $err) = run_sql($node, 'rodb',
 			"UPDATE meetings SET title = 'x' WHERE id = 'mro_4'");
 		like($err, qr/read-only transaction/, 'rodb: a plain session is read-only');
 	}
@@ -262,12 +236,12 @@ make_rows($node, 'rodb', 'ro', 5);
 	$chk->seed(@kq, @ksq, @keep);
 	{
 		local $ENV{PGOPTIONS} = '-c default_transaction_read_only=off -c statement_timeout=0';
-		($rc, $out, $err) = write_in($node, 'rodb', 'queue',
+		($rc, $out, $err) = run_sql($node, 'rodb',
 			"UPDATE meetings SET title = 'q' WHERE id = 'mro_1';\n"
-			  . "UPDATE meetings SET title = 'q' WHERE id = 'mro_2';");
+			  . "UPDATE meetings SET title = 'q' WHERE id = 'mro_2';", delivery => 'queue');
 		is($rc, 0, 'rodb: queue-mode commits (session settings read_only off)') or diag($err);
-		($rc, $out, $err) = write_in($node, 'rodb', 'sync+queue',
-			"UPDATE meetings SET title = 'q' WHERE id = 'mro_3';");
+		($rc, $out, $err) = run_sql($node, 'rodb',
+			"UPDATE meetings SET title = 'q' WHERE id = 'mro_3';", delivery => 'sync+queue');
 		is($rc, 0, 'rodb: sync+queue commit') or diag($err);
 		$chk->must_delete(@kq, @ksq);
 		$chk->must_survive(@keep);
@@ -285,7 +259,7 @@ make_rows($node, 'rodb', 'ro', 5);
 # 4. DROP EXTENSION ... CASCADE in the writing transaction
 $node->safe_psql('postgres', 'CREATE DATABASE dropx');
 setup_schema($node, 'dropx');
-make_rows($node, 'dropx', 'dx', 5);
+make_rows($node, 'dropx', 'dx_', 5);
 {
 	my $chk = MeetcacheTest::Checker->new($node, $redis, db => 'dropx');
 	my %k = map { $_ => [ $chk->keys_of('meetings', "t.id = 'mdx_$_'") ] } 1 .. 3;
@@ -296,9 +270,9 @@ make_rows($node, 'dropx', 'dx', 5);
 			'CREATE EXTENSION IF NOT EXISTS meetcache; SELECT meetcache.attach_defaults();')
 		  if $i > 1;
 		$chk->seed(@{ $k{$i} });
-		my ($rc, $out, $err) = write_in($node, 'dropx', $mode,
+		my ($rc, $out, $err) = run_sql($node, 'dropx',
 			"BEGIN;\nUPDATE meetings SET title = 'd' WHERE id = 'mdx_$i';\n"
-			  . "DROP EXTENSION meetcache CASCADE;\nCOMMIT;");
+			  . "DROP EXTENSION meetcache CASCADE;\nCOMMIT;", delivery => $mode);
 		is($rc, 0, "DROP EXTENSION in the writing transaction, $what: COMMIT succeeds");
 		unlike($err, qr/ERROR|FATAL|PANIC/, "DROP EXTENSION, $what: no error") or diag($err);
 		is($node->safe_psql('dropx',
@@ -311,7 +285,7 @@ make_rows($node, 'dropx', 'dx', 5);
 	$node->safe_psql('dropx',
 		'CREATE EXTENSION meetcache; SELECT meetcache.attach_defaults();');
 	$chk->seed(@{ $k{3} });
-	my ($rc, $out, $err) = write_in($node, 'dropx', undef,
+	my ($rc, $out, $err) = run_sql($node, 'dropx',
 		"BEGIN;\nUPDATE meetings SET title = 'd' WHERE id = 'mdx_3';\n"
 		  . "DROP EXTENSION meetcache CASCADE;\nPREPARE TRANSACTION 'dx3';");
 	like($err, qr/ERROR/, 'DROP EXTENSION then PREPARE TRANSACTION: refused');
@@ -329,7 +303,7 @@ note sprintf('%.1fs: pending, rodb, dropx done', time - $t_begin);
 # 5. Redis refuses the deletes of meeting keys (ACL, NOPERM)
 $node->safe_psql('postgres', 'CREATE DATABASE acl');
 setup_schema($node, 'acl');
-make_rows($node, 'acl', 'a', 10);
+make_rows($node, 'acl', 'a_', 10);
 # users hosting nothing: their changes touch user:* keys only
 $node->safe_psql('acl', q{
 INSERT INTO users (id, name, email)
@@ -341,10 +315,7 @@ INSERT INTO users (id, name, email)
 		'OK', 'acl: a redis user limited to user:* and lease keys');
 	my $limited = $redis->url(user => 'limited', password => undef);
 	my $pwfile = $node->basedir . '/redis.pw';
-	open(my $fh, '>', $pwfile) or die "cannot write $pwfile: $!";
-	print $fh "pw\n";
-	close $fh;
-	chmod 0600, $pwfile;
+	write_secret_file($pwfile, "pw\n");
 	# the setup's own sync+queue rows gone first: only the rows below get refused
 	ok(poll_sql($node, 'acl', 'SELECT count(*) FROM meetcache.queue', '0', 10),
 		'acl: queue empty before');
@@ -361,11 +332,11 @@ INSERT INTO users (id, name, email)
 	my @ku = $chk->seed($chk->affected('users', undef,
 			'{"id": "ua_new", "name": "N", "email": "ua_new@x"}'));
 	ok(!grep({ !/^user:/ } @ku), "acl: a new user's keys are all user:* (@ku)");
-	my ($rc, $out, $err) = write_in($node, 'acl', 'queue',
-		"UPDATE meetings SET title = 'r' WHERE id = 'ma_1'");
+	my ($rc, $out, $err) = run_sql($node, 'acl',
+		"UPDATE meetings SET title = 'r' WHERE id = 'ma_1'", delivery => 'queue');
 	is($rc, 0, 'acl, queue: the commit touching a meeting succeeds') or diag($err);
-	($rc, $out, $err) = write_in($node, 'acl', 'queue',
-		"INSERT INTO users (id, name, email) VALUES ('ua_new', 'N', 'ua_new\@x')");
+	($rc, $out, $err) = run_sql($node, 'acl',
+		"INSERT INTO users (id, name, email) VALUES ('ua_new', 'N', 'ua_new\@x')", delivery => 'queue');
 	is($rc, 0, 'acl, queue: the user-only commit succeeds') or diag($err);
 	$chk->must_delete(@ku);
 	$chk->verify('acl, queue: the allowed row is delivered behind the refused one');
@@ -380,15 +351,15 @@ INSERT INTO users (id, name, email)
 	is(scalar($redis->existing('meeting:ma_1')), 1, 'acl, queue: the refused key is still there');
 	# later rows keep flowing while the refused one is retried
 	my @ku2 = $chk->seed($chk->keys_of('users', "t.id = 'ub_2'"));
-	($rc) = write_in($node, 'acl', 'queue', "UPDATE users SET name = 'x' WHERE id = 'ub_2'");
+	($rc) = run_sql($node, 'acl', "UPDATE users SET name = 'x' WHERE id = 'ub_2'", delivery => 'queue');
 	is($rc, 0, 'acl, queue: a later user-only commit');
 	$chk->must_delete(@ku2);
 	$chk->verify('acl, queue: later rows are not stalled either');
 
 	# sync+queue: the backend is refused; the row waits like the first one
 	my @ksq = $chk->seed($chk->keys_of('meetings', "t.id = 'ma_3'"));
-	($rc, $out, $err) = write_in($node, 'acl', 'sync+queue',
-		"UPDATE meetings SET title = 'r' WHERE id = 'ma_3'");
+	($rc, $out, $err) = run_sql($node, 'acl',
+		"UPDATE meetings SET title = 'r' WHERE id = 'ma_3'", delivery => 'sync+queue');
 	is($rc, 0, 'acl, sync+queue: the commit succeeds');
 	like($err, qr/WARNING:.*could not delete \d+ cache keys after commit/,
 		'acl, sync+queue: the refusal is a WARNING to the session');
@@ -398,8 +369,8 @@ INSERT INTO users (id, name, email)
 	for my $i (4 .. 6)
 	{
 		push @ks, $chk->seed($chk->keys_of('meetings', "t.id = 'ma_$i'"));
-		($rc, $out, $err) = write_in($node, 'acl', 'sync',
-			"UPDATE meetings SET title = 'r' WHERE id = 'ma_$i'");
+		($rc, $out, $err) = run_sql($node, 'acl',
+			"UPDATE meetings SET title = 'r' WHERE id = 'ma_$i'", delivery => 'sync');
 		is($rc, 0, "acl, sync: commit $i succeeds");
 		like($err, qr/WARNING:.*could not delete \d+ cache keys after commit:.*NOPERM/s,
 			"acl, sync: commit $i tried Redis and was refused (breaker not open)");
@@ -408,8 +379,8 @@ INSERT INTO users (id, name, email)
 		  if $i == 4;
 	}
 	my @ku3 = $chk->seed($chk->keys_of('users', "t.id = 'ub_3'"));
-	($rc, $out, $err) = write_in($node, 'acl', 'sync',
-		"UPDATE users SET name = 'y' WHERE id = 'ub_3'");
+	($rc, $out, $err) = run_sql($node, 'acl',
+		"UPDATE users SET name = 'y' WHERE id = 'ub_3'", delivery => 'sync');
 	is($rc, 0, 'acl, sync: a user-only commit');
 	is($err, '', 'acl, sync: a user-only commit gets no warning');
 	$chk->must_delete(@ku3);
@@ -454,7 +425,7 @@ my $node2 = new_node(
 	conf => "meetcache.commit_timeout = '300ms'\n"
 	  . "restart_after_crash = on\n");
 setup_schema($node2);
-make_rows($node2, 'postgres', 'k', 10);
+make_rows($node2, 'postgres', 'k_', 10);
 my $marker = $node2->data_dir . '/meetcache.running';
 my $flush_msg = qr/every database will flush its cache families/;
 {
@@ -463,7 +434,7 @@ my $flush_msg = qr/every database will flush its cache families/;
 
 	# a clean stop with nothing pending: no flush at the next start
 	my @k = $chk->seed($chk->keys_of('meetings', "t.id = 'mk_1'"));
-	my ($rc) = write_in($node2, 'postgres', 'sync', "UPDATE meetings SET title = 'c' WHERE id = 'mk_1'");
+	my ($rc) = run_sql($node2, 'postgres', "UPDATE meetings SET title = 'c' WHERE id = 'mk_1'", delivery => 'sync');
 	is($rc, 0, 'marker: a sync commit before the stop');
 	$chk->must_delete(@k);
 	$chk->verify('marker: delivered before the stop', timeout => 5);
@@ -478,7 +449,7 @@ my $flush_msg = qr/every database will flush its cache families/;
 	# a queue-mode commit delivered after the start: a drain ran (it would
 	# have flushed first)
 	@k = $chk->seed($chk->keys_of('meetings', "t.id = 'mk_2'"));
-	write_in($node2, 'postgres', 'queue', "UPDATE meetings SET title = 'c' WHERE id = 'mk_2'");
+	run_sql($node2, 'postgres', "UPDATE meetings SET title = 'c' WHERE id = 'mk_2'", delivery => 'queue');
 	$chk->must_delete(@k);
 	$chk->must_survive(@untouched);
 	$chk->verify('marker, clean restart: delivered, untouched family keys kept');
@@ -491,8 +462,8 @@ my $flush_msg = qr/every database will flush its cache families/;
 	$redis2->set_keys('unrelated:key');
 	$redis2->freeze;
 	my ($out, $err);
-	($rc, $out, $err) = write_in($node2, 'postgres', 'sync',
-		"UPDATE meetings SET title = 'i' WHERE id = 'mk_3'");
+	($rc, $out, $err) = run_sql($node2, 'postgres',
+		"UPDATE meetings SET title = 'i' WHERE id = 'mk_3'", delivery => 'sync');
 	is($rc, 0, 'marker: sync commit with redis frozen');
 	ok( poll_sql($node2, 'postgres',
 			'SELECT retry_queue_entries > 0 FROM meetcache.stats'),
@@ -520,7 +491,7 @@ my $flush_msg = qr/every database will flush its cache families/;
 	$node2->start;
 	@k = $chk->seed($chk->keys_of('meetings', "t.id = 'mk_4'"));
 	@untouched = $chk->seed($chk->keys_of('meetings', "t.id = 'mk_9'"));
-	write_in($node2, 'postgres', 'queue', "UPDATE meetings SET title = 'c' WHERE id = 'mk_4'");
+	run_sql($node2, 'postgres', "UPDATE meetings SET title = 'c' WHERE id = 'mk_4'", delivery => 'queue');
 	$chk->must_delete(@k);
 	$chk->must_survive(@untouched, 'unrelated:key');
 	$chk->verify('marker, clean restart after a flush: delivered, untouched keys kept');
@@ -543,8 +514,8 @@ my $flush_msg = qr/every database will flush its cache families/;
 	is($n, 2, 'marker: two crash-restarts, each announcing a flush');
 	ok(-e $marker, 'marker: still exists after two crash-restarts');
 	@k = $chk->seed($chk->keys_of('meetings', "t.id IN ('mk_5', 'mk_6')"));
-	write_in($node2, 'postgres', 'sync', "UPDATE meetings SET title = 'k' WHERE id = 'mk_5'");
-	write_in($node2, 'postgres', 'queue', "UPDATE meetings SET title = 'k' WHERE id = 'mk_6'");
+	run_sql($node2, 'postgres', "UPDATE meetings SET title = 'k' WHERE id = 'mk_5'", delivery => 'sync');
+	run_sql($node2, 'postgres', "UPDATE meetings SET title = 'k' WHERE id = 'mk_6'", delivery => 'queue');
 	$chk->must_delete(@k);
 	$chk->must_survive('unrelated:key');
 	$chk->verify('marker, after two crash-restarts: later commits delivered');

@@ -18,7 +18,7 @@ use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use MeetcacheTest qw(start_redis new_node setup_schema);
+use MeetcacheTest qw(start_redis new_node setup_schema run_sql);
 
 my $redis = start_redis();
 my $node = new_node('attack_cache', $redis, log_statement => 'none');
@@ -46,10 +46,8 @@ GRANT SELECT ON meetings TO mc_app;
 sub run_as
 {
 	my ($user, $sql) = @_;
-	my ($out, $err) = ('', '');
-	$node->psql('postgres', "\\set VERBOSITY verbose\n$sql",
-		stdout => \$out, stderr => \$err, timeout => 120, on_error_stop => 0,
-		extra_params => [ '-U', $user ]);
+	my (undef, $out, $err) = run_sql($node, 'postgres', $sql,
+		user => $user, verbose => 1, on_error_stop => 0, timeout => 120);
 	my ($state) = $err =~ /ERROR:  ([0-9A-Z]{5}):/;
 	return ($out, $err, $state // '');
 }

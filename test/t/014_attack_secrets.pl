@@ -14,8 +14,8 @@ use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use MeetcacheTest qw(start_redis new_node setup_schema poll_until poll_sql stats
-  wait_queue_empty);
+use MeetcacheTest qw(start_redis new_node setup_schema run_sql poll_until poll_sql
+  stats wait_queue_empty log_since reload_and_wait write_secret_file no_secret);
 
 my $pw = 'Sup3rSecretA1';
 my $pw2 = 'N3wSecretB22x';
@@ -29,17 +29,7 @@ is($redis->cli('ACL', 'SETUSER', 'app', 'on', ">$apppw", '~*', '&*', '+@all'),
 
 my $dir = PostgreSQL::Test::Utils::tempdir();
 my $pwfile = "$dir/redis.pw";
-sub write_file
-{
-	my ($path, $content, $mode) = @_;
-	open(my $fh, '>', "$path.tmp") or die "cannot write $path.tmp: $!";
-	print $fh $content;
-	close $fh;
-	chmod $mode // 0600, "$path.tmp";
-	rename("$path.tmp", $path) or die "cannot rename to $path: $!";
-	return;
-}
-write_file($pwfile, "$pw\r\n");    # CRLF: both are stripped
+write_secret_file($pwfile, "$pw\r\n");    # CRLF: both are stripped
 
 # log_statement = none: the Cluster default (all) logs every statement's
 # text, which is PostgreSQL's doing (see README "Configuration")
@@ -63,41 +53,11 @@ INSERT INTO users (id, name, email) VALUES ('u1', 'U1', 'u1@x');
 INSERT INTO meetings (id, title, host_id, invite_code, status) VALUES ('m1', 't0', 'u1', 'inv-m1', 'ENDED');
 });
 
-sub run_sql
-{
-	my ($db, $sql, %o) = @_;
-	my ($out, $err) = ('', '');
-	my $ret = $node->psql($db, $sql,
-		stdout => \$out, stderr => \$err, timeout => 60,
-		(defined $o{user} ? (extra_params => [ '-U', $o{user} ]) : ()));
-	return ($ret, $out // '', $err // '');
-}
-sub no_secret
-{
-	my ($text, $what) = @_;
-	my @found = grep { index($text // '', $_) >= 0 } @secrets;
-	ok(!@found, "$what: no password in it") or diag("found: @found");
-}
-sub log_since
-{
-	my ($pos) = @_;
-	my $log = slurp_file($node->logfile);
-	return substr($log, $pos);
-}
-sub reloads { my $n = () = slurp_file($node->logfile) =~ /received SIGHUP, reloading configuration files/g; return $n; }
-sub reload_and_wait
-{
-	my $n = reloads();
-	$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
-	ok(poll_until(20, sub { reloads() > $n }), 'the postmaster reloaded');
-	return;
-}
-
 # ---- AUTH from the file ----
-my ($ret, $out, $err) = run_sql('postgres', 'SELECT meetcache.cache_ping()');
+my ($ret, $out, $err) = run_sql($node, 'postgres', 'SELECT meetcache.cache_ping()');
 is($out, 'PONG', 'requirepass: AUTH with the password file');
 $redis->set_keys('meeting:m1');
-($ret, $out, $err) = run_sql('postgres', "UPDATE meetings SET title = 'a' WHERE id = 'm1'");
+($ret, $out, $err) = run_sql($node, 'postgres', "UPDATE meetings SET title = 'a' WHERE id = 'm1'");
 is($err, '', 'requirepass: commit without warning');
 ok(poll_until(10, sub { !$redis->existing('meeting:m1') }), 'requirepass: the commit deleted the key');
 
@@ -115,11 +75,11 @@ for my $bad ("redis://:$pw\@127.0.0.1:$port/0", "redis://app:$apppw\@127.0.0.1:$
 		"ALTER SYSTEM SET meetcache.redis_url = '$bad'")
 	{
 		(my $what = $cmd) =~ s/ = .*| '.*//;
-		($ret, $out, $err) = run_sql('postgres', $cmd);
+		($ret, $out, $err) = run_sql($node, 'postgres', $cmd);
 		isnt($ret, 0, "$what: a URL with a password is refused");
 		like($err, qr/DETAIL:  The URL carries a password\./, "$what: the detail says why");
 		like($err, qr/HINT:.*meetcache\.redis_password_file/, "$what: the hint names redis_password_file");
-		no_secret($err, "$what: the error");
+		no_secret($err, "$what: the error", @secrets);
 	}
 }
 is($node->safe_psql('postgres', 'SELECT count(*) FROM pg_db_role_setting WHERE array_to_string(setconfig, \',\') LIKE \'%redis_url%\''),
@@ -129,13 +89,13 @@ unlike(slurp_file($node->data_dir . '/postgresql.auto.conf'), qr/redis_url/,
 
 # postgresql.conf: a reload keeps the previous URL and logs why, not the value
 $node->append_conf('postgresql.conf', "meetcache.redis_url = 'redis://:$pw\@127.0.0.1:$port/0'\n");
-reload_and_wait();
-ok(poll_until(20, sub { log_since($logpos) =~ /contains errors/ }), 'reload: the configuration error is logged');
-like(log_since($logpos), qr/invalid value for parameter "meetcache.redis_url".*\n.*DETAIL:  The URL carries a password\./,
+ok(reload_and_wait($node), 'the postmaster reloaded');
+ok(poll_until(20, sub { log_since($node, $logpos) =~ /contains errors/ }), 'reload: the configuration error is logged');
+like(log_since($node, $logpos), qr/invalid value for parameter "meetcache.redis_url".*\n.*DETAIL:  The URL carries a password\./,
 	'reload: the log says why the URL is refused');
 is($node->safe_psql('postgres', 'SHOW meetcache.redis_url'), $url, 'reload: the previous URL stays');
 $node->append_conf('postgresql.conf', "meetcache.redis_url = '$url'\n");
-reload_and_wait();
+ok(reload_and_wait($node), 'the postmaster reloaded');
 
 # per-database and per-role URLs without a password are fine
 $node->safe_psql('postgres', "ALTER DATABASE app SET meetcache.redis_url = 'redis://app\@127.0.0.1:$port/0'");
@@ -157,50 +117,50 @@ for my $who ('owner', 'mon')
 	{
 		for my $p (sort keys %probe)
 		{
-			($ret, $out, $err) = run_sql($db, $probe{$p}, user => $who);
-			no_secret("$out $err", "$who in $db: $p");
+			($ret, $out, $err) = run_sql($node, $db, $probe{$p}, user => $who);
+			no_secret("$out $err", "$who in $db: $p", @secrets);
 		}
 	}
-	($ret, $out, $err) = run_sql('app', "SELECT pg_read_file('$pwfile')", user => $who);
+	($ret, $out, $err) = run_sql($node, 'app', "SELECT pg_read_file('$pwfile')", user => $who);
 	isnt($ret, 0, "$who: pg_read_file of the password file is refused");
-	($ret, $out, $err) = run_sql('app', "ALTER DATABASE app SET meetcache.redis_url = 'redis://127.0.0.1:1/0'", user => $who);
+	($ret, $out, $err) = run_sql($node, 'app', "ALTER DATABASE app SET meetcache.redis_url = 'redis://127.0.0.1:1/0'", user => $who);
 	isnt($ret, 0, "$who: cannot set redis_url");
 }
-($ret, $out, $err) = run_sql('app', 'SHOW meetcache.redis_url', user => 'mon');
+($ret, $out, $err) = run_sql($node, 'app', 'SHOW meetcache.redis_url', user => 'mon');
 is($out, "redis://app\@127.0.0.1:$port/0", 'mon (pg_read_all_settings) sees the URL, which holds no password');
-($ret, $out, $err) = run_sql('app', 'SHOW meetcache.redis_password_file', user => 'mon');
+($ret, $out, $err) = run_sql($node, 'app', 'SHOW meetcache.redis_password_file', user => 'mon');
 is($out, $pwfile, 'mon sees the path of the password file, not its content');
-($ret, $out, $err) = run_sql('app', 'SHOW meetcache.redis_url', user => 'owner');
+($ret, $out, $err) = run_sql($node, 'app', 'SHOW meetcache.redis_url', user => 'owner');
 isnt($ret, 0, 'owner: SHOW meetcache.redis_url is refused (superuser-only)');
 
 # ---- the password file must be owner-only ----
 my $open = "$dir/open.pw";
-write_file($open, "$pw\n", 0644);
-($ret, $out, $err) = run_sql('postgres', "ALTER SYSTEM SET meetcache.redis_password_file = '$open'");
+write_secret_file($open, "$pw\n", 0644);
+($ret, $out, $err) = run_sql($node, 'postgres', "ALTER SYSTEM SET meetcache.redis_password_file = '$open'");
 isnt($ret, 0, 'ALTER SYSTEM: a password file with mode 0644 is refused');
 like($err, qr/ERROR:  password file "\Q$open\E" of meetcache.redis_password_file cannot be used\nDETAIL:  Its permissions give access to group or others/,
 	'mode 0644: the error names the problem');
-no_secret($err, 'mode 0644: the error');
-($ret, $out, $err) = run_sql('postgres', "ALTER SYSTEM SET meetcache.redis_password_file = '$dir'");
+no_secret($err, 'mode 0644: the error', @secrets);
+($ret, $out, $err) = run_sql($node, 'postgres', "ALTER SYSTEM SET meetcache.redis_password_file = '$dir'");
 like($err, qr/DETAIL:  It is not a regular file\./, 'a directory is refused');
-($ret, $out, $err) = run_sql('postgres', "ALTER SYSTEM SET meetcache.redis_password_file = '$dir/missing'");
+($ret, $out, $err) = run_sql($node, 'postgres', "ALTER SYSTEM SET meetcache.redis_password_file = '$dir/missing'");
 like($err, qr/DETAIL:  Could not open it: No such file or directory\./, 'a missing file is refused');
-write_file("$dir/empty.pw", "\n");
-($ret, $out, $err) = run_sql('postgres', "ALTER SYSTEM SET meetcache.redis_password_file = '$dir/empty.pw'");
+write_secret_file("$dir/empty.pw", "\n");
+($ret, $out, $err) = run_sql($node, 'postgres', "ALTER SYSTEM SET meetcache.redis_password_file = '$dir/empty.pw'");
 like($err, qr/DETAIL:  Its first line, the password, is empty\./, 'an empty password is refused');
-($ret, $out, $err) = run_sql('postgres', "SET meetcache.redis_password_file = '$pwfile'");
+($ret, $out, $err) = run_sql($node, 'postgres', "SET meetcache.redis_password_file = '$pwfile'");
 isnt($ret, 0, 'SET of redis_password_file is refused (postgresql.conf or ALTER SYSTEM only)');
 unlike(slurp_file($node->data_dir . '/postgresql.auto.conf'), qr/redis_password_file/,
 	'nothing was written to postgresql.auto.conf');
 # the configured file opened to others: refused at the next connection
 chmod 0644, $pwfile;
-($ret, $out, $err) = run_sql('postgres', 'SELECT meetcache.cache_ping()');
+($ret, $out, $err) = run_sql($node, 'postgres', 'SELECT meetcache.cache_ping()');
 isnt($ret, 0, 'the configured file made world-readable: cache_ping fails');
 like($err, qr/cannot be used\nDETAIL:  Its permissions give access to group or others/,
 	'the configured file made world-readable: the error names the problem');
-no_secret($err, 'world-readable file: the error');
+no_secret($err, 'world-readable file: the error', @secrets);
 chmod 0600, $pwfile;
-($ret, $out, $err) = run_sql('postgres', 'SELECT meetcache.cache_ping()');
+($ret, $out, $err) = run_sql($node, 'postgres', 'SELECT meetcache.cache_ping()');
 is($out, 'PONG', 'mode 0600 again: PONG');
 
 # a server started with a password in its URL warns, says why, and uses the default
@@ -221,56 +181,56 @@ is($out, 'PONG', 'mode 0600 again: PONG');
 	is($other->safe_psql('postgres', 'SHOW meetcache.redis_password_file'), '',
 		'start-up: no password file is used');
 	$other->stop;
-	no_secret(slurp_file($other->logfile), 'start-up: the server log');
+	no_secret(slurp_file($other->logfile), 'start-up: the server log', @secrets);
 }
 
 # ---- an ACL user: the user in the URL, its password in the file ----
-write_file($pwfile, "$apppw\n");
-($ret, $out, $err) = run_sql('app', q{SELECT meetcache.cache_ping(); SELECT meetcache.cache_set('acl:k', '1', 60)});
+write_secret_file($pwfile, "$apppw\n");
+($ret, $out, $err) = run_sql($node, 'app', q{SELECT meetcache.cache_ping(); SELECT meetcache.cache_set('acl:k', '1', 60)});
 is($ret, 0, 'ACL user app (database URL) + its password in the file: works') or diag($err);
 is($redis->cli('EXISTS', 'acl:k'), '1', 'ACL user app: the key was written');
-($ret, $out, $err) = run_sql('postgres', 'SELECT meetcache.cache_ping()');
+($ret, $out, $err) = run_sql($node, 'postgres', 'SELECT meetcache.cache_ping()');
 like($err, qr/WRONGPASS/, "the same file without the URL's user: refused (the user comes from the URL)");
-write_file($pwfile, "$pw\n");
+write_secret_file($pwfile, "$pw\n");
 
 # ---- a changed password is picked up ----
 my $logpos2 = -s $node->logfile;
 is($redis->cli('CONFIG', 'SET', 'requirepass', $pw2), 'OK', 'redis: requirepass changed');
 $redis->set_cli_auth(undef, $pw2);
-write_file($pwfile, "$pw2\n");
+write_secret_file($pwfile, "$pw2\n");
 $redis->cli('CLIENT', 'KILL', 'TYPE', 'normal');    # every meetcache connection
 # a backend: at its next connection
-($ret, $out, $err) = run_sql('postgres', 'SELECT meetcache.cache_ping()');
+($ret, $out, $err) = run_sql($node, 'postgres', 'SELECT meetcache.cache_ping()');
 is($out, 'PONG', 'backend: the new password is read at the next connection');
 # a drain (queue mode): at its next connection, without a reload
 $redis->set_keys('meeting:m1');
-($ret, $out, $err) = run_sql('postgres',
+($ret, $out, $err) = run_sql($node, 'postgres',
 	"SET meetcache.delivery = 'queue'; UPDATE meetings SET title = 'b' WHERE id = 'm1'");
 is($ret, 0, 'queue mode: commit');
 ok(poll_until(20, sub { !$redis->existing('meeting:m1') }), 'drain: delivered with the new password');
 # after a reload, the commit path too (it never reads the file itself)
-reload_and_wait();
+ok(reload_and_wait($node), 'the postmaster reloaded');
 $redis->cli('CLIENT', 'KILL', 'TYPE', 'normal');
 $redis->set_keys('meeting:m1');
-($ret, $out, $err) = run_sql('postgres',
+($ret, $out, $err) = run_sql($node, 'postgres',
 	"SET meetcache.delivery = 'sync'; UPDATE meetings SET title = 'c' WHERE id = 'm1'");
 is($err, '', 'commit path after a reload: no warning');
 ok(!$redis->existing('meeting:m1'), 'commit path after a reload: deleted with the new password');
 # a new path, named in the reload message: the path, never the content
 my $pwfile2 = "$dir/redis2.pw";
-write_file($pwfile2, "$pw2\n");
+write_secret_file($pwfile2, "$pw2\n");
 $node->safe_psql('postgres', "ALTER SYSTEM SET meetcache.redis_password_file = '$pwfile2'");
-reload_and_wait();
-ok(poll_until(20, sub { log_since($logpos2) =~ /parameter "meetcache.redis_password_file" changed to "\Q$pwfile2\E"/ }),
+ok(reload_and_wait($node), 'the postmaster reloaded');
+ok(poll_until(20, sub { log_since($node, $logpos2) =~ /parameter "meetcache.redis_password_file" changed to "\Q$pwfile2\E"/ }),
 	'reload: the log names the new password file');
-($ret, $out, $err) = run_sql('postgres', 'SELECT meetcache.cache_ping()');
+($ret, $out, $err) = run_sql($node, 'postgres', 'SELECT meetcache.cache_ping()');
 is($out, 'PONG', 'the new password file works');
 is(stats($node)->{redis_state}, 'up', 'redis_state is up');
 
 my $log = slurp_file($node->logfile);
 like($log, qr/The URL carries a password/, 'the refusals are in the server log');
 unlike($log, qr/STATEMENT:.*redis:\/\/[^\s']*\@/, 'the refused statements are not in the server log');
-no_secret($log, 'the whole server log');
+no_secret($log, 'the whole server log', @secrets);
 
 # ---- a SCAN too long for commit_timeout does not trip the breaker ----
 # 200k keys: the TRUNCATE's two SCAN passes take far longer than 50 ms,
@@ -283,7 +243,7 @@ for my $mode ('sync', 'sync+queue')
 	is($redis->cli('DBSIZE'), '200000', "$mode: 200k keys of family meeting");
 	my $before = stats($node);
 	is($before->{redis_state}, 'up', "$mode: redis_state up before");
-	($ret, $out, $err) = run_sql('postgres',
+	($ret, $out, $err) = run_sql($node, 'postgres',
 		"SET meetcache.delivery = '$mode'; SET meetcache.commit_timeout = '50ms';\n"
 		  . "SELECT meetcache.cache_ping();\n"
 		  . 'TRUNCATE meetings CASCADE');

@@ -28,7 +28,8 @@ use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use MeetcacheTest qw(start_redis new_node setup_schema poll_sql);
+use MeetcacheTest qw(start_redis new_node setup_schema poll_sql run_sql refused
+  all_always);
 
 my $redis = start_redis();
 my $node = new_node('attack', $redis, log_statement => 'none');
@@ -56,51 +57,27 @@ SELECT meetcache.attach('notes');
 INSERT INTO notes VALUES (1, 'a');
 });
 
-# psql as a role, verbose errors; returns (rc, stdout, stderr)
-sub try_sql
-{
-	my ($user, $sql) = @_;
-	my ($out, $err) = ('', '');
-	my $rc = $node->psql('postgres', "\\set VERBOSITY verbose\n$sql",
-		stdout => \$out, stderr => \$err,
-		extra_params => [ '-U', $user ]);
-	return ($rc, $out, $err);
-}
-
-sub refused
-{
-	my ($user, $sql, $state, $name) = @_;
-	my ($rc, $out, $err) = try_sql($user, $sql);
-	isnt($rc, 0, "$name: refused");
-	like($err, qr/ERROR:  $state:/, "$name: SQLSTATE $state") or diag($err);
-	return $err;
-}
-
+# psql as $user (verbose errors): one assertion, it succeeds; returns stdout
 sub ok_sql
 {
 	my ($user, $sql, $name) = @_;
-	my ($rc, $out, $err) = try_sql($user, $sql);
+	my ($rc, $out, $err) = run_sql($node, 'postgres', $sql, user => $user, verbose => 1);
 	is($rc, 0, $name) or diag($err);
 	return $out;
 }
 
 sub superuser { return $node->safe_psql('postgres', "SELECT rolsuper FROM pg_roles WHERE rolname = '$_[0]'"); }
 sub cached { return $redis->cli('EXISTS', $_[0]) eq '1' ? 1 : 0; }
-sub all_always
-{
-	return $node->safe_psql('postgres',
-		"SELECT coalesce(bool_and(triggers = 4 AND enabled_always), false) FROM meetcache.attached WHERE relation = to_regclass('$_[0]')");
-}
 
 # ---- 1. the trigger function, attach(), lookups ----
-refused('mallory', q{
+refused($node, 'postgres', q{
 CREATE TEMP TABLE users (id text, name text, email text);
 CREATE TRIGGER meetcache_upd AFTER UPDATE ON pg_temp.users
   REFERENCING OLD TABLE AS meetcache_old NEW TABLE AS meetcache_new
   FOR EACH STATEMENT EXECUTE FUNCTION meetcache.invalidate_trigger('users');},
-	'42501', 'LOGIN role: CREATE TRIGGER with meetcache.invalidate_trigger');
+	'42501', 'LOGIN role: CREATE TRIGGER with meetcache.invalidate_trigger', user => 'mallory');
 # the 0.1.0 exploit end to end: a temp view standing in for the lookup table
-try_sql('mallory', q{
+run_sql($node, 'postgres', q{
 CREATE FUNCTION pg_temp.mallory_up() RETURNS text LANGUAGE plpgsql AS
   $$BEGIN ALTER ROLE mallory SUPERUSER; RETURN 'x'; END$$;
 CREATE TEMP TABLE users (id text, name text, email text);
@@ -112,23 +89,23 @@ CREATE TRIGGER meetcache_upd AFTER UPDATE ON pg_temp.users
   REFERENCING OLD TABLE AS meetcache_old NEW TABLE AS meetcache_new
   FOR EACH STATEMENT EXECUTE FUNCTION meetcache.invalidate_trigger('users');
 INSERT INTO pg_temp.users VALUES ('u1', 'a', 'b');
-UPDATE pg_temp.users SET name = 'c';});
+UPDATE pg_temp.users SET name = 'c';}, user => 'mallory', verbose => 1);
 is(superuser('mallory'), 'f', 'LOGIN role: a temp view as lookup table does not make it superuser');
-refused('mallory', q{SELECT meetcache.attach('users');}, '42501',
-	'LOGIN role: attach() without EXECUTE');
-refused('mallory', q{CREATE TABLE public.mine (id text); }, '42501',
-	'LOGIN role: no CREATE on public (setup check)');
+refused($node, 'postgres', q{SELECT meetcache.attach('users');}, '42501',
+	'LOGIN role: attach() without EXECUTE', user => 'mallory');
+refused($node, 'postgres', q{CREATE TABLE public.mine (id text); }, '42501',
+	'LOGIN role: no CREATE on public (setup check)', user => 'mallory');
 $node->safe_psql('postgres', q{CREATE TABLE mallory_notes (id int, body text); ALTER TABLE mallory_notes OWNER TO mallory;});
-refused('owner', q{SELECT meetcache.attach('mallory_notes', 'notes');}, '42501',
-	'owner: attach() of a table it does not own');
-refused('owner', q{CREATE TEMP TABLE tnotes (id int, body text); SELECT meetcache.attach('tnotes', 'notes');},
-	'0A000', 'owner: attach() of a temporary table');
-refused('postgres', q{
+refused($node, 'postgres', q{SELECT meetcache.attach('mallory_notes', 'notes');}, '42501',
+	'owner: attach() of a table it does not own', user => 'owner');
+refused($node, 'postgres', q{CREATE TEMP TABLE tnotes (id int, body text); SELECT meetcache.attach('tnotes', 'notes');},
+	'0A000', 'owner: attach() of a temporary table', user => 'owner');
+refused($node, 'postgres', q{
 BEGIN;
 CREATE VIEW note_view AS SELECT 1 AS id, 1 AS note_id;
 INSERT INTO meetcache.rules (table_name, family, args, via_table, via_column, match_column, on_insert)
   VALUES ('notes', 'note', '{id}', 'note_view', 'note_id', 'id', false);
-COMMIT;}, '42809', 'a rule whose via_table is a view');
+COMMIT;}, '42809', 'a rule whose via_table is a view', user => 'postgres');
 
 # ---- 2. search_path: a shadowing aggregate never runs in meetcache's queries ----
 ok_sql('owner', q{
@@ -147,9 +124,9 @@ $node->safe_psql('postgres', q{DROP AGGREGATE public.array_agg(text); DROP FUNCT
 ok_sql('owner', q{
 CREATE FUNCTION public.nested(text) RETURNS boolean LANGUAGE plpgsql AS
   $$BEGIN CREATE TEMP TABLE IF NOT EXISTS scratch (x int); RETURN true; END$$;}, 'owner: a function running DDL');
-refused('owner', q{ALTER TABLE meetings DISABLE TRIGGER USER, ADD CONSTRAINT c CHECK (public.nested(id));},
-	'55000', 'owner: DISABLE TRIGGER USER with nested DDL in a CHECK');
-is(all_always('meetings'), 't', 'nested DDL: the triggers are still ENABLE ALWAYS');
+refused($node, 'postgres', q{ALTER TABLE meetings DISABLE TRIGGER USER, ADD CONSTRAINT c CHECK (public.nested(id));},
+	'55000', 'owner: DISABLE TRIGGER USER with nested DDL in a CHECK', user => 'owner');
+is(all_always($node, 'meetings'), 't', 'nested DDL: the triggers are still ENABLE ALWAYS');
 
 my $hstore = $node->safe_psql('postgres',
 	"SELECT count(*) FROM pg_available_extensions WHERE name = 'hstore'");
@@ -157,19 +134,19 @@ SKIP:
 {
 	skip 'no trusted extension (hstore) installed', 3 unless $hstore;
 	ok_sql('owner', 'CREATE EXTENSION hstore;', 'owner: CREATE EXTENSION hstore (trusted)');
-	refused('owner', 'ALTER TRIGGER meetcache_upd ON meetings DEPENDS ON EXTENSION hstore;',
-		'55000', 'owner: ALTER TRIGGER ... DEPENDS ON EXTENSION');
-	try_sql('owner', 'DROP EXTENSION hstore;');
+	refused($node, 'postgres', 'ALTER TRIGGER meetcache_upd ON meetings DEPENDS ON EXTENSION hstore;',
+		'55000', 'owner: ALTER TRIGGER ... DEPENDS ON EXTENSION', user => 'owner');
+	run_sql($node, 'postgres', 'DROP EXTENSION hstore;', user => 'owner', verbose => 1);
 }
-is(all_always('meetings'), 't', 'DEPENDS ON EXTENSION: the triggers are still there');
+is(all_always($node, 'meetings'), 't', 'DEPENDS ON EXTENSION: the triggers are still there');
 
-refused('owner', q{
+refused($node, 'postgres', q{
 CREATE TABLE pnotes (id int, body text) PARTITION BY RANGE (id);
 ALTER TABLE pnotes ATTACH PARTITION notes FOR VALUES FROM (0) TO (1000);},
-	'55000', 'owner: ATTACH PARTITION of an attached table to an unattached parent');
-refused('owner', q{
+	'55000', 'owner: ATTACH PARTITION of an attached table to an unattached parent', user => 'owner');
+refused($node, 'postgres', q{
 CREATE TABLE note_base (id int, body text);
-ALTER TABLE notes INHERIT note_base;}, '55000', 'owner: INHERIT of an attached table from an unattached one');
+ALTER TABLE notes INHERIT note_base;}, '55000', 'owner: INHERIT of an attached table from an unattached one', user => 'owner');
 
 # a rewrite deletes the table's families, as TRUNCATE does
 $redis->set_keys('note:1', 'note:2');
@@ -178,21 +155,21 @@ ok_sql('owner', q{ALTER TABLE notes ALTER COLUMN body TYPE text USING upper(body
 ok(poll_sql($node, 'postgres', q{SELECT count(*) = 0 FROM meetcache.pending}), 'rewrite: queue drained');
 is(cached('note:1') + cached('note:2'), 0, 'rewrite: the family of the table is deleted');
 
-my $err = refused('owner', q{ALTER TABLE meetings RENAME COLUMN host_id TO owner_id;}, '42703',
-	'owner: RENAME COLUMN a rule needs');
+my $err = refused($node, 'postgres', q{ALTER TABLE meetings RENAME COLUMN host_id TO owner_id;}, '42703',
+	'owner: RENAME COLUMN a rule needs', user => 'owner');
 like($err, qr/HINT:  .*same transaction/, 'rename: the hint says how');
-refused('owner', q{ALTER TABLE notes DROP COLUMN id CASCADE;}, '42703', 'owner: DROP COLUMN a rule needs');
-refused('postgres', q{
+refused($node, 'postgres', q{ALTER TABLE notes DROP COLUMN id CASCADE;}, '42703', 'owner: DROP COLUMN a rule needs', user => 'owner');
+refused($node, 'postgres', q{
 INSERT INTO meetcache.rules (table_name, family, args, via_table, via_column, match_column, on_insert)
   VALUES ('notes', 'user', '{id}', 'note_owners', 'note_id', 'id', false);},
-	'42P01', 'a rule whose via_table does not exist');
+	'42P01', 'a rule whose via_table does not exist', user => 'postgres');
 ok_sql('postgres', q{
 CREATE TABLE note_owners (note_id int, id text);
 ALTER TABLE note_owners OWNER TO owner;
 INSERT INTO meetcache.rules (table_name, family, args, via_table, via_column, match_column, on_insert)
   VALUES ('notes', 'user', '{id}', 'note_owners', 'note_id', 'id', false);}, 'a lookup rule over note_owners');
-refused('owner', q{DROP TABLE note_owners;}, '42P01', 'owner: DROP TABLE of a via_table');
-refused('owner', q{ALTER TABLE note_owners RENAME TO note_owners2;}, '42P01', 'owner: RENAME of a via_table');
+refused($node, 'postgres', q{DROP TABLE note_owners;}, '42P01', 'owner: DROP TABLE of a via_table', user => 'owner');
+refused($node, 'postgres', q{ALTER TABLE note_owners RENAME TO note_owners2;}, '42P01', 'owner: RENAME of a via_table', user => 'owner');
 ok_sql('postgres', q{
 BEGIN;
 UPDATE meetcache.rules SET args = array_replace(args, 'host_id', 'host_id2'),
@@ -200,10 +177,10 @@ UPDATE meetcache.rules SET args = array_replace(args, 'host_id', 'host_id2'),
 WHERE table_name = 'meetings' OR via_table = 'meetings';
 ALTER TABLE meetings RENAME COLUMN host_id TO host_id2;
 COMMIT;}, 'rename together with the rules, in one transaction');
-refused('postgres', q{
+refused($node, 'postgres', q{
 BEGIN;
 UPDATE meetcache.rules SET args = '{nope}' WHERE family = 'user_meeting_count';
-COMMIT;}, '42703', 'a rule change that breaks an attached table fails at COMMIT');
+COMMIT;}, '42703', 'a rule change that breaks an attached table fails at COMMIT', user => 'postgres');
 
 # ---- 4. partitioned tables and children ----
 ok_sql('owner', q{
@@ -216,7 +193,7 @@ ALTER TABLE pnotes2 ATTACH PARTITION pnotes2_c FOR VALUES FROM (200) TO (300);
 CREATE TABLE notes_child (extra int) INHERITS (notes);}, 'owner: partitions before and after attach, a child');
 for my $rel ('pnotes2', 'pnotes2_a', 'pnotes2_b', 'pnotes2_c', 'notes_child')
 {
-	is(all_always($rel), 't', "$rel: attached");
+	is(all_always($node, $rel), 't', "$rel: attached");
 }
 $redis->set_keys(map { "note:$_" } 1, 101, 201, 7, 8, 9, 50);
 ok_sql('owner', q{
@@ -260,14 +237,14 @@ ok_sql('owner', q{
 CREATE TABLE up (id int, body text) PARTITION BY RANGE (id);
 CREATE TABLE up1 PARTITION OF up FOR VALUES FROM (0) TO (10);
 SELECT meetcache.attach('up1', 'notes');}, 'attach() of a partition of an unattached parent (the 0.1.0 way)');
-refused('owner', q{CREATE TEMP TABLE tchild () INHERITS (notes);}, '0A000',
-	'owner: a temporary child of an attached table');
+refused($node, 'postgres', q{CREATE TEMP TABLE tchild () INHERITS (notes);}, '0A000',
+	'owner: a temporary child of an attached table', user => 'owner');
 # a lookup that fails never fails the write: the via_table's owner revokes its own SELECT
 $redis->set_keys('user:zz');
 {
-	my ($rc, $out, $err) = try_sql('owner', q{
+	my ($rc, $out, $err) = run_sql($node, 'postgres', q{
 REVOKE SELECT ON note_owners FROM owner;
-UPDATE notes SET body = 'r' WHERE id = 1;});
+UPDATE notes SET body = 'r' WHERE id = 1;}, user => 'owner', verbose => 1);
 	is($rc, 0, 'a failing lookup: the write succeeds') or diag($err);
 	like($err, qr/WARNING:  42501: meetcache: lookup in table "note_owners" failed/,
 		'a failing lookup: a WARNING says so');
@@ -276,19 +253,19 @@ UPDATE notes SET body = 'r' WHERE id = 1;});
 }
 
 # ---- 6. the catalog accepts what the compiler accepts ----
-refused('postgres', q{INSERT INTO meetcache.families (name, template) VALUES ('wide', '} .
-	  join(':', map { "{a$_}" } 1 .. 65) . q{');}, '22023', 'a family with 65 placeholders');
+refused($node, 'postgres', q{INSERT INTO meetcache.families (name, template) VALUES ('wide', '} .
+	  join(':', map { "{a$_}" } 1 .. 65) . q{');}, '22023', 'a family with 65 placeholders', user => 'postgres');
 ok_sql('postgres', q{INSERT INTO meetcache.families (name, template, ttl_seconds, ttl_field, ttl_by_value)
   VALUES ('whole', 'whole:{id}', 60, 'status', '{"X": 30.0}');}, 'ttl_by_value 30.0 is accepted');
-refused('postgres', q{INSERT INTO meetcache.families (name, template, ttl_seconds, ttl_field, ttl_by_value)
-  VALUES ('frac', 'frac:{id}', 60, 'status', '{"X": 30.5}');}, '22023', 'ttl_by_value 30.5');
+refused($node, 'postgres', q{INSERT INTO meetcache.families (name, template, ttl_seconds, ttl_field, ttl_by_value)
+  VALUES ('frac', 'frac:{id}', 60, 'status', '{"X": 30.5}');}, '22023', 'ttl_by_value 30.5', user => 'postgres');
 ok_sql('owner', q{UPDATE notes SET body = 'w' WHERE id = 1;}, 'writes still work after those');
 {
-	my ($rc, $out, $err) = try_sql('postgres', q{
+	my ($rc, $out, $err) = run_sql($node, 'postgres', q{
 ALTER TABLE meetcache.families DISABLE TRIGGER check_family;
 INSERT INTO meetcache.families (name, template) VALUES ('wide', '} . join(':', map { "{a$_}" } 1 .. 65) . q{');
 ALTER TABLE meetcache.families ENABLE ALWAYS TRIGGER check_family;
-UPDATE notes SET body = 'v' WHERE id = 1;});
+UPDATE notes SET body = 'v' WHERE id = 1;}, user => 'postgres', verbose => 1);
 	is($rc, 0, 'a superuser bypassing the checks: writes still succeed') or diag($err);
 	like($err, qr/WARNING:  22023: meetcache: ignoring cache key family "wide"/, 'and a WARNING names the family');
 	$node->safe_psql('postgres', q{DELETE FROM meetcache.families WHERE name = 'wide';});

@@ -25,7 +25,7 @@ use warnings;
 use IPC::Run;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time usleep);
+use Time::HiRes qw(time);
 use MeetcacheTest qw(start_redis new_node setup_schema fill_sql poll_sql);
 
 my $SECS = $ENV{MEETCACHE_LOOKUP_SECS} // 8;
@@ -114,7 +114,9 @@ sub pgbench
 my $t0 = time;
 $node->safe_psql('postgres', 'SELECT meetcache.stats_reset()');
 my @runs = (pgbench('readers', $READERS, $SECS + 1, 0, '', $reader));
-usleep(300_000);
+ok( poll_sql($node, 'postgres',
+		"SELECT count(*) >= $READERS FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"),
+	'the readers are connected before the writers start');
 push @runs, pgbench('linkers', 2, $SECS, $RATE, '', @linkers);
 push @runs, pgbench("renamers ($_)", 1, $SECS, 0, "-c meetcache.delivery=$_", @renamers)
   for 'sync', 'queue', 'sync+queue';
