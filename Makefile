@@ -1,4 +1,15 @@
 # meetcache: PGXS build. The version lives only in meetcache.control.
+#
+#   make && sudo make install                  build and install (PG_CONFIG=... for another PostgreSQL)
+#   make WERROR=1                              the same, warnings are errors (what CI builds)
+#   scripts/with-redis.sh make installcheck    every test, on a throwaway redis-server
+#   make installcheck MEETCACHE_REDIS_URL=redis://127.0.0.1:6379/0   ... or on your own Redis
+#   make installcheck TAP_TESTS=               the pg_regress suites only
+#   make prove_installcheck [PROVE_TESTS=test/t/003_auth.pl] [PROVE_FLAGS=-v]   the TAP suites only
+#
+# installcheck runs the pg_regress suites on a temporary instance (--temp-instance) configured
+# by test/regress.conf plus the generated regress-redis.conf (meetcache.redis_url), then the TAP
+# suites. Each TAP suite starts its own clusters and redis-servers (test/perl/MeetcacheTest.pm).
 EXTENSION  = meetcache
 EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big = meetcache
@@ -10,12 +21,21 @@ DATA       = $(wildcard sql/$(EXTENSION)--*.sql)
 PGFILEDESC = "meetcache - Redis cache invalidation"
 
 REGRESS      = core rules txn get_or_set matrix_snake matrix_camel worker upgrade
-REGRESS_OPTS = --inputdir=test
+REGRESS_OPTS = --inputdir=test --temp-instance=./tmp_check \
+               --temp-config=./test/regress.conf --temp-config=./regress-redis.conf
+TAP_TESTS    = 1
+PROVE_TESTS ?= $(wildcard test/t/*.pl)
+# override: a PROVE_FLAGS given on the command line (-v) keeps the test library
+override PROVE_FLAGS += -I ./test/perl
+MEETCACHE_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-PG_CPPFLAGS = -DMEETCACHE_VERSION=\"$(EXTVERSION)\" -Wall -Wextra -Werror \
+PG_CPPFLAGS = -DMEETCACHE_VERSION=\"$(EXTVERSION)\" -Wall -Wextra \
               -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+ifeq ($(WERROR),1)
+PG_CPPFLAGS += -Werror
+endif
 SHLIB_LINK  = -lhiredis
-EXTRA_CLEAN = tmp_check results regression.diffs regression.out
+EXTRA_CLEAN = regress-redis.conf
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
@@ -23,3 +43,11 @@ include $(PGXS)
 
 # every object depends on the shared header (PGXS tracks no header dependencies)
 $(OBJS): src/meetcache.h src/shared.h
+
+.PHONY: regress-redis.conf prove_installcheck
+installcheck: regress-redis.conf
+regress-redis.conf:
+	echo "meetcache.redis_url = '$(MEETCACHE_REDIS_URL)'" >$@
+
+prove_installcheck:
+	$(prove_installcheck)

@@ -32,7 +32,7 @@
 #   BENCH_CLIENTS=4 BENCH_JOBS=2  pgbench -c / -j of the single-row UPDATEs
 #   BENCH_HOT=10000 BENCH_PARTICIPANTS=3 BENCH_USERS=5000 BENCH_MEETINGS=100000  data
 #   BENCH_RESULTS=file          also write the results as key=value lines there
-#   PGBIN=/usr/lib/postgresql/15/bin
+#   PGBIN=$(pg_config --bindir)
 #   MEETCACHE_SKIP_BUILD=1      as root: do not run make / make install
 #   MEETCACHE_SKIP_APT=1        as root: do not install missing Debian packages
 #   KEEP=1                      keep the temporary directory (logs, raw outputs)

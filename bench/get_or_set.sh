@@ -26,7 +26,7 @@
 #   BENCH_REDIS_N=20000    requests of redis-benchmark
 #   BENCH_PROTOCOL=prepared  pgbench -M
 #   BENCH_RESULTS=file     also write the results as key=value lines there
-#   PGBIN=/usr/lib/postgresql/15/bin
+#   PGBIN=$(pg_config --bindir)
 #   MEETCACHE_SKIP_BUILD=1 as root: do not run make / make install
 #   MEETCACHE_SKIP_APT=1   as root: do not install missing Debian packages
 #   KEEP=1                 keep the temporary directory (logs, raw pgbench output)

@@ -1,8 +1,8 @@
 # shellcheck shell=bash source-path=SCRIPTDIR
 # bench/lib.sh: the shell code that the benchmarks (bench/run.sh, drain.sh, latency.sh and
 # get_or_set.sh) share, on top of scripts/throwaway-servers.sh (tw_*, RCLI, say/info/die),
-# which it sources. Sourced, never run: it sets PGBIN (unless set; default
-# /usr/lib/postgresql/15/bin) and STAGE_ARG, and defines functions; it runs no command and
+# which it sources. Sourced, never run: it sets PGBIN (unless set; empty: tw_pgbin sets it
+# from `pg_config --bindir` in either stage) and STAGE_ARG, and defines functions; it runs no command and
 # installs no trap. No variable of its own starts with BENCH_: the root stage passes the
 # BENCH_* variables on to the unprivileged stage as the settings.
 #
@@ -63,7 +63,7 @@
 #   median [FMT] / mean [FMT]  of the numbers of stdin (FMT for an average: default %.3f)
 #   ratio A B, mb BYTES, now_s, fname MODE (sync+queue -> sync_queue)
 
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PGBIN=${PGBIN:-}
 STAGE_ARG=--as-bench-user
 
 # throwaway-servers.sh: next to this file in the temporary copy, else in the repository
@@ -86,6 +86,7 @@ bench_root_stage() {
         tw_apt_missing say "Installing missing packages:" \
             postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server redis-tools
     fi
+    tw_pgbin
     [ -x "$PGBIN/pgbench" ] || die "pgbench not found in $PGBIN"
     command -v redis-benchmark >/dev/null || die "redis-benchmark not found (package redis-tools)"
     if [ "${MEETCACHE_SKIP_BUILD:-0}" != 1 ]; then
@@ -106,6 +107,7 @@ bench_root_stage() {
 bench_enter() {
     CLEANUP_HOOK=${2:-}
     tw_enter_work "$1" "$WORK_PREFIX" bench_cleanup
+    tw_pgbin
     tw_extension_installed \
         || die "meetcache is not installed; run this script as root, or make install"
     command -v redis-benchmark >/dev/null || die "redis-benchmark not found (package redis-tools)"

@@ -30,7 +30,7 @@
 #   BENCH_PING_SECONDS=3     seconds of each SQL round-trip run, 2 of each (0 = skip)
 #   BENCH_QUEUE_WAIT=120     seconds to wait for meetcache.queue to empty after a run
 #   BENCH_NAPTIME=           autovacuum_naptime (empty: the server default, 1min)
-#   PGBIN=/usr/lib/postgresql/15/bin
+#   PGBIN=$(pg_config --bindir)
 #   MEETCACHE_SKIP_BUILD=1   as root: do not run make / make install
 #   MEETCACHE_SKIP_APT=1     as root: do not install missing Debian packages
 #   MEETCACHE_PRELOAD=       1: add meetcache to shared_preload_libraries (all modes);

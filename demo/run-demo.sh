@@ -11,7 +11,8 @@
 # extension already installed.
 #
 # Environment:
-#   PGBIN                   PostgreSQL 15 bin directory (default /usr/lib/postgresql/15/bin)
+#   PGBIN                   PostgreSQL 15 bin directory (default: `pg_config --bindir`)
+#   PG_CONFIG               the pg_config that gives it (default pg_config)
 #   MEETCACHE_SKIP_BUILD=1  as root: do not run make / make install (use the installed build)
 #   MEETCACHE_SKIP_APT=1    as root: do not install missing Debian packages
 #   MEETCACHE_PRELOAD=0     do not preload meetcache (default 1: shared_preload_libraries,
@@ -19,7 +20,7 @@
 #   KEEP=1                  keep the temporary directory (logs, data) after exit
 set -euo pipefail
 
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PGBIN=${PGBIN:-}   # empty: tw_pgbin, once the packages are installed
 STAGE_ARG=--as-demo-user
 
 # The shared root stage and throwaway servers (tw_*, scripts/throwaway-servers.sh): next
@@ -44,6 +45,7 @@ stage_root() {
         tw_apt_missing info "installing:" postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server
         ok "postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server present"
     fi
+    tw_pgbin
     [ -x "$PGBIN/initdb" ] || die "PostgreSQL 15 binaries not found in $PGBIN"
 
     if [ "${MEETCACHE_SKIP_BUILD:-0}" != 1 ]; then
@@ -138,6 +140,7 @@ SQL
 
 stage_demo() {
     tw_enter_work "$1" meetcache-demo cleanup
+    tw_pgbin
 
     local sharedir; sharedir=$("$PGBIN/pg_config" --sharedir)
     [ -f "$sharedir/extension/meetcache.control" ] \

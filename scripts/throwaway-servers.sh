@@ -1,10 +1,11 @@
 # shellcheck shell=bash
 # scripts/throwaway-servers.sh: the shell code that demo/run-demo.sh and the benchmarks
 # (bench/*.sh, through bench/lib.sh, which sources this file and adds what only they share)
-# share. Sourced, never run: it only defines functions (tw_*, RCLI, and say/info/die);
+# share; scripts/with-redis.sh and test/package.sh use its stage 2 functions. Sourced,
+# never run: it only defines functions (tw_*, RCLI, and say/info/die);
 # sourcing it sets no variable, runs no command and installs no trap.
 #
-# Those scripts work in two stages:
+# The demo and the benchmarks work in two stages:
 #   1. As root: install the missing Debian packages (apt-get), make && make install the
 #      extension, create the user postgres, copy the script, this file and
 #      test/fixtures/meet_snake.sql into a fresh directory ROOT_WORK owned by postgres,
@@ -20,7 +21,8 @@
 #   if [ -f "${SELF%/*}/throwaway-servers.sh" ]; then . "${SELF%/*}/throwaway-servers.sh"
 #   else . "${SELF%/*}/../scripts/throwaway-servers.sh"; fi
 #
-# The caller sets PGBIN (PostgreSQL 15 bin directory). Progress and errors go through
+# The caller sets PGBIN (PostgreSQL 15 bin directory), or leaves it empty and calls tw_pgbin
+# (once the packages are installed) for the bindir of PG_CONFIG (default: pg_config). Progress and errors go through
 # say, info (progress lines) and die (message to stderr, exit 1): this file defines plain
 # ones (those of the benchmarks); a script redefines them after sourcing it for its own
 # output (the demo does, in colour).
@@ -32,6 +34,7 @@
 #   tw_apt_missing ANNOUNCE TEXT PKG...
 #                               installs (apt-get) those PKGs not installed, and make and gcc
 #                               if missing; runs `ANNOUNCE "TEXT <missing>"` first
+#   tw_pgbin                    PGBIN, if empty, from `${PG_CONFIG:-pg_config} --bindir`
 #   tw_make_install REPO        say ...; make && make install in REPO (PG_CONFIG from PGBIN)
 #   tw_ensure_postgres_user [CMD...]  creates the system user postgres if absent (runs CMD,
 #                               e.g. a say, first)
@@ -49,7 +52,7 @@
 #   (the benchmarks' whole root stage: bench_root_stage in bench/lib.sh)
 # Stage 2 (unprivileged):
 #   tw_enter_work DIR PREFIX CLEANUP_FN
-#                               WORK=DIR (UNDER_ROOT=1) or a new mktemp -d /tmp/PREFIX.XXXXXX;
+#                               WORK=DIR (UNDER_ROOT=1) or a new mktemp -d ${TMPDIR:-/tmp}/PREFIX.XXXXXX;
 #                               copies the fixture there if missing; traps CLEANUP_FN on
 #                               EXIT, exit 130 / 143 on INT / TERM; cd WORK
 #   tw_extension_installed      true if meetcache is installed for $PGBIN/pg_config
@@ -105,6 +108,12 @@ tw_apt_missing() {
     fi
 }
 
+tw_pgbin() {
+    [ -n "${PGBIN:-}" ] && return 0
+    PGBIN=$("${PG_CONFIG:-pg_config}" --bindir 2>/dev/null) && [ -n "$PGBIN" ] ||
+        die "${PG_CONFIG:-pg_config} not found: install postgresql-server-dev-15, or set PG_CONFIG or PGBIN"
+}
+
 tw_make_install() {
     say "Building and installing meetcache (make && make install in $1)"
     make -C "$1" -s PG_CONFIG="$PGBIN/pg_config" >/dev/null
@@ -158,7 +167,7 @@ tw_root_keep() {
 tw_enter_work() {
     WORK=$1
     # shellcheck disable=SC2034  # UNDER_ROOT: read by the benchmarks (bench/lib.sh)
-    if [ -n "$WORK" ]; then UNDER_ROOT=1; else WORK=$(mktemp -d "/tmp/$2.XXXXXX"); fi
+    if [ -n "$WORK" ]; then UNDER_ROOT=1; else WORK=$(mktemp -d "${TMPDIR:-/tmp}/$2.XXXXXX"); fi
     [ -f "$WORK/meet_snake.sql" ] ||
         cp "$(dirname "${BASH_SOURCE[0]}")/../test/fixtures/meet_snake.sql" "$WORK/meet_snake.sql"
     # shellcheck disable=SC2064  # the handler name is expanded now, on purpose

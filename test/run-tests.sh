@@ -4,13 +4,16 @@
 #   bash test/run-tests.sh
 #
 # As root (CI, fresh Debian 12): installs the missing packages with apt-get,
-# builds and installs the extension, then runs every test as the unprivileged
-# `postgres` user against throwaway servers (a private redis-server and
-# temporary PostgreSQL clusters, all on free 127.0.0.1 ports chosen at run
-# time) in a copy of the repository under a fresh temporary directory.
-# As a normal user: checks the packages (fails if one is missing), builds,
-# installs only if the PostgreSQL library directory is writable, and runs the
-# tests as that user.
+# builds (make WERROR=1) and installs the extension, then runs every test as the
+# unprivileged `postgres` user against throwaway servers (redis-servers and
+# temporary PostgreSQL clusters, on free 127.0.0.1 ports chosen at run time) in a
+# copy of the repository under a fresh temporary directory:
+#   scripts/with-redis.sh make installcheck TAP_TESTS=    the pg_regress suites
+#   make prove_installcheck PROVE_TESTS=test/t/NNN.pl     each TAP suite
+#   bash test/package.sh                                  the Debian package
+# As a normal user: checks the packages (fails if one is missing; the package
+# test is skipped if only its build tools are missing), builds, installs only if
+# the PostgreSQL library directory is writable, and runs the tests as that user.
 #
 # The last line printed is always: meetcache: N passed, M failed
 #
@@ -19,28 +22,26 @@
 #   MEETCACHE_TAP_TESTS="001_redis_restart.pl ..."  run only these TAP files
 #   MEETCACHE_TEST_TIMEOUT=300   per-suite timeout in seconds
 #   MEETCACHE_SKIP_INSTALL=1     do not run `make install` (test the installed build)
-#   MEETCACHE_PGBIN=DIR          PostgreSQL 15 bin directory (default /usr/lib/postgresql/15/bin)
+#   MEETCACHE_PGBIN=DIR          PostgreSQL bin directory (default: PG_CONFIG's --bindir)
+#   PG_CONFIG=pg_config          the pg_config to build with when MEETCACHE_PGBIN is not set
 set -uo pipefail
 
 # MEETCACHE_PGBIN: another (relocated) PostgreSQL 15 bin directory, e.g. a private copy
-# of the installation so that several checkouts can install and test side by side
-PGBIN=${MEETCACHE_PGBIN:-/usr/lib/postgresql/15/bin}
-PG_CONFIG=$PGBIN/pg_config
-PGXS_PERL=$PGBIN/../lib/pgxs/src/test/perl
-PG_REGRESS_BIN=$PGBIN/../lib/pgxs/src/test/regress/pg_regress
+# of the installation so that several checkouts can install and test side by side.
+# Without it, PGBIN is PG_CONFIG's bindir, known once the packages are installed.
+if [ -n "${MEETCACHE_PGBIN:-}" ]; then
+	PGBIN=$MEETCACHE_PGBIN
+	PG_CONFIG=$PGBIN/pg_config
+else
+	PG_CONFIG=${PG_CONFIG:-pg_config}
+fi
 PACKAGES=(postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server libipc-run-perl)
+# only test/package.sh needs these
+PACKAGE_TEST_PACKAGES=(debhelper postgresql-server-dev-all)
 SUITE_TIMEOUT=${MEETCACHE_TEST_TIMEOUT:-300}
 
 say() { printf '==> %s\n' "$*"; }
 warn() { printf '!!! %s\n' "$*" >&2; }
-
-free_port() {
-	# Ask the kernel for a free TCP port on 127.0.0.1.
-	perl -MIO::Socket::INET -e '
-		my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0,
-			Proto => "tcp", Listen => 1, ReuseAddr => 1) or die "no socket: $!";
-		print $s->sockport, "\n";'
-}
 
 ###########################################################################
 # Inner phase: runs as the unprivileged user, inside the copy of the repo.
@@ -51,74 +52,24 @@ inner() {
 	work=$1
 	repo=$work/repo
 	passed=0 failed=0
-	redis_dir=$work/redis redis_port="" redis_pidfile=$work/redis/redis.pid
 
 	cd "$repo" || exit 1
 	export HOME=$work
 	export PATH="$PGBIN:$PATH"
 	export LC_ALL=C.UTF-8 LANG=C.UTF-8 2>/dev/null || true
+	export TMPDIR=$work
 	unset PGHOST PGPORT PGDATABASE PGUSER PGSERVICE PGOPTIONS
 
-	stop_redis() {
-		local pid
-		[ -f "$redis_pidfile" ] || return 0
-		pid=$(cat "$redis_pidfile" 2>/dev/null) || return 0
-		[ -n "$pid" ] || return 0
-		kill -CONT "$pid" 2>/dev/null
-		kill -TERM "$pid" 2>/dev/null
-		for _ in $(seq 1 50); do
-			# gone, or a zombie waiting for a reaper
-			[ -r "/proc/$pid/stat" ] || break
-			grep -q ') Z ' "/proc/$pid/stat" 2>/dev/null && break
-			sleep 0.1
-		done
-		kill -KILL "$pid" 2>/dev/null
-		rm -f "$redis_pidfile"
-	}
 	record() { printf '%s %s\n' "$passed" "$failed" >"$work/result"; }
-	trap 'stop_redis; record' EXIT
+	trap record EXIT
 
-	# (a) private redis-server for the pg_regress suites
-	mkdir -p "$redis_dir"
-	local try
-	for try in 1 2 3 4 5; do
-		redis_port=$(free_port) || { warn "cannot find a free port"; failed=$((failed + 1)); exit 1; }
-		redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
-			--daemonize yes --pidfile "$redis_pidfile" --dir "$redis_dir" \
-			--logfile "$redis_dir/redis.log" </dev/null >/dev/null 2>&1
-		for _ in $(seq 1 50); do
-			[ "$(redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null)" = PONG ] && break 2
-			sleep 0.1
-		done
-		warn "redis-server did not start on port $redis_port (attempt $try)"
-		stop_redis
-		redis_port=""
-	done
-	if [ -z "$redis_port" ]; then
-		warn "could not start redis-server; log:"
-		cat "$redis_dir/redis.log" >&2 2>/dev/null
-		failed=$((failed + 1))
-		exit 1
-	fi
-	say "redis-server on 127.0.0.1:$redis_port (pid $(cat "$redis_pidfile"))"
-
-	# (b) temp config for the pg_regress instance
-	local conf=$work/regress.conf
-	cat >"$conf" <<EOF
-shared_preload_libraries = 'meetcache'
-meetcache.redis_url = 'redis://127.0.0.1:$redis_port/0'
-max_prepared_transactions = 10
-EOF
-
-	# (c) pg_regress suites against a temporary preloaded instance
-	local pg_port out rc
-	pg_port=$(free_port)
-	rm -rf tmp_check results regression.diffs regression.out
-	say "pg_regress (temporary instance on port $pg_port)"
+	# (a) the pg_regress suites on a temporary instance (test/regress.conf) and a
+	# throwaway redis-server; the TAP suites start their own servers
+	local out rc
+	say "pg_regress: scripts/with-redis.sh make installcheck TAP_TESTS="
 	out=$work/regress.out
 	timeout -k 10 "$SUITE_TIMEOUT" \
-		make -s PG_CONFIG="$PG_CONFIG" installcheck TAP_TESTS= \
-		EXTRA_REGRESS_OPTS="--temp-instance=./tmp_check --temp-config=$conf --port=$pg_port --inputdir=test" \
+		scripts/with-redis.sh make -s PG_CONFIG="$PG_CONFIG" installcheck TAP_TESTS= \
 		</dev/null 2>&1 | tee "$out"
 	rc=${PIPESTATUS[0]}
 	local ok bad
@@ -142,7 +93,7 @@ EOF
 	fi
 	record
 
-	# (d) TAP tests
+	# (b) TAP tests
 	local -a tap=()
 	if [ -n "${MEETCACHE_TAP_TESTS:-}" ]; then
 		local t
@@ -158,9 +109,6 @@ EOF
 		warn "prove not found: TAP tests not run"
 		failed=$((failed + 1))
 	else
-		export PERL5LIB="$PGXS_PERL:$repo/test/perl${PERL5LIB:+:$PERL5LIB}"
-		export PG_REGRESS=$PG_REGRESS_BIN
-		export TESTDIR=$repo/test
 		export PG_TEST_PORT_DIR=$work/portlock
 		export PG_TEST_TIMEOUT_DEFAULT=${PG_TEST_TIMEOUT_DEFAULT:-60}
 		export MEETCACHE_REPO=$repo
@@ -168,9 +116,14 @@ EOF
 		local f name
 		for f in "${tap[@]}"; do
 			name=$(basename "$f" .pl)
-			say "TAP $f"
-			timeout -k 10 "$SUITE_TIMEOUT" prove -v "$f" </dev/null
+			say "TAP $f: make prove_installcheck PROVE_TESTS=$f"
+			timeout -k 10 "$SUITE_TIMEOUT" \
+				make -s PG_CONFIG="$PG_CONFIG" prove_installcheck PROVE_TESTS="$f" PROVE_FLAGS=-v \
+				</dev/null
 			rc=$?
+			# the next run removes tmp_check: keep this suite's logs and data
+			mkdir -p "$work/tap"
+			[ -d tmp_check ] && mv tmp_check "$work/tap/$name"
 			if [ "$rc" -eq 0 ]; then
 				passed=$((passed + 1))
 			else
@@ -178,7 +131,7 @@ EOF
 				[ "$rc" -eq 124 ] && warn "$f timed out after ${SUITE_TIMEOUT}s"
 				warn "$f failed (exit $rc); tail of its logs:"
 				local lf
-				for lf in "$TESTDIR/tmp_check/log/regress_log_$name" "$TESTDIR"/tmp_check/log/"${name}"_*.log; do
+				for lf in "$work/tap/$name/log/regress_log_$name" "$work/tap/$name/log/${name}"_*.log; do
 					[ -f "$lf" ] || continue
 					echo "----- $lf (last 80 lines)"
 					tail -n 80 "$lf"
@@ -186,6 +139,22 @@ EOF
 			fi
 			record
 		done
+	fi
+
+	# (c) the Debian package
+	if [ -z "${MEETCACHE_PACKAGE_TEST:-}" ]; then
+		say "package test skipped (missing: ${PACKAGE_TEST_PACKAGES[*]})"
+	else
+		say "package: bash test/package.sh"
+		timeout -k 10 "$SUITE_TIMEOUT" bash test/package.sh </dev/null
+		rc=$?
+		if [ "$rc" -eq 0 ]; then
+			passed=$((passed + 1))
+		else
+			failed=$((failed + 1))
+			[ "$rc" -eq 124 ] && warn "test/package.sh timed out after ${SUITE_TIMEOUT}s"
+			warn "test/package.sh failed (exit $rc)"
+		fi
 	fi
 	record
 	[ "$failed" -eq 0 ]
@@ -212,12 +181,14 @@ summary() {
 cleanup() {
 	local rc=$?
 	if [ -n "$work" ] && [ -d "$work" ]; then
-		# a redis left behind by an interrupted inner phase
-		if [ -f "$work/redis/redis.pid" ]; then
-			local pid
-			pid=$(cat "$work/redis/redis.pid" 2>/dev/null)
+		# a redis-server left behind by an interrupted inner phase (scripts/with-redis.sh,
+		# test/package.sh)
+		local pidfile pid
+		for pidfile in "$work"/meetcache-*/redis.pid; do
+			[ -f "$pidfile" ] || continue
+			pid=$(cat "$pidfile" 2>/dev/null)
 			[ -n "$pid" ] && kill -CONT "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null
-		fi
+		done
 		if [ "$final_failed" -eq 0 ] && [ "$rc" -eq 0 ] && [ -z "${MEETCACHE_KEEP_TMP:-}" ]; then
 			rm -rf "$work"
 		else
@@ -241,10 +212,15 @@ if command -v dpkg >/dev/null 2>&1; then
 	for p in "${PACKAGES[@]}"; do
 		dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed' || missing+=("$p")
 	done
+	if [ "$is_root" -eq 1 ]; then
+		for p in "${PACKAGE_TEST_PACKAGES[@]}"; do
+			dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed' || missing+=("$p")
+		done
+	fi
 	# prove comes with the full perl package
 	command -v prove >/dev/null 2>&1 || missing+=(perl)
 else
-	for b in "$PG_CONFIG" "$PGBIN/initdb" redis-server redis-cli prove; do
+	for b in "$PG_CONFIG" redis-server redis-cli prove; do
 		command -v "$b" >/dev/null 2>&1 || missing+=("$b")
 	done
 fi
@@ -259,14 +235,22 @@ if [ ${#missing[@]} -gt 0 ]; then
 		fail "missing packages: ${missing[*]} -- install them as root: apt-get install -y ${missing[*]} (or run this script as root)"
 	fi
 fi
-for b in "$PG_CONFIG" "$PGBIN/initdb" "$PGBIN/pg_ctl" "$PG_REGRESS_BIN" redis-server redis-cli prove perl make; do
+PGBIN=${PGBIN:-$("$PG_CONFIG" --bindir)} || fail "$PG_CONFIG --bindir failed"
+PG_CONFIG=$PGBIN/pg_config
+pgxs=$("$PG_CONFIG" --pgxs) || fail "$PG_CONFIG --pgxs failed"
+for b in "$PG_CONFIG" "$PGBIN/initdb" "$PGBIN/pg_ctl" "${pgxs%/makefiles/pgxs.mk}/test/regress/pg_regress" \
+	redis-server redis-cli prove perl make; do
 	[ -x "$b" ] || command -v "$b" >/dev/null 2>&1 || fail "required program not found: $b"
 done
 perl -MIPC::Run -e1 2>/dev/null || fail "perl module IPC::Run missing (package libipc-run-perl)"
+package_test=1
+for b in dpkg-buildpackage pg_buildext; do
+	command -v "$b" >/dev/null 2>&1 || package_test=""
+done
 
 # 2. build and install
 say "building ($repo)"
-make -C "$repo" PG_CONFIG="$PG_CONFIG" </dev/null || fail "build failed"
+make -C "$repo" PG_CONFIG="$PG_CONFIG" WERROR=1 </dev/null || fail "build failed"
 pkglibdir=$("$PG_CONFIG" --pkglibdir)
 if [ -n "${MEETCACHE_SKIP_INSTALL:-}" ]; then
 	say "MEETCACHE_SKIP_INSTALL set: testing the installed build"
@@ -295,11 +279,13 @@ if [ "$is_root" -eq 1 ]; then
 	fi
 	chown -R postgres: "$work" || fail "chown failed"
 	say "running tests as postgres in $work"
-	(cd "$work" && runuser -u postgres -- env HOME="$work" MEETCACHE_PGBIN="$PGBIN" bash "$work/repo/test/run-tests.sh" --inner "$work" </dev/null)
+	(cd "$work" && runuser -u postgres -- env HOME="$work" MEETCACHE_PGBIN="$PGBIN" \
+		MEETCACHE_PACKAGE_TEST="$package_test" bash "$work/repo/test/run-tests.sh" --inner "$work" </dev/null)
 	rc=$?
 else
 	say "running tests as $(id -un) in $work"
-	(cd "$work" && bash "$work/repo/test/run-tests.sh" --inner "$work" </dev/null)
+	(cd "$work" && MEETCACHE_PGBIN="$PGBIN" MEETCACHE_PACKAGE_TEST="$package_test" \
+		bash "$work/repo/test/run-tests.sh" --inner "$work" </dev/null)
 	rc=$?
 fi
 
