@@ -31,8 +31,38 @@ UPDATE users SET name = 'New' WHERE id = 'h1';
 RESET meetcache.delivery;
 SELECT wait_queue_empty();
 SELECT meetcache.cache_exists('meeting:hm1') AS hosted_meeting_cached_before_update;
-DROP FUNCTION wait_queue_empty();
+-- a family and a rule users added, and a queue row still waiting (the
+-- drains of this database talk to a Redis that is not there) survive it
+INSERT INTO meetcache.families (name, template, ttl_seconds) VALUES ('note', 'note:{id}', 60);
+INSERT INTO meetcache.rules (table_name, family, args) VALUES ('notes', 'note', '{id}');
+CREATE TABLE notes (id int PRIMARY KEY, body text);
+SELECT meetcache.attach('notes');
+INSERT INTO notes VALUES (1, 'a');
+SELECT meetcache.cache_set('note:1', '1', 600);
+-- (no drain may still be running with the good URL: a new one reads the bad)
+SELECT wait_queue_empty();
+DO $$ BEGIN
+  FOR i IN 1..600 LOOP
+    EXIT WHEN (SELECT drains_running FROM meetcache.stats()) = 0;
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END $$;
+ALTER DATABASE mc_upgrade_010 SET meetcache.redis_url = 'redis://127.0.0.1:1/0';
+SET meetcache.delivery = 'queue';
+UPDATE notes SET body = 'b' WHERE id = 1;
+RESET meetcache.delivery;
+SELECT count(*) AS waiting_rows FROM meetcache.queue;
 ALTER EXTENSION meetcache UPDATE;
+SELECT count(*) AS rows_after_update FROM meetcache.queue;
+ALTER DATABASE mc_upgrade_010 RESET meetcache.redis_url;
+SELECT wait_queue_empty();
+SELECT meetcache.cache_exists('note:1') AS note_cached_after_drain;
+SELECT f.name, r.table_name, r.args FROM meetcache.families f JOIN meetcache.rules r ON r.family = f.name
+WHERE NOT f.builtin;
+DROP TABLE notes;
+DELETE FROM meetcache.rules WHERE NOT builtin;
+DELETE FROM meetcache.families WHERE NOT builtin;
+DROP FUNCTION wait_queue_empty();
 SELECT extversion FROM pg_extension WHERE extname = 'meetcache';
 \i test/sql/upgrade_listing.inc
 CREATE TEMP TABLE fresh (l text);
