@@ -35,7 +35,7 @@ ifeq ($(WERROR),1)
 PG_CPPFLAGS += -Werror
 endif
 SHLIB_LINK  = -lhiredis
-EXTRA_CLEAN = regress-redis.conf
+EXTRA_CLEAN = regress-redis.conf src/lua_scripts.h
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
@@ -43,6 +43,11 @@ include $(PGXS)
 
 # every object depends on the shared header (PGXS tracks no header dependencies)
 $(OBJS): src/meetcache.h src/shared.h
+
+# the Lua scripts live once, in lua/ (the clients read the same files), and are compiled in
+src/redis.o src/redis.bc: src/lua_scripts.h
+src/lua_scripts.h: scripts/lua2c.sh $(wildcard lua/*.lua)
+	sh scripts/lua2c.sh $@ $(sort $(wildcard lua/*.lua))
 
 .PHONY: regress-redis.conf prove_installcheck
 installcheck: regress-redis.conf

@@ -36,10 +36,12 @@
 #include "storage/latch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
+
 #if PG_VERSION_NUM >= 140000
 #include "utils/wait_event.h"
 #endif
 
+#include "lua_scripts.h"
 #include "meetcache.h"
 
 typedef struct McConn
@@ -897,29 +899,13 @@ lease_base(const char *s, int len, const char **base, int *blen)
 	return false;
 }
 
+/* the texts are the files lua/NAME.lua, shared with the clients (see scripts/lua2c.sh) */
 static const char *const script_text[MC_SCRIPT__COUNT] = {
-	/* MC_SCRIPT_LEASE_GET: KEYS key, lease; ARGV token, lease ms */
-	"local v = redis.call('GET', KEYS[1]) "
-	"if v then return {1, v} end "
-	"if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end "
-	"if redis.call('GET', KEYS[2]) == ARGV[1] then return {2} end "
-	"return {3}",
-	/* MC_SCRIPT_LEASE_SET: KEYS key, lease; ARGV token, value, ttl s */
-	"if redis.call('GET', KEYS[2]) == ARGV[1] then "
-	"redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) "
-	"redis.call('DEL', KEYS[2]) return 1 end "
-	"return 0",
-	/* MC_SCRIPT_LEASE_RELEASE: KEYS lease; ARGV token */
-	"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
-	"return 0",
-	/* MC_SCRIPT_DEL_PAIRS: KEYS k1, lease1, k2, lease2, ...: counts the keys */
-	"local n = 0 "
-	"for i = 1, #KEYS, 2 do "
-	"n = n + redis.call('UNLINK', KEYS[i]) redis.call('UNLINK', KEYS[i + 1]) end "
-	"return n",
-	/* MC_SCRIPT_SET_CANCEL: KEYS key, lease; ARGV value, ttl s */
-	"redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) "
-	"redis.call('DEL', KEYS[2]) return 1"
+	[MC_SCRIPT_LEASE_GET] = MC_LUA_LEASE_GET,
+	[MC_SCRIPT_LEASE_SET] = MC_LUA_LEASE_SET,
+	[MC_SCRIPT_LEASE_RELEASE] = MC_LUA_LEASE_RELEASE,
+	[MC_SCRIPT_DEL_PAIRS] = MC_LUA_DEL_PAIRS,
+	[MC_SCRIPT_SET_CANCEL] = MC_LUA_SET_CANCEL,
 };
 
 static char script_sha[MC_SCRIPT__COUNT][41];
