@@ -62,6 +62,16 @@ inner() {
 
 	record() { printf '%s %s\n' "$passed" "$failed" >"$work/result"; }
 	trap record EXIT
+	# what failed, printed again at the very end: CI shows only the tail of a long run
+	recap=$work/failures
+	: >"$recap"
+	# recap_tap NAME LOG: the failed assertions of a TAP log, each with its diagnostics
+	recap_tap() {
+		{
+			echo "--- $1 (full log: $2)"
+			awk '/^not ok/ || /^#   Failed test/ { n = 12 } n > 0 && (/^not ok/ || /^#/) { print; n-- }' "$2" | head -n 60
+		} >>"$recap"
+	}
 
 	# (a) the pg_regress suites on a temporary instance (test/regress.conf) and a
 	# throwaway redis-server; the TAP suites start their own servers
@@ -80,6 +90,11 @@ inner() {
 	if [ "$rc" -ne 0 ]; then
 		[ "$bad" -eq 0 ] && failed=$((failed + 1))
 		[ "$rc" -eq 124 ] && warn "pg_regress timed out after ${SUITE_TIMEOUT}s"
+		{
+			echo "--- pg_regress (exit $rc)"
+			grep -E '\.\.\. (FAILED|failed)' "$out"
+			[ -s regression.diffs ] && head -n 60 regression.diffs
+		} >>"$recap"
 		if [ -s regression.diffs ]; then
 			warn "pg_regress failed; regression.diffs:"
 			cat regression.diffs
@@ -113,16 +128,16 @@ inner() {
 		export PG_TEST_TIMEOUT_DEFAULT=${PG_TEST_TIMEOUT_DEFAULT:-60}
 		export MEETCACHE_REPO=$repo
 		mkdir -p "$PG_TEST_PORT_DIR"
-		local f name
+		local f name lf
 		for f in "${tap[@]}"; do
 			name=$(basename "$f" .pl)
 			say "TAP $f: make prove_installcheck PROVE_TESTS=$f"
-			timeout -k 10 "$SUITE_TIMEOUT" \
-				make -s PG_CONFIG="$PG_CONFIG" prove_installcheck PROVE_TESTS="$f" PROVE_FLAGS=-v \
-				</dev/null
-			rc=$?
-			# the next run removes tmp_check: keep this suite's logs and data
 			mkdir -p "$work/tap"
+			timeout -k 10 "$SUITE_TIMEOUT" \
+				make -s PG_CONFIG="$PG_CONFIG" prove_installcheck PROVE_TESTS="$f" \
+				</dev/null 2>&1 | tee "$work/tap/$name.out"
+			rc=${PIPESTATUS[0]}
+			# the next run removes tmp_check: keep this suite's logs and data
 			[ -d tmp_check ] && mv tmp_check "$work/tap/$name"
 			if [ "$rc" -eq 0 ]; then
 				passed=$((passed + 1))
@@ -130,7 +145,9 @@ inner() {
 				failed=$((failed + 1))
 				[ "$rc" -eq 124 ] && warn "$f timed out after ${SUITE_TIMEOUT}s"
 				warn "$f failed (exit $rc); tail of its logs:"
-				local lf
+				lf=$work/tap/$name/log/regress_log_$name
+				[ -f "$lf" ] || lf=$work/tap/$name.out
+				recap_tap "$f (exit $rc)" "$lf"
 				for lf in "$work/tap/$name/log/regress_log_$name" "$work/tap/$name/log/${name}"_*.log; do
 					[ -f "$lf" ] || continue
 					echo "----- $lf (last 80 lines)"
@@ -154,9 +171,14 @@ inner() {
 			failed=$((failed + 1))
 			[ "$rc" -eq 124 ] && warn "test/package.sh timed out after ${SUITE_TIMEOUT}s"
 			warn "test/package.sh failed (exit $rc)"
+			echo "--- test/package.sh (exit $rc)" >>"$recap"
 		fi
 	fi
 	record
+	if [ -s "$recap" ]; then
+		say "what failed (details above)"
+		cat "$recap"
+	fi
 	[ "$failed" -eq 0 ]
 }
 
