@@ -69,7 +69,9 @@ inner() {
 	recap_tap() {
 		{
 			echo "--- $1 (full log: $2)"
-			awk '/^not ok/ || /^#   Failed test/ { n = 12 } n > 0 && (/^not ok/ || /^#/) { print; n-- }' "$2" | head -n 60
+			# regress logs prefix each line with [time](elapsed)
+			sed -E 's/^\[[0-9:.]+\]\([0-9.]+s\) //' "$2" |
+				awk '/^not ok/ || /^#   Failed test/ { n = 12 } n > 0 && (/^not ok/ || /^#/) { print; n-- }' | head -n 60
 		} >>"$recap"
 	}
 
