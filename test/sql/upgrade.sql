@@ -39,15 +39,16 @@ CREATE TABLE notes (id int PRIMARY KEY, body text);
 SELECT meetcache.attach('notes');
 INSERT INTO notes VALUES (1, 'a');
 SELECT meetcache.cache_set('note:1', '1', 600);
--- (no drain may still be running with the good URL: a new one reads the bad)
+-- (no drain may still be running with the good URL once the bad one is set: a drain
+-- reads the database's settings when it connects, and the launcher polls every second)
 SELECT wait_queue_empty();
+ALTER DATABASE mc_upgrade_010 SET meetcache.redis_url = 'redis://127.0.0.1:1/0';
 DO $$ BEGIN
   FOR i IN 1..600 LOOP
     EXIT WHEN (SELECT drains_running FROM meetcache.stats()) = 0;
     PERFORM pg_sleep(0.05);
   END LOOP;
 END $$;
-ALTER DATABASE mc_upgrade_010 SET meetcache.redis_url = 'redis://127.0.0.1:1/0';
 SET meetcache.delivery = 'queue';
 UPDATE notes SET body = 'b' WHERE id = 1;
 RESET meetcache.delivery;

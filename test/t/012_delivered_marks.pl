@@ -29,6 +29,9 @@ UPDATE meetings SET title = 'x' WHERE id = 'm2';});
 my $queue_empty = 'SELECT count(*) FROM meetcache.queue';
 ok(poll_sql($node, 'postgres', $queue_empty, '0', 20),
 	'queue empty (queue-mode commit woke a drain)');
+# that drain lingers for one more pass, which would take the next row's mark too early
+ok(poll_sql($node, 'postgres', 'SELECT drains_running FROM meetcache.stats()', '0', 20),
+	'the woken drain has exited (poll_interval 60s: no other starts by itself)');
 my $s0 = stats($node, 'postgres', qw(queue_rows_skipped keys_sent));
 note explain $s0;
 
