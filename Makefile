@@ -13,7 +13,7 @@
 EXTENSION  = meetcache
 EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big = meetcache
-OBJS       = src/meetcache.o src/redis.o src/pending.o src/rules.o src/trigger.o \
+OBJS       = src/meetcache.o src/redis.o src/transport.o src/pending.o src/rules.o src/trigger.o \
              src/shared.o src/queue.o src/worker.o \
              src/cache.o src/stats.o src/settings.o src/guard.o src/legacy.o src/keys.o src/delivery.o
 # every released full script and upgrade script
@@ -34,7 +34,7 @@ PG_CPPFLAGS = -DMEETCACHE_VERSION=\"$(EXTVERSION)\" -Wall -Wextra \
 ifeq ($(WERROR),1)
 PG_CPPFLAGS += -Werror
 endif
-SHLIB_LINK  = -lhiredis
+SHLIB_LINK  = -lhiredis -lssl -lcrypto -lcares
 EXTRA_CLEAN = regress-redis.conf src/lua_scripts.h
 
 PG_CONFIG ?= pg_config
@@ -42,7 +42,7 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # every object depends on the shared header (PGXS tracks no header dependencies)
-$(OBJS): src/meetcache.h src/shared.h
+$(OBJS): src/meetcache.h src/shared.h src/transport.h
 
 # the Lua scripts live once, in lua/ (the clients read the same files), and are compiled in
 src/redis.o src/redis.bc: src/lua_scripts.h

@@ -52,9 +52,11 @@ int			mc_retry_buffer_kb = 1024;
 int			mc_drain_batch = 1000;
 bool		mc_preloaded = false;
 uint64		mc_url_hash = 0;
+char	   *mc_dns_servers = NULL;
 
 static char *redis_url_string = NULL;
 static char *redis_password_file = NULL;
+static McTlsSettings tls = {NULL, NULL, NULL, MC_TLS_VERIFY_FULL};
 
 /* the password file as last read; path empty: no password */
 typedef struct McPassword
@@ -77,6 +79,13 @@ static const struct config_enum_entry delivery_options[] = {
 	{"sync", MC_DELIVERY_SYNC, false},
 	{"queue", MC_DELIVERY_QUEUE, false},
 	{"sync+queue", MC_DELIVERY_SYNC_QUEUE, false},
+	{NULL, 0, false}
+};
+
+static const struct config_enum_entry tls_verify_options[] = {
+	{"full", MC_TLS_VERIFY_FULL, false},
+	{"ca", MC_TLS_VERIFY_CA, false},
+	{"none", MC_TLS_VERIFY_NONE, false},
 	{NULL, 0, false}
 };
 
@@ -118,64 +127,79 @@ copy_part(char *dst, size_t dstlen, const char *src, size_t n)
 	return true;
 }
 
-/*
- * Parse redis://[user@]host[:port][/db].  On failure returns false and sets
- * *why to a description that never repeats the URL.
- */
+/* the scheme: where the endpoint is and whether it speaks TLS */
 static bool
-parse_redis_url(const char *url, McRedisUrl *out, const char **why)
+parse_scheme(const char **p, McRedisUrl *out, const char **why)
 {
-	const char *p,
-			   *at,
-			   *hostend,
-			   *slash;
-
-	memset(out, 0, sizeof(*out));
-	out->port = 6379;
-
-	if (strncmp(url, "redis://", 8) != 0)
+	static const struct
 	{
-		*why = "The URL must start with \"redis://\" (TLS, \"rediss://\", is not supported yet).";
-		return false;
-	}
-	p = url + 8;
-	slash = strchr(p, '/');
-	/* userinfo ends at the last '@' before the path */
-	at = NULL;
-	for (const char *q = p; *q && (slash == NULL || q < slash); q++)
+		const char *prefix;
+		bool		unix_socket;
+		bool		tls;
+	}			schemes[] = {
+		{"redis://", false, false},
+		{"rediss://", false, true},
+		{"unix://", true, false},
+	};
+
+	for (int i = 0; i < lengthof(schemes); i++)
+		if (strncmp(*p, schemes[i].prefix, strlen(schemes[i].prefix)) == 0)
+		{
+			*p += strlen(schemes[i].prefix);
+			out->ep.unix_socket = schemes[i].unix_socket;
+			out->ep.tls = schemes[i].tls;
+			return true;
+		}
+	*why = "The URL must start with \"redis://\", \"rediss://\" (TLS) or \"unix://\".";
+	return false;
+}
+
+/* [user@]: the userinfo ends at the last '@' before end; never a password */
+static bool
+parse_userinfo(const char **p, const char *end, McRedisUrl *out, const char **why)
+{
+	const char *at = NULL;
+
+	for (const char *q = *p; *q && q < end; q++)
 		if (*q == '@')
 			at = q;
-	if (at)
+	if (at == NULL)
+		return true;
+	if (memchr(*p, ':', at - *p))
 	{
-		if (memchr(p, ':', at - p))
-		{
-			*why = "The URL carries a password.";
-			return false;
-		}
-		if (!copy_part(out->user, sizeof(out->user), p, at - p))
-		{
-			*why = "The user name is too long.";
-			return false;
-		}
-		if (!percent_decode(out->user))
-		{
-			*why = "The user name has a malformed %-escape.";
-			return false;
-		}
-		p = at + 1;
+		*why = "The URL carries a password.";
+		return false;
 	}
-
-	/* host, possibly [v6] */
-	if (*p == '[')
+	if (!copy_part(out->user, sizeof(out->user), *p, at - *p))
 	{
-		const char *close = strchr(p, ']');
+		*why = "The user name is too long.";
+		return false;
+	}
+	if (!percent_decode(out->user))
+	{
+		*why = "The user name has a malformed %-escape.";
+		return false;
+	}
+	*p = at + 1;
+	return true;
+}
 
-		if (!close || close == p + 1)
+/* host, possibly [v6], then :port */
+static bool
+parse_host_port(const char **p, McRedisUrl *out, const char **why)
+{
+	const char *hostend;
+
+	if (**p == '[')
+	{
+		const char *close = strchr(*p, ']');
+
+		if (!close || close == *p + 1)
 		{
 			*why = "The IPv6 host is not closed with \"]\".";
 			return false;
 		}
-		if (!copy_part(out->host, sizeof(out->host), p + 1, close - p - 1))
+		if (!copy_part(out->ep.host, sizeof(out->ep.host), *p + 1, close - *p - 1))
 		{
 			*why = "The host name is too long.";
 			return false;
@@ -184,69 +208,80 @@ parse_redis_url(const char *url, McRedisUrl *out, const char **why)
 	}
 	else
 	{
-		hostend = p;
+		hostend = *p;
 		while (*hostend && *hostend != ':' && *hostend != '/')
 			hostend++;
-		if (!copy_part(out->host, sizeof(out->host), p, hostend - p))
+		if (!copy_part(out->ep.host, sizeof(out->ep.host), *p, hostend - *p))
 		{
 			*why = "The host name is too long.";
 			return false;
 		}
 	}
-	if (out->host[0] == '\0')
+	if (out->ep.host[0] == '\0')
 	{
 		*why = "The URL has no host.";
 		return false;
 	}
-	for (const char *h = out->host; *h; h++)
+	for (const char *h = out->ep.host; *h; h++)
 		if (!(isalnum((unsigned char) *h) || *h == '.' || *h == '-' || *h == ':' || *h == '_'))
 		{
 			*why = "The host name contains an invalid character.";
 			return false;
 		}
-
-	p = hostend;
-	if (*p == ':')
+	*p = hostend;
+	if (**p == ':')
 	{
 		long		port;
-		char	   *end;
+		char	   *end = NULL;
 
-		p++;
-		if (!isdigit((unsigned char) *p))
-		{
-			*why = "The port must be a number from 1 to 65535.";
-			return false;
-		}
-		port = strtol(p, &end, 10);
+		(*p)++;
+		port = isdigit((unsigned char) **p) ? strtol(*p, &end, 10) : 0;
 		if (port < 1 || port > 65535 || (*end != '\0' && *end != '/'))
 		{
 			*why = "The port must be a number from 1 to 65535.";
 			return false;
 		}
-		out->port = (int) port;
-		p = end;
+		out->ep.port = (int) port;
+		*p = end;
 	}
+	return true;
+}
+
+/* a database number ending at end or at the string's end */
+static bool
+parse_db(const char *p, const char *end, McRedisUrl *out, const char **why)
+{
+	long		db;
+	char	   *stop;
+
+	if (!isdigit((unsigned char) *p))
+	{
+		*why = "The database must be a non-negative number.";
+		return false;
+	}
+	db = strtol(p, &stop, 10);
+	if (stop != end || db < 0 || db > INT_MAX)
+	{
+		*why = "The database must be a non-negative number.";
+		return false;
+	}
+	out->db = (int) db;
+	return true;
+}
+
+/* redis:// and rediss://: after the userinfo, host[:port][/db] */
+static bool
+parse_tcp_url(const char *p, McRedisUrl *out, const char **why)
+{
+	const char *slash = strchr(p, '/');
+
+	if (!parse_userinfo(&p, slash ? slash : p + strlen(p), out, why) ||
+		!parse_host_port(&p, out, why))
+		return false;
 	if (*p == '/')
 	{
-		long		db;
-		char	   *end;
-
 		p++;
-		if (*p == '\0')
-			return true;
-		if (!isdigit((unsigned char) *p))
-		{
-			*why = "The database must be a non-negative number.";
-			return false;
-		}
-		db = strtol(p, &end, 10);
-		if (*end != '\0' || db < 0 || db > INT_MAX)
-		{
-			*why = "The database must be a non-negative number.";
-			return false;
-		}
-		out->db = (int) db;
-		p = end;
+		return *p == '\0' || parse_db(p, p + strlen(p), out, why);
 	}
 	if (*p != '\0')
 	{
@@ -254,6 +289,60 @@ parse_redis_url(const char *url, McRedisUrl *out, const char **why)
 		return false;
 	}
 	return true;
+}
+
+/* unix://: after the userinfo, /path[?db=N] */
+static bool
+parse_unix_url(const char *p, McRedisUrl *out, const char **why)
+{
+	const char *slash = strchr(p, '/');
+	const char *query;
+
+	if (!parse_userinfo(&p, slash ? slash : p + strlen(p), out, why))
+		return false;
+	if (*p != '/')
+	{
+		*why = "The socket path must be absolute: unix:///path/to/redis.sock.";
+		return false;
+	}
+	query = strchr(p, '?');
+	if (!copy_part(out->ep.path, sizeof(out->ep.path), p, query ? query - p : strlen(p)))
+	{
+		*why = "The socket path is too long.";
+		return false;
+	}
+	if (query == NULL)
+		return true;
+	if (strncmp(query, "?password=", 10) == 0)
+	{
+		*why = "The URL carries a password.";
+		return false;
+	}
+	if (strncmp(query, "?db=", 4) != 0)
+	{
+		*why = "The only parameter of a unix:// URL is db.";
+		return false;
+	}
+	return parse_db(query + 4, query + strlen(query), out, why);
+}
+
+/*
+ * Parse redis://[user@]host[:port][/db], rediss:// (the same, over TLS) or
+ * unix://[user@]/path[?db=N].  On failure returns false and sets *why to a
+ * description that never repeats the URL.
+ */
+static bool
+parse_redis_url(const char *url, McRedisUrl *out, const char **why)
+{
+	const char *p = url;
+
+	memset(out, 0, sizeof(*out));
+	out->ep.port = 6379;
+	if (!parse_scheme(&p, out, why))
+		return false;
+	if (out->ep.unix_socket)
+		return parse_unix_url(p, out, why);
+	return parse_tcp_url(p, out, why);
 }
 
 static bool
@@ -270,7 +359,7 @@ check_redis_url(char **newval, void **extra, GucSource source)
 		hide_statement = true;
 		GUC_check_errmsg("invalid value for parameter \"meetcache.redis_url\"");
 		GUC_check_errdetail("%s", why ? why : "The URL is empty.");
-		GUC_check_errhint("The format is redis://[user@]host[:port][/db]; the password goes in the file named by meetcache.redis_password_file.");
+		GUC_check_errhint("The format is redis://[user@]host[:port][/db], rediss://... for TLS or unix://[user@]/path[?db=N]; the password goes in the file named by meetcache.redis_password_file.");
 		return false;
 	}
 	copy = (McRedisUrl *) malloc(sizeof(McRedisUrl));
@@ -289,6 +378,68 @@ assign_redis_url(const char *newval, void *extra)
 	/* the struct is zero-filled before parsing: hashing it is stable */
 	mc_url_hash = mc_url ? hash_bytes_extended((const unsigned char *) mc_url,
 											   sizeof(McRedisUrl), 0) : 0;
+	mc_transport_reconfigure(&tls);
+}
+
+/*
+ * A TLS setting changed (assign hooks run before the variable is set, so
+ * each passes its new value): connections made with the old ones are
+ * dropped, the TLS context is made again.
+ */
+static void
+tls_reconfigure(McTlsSettings t)
+{
+	mc_url_generation++;
+	mc_transport_reconfigure(&t);
+}
+
+static void
+assign_tls_ca_file(const char *newval, void *extra)
+{
+	McTlsSettings t = tls;
+
+	t.ca_file = newval;
+	tls_reconfigure(t);
+}
+
+static void
+assign_tls_cert_file(const char *newval, void *extra)
+{
+	McTlsSettings t = tls;
+
+	t.cert_file = newval;
+	tls_reconfigure(t);
+}
+
+static void
+assign_tls_key_file(const char *newval, void *extra)
+{
+	McTlsSettings t = tls;
+
+	t.key_file = newval;
+	tls_reconfigure(t);
+}
+
+static void
+assign_tls_verify(int newval, void *extra)
+{
+	McTlsSettings t = tls;
+
+	t.verify = newval;
+	tls_reconfigure(t);
+}
+
+/* ip[:port] or [ipv6]:port, comma-separated: what ares_set_servers_ports_csv takes */
+static bool
+check_dns_servers(char **newval, void **extra, GucSource source)
+{
+	for (const char *c = *newval ? *newval : ""; *c; c++)
+		if (!(isxdigit((unsigned char) *c) || strchr(".:[],", *c)))
+		{
+			GUC_check_errdetail("The value must be a comma-separated list of ip[:port] or [ipv6]:port.");
+			return false;
+		}
+	return true;
 }
 
 /* the statement of a refused redis_url stays out of the server log */
@@ -512,9 +663,56 @@ _PG_init(void)
 {
 	mc_preloaded = process_shared_preload_libraries_in_progress;
 
+	/* before redis_url, whose assign hook sets TLS up with them */
+	DefineCustomStringVariable("meetcache.redis_tls_ca_file",
+							   "CA certificates that verify the certificate of a rediss:// server.",
+							   "Empty: the system's trust store.",
+							   (char **) &tls.ca_file,
+							   "",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, assign_tls_ca_file, NULL);
+
+	DefineCustomStringVariable("meetcache.redis_tls_cert_file",
+							   "Client certificate sent to a rediss:// server (for tls-auth-clients).",
+							   "Empty: none.",
+							   (char **) &tls.cert_file,
+							   "",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, assign_tls_cert_file, NULL);
+
+	DefineCustomStringVariable("meetcache.redis_tls_key_file",
+							   "Private key of meetcache.redis_tls_cert_file.",
+							   "Empty: the key is in the certificate file.",
+							   (char **) &tls.key_file,
+							   "",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, assign_tls_key_file, NULL);
+
+	DefineCustomEnumVariable("meetcache.redis_tls_verify",
+							 "How the certificate of a rediss:// server is checked.",
+							 "full: chain and host name; ca: chain only; none: not at all.",
+							 &tls.verify,
+							 MC_TLS_VERIFY_FULL,
+							 tls_verify_options,
+							 PGC_SUSET,
+							 GUC_SUPERUSER_ONLY,
+							 NULL, assign_tls_verify, NULL);
+
+	DefineCustomStringVariable("meetcache.redis_dns_servers",
+							   "DNS servers that resolve the host name of meetcache.redis_url.",
+							   "Comma-separated ip[:port]; empty: those of /etc/resolv.conf.",
+							   &mc_dns_servers,
+							   "",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY,
+							   check_dns_servers, NULL, NULL);
+
 	DefineCustomStringVariable("meetcache.redis_url",
 							   "Redis server that holds the cache.",
-							   "Format: redis://[user@]host[:port][/db]; the password is read from meetcache.redis_password_file.",
+							   "Format: redis://[user@]host[:port][/db], rediss://... (TLS) or unix://[user@]/path[?db=N]; the password is read from meetcache.redis_password_file.",
 							   &redis_url_string,
 							   "redis://127.0.0.1:6379/0",
 							   PGC_SUSET,

@@ -4,7 +4,10 @@
  *
  * Who owns what:
  *	  meetcache.c  _PG_init, GUCs, the parsed redis_url and the Redis password file
- *	  redis.c      every byte exchanged with Redis (the only hiredis user)
+ *	  redis.c      the Redis protocol over a stream: handshake, pipelined
+ *	               commands, scripts, invalidation (the only hiredis user)
+ *	  transport.c  the byte stream: host names, TCP, Unix sockets, TLS,
+ *	               deadlines and both waiting disciplines (transport.h)
  *	  pending.c    the per-transaction set of keys and its commit/abort path
  *	  delivery.c   where committed keys go: Redis, the queue or the retry ring
  *	  rules.c      the rule catalog cache, compiling rules, collecting keys, lookups
@@ -37,13 +40,29 @@
 
 /* ---- configuration (meetcache.c) ---- */
 
-typedef struct McRedisUrl
+/* where one Redis server listens (a sentinel or cluster node is one too) */
+typedef struct McEndpoint
 {
+	bool		unix_socket;	/* path, else host and port */
+	bool		tls;			/* TLS over TCP, host is the name verified */
 	char		host[256];
 	int			port;
+	char		path[108];		/* sizeof(sun_path) */
+} McEndpoint;
+
+typedef struct McRedisUrl
+{
+	McEndpoint	ep;
 	char		user[128];		/* empty: the default user */
 	int			db;
 } McRedisUrl;				/* never a password: see mc_redis_password() */
+
+typedef enum McTlsVerify
+{
+	MC_TLS_VERIFY_FULL = 0,		/* chain and host name */
+	MC_TLS_VERIFY_CA,			/* chain only */
+	MC_TLS_VERIFY_NONE
+} McTlsVerify;
 
 typedef enum McDelivery
 {
@@ -68,6 +87,7 @@ extern int	mc_retry_buffer_kb;
 extern int	mc_drain_batch;
 extern bool mc_preloaded;		/* loaded by shared_preload_libraries */
 extern uint64 mc_url_hash;		/* identity of the Redis endpoint in use */
+extern char *mc_dns_servers;	/* "" = the system's resolvers */
 
 /* ---- shared small types ---- */
 
@@ -92,6 +112,23 @@ typedef struct McErr
  * err filled, when the file cannot be used (only with reread).
  */
 extern const char *mc_redis_password(bool reread, McErr *err);
+
+/* ---- transport.c (the rest is in transport.h) ---- */
+
+/* the meetcache.redis_tls_* settings */
+typedef struct McTlsSettings
+{
+	const char *ca_file;		/* "" = the system's trust store */
+	const char *cert_file;		/* "" = no client certificate */
+	const char *key_file;		/* "" = the key is in cert_file */
+	int			verify;			/* McTlsVerify */
+} McTlsSettings;
+
+/*
+ * The TLS settings or the URL changed: set the TLS context up again, now
+ * (the assign hooks call it, never the commit path).
+ */
+extern void mc_transport_reconfigure(const McTlsSettings *t);
 
 /* ---- redis.c ---- */
 

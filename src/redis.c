@@ -1,84 +1,52 @@
 /*
  * redis.c
- *	  All Redis I/O: the backend's single lazily opened connection, its
- *	  handshake, pipelined round trips under deadlines, and the post-commit
- *	  invalidation path.  This is the only file that includes hiredis, and
- *	  hiredis is used as a protocol layer only (command formatting and the
- *	  reply reader) over a non-blocking socket of our own, so a TLS transport
- *	  can later replace conn_send/conn_recv without touching callers.
+ *	  The Redis protocol: a connection per endpoint (a stream of
+ *	  transport.c, which owns the bytes: TCP, Unix socket or TLS), its
+ *	  handshake, pipelined round trips under deadlines, the SQL functions'
+ *	  command API, scripts, and the post-commit invalidation path.  This is
+ *	  the only file that includes hiredis, and hiredis is used as a protocol
+ *	  layer only (command formatting and the reply reader) over that stream.
+ *
+ * Connections: McConn is one endpoint's connection; the backend uses one
+ * (conn), opened lazily for meetcache.redis_url.  Several McConns (Redis
+ * Cluster's nodes, a sentinel then its master) take the same functions.
  *
  * Two kinds of callers:
- *	  - SQL functions (interruptible): every wait goes through a WaitEventSet
- *		with the process latch, so statement_timeout and pg_cancel_backend
- *		work; failures are thrown as ERRORs, after hiredis replies are freed.
+ *	  - SQL functions (interruptible): every wait goes through the process
+ *		latch, so statement_timeout and pg_cancel_backend work; failures are
+ *		thrown as ERRORs, after hiredis replies are freed.
  *	  - the commit callback (mc_redis_invalidate): never throws, never
- *		pallocs, does no file I/O (a connection it opens uses the password
- *		file's copy as last read); it waits with poll() against its own
- *		deadline (interrupts are held there) and reports failure through an
- *		McErr, which tells a Redis that does not answer from a job too long
- *		for its deadline.
+ *		pallocs, does no file I/O of its own (a connection it opens uses the
+ *		password file's copy as last read); it waits with poll() against its
+ *		own deadline (interrupts are held there) and reports failure through
+ *		an McErr, which tells a Redis that does not answer from a job too
+ *		long for its deadline.
  * After any timeout, cancel or protocol error the connection is out of step
  * and is dropped; the next use reconnects.
  */
 #include "postgres.h"
 
-#include <errno.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <hiredis/hiredis.h>
 
 #include "miscadmin.h"
-#include "storage/latch.h"
-#include "utils/memutils.h"
 #include "utils/timestamp.h"
-
-#if PG_VERSION_NUM >= 140000
-#include "utils/wait_event.h"
-#endif
 
 #include "lua_scripts.h"
 #include "meetcache.h"
+#include "transport.h"
 
 typedef struct McConn
 {
-	pgsocket	fd;
+	McStream	stream;
 	redisReader *reader;
-	WaitEventSet *wes;			/* for interruptible waits; lazily made */
-	int			wes_pos;
 	bool		busy;			/* an exchange was cut short: out of step */
 	uint64		generation;		/* mc_url_generation at connect time */
-	char		endpoint[300];	/* host:port, for messages */
 } McConn;
 
-static McConn conn = {PGINVALID_SOCKET, NULL, NULL, -1, false, 0, ""};
+static McConn conn = {MC_STREAM_INIT, NULL, false, 0};
 
 /* where replies of a round trip go; returns false to report a bad reply */
 typedef bool (*reply_cb) (redisReply *r, void *arg, McErr *err);
-
-static void
-set_err(McErr *err, int sqlstate, const char *fmt,...)
-pg_attribute_printf(3, 4);
-
-static void
-set_err(McErr *err, int sqlstate, const char *fmt,...)
-{
-	va_list		ap;
-
-	char		raw[sizeof(err->msg)];
-
-	err->sqlstate = sqlstate;
-	va_start(ap, fmt);
-	vsnprintf(raw, sizeof(raw), fmt, ap);
-	va_end(ap);
-	/* messages may quote Redis: printable, never a cut character */
-	mc_excerpt(err->msg, sizeof(err->msg), raw, strlen(raw));
-	err->detail[0] = '\0';
-}
 
 /* "Redis said: <its error text>", as a printable excerpt */
 static void
@@ -89,138 +57,55 @@ set_said(McErr *err, redisReply *r)
 	mc_excerpt(err->detail + n, sizeof(err->detail) - n, r->str, (int) r->len);
 }
 
-static const char *
-mc_redis_endpoint(void)
-{
-	static char buf[300];
-
-	if (mc_url == NULL)
-		return "(unset)";
-	if (strchr(mc_url->host, ':'))
-		snprintf(buf, sizeof(buf), "[%s]:%d", mc_url->host, mc_url->port);
-	else
-		snprintf(buf, sizeof(buf), "%s:%d", mc_url->host, mc_url->port);
-	return buf;
-}
-
 static void
-mc_redis_disconnect(void)
+conn_close(McConn *c)
 {
-	if (conn.wes)
+	mc_stream_close(&c->stream);
+	if (c->reader)
 	{
-		FreeWaitEventSet(conn.wes);
-		conn.wes = NULL;
-		conn.wes_pos = -1;
+		redisReaderFree(c->reader);
+		c->reader = NULL;
 	}
-	if (conn.fd != PGINVALID_SOCKET)
-	{
-		close(conn.fd);
-		conn.fd = PGINVALID_SOCKET;
-	}
-	if (conn.reader)
-	{
-		redisReaderFree(conn.reader);
-		conn.reader = NULL;
-	}
-	conn.busy = false;
+	c->busy = false;
 }
 
-static long
-ms_left(TimestampTz deadline)
+/* feed what the stream has to the reader and hand out complete replies */
+static bool
+read_replies(McConn *c, int nreplies, int *received, reply_cb cb, void *arg,
+			 bool *ok, McErr *err, bool *got_any)
 {
-	TimestampTz now = GetCurrentTimestamp();
+	char		rbuf[16384];
+	ssize_t		n = mc_stream_recv(&c->stream, rbuf, sizeof(rbuf), err);
 
-	if (now >= deadline)
-		return 0;
-	return (long) ((deadline - now + 999) / 1000);
-}
-
-/*
- * Wait until the socket is ready for `events` (WL_SOCKET_READABLE and/or
- * WL_SOCKET_WRITEABLE).  Returns the ready events, or 0 on timeout.
- * Interruptible waits may throw (query cancel, statement_timeout).
- */
-static int
-wait_socket(int events, TimestampTz deadline, bool interruptible)
-{
-	for (;;)
+	if (n < 0)
+		return false;
+	if (n == 0)
+		return true;			/* nothing yet */
+	if (redisReaderFeed(c->reader, rbuf, n) != REDIS_OK)
 	{
-		long		timeout = ms_left(deadline);
+		mc_err_set(err, ERRCODE_PROTOCOL_VIOLATION,
+				   "could not parse the reply of redis at %s", c->stream.name);
+		return false;
+	}
+	while (*received < nreplies)
+	{
+		void	   *reply = NULL;
 
-		if (timeout <= 0)
-			return 0;
-
-		if (interruptible)
+		if (redisReaderGetReply(c->reader, &reply) != REDIS_OK)
 		{
-			WaitEvent	ev;
-			int			rc;
-
-			if (conn.wes == NULL)
-			{
-#if PG_VERSION_NUM >= 170000
-				conn.wes = CreateWaitEventSet(NULL, 3);
-#else
-				conn.wes = CreateWaitEventSet(TopMemoryContext, 3);
-#endif
-				AddWaitEventToSet(conn.wes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-				AddWaitEventToSet(conn.wes, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-				conn.wes_pos = AddWaitEventToSet(conn.wes, events, conn.fd, NULL, NULL);
-			}
-			else
-				ModifyWaitEvent(conn.wes, conn.wes_pos, events, NULL);
-
-			rc = WaitEventSetWait(conn.wes, timeout, &ev, 1, PG_WAIT_EXTENSION);
-			if (rc == 0)
-				continue;		/* re-check the deadline */
-			if (ev.events & WL_LATCH_SET)
-			{
-				ResetLatch(MyLatch);
-				CHECK_FOR_INTERRUPTS();
-				continue;
-			}
-			if (ev.events & (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE))
-				return ev.events & (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE);
+			mc_err_set(err, ERRCODE_PROTOCOL_VIOLATION,
+					   "could not parse the reply of redis at %s: %s",
+					   c->stream.name, c->reader->errstr);
+			return false;
 		}
-		else
-		{
-			struct pollfd pfd;
-			int			rc;
-
-			pfd.fd = conn.fd;
-			pfd.events = ((events & WL_SOCKET_READABLE) ? POLLIN : 0) |
-				((events & WL_SOCKET_WRITEABLE) ? POLLOUT : 0);
-			pfd.revents = 0;
-			rc = poll(&pfd, 1, (int) Min(timeout, 1000));
-			if (rc < 0 && errno != EINTR)
-				return events;	/* let the following read/write see the error */
-			if (rc > 0)
-			{
-				int			r = 0;
-
-				if (pfd.revents & (POLLIN | POLLERR | POLLHUP))
-					r |= WL_SOCKET_READABLE;
-				if (pfd.revents & (POLLOUT | POLLERR | POLLHUP))
-					r |= WL_SOCKET_WRITEABLE;
-				r &= events;
-				if (r)
-					return r;
-				return events;
-			}
-		}
+		if (reply == NULL)
+			break;
+		*got_any = true;
+		(*received)++;
+		if (!cb((redisReply *) reply, arg, err))
+			*ok = false;		/* keep reading: the stream stays in step */
 	}
-}
-
-/* transport: plain TCP today; TLS would replace these two */
-static ssize_t
-conn_send(const char *buf, size_t len)
-{
-	return send(conn.fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-}
-
-static ssize_t
-conn_recv(char *buf, size_t len)
-{
-	return recv(conn.fd, buf, len, MSG_DONTWAIT);
+	return true;
 }
 
 /*
@@ -230,8 +115,9 @@ conn_recv(char *buf, size_t len)
  * any reply arrived (a stale connection fails before the first one).
  */
 static bool
-roundtrip(const char *buf, size_t len, int nreplies, reply_cb cb, void *arg,
-		  TimestampTz deadline, bool interruptible, McErr *err, bool *got_any)
+roundtrip(McConn *c, const char *buf, size_t len, int nreplies, reply_cb cb,
+		  void *arg, TimestampTz deadline, bool interruptible, McErr *err,
+		  bool *got_any)
 {
 	size_t		sent = 0;
 	int			received = 0;
@@ -239,85 +125,39 @@ roundtrip(const char *buf, size_t len, int nreplies, reply_cb cb, void *arg,
 	bool		first = true;
 
 	*got_any = false;
-	conn.busy = true;
+	c->busy = true;
 	while (received < nreplies)
 	{
-		int			want = WL_SOCKET_READABLE;
+		int			want = MC_WAIT_READ;
 		int			ready;
 
 		if (sent < len)
-			want |= WL_SOCKET_WRITEABLE;
+			want |= MC_WAIT_WRITE;
 		/* the socket is almost always writable: try before polling */
 		if (first)
 			ready = want;
 		else
-			ready = wait_socket(want, deadline, interruptible);
+			ready = mc_stream_wait(&c->stream, want, deadline, interruptible);
 		first = false;
 		if (ready == 0)
 		{
-			set_err(err, ERRCODE_CONNECTION_FAILURE,
-					"redis at %s did not answer within the deadline", conn.endpoint);
+			mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
+					   "redis at %s did not answer within the deadline", c->stream.name);
 			return false;
 		}
-		if ((ready & WL_SOCKET_WRITEABLE) && sent < len)
+		if ((ready & MC_WAIT_WRITE) && sent < len)
 		{
-			ssize_t		n = conn_send(buf + sent, len - sent);
+			ssize_t		n = mc_stream_send(&c->stream, buf + sent, len - sent, err);
 
-			if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-			{
-				set_err(err, ERRCODE_CONNECTION_FAILURE,
-						"could not send to redis at %s: %s", conn.endpoint, strerror(errno));
-				return false;
-			}
-			if (n > 0)
-				sent += n;
-		}
-		if (ready & WL_SOCKET_READABLE)
-		{
-			char		rbuf[16384];
-			ssize_t		n = conn_recv(rbuf, sizeof(rbuf));
-
-			if (n == 0)
-			{
-				set_err(err, ERRCODE_CONNECTION_FAILURE,
-						"redis at %s closed the connection", conn.endpoint);
-				return false;
-			}
 			if (n < 0)
-			{
-				if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-					continue;
-				set_err(err, ERRCODE_CONNECTION_FAILURE,
-						"could not read from redis at %s: %s", conn.endpoint, strerror(errno));
 				return false;
-			}
-			if (redisReaderFeed(conn.reader, rbuf, n) != REDIS_OK)
-			{
-				set_err(err, ERRCODE_PROTOCOL_VIOLATION,
-						"could not parse the reply of redis at %s", conn.endpoint);
-				return false;
-			}
-			while (received < nreplies)
-			{
-				void	   *reply = NULL;
-
-				if (redisReaderGetReply(conn.reader, &reply) != REDIS_OK)
-				{
-					set_err(err, ERRCODE_PROTOCOL_VIOLATION,
-							"could not parse the reply of redis at %s: %s",
-							conn.endpoint, conn.reader->errstr);
-					return false;
-				}
-				if (reply == NULL)
-					break;
-				*got_any = true;
-				received++;
-				if (!cb((redisReply *) reply, arg, err))
-					ok = false; /* keep reading: the stream stays in step */
-			}
+			sent += n;
 		}
+		if ((ready & MC_WAIT_READ) &&
+			!read_replies(c, nreplies, &received, cb, arg, &ok, err, got_any))
+			return false;
 	}
-	conn.busy = false;
+	c->busy = false;
 	return ok;
 }
 
@@ -329,6 +169,7 @@ typedef struct HandshakeState
 	int			auth_idx;
 	int			select_idx;
 	int			setname_idx;
+	const char *endpoint;
 } HandshakeState;
 
 static bool
@@ -343,20 +184,20 @@ handshake_cb(redisReply *r, void *arg, McErr *err)
 	{
 		if (hs->idx == hs->auth_idx)
 		{
-			set_err(err, ERRCODE_INVALID_PASSWORD,
-					"redis at %s refused the credentials", conn.endpoint);
+			mc_err_set(err, ERRCODE_INVALID_PASSWORD,
+					   "redis at %s refused the credentials", hs->endpoint);
 			set_said(err, r);
 		}
 		else if (hs->idx == hs->select_idx)
 		{
-			set_err(err, ERRCODE_INVALID_PARAMETER_VALUE,
-					"redis at %s refused to select database %d", conn.endpoint, mc_url->db);
+			mc_err_set(err, ERRCODE_INVALID_PARAMETER_VALUE,
+					   "redis at %s refused to select database %d", hs->endpoint, mc_url->db);
 			set_said(err, r);
 		}
 		else
 		{
-			set_err(err, ERRCODE_CONNECTION_FAILURE,
-					"redis at %s refused the connection handshake", conn.endpoint);
+			mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
+					   "redis at %s refused the connection handshake", hs->endpoint);
 			set_said(err, r);
 		}
 		ok = false;
@@ -404,43 +245,117 @@ rawbuf_add(RawBuf *b, int argc, const char **argv, const size_t *lens)
 }
 
 /*
- * Open a connection and run the handshake (AUTH, SELECT, CLIENT SETNAME,
- * PING) in one round trip.  Never throws unless interruptible and
- * interrupted.  A frozen Redis still accepts TCP connections, so health is
- * only confirmed by the PING reply.
+ * Format the handshake for url: AUTH (a named user is always
+ * authenticated, without a password file too), SELECT, CLIENT SETNAME
+ * and the PING that proves the server answers (a frozen Redis still
+ * accepts connections).  Returns the number of commands, or -1 when out of
+ * memory.  The buffer holds the password: the caller wipes it.
  */
-static bool
-conn_open(bool interruptible, TimestampTz outer_deadline, McErr *err)
+static int
+handshake_format(RawBuf *b, HandshakeState *hs, const McRedisUrl *url,
+				 const char *password)
 {
-	struct addrinfo hints,
-			   *res = NULL,
-			   *ai;
-	struct sockaddr_storage addrs[4];
-	socklen_t	addrlens[4];
-	int			families[4];
-	int			naddrs;
-	char		portstr[16];
-	int			rc;
-	TimestampTz deadline;
-	HandshakeState hs = {0, -1, -1, -1};
-	RawBuf		b = {NULL, 0, 0};
 	const char *argv[3];
 	size_t		lens[3];
-	const char *password;
 	char		name[64];
 	char		dbstr[16];
-	volatile int ncmds = 0;
-	bool		got_any;
-	bool		ok;
+	int			ncmds = 0;
+	bool		ok = true;
 
-	mc_redis_disconnect();
+	if (url->user[0] || password[0])
+	{
+		int			argc = 0;
+
+		argv[argc] = "AUTH";
+		lens[argc++] = 4;
+		if (url->user[0])
+		{
+			argv[argc] = url->user;
+			lens[argc++] = strlen(url->user);
+		}
+		argv[argc] = password;
+		lens[argc++] = strlen(password);
+		hs->auth_idx = ncmds++;
+		ok &= rawbuf_add(b, argc, argv, lens);
+	}
+	if (url->db != 0)
+	{
+		snprintf(dbstr, sizeof(dbstr), "%d", url->db);
+		argv[0] = "SELECT";
+		lens[0] = 6;
+		argv[1] = dbstr;
+		lens[1] = strlen(dbstr);
+		hs->select_idx = ncmds++;
+		ok &= rawbuf_add(b, 2, argv, lens);
+	}
+	snprintf(name, sizeof(name), "meetcache-%d", MyProcPid);
+	argv[0] = "CLIENT";
+	lens[0] = 6;
+	argv[1] = "SETNAME";
+	lens[1] = 7;
+	argv[2] = name;
+	lens[2] = strlen(name);
+	hs->setname_idx = ncmds++;
+	ok &= rawbuf_add(b, 3, argv, lens);
+	argv[0] = "PING";
+	lens[0] = 4;
+	ncmds++;
+	ok &= rawbuf_add(b, 1, argv, lens);
+	return ok ? ncmds : -1;
+}
+
+/* the handshake in one round trip; the password is wiped whatever happens */
+static bool
+handshake_run(McConn *c, const McRedisUrl *url, const char *password,
+			  TimestampTz deadline, bool interruptible, McErr *err)
+{
+	HandshakeState hs = {0, -1, -1, -1, c->stream.name};
+	RawBuf		b = {NULL, 0, 0};
+	int			ncmds = handshake_format(&b, &hs, url, password);
+	volatile bool ok = false;
+	bool		got_any;
+
+	PG_TRY();
+	{
+		if (ncmds < 0)
+			mc_err_set(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting the redis handshake");
+		else
+		{
+			err->msg[0] = '\0';
+			ok = roundtrip(c, b.data, b.len, ncmds, handshake_cb, &hs, deadline,
+						   interruptible, err, &got_any);
+		}
+	}
+	PG_FINALLY();
+	{
+		if (b.data)
+		{
+			explicit_bzero(b.data, b.len);
+			free(b.data);
+		}
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/*
+ * Open the connection to meetcache.redis_url and run the handshake.  Never
+ * throws unless interruptible and interrupted.
+ */
+static bool
+conn_open(McConn *c, bool interruptible, TimestampTz outer_deadline, McErr *err)
+{
+	TimestampTz deadline;
+	const char *password;
+
+	conn_close(c);
 	/* until the handshake succeeds the connection is unusable, even if a
 	 * cancel interrupts us half way: the next use starts over */
-	conn.busy = true;
+	c->busy = true;
 	err->msg[0] = '\0';
 	if (mc_url == NULL)
 	{
-		set_err(err, ERRCODE_CONFIG_FILE_ERROR, "meetcache.redis_url is not set");
+		mc_err_set(err, ERRCODE_CONFIG_FILE_ERROR, "meetcache.redis_url is not set");
 		return false;
 	}
 	/*
@@ -451,185 +366,53 @@ conn_open(bool interruptible, TimestampTz outer_deadline, McErr *err)
 	password = mc_redis_password(interruptible || IsBackgroundWorker, err);
 	if (password == NULL)
 		return false;
-	strlcpy(conn.endpoint, mc_redis_endpoint(), sizeof(conn.endpoint));
 	/* the connect deadline never stretches the caller's */
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), mc_connect_timeout);
 	if (outer_deadline < deadline)
 		deadline = outer_deadline;
 
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_NUMERICSERV;
-	snprintf(portstr, sizeof(portstr), "%d", mc_url->port);
-	rc = getaddrinfo(mc_url->host, portstr, &hints, &res);
-	if (rc != 0 || res == NULL)
+	if (!mc_stream_open(&c->stream, &mc_url->ep, deadline, interruptible, err))
 	{
-		set_err(err, ERRCODE_CONNECTION_FAILURE,
-				"could not resolve redis host \"%s\": %s", mc_url->host, gai_strerror(rc));
+		conn_close(c);
 		return false;
 	}
-
-	/* copy the addresses so nothing is leaked if a wait below throws */
-	naddrs = 0;
-	for (ai = res; ai != NULL && naddrs < 4; ai = ai->ai_next)
+	c->busy = true;
+	c->reader = redisReaderCreate();
+	if (c->reader == NULL)
 	{
-		if (ai->ai_addrlen > sizeof(struct sockaddr_storage))
-			continue;
-		memcpy(&addrs[naddrs], ai->ai_addr, ai->ai_addrlen);
-		addrlens[naddrs] = ai->ai_addrlen;
-		families[naddrs] = ai->ai_family;
-		naddrs++;
-	}
-	freeaddrinfo(res);
-
-	for (int i = 0; i < naddrs; i++)
-	{
-		int			one = 1;
-
-		conn.fd = socket(families[i], SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		if (conn.fd < 0)
-		{
-			conn.fd = PGINVALID_SOCKET;
-			continue;
-		}
-		conn.busy = true;
-		(void) setsockopt(conn.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		if (connect(conn.fd, (struct sockaddr *) &addrs[i], addrlens[i]) == 0)
-			break;
-		if (errno == EINPROGRESS)
-		{
-			int			soerr = 0;
-			socklen_t	sl = sizeof(soerr);
-
-			if (wait_socket(WL_SOCKET_WRITEABLE, deadline, interruptible) == 0)
-			{
-				set_err(err, ERRCODE_CONNECTION_FAILURE,
-						"could not connect to redis at %s: timed out", conn.endpoint);
-				mc_redis_disconnect();
-				continue;
-			}
-			if (getsockopt(conn.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0)
-				break;
-			set_err(err, ERRCODE_CONNECTION_FAILURE,
-					"could not connect to redis at %s: %s", conn.endpoint, strerror(soerr));
-		}
-		else
-			set_err(err, ERRCODE_CONNECTION_FAILURE,
-					"could not connect to redis at %s: %s", conn.endpoint, strerror(errno));
-		mc_redis_disconnect();
-	}
-	if (conn.fd == PGINVALID_SOCKET)
-		return false;
-	conn.busy = true;
-	/* the WaitEventSet was made for a closed socket during the loop */
-	if (conn.wes)
-	{
-		FreeWaitEventSet(conn.wes);
-		conn.wes = NULL;
-	}
-
-	conn.reader = redisReaderCreate();
-	if (conn.reader == NULL)
-	{
-		set_err(err, ERRCODE_OUT_OF_MEMORY, "out of memory creating a redis reply reader");
-		mc_redis_disconnect();
+		mc_err_set(err, ERRCODE_OUT_OF_MEMORY, "out of memory creating a redis reply reader");
+		conn_close(c);
 		return false;
 	}
-
-	ok = true;
-	/* a named user is always authenticated, without a password file too */
-	if (mc_url->user[0] || password[0])
+	if (!handshake_run(c, mc_url, password, deadline, interruptible, err))
 	{
-		int			argc = 0;
-
-		argv[argc] = "AUTH";
-		lens[argc++] = 4;
-		if (mc_url->user[0])
-		{
-			argv[argc] = mc_url->user;
-			lens[argc++] = strlen(mc_url->user);
-		}
-		argv[argc] = password;
-		lens[argc++] = strlen(password);
-		hs.auth_idx = ncmds++;
-		ok &= rawbuf_add(&b, argc, argv, lens);
-	}
-	if (mc_url->db != 0)
-	{
-		snprintf(dbstr, sizeof(dbstr), "%d", mc_url->db);
-		argv[0] = "SELECT";
-		lens[0] = 6;
-		argv[1] = dbstr;
-		lens[1] = strlen(dbstr);
-		hs.select_idx = ncmds++;
-		ok &= rawbuf_add(&b, 2, argv, lens);
-	}
-	snprintf(name, sizeof(name), "meetcache-%d", MyProcPid);
-	argv[0] = "CLIENT";
-	lens[0] = 6;
-	argv[1] = "SETNAME";
-	lens[1] = 7;
-	argv[2] = name;
-	lens[2] = strlen(name);
-	hs.setname_idx = ncmds++;
-	ok &= rawbuf_add(&b, 3, argv, lens);
-	argv[0] = "PING";
-	lens[0] = 4;
-	ncmds++;
-	ok &= rawbuf_add(&b, 1, argv, lens);
-	if (!ok)
-	{
-		free(b.data);
-		set_err(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting the redis handshake");
-		mc_redis_disconnect();
+		conn_close(c);
 		return false;
 	}
-
-	err->msg[0] = '\0';
-	PG_TRY();
-	{
-		ok = roundtrip(b.data, b.len, ncmds, handshake_cb, &hs, deadline,
-					   interruptible, err, &got_any);
-	}
-	PG_FINALLY();
-	{
-		/* the password is in this buffer: wipe it */
-		if (b.data)
-		{
-			explicit_bzero(b.data, b.len);
-			free(b.data);
-		}
-	}
-	PG_END_TRY();
-	if (!ok)
-	{
-		mc_redis_disconnect();
-		return false;
-	}
-	conn.generation = mc_url_generation;
-	conn.busy = false;
+	c->generation = mc_url_generation;
+	c->busy = false;
 	return true;
 }
 
 /* make sure a usable connection exists */
 static bool
-conn_ensure(bool interruptible, TimestampTz deadline, McErr *err, bool *fresh)
+conn_ensure(McConn *c, bool interruptible, TimestampTz deadline, McErr *err,
+			bool *fresh)
 {
 	*fresh = false;
-	if (conn.fd != PGINVALID_SOCKET &&
-		(conn.busy || conn.generation != mc_url_generation))
-		mc_redis_disconnect();
-	if (conn.fd != PGINVALID_SOCKET)
+	if (mc_stream_is_open(&c->stream) &&
+		(c->busy || c->generation != mc_url_generation))
+		conn_close(c);
+	if (mc_stream_is_open(&c->stream))
 		return true;
 	*fresh = true;
-	return conn_open(interruptible, deadline, err);
+	return conn_open(c, interruptible, deadline, err);
 }
 
 /*
- * One exchange with a retry: a reused connection that fails before any
- * reply (the server restarted since) is reopened once.  Timeouts are not
- * retried.
+ * One exchange on the backend's connection, with a retry: a reused
+ * connection that fails before any reply (the server restarted since) is
+ * reopened once.  Timeouts are not retried.
  */
 static bool
 exchange(const char *buf, size_t len, int nreplies, reply_cb cb, void *arg,
@@ -640,15 +423,16 @@ exchange(const char *buf, size_t len, int nreplies, reply_cb cb, void *arg,
 
 	for (int attempt = 0; attempt < 2; attempt++)
 	{
-		if (!conn_ensure(interruptible, deadline, err, &fresh))
+		if (!conn_ensure(&conn, interruptible, deadline, err, &fresh))
 			return false;
 		err->msg[0] = '\0';
-		if (roundtrip(buf, len, nreplies, cb, arg, deadline, interruptible, err, &got_any))
+		if (roundtrip(&conn, buf, len, nreplies, cb, arg, deadline, interruptible,
+					  err, &got_any))
 			return true;
 		if (!conn.busy)
 			return false;		/* in step: the replies said no */
-		mc_redis_disconnect();
-		if (fresh || got_any || ms_left(deadline) <= 0 ||
+		conn_close(&conn);
+		if (fresh || got_any || mc_ms_left(deadline) <= 0 ||
 			err->sqlstate == ERRCODE_PROTOCOL_VIOLATION)
 			return false;
 	}
@@ -926,9 +710,9 @@ script_load(McScript which, McErr *err)
 		return false;
 	if (r[0]->type != MC_REPLY_STRING || r[0]->len != 40)
 	{
-		set_err(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+		mc_err_set(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
 				"redis at %s refused to load a meetcache script: %.200s",
-				conn.endpoint, r[0]->str ? r[0]->str : "");
+				conn.stream.name, r[0]->str ? r[0]->str : "");
 		return false;
 	}
 	memcpy(script_sha[which], r[0]->str, 40);
@@ -980,8 +764,8 @@ mc_redis_script(McScript which, int nkeys, int nargs, const char **argv,
 		}
 		return r[0];
 	}
-	set_err(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-			"redis at %s keeps forgetting meetcache's scripts", conn.endpoint);
+	mc_err_set(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+			"redis at %s keeps forgetting meetcache's scripts", conn.stream.name);
 	return NULL;
 }
 
@@ -993,8 +777,8 @@ ping_cb(redisReply *r, void *arg, McErr *err)
 	bool		ok = r->type == REDIS_REPLY_STATUS;
 
 	if (!ok && err->msg[0] == '\0')
-		set_err(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-				"redis at %s refused PING: %.200s", conn.endpoint,
+		mc_err_set(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+				"redis at %s refused PING: %.200s", conn.stream.name,
 				r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
 	freeReplyObject(r);
 	return ok;
@@ -1036,8 +820,8 @@ unlink_cb(redisReply *r, void *arg, McErr *err)
 	else if (r->type == REDIS_REPLY_ERROR)
 	{
 		if (err->msg[0] == '\0')
-			set_err(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-					"redis at %s refused UNLINK: %.200s", conn.endpoint, r->str);
+			mc_err_set(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+					"redis at %s refused UNLINK: %.200s", conn.stream.name, r->str);
 		ok = false;
 	}
 	freeReplyObject(r);
@@ -1108,8 +892,8 @@ scan_cb(redisReply *r, void *arg, McErr *err)
 		r->element[1]->type != REDIS_REPLY_ARRAY)
 	{
 		if (err->msg[0] == '\0')
-			set_err(err, ERRCODE_PROTOCOL_VIOLATION,
-					"redis at %s sent an unexpected SCAN reply", conn.endpoint);
+			mc_err_set(err, ERRCODE_PROTOCOL_VIOLATION,
+					"redis at %s sent an unexpected SCAN reply", conn.stream.name);
 		freeReplyObject(r);
 		return false;
 	}
@@ -1178,7 +962,7 @@ scan_pass(InvState *st, RawBuf *ub, TimestampTz deadline, int step_ms,
 		if (st->oom)
 		{
 			free(cmd.data);
-			set_err(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting UNLINK commands");
+			mc_err_set(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting UNLINK commands");
 			return false;
 		}
 		if (!scan_done)
@@ -1189,7 +973,7 @@ scan_pass(InvState *st, RawBuf *ub, TimestampTz deadline, int step_ms,
 			if (!rawbuf_add(&cmd, 4, argv, lens))
 			{
 				free(cmd.data);
-				set_err(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting SCAN");
+				mc_err_set(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting SCAN");
 				return false;
 			}
 			nscan = 1;
@@ -1248,7 +1032,7 @@ mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 			if (!add_unlink(&b, keys + i, n))
 			{
 				free(b.data);
-				set_err(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting UNLINK commands");
+				mc_err_set(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting UNLINK commands");
 				return false;
 			}
 			ncmds++;
@@ -1280,10 +1064,10 @@ mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 			ok = scan_pass(&st, &ub, deadline, step_ms, res, err);
 		free(ub.data);
 	}
-	if (!ok && step_ms == 0 && st.answered && ms_left(deadline) <= 0 &&
+	if (!ok && step_ms == 0 && st.answered && mc_ms_left(deadline) <= 0 &&
 		err->sqlstate == ERRCODE_CONNECTION_FAILURE)
-		set_err(err, ERRCODE_QUERY_CANCELED,
+		mc_err_set(err, ERRCODE_QUERY_CANCELED,
 				"redis at %s kept answering, but deleting the keys took longer than the deadline",
-				conn.endpoint);
+				conn.stream.name);
 	return ok;
 }

@@ -997,3 +997,124 @@ sub reset
 }
 
 1;
+
+###########################################################################
+# Transports (019_tls, 020_unix_dns): certificates made with openssl,
+# redis-servers that also listen on TLS or a Unix socket (their plain port
+# stays for redis-cli), and a DNS server that never answers or says
+# NXDOMAIN.
+package MeetcacheTest;
+
+# In $dir: a CA (ca.crt), a server certificate it signs for localhost and
+# 127.0.0.1 (server.crt/.key), a client certificate it signs
+# (client.crt/.key), and another CA with a server certificate of its own
+# for the same names (other.crt/.key).  Returns a hash of the paths.
+sub make_tls_certs
+{
+	my ($dir) = @_;
+	my %p = map { $_ => "$dir/$_" }
+	  qw(ca.crt ca.key server.crt server.key client.crt client.key
+	  otherca.crt otherca.key other.crt other.key);
+	my $ext = "$dir/san.cnf";
+	open(my $fh, '>', $ext) or die "cannot write $ext: $!";
+	print $fh "subjectAltName=DNS:localhost,IP:127.0.0.1\n";
+	close $fh;
+	my $run = sub {
+		my $err = '';
+		IPC::Run::run([ 'openssl', @_ ], '<', \undef, '>', \my $out, '2>', \$err)
+		  or die "openssl @_ failed: $err";
+	};
+	my @ec = ('-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes');
+	for my $ca (qw(ca otherca))
+	{
+		$run->('req', '-x509', @ec, '-keyout', $p{"$ca.key"}, '-out', $p{"$ca.crt"},
+			'-days', '2', '-subj', "/CN=meetcache test $ca");
+	}
+	for ([ 'server', 'ca', 'localhost' ], [ 'client', 'ca', 'meetcache' ],
+		[ 'other', 'otherca', 'localhost' ])
+	{
+		my ($name, $ca, $cn) = @$_;
+		$run->('req', @ec, '-keyout', $p{"$name.key"}, '-out', "$dir/$name.csr",
+			'-subj', "/CN=$cn");
+		$run->('x509', '-req', '-in', "$dir/$name.csr", '-CA', $p{"$ca.crt"},
+			'-CAkey', $p{"$ca.key"}, '-CAcreateserial', '-out', $p{"$name.crt"},
+			'-days', '2', ($name eq 'client' ? () : ('-extfile', $ext)));
+	}
+	chmod 0600, map { $p{$_} } grep { /\.key$/ } keys %p;
+	return \%p;
+}
+
+# A redis-server that also serves TLS on its tls_port: cert => 'server' or
+# 'other' (of make_tls_certs $certs), auth_clients => 'no' (default) or 'yes'.
+sub start_tls_redis
+{
+	my (%o) = @_;
+	my $c = $o{certs};
+	my $cert = $o{cert} // 'server';
+	my $tls_port = free_port();
+	my $r = start_redis(
+		args => [
+			'--tls-port' => $tls_port,
+			'--tls-cert-file' => $c->{"$cert.crt"},
+			'--tls-key-file' => $c->{"$cert.key"},
+			'--tls-ca-cert-file' => $c->{'ca.crt'},
+			'--tls-auth-clients' => $o{auth_clients} // 'no',
+		]);
+	$r->{tls_port} = $tls_port;
+	return $r;
+}
+
+# A redis-server that also listens on the Unix socket $r->{socket};
+# requirepass as for start_redis.
+sub start_unix_redis
+{
+	my (%o) = @_;
+	my $dir = File::Temp::tempdir('sock_XXXX', DIR => $PostgreSQL::Test::Utils::tmp_check,
+		CLEANUP => 1);
+	my $sock = File::Spec->rel2abs("$dir/redis.sock");
+	my $r = start_redis(%o,
+		args => [ '--unixsocket' => $sock, '--unixsocketperm' => '700' ]);
+	$r->{socket} = $sock;
+	return $r;
+}
+
+# A DNS server on a free 127.0.0.1 UDP port: mode 'silent' drops every
+# query, 'nxdomain' says no such name.  Returns its port; it is killed when
+# the test script exits.
+my @dns_pids;
+sub start_dns_stub
+{
+	my ($mode) = @_;
+	my $sock = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+		Proto => 'udp') or die "cannot bind a UDP port: $!";
+	my $port = $sock->sockport;
+	my $pid = fork();
+	die "fork: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		while (1)
+		{
+			my $from = $sock->recv(my $q, 512) or next;
+			next if $mode eq 'silent' || length($q) < 12;
+			my ($id, $flags) = unpack('n n', $q);
+			# QR, the query's RD, RA, RCODE 3; the question, nothing else
+			my $head = pack('n6', $id, 0x8183 | ($flags & 0x0100), 1, 0, 0, 0);
+			my $qs = substr($q, 12);
+			my $end = index($qs, "\0");
+			$sock->send($head . substr($qs, 0, $end + 5), 0, $from) if $end >= 0;
+		}
+	}
+	close $sock;
+	push @dns_pids, $pid;
+	return $port;
+}
+
+END
+{
+	my $rc = $?;
+	kill 'KILL', @dns_pids if @dns_pids;
+	waitpid($_, 0) for @dns_pids;
+	$? = $rc;
+}
+
+1;
