@@ -68,12 +68,13 @@ export async function allReads(app: App, extraMeetings: string[] = []): Promise<
   const users = (await prisma.user.findMany({ select: { id: true } })).map((u) => u.id);
   const ms = await prisma.meeting.findMany({ select: { id: true, inviteCode: true } });
   const meetings = [...new Set([...ms.map((m) => m.id), ...extraMeetings])];
-  return [
+  const all = [
     r.liveMeetings(), r.scheduledMeetings(),
     ...users.flatMap((u) => [r.user(u), r.userMeetings(u), r.userStats(u), r.userParticipations(u)]),
     ...meetings.flatMap((m) => [r.meeting(m), r.participants(m), r.participantCount(m), r.recentChats(m), r.recording(m), r.meetingByInvite(`inv-${m}`)]),
     ...ms.map((m) => r.meetingByInvite(m.inviteCode)),
   ];
+  return [...new Map(all.map((read) => [read.key, read])).values()];
 }
 
 /** The HTTP paths that fill the same keys as allReads. */
