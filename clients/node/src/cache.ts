@@ -210,20 +210,35 @@ export function createCache(redis: Client, options: CacheOptions = {}): Cache {
     return (await redis.exists(full(key))) > 0;
   }
 
-  async function getOrSet<T>(key: string, loader: () => T | Promise<T>, ttlSeconds?: number): Promise<T> {
-    const k = full(key);
+  function getOrSet<T>(key: string, loader: () => T | Promise<T>, ttlSeconds?: number): Promise<T> {
+    let k: string, ttl: (value: unknown) => number;
+    try {
+      k = full(key);
+      ttl = ttlOf(key, ttlSeconds);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    // a hit costs one GET and nothing more; only a miss runs the lease script
+    return redis.get(k).then(
+      (v) => {
+        if (v === null) return fill(key, k, loader, ttl);
+        stats.hits++;
+        return decode<T>(v);
+      },
+      (err) => fill(key, k, loader, ttl, err),
+    );
+  }
+
+  // a miss: take the lease (or wait for its holder's value), load, store under the lease;
+  // getErr: the GET failed
+  async function fill<T>(key: string, k: string, loader: () => T | Promise<T>,
+    ttl: (value: unknown) => number, getErr?: unknown): Promise<T> {
     const lease = leaseKey(k);
-    const ttl = ttlOf(key, ttlSeconds);
     const token = `${TOKEN_BASE}-${++tokenCounter}`;
     let hold = false;
     let redisOk = true;
     try {
-      // a hit costs one GET; only a miss runs the lease script
-      const v = await redis.get(k);
-      if (v !== null) {
-        stats.hits++;
-        return decode<T>(v);
-      }
+      if (getErr !== undefined) throw getErr;
       const deadline = Date.now() + leaseWaitMs;
       let nap = 2;
       let waited = false;
