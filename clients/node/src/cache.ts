@@ -200,7 +200,8 @@ export function createCache(redis: Client, options: CacheOptions = {}): Cache {
         await scan(node, leases, (keys) =>
           cluster ? Promise.all(keys.map((k) => node.unlink(k))) : node.unlink(...keys));
       await scan(node, glob, async (keys) => {
-        total += await delFull(keys.filter((k) => !k.startsWith(LEASE_NS)));
+        const n = await delFull(keys.filter((k) => !k.startsWith(LEASE_NS)));
+        total += n; // after the await: the nodes run concurrently
       });
     }));
     return total;
