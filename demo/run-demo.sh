@@ -74,6 +74,7 @@ node_app_root() {
     say "Installing the npm packages of clients/node and examples/meet-app (npm ci)"
     mkdir -p "$ROOT_WORK/repo"
     tar -C "$1" --exclude=node_modules -cf - lua clients/node examples/meet-app test/fixtures/meet_camel.sql | tar -C "$ROOT_WORK/repo" -xf -
+    export NPM_CONFIG_UPDATE_NOTIFIER=false
     (cd "$ROOT_WORK/repo/clients/node" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) &&
         (cd "$ROOT_WORK/repo/examples/meet-app" && npm ci --no-audit --no-fund --loglevel=error >/dev/null &&
             sh scripts/prisma-generate.sh >/dev/null) ||

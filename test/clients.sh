@@ -34,7 +34,7 @@ passed=0 failed=0
 cleanup() {
 	local rc=$?
 	tw_stop_servers "$rc" "--- last lines of the PostgreSQL log ---"
-	[ -z "${MEETCACHE_KEEP_TMP:-}" ] && rm -rf "$WORK"
+	if [ "$rc" -eq 0 ] && [ -z "${MEETCACHE_KEEP_TMP:-}" ]; then rm -rf "$WORK"; else echo "(kept $WORK)"; fi
 	echo "clients: $passed passed, $failed failed"
 	exit "$rc"
 }

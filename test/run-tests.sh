@@ -227,9 +227,9 @@ cleanup() {
 	local rc=$?
 	if [ -n "$work" ] && [ -d "$work" ]; then
 		# a redis-server left behind by an interrupted inner phase (scripts/with-redis.sh,
-		# test/package.sh)
+		# test/package.sh, test/clients.sh, clients/node's cluster suite)
 		local pidfile pid
-		for pidfile in "$work"/meetcache-*/redis.pid; do
+		for pidfile in "$work"/meetcache-*/redis*.pid; do
 			[ -f "$pidfile" ] || continue
 			pid=$(cat "$pidfile" 2>/dev/null)
 			[ -n "$pid" ] && kill -CONT "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null
@@ -326,7 +326,7 @@ if [ "${MEETCACHE_CLIENT_TESTS:-}" != none ]; then
 		if ! command -v npm >/dev/null 2>&1; then
 			warn "npm not found (Node.js 20 and npm are needed for ${d#"$work"/repo/})"
 			echo "${d%/}" >>"$work/npm-ci-failed"
-		elif ! (cd "$d" && npm ci --no-audit --no-fund --loglevel=error </dev/null); then
+		elif ! (cd "$d" && NPM_CONFIG_UPDATE_NOTIFIER=false npm ci --no-audit --no-fund --loglevel=error </dev/null); then
 			warn "npm ci failed in $d"
 			echo "${d%/}" >>"$work/npm-ci-failed"
 		fi

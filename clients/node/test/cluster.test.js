@@ -12,7 +12,8 @@ const Redis = require("ioredis");
 const { createCache, leaseKey } = require("../dist/cjs/index.js");
 const { gate, until } = require("./helpers.js");
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mc-cluster-"));
+// meetcache-*/redis*.pid: test/run-tests.sh stops these servers if this suite is killed
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), "meetcache-cluster-"));
 const ports = [];
 let cluster;
 let cache;
@@ -29,7 +30,7 @@ before(async () => {
     const port = await freePort();
     execFileSync("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
       "--cluster-config-file", path.join(dir, `nodes-${port}.conf`), "--save", "", "--appendonly", "no",
-      "--daemonize", "yes", "--dir", dir, "--pidfile", path.join(dir, `${port}.pid`), "--logfile", path.join(dir, `${port}.log`)]);
+      "--daemonize", "yes", "--dir", dir, "--pidfile", path.join(dir, `redis-${port}.pid`), "--logfile", path.join(dir, `${port}.log`)]);
     ports.push(port);
   }
   for (const port of ports)
@@ -44,7 +45,7 @@ before(async () => {
 after(async () => {
   if (cluster) cluster.disconnect();
   for (const port of ports) {
-    try { process.kill(Number(fs.readFileSync(path.join(dir, `${port}.pid`), "utf8")), "SIGTERM"); } catch { /* gone */ }
+    try { process.kill(Number(fs.readFileSync(path.join(dir, `redis-${port}.pid`), "utf8")), "SIGTERM"); } catch { /* gone */ }
   }
   fs.rmSync(dir, { recursive: true, force: true });
 });
