@@ -4,6 +4,7 @@
 set -euo pipefail
 [ -d node_modules ] || { echo "examples/meet-app: node_modules missing, run npm ci" >&2; exit 1; }
 sh scripts/prisma-generate.sh >/dev/null
+npx --no-install tsc -p .     # the app, its tests and the generated modules type-check
 # the schema as Prisma Migrate writes it (migrate needs the schema engine: psql -f instead),
 # then meetcache as the README shows
 psql -X -q -v ON_ERROR_STOP=1 -f "$MEETCACHE_REPO/test/fixtures/meet_camel.sql"
