@@ -17,6 +17,9 @@
 #   MEETCACHE_SKIP_APT=1    as root: do not install missing Debian packages
 #   MEETCACHE_PRELOAD=0     do not preload meetcache (default 1: shared_preload_libraries,
 #                           so meetcache.stats() counts across sessions)
+#   MEETCACHE_SKIP_NODE=1   skip the last step (a Prisma write, then a TypeScript read, with
+#                           examples/meet-app and clients/node; as root it runs `npm ci` in
+#                           copies of both, from the npm registry; it needs Node.js 20 and npm)
 #   KEEP=1                  keep the temporary directory (logs, data) after exit
 set -euo pipefail
 
@@ -56,11 +59,27 @@ stage_root() {
     tw_ensure_postgres_user say "Creating the unprivileged user postgres"
 
     tw_root_workdir "$SELF" meetcache-demo
+    if [ "${MEETCACHE_SKIP_NODE:-0}" != 1 ]; then node_app_root "$repo"; fi
     local rc=0
     tw_run_as_postgres "$STAGE_ARG" PGBIN="$PGBIN" KEEP="${KEEP:-0}" MEETCACHE_PRELOAD="${MEETCACHE_PRELOAD:-1}" \
         TERM="${TERM:-dumb}" || rc=$?
     if tw_root_keep; then info "kept $ROOT_WORK"; fi
     return $rc
+}
+
+# The TypeScript step's files, in ROOT_WORK/repo (owned by postgres): clients/node and
+# examples/meet-app with their npm packages (npm ci), the Prisma client generated.
+node_app_root() {
+    if ! command -v npm >/dev/null 2>&1; then info "npm not found: the TypeScript step will be skipped"; return 0; fi
+    say "Installing the npm packages of clients/node and examples/meet-app (npm ci)"
+    mkdir -p "$ROOT_WORK/repo"
+    tar -C "$1" --exclude=node_modules -cf - lua clients/node examples/meet-app test/fixtures/meet_camel.sql | tar -C "$ROOT_WORK/repo" -xf -
+    export NPM_CONFIG_UPDATE_NOTIFIER=false
+    (cd "$ROOT_WORK/repo/clients/node" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) &&
+        (cd "$ROOT_WORK/repo/examples/meet-app" && npm ci --no-audit --no-fund --loglevel=error >/dev/null &&
+            sh scripts/prisma-generate.sh >/dev/null) ||
+        { info "npm ci failed: the TypeScript step will be skipped"; rm -rf "$ROOT_WORK/repo"; }
+    chown -R postgres: "$ROOT_WORK"
 }
 
 ###########################################################################################
@@ -137,6 +156,28 @@ SELECT json_build_object(
        FROM meetings m JOIN users u ON u.id = m.host_id WHERE m.id = $1
 SQL
 )
+
+# One Prisma write, then a TypeScript read (examples/meet-app/scripts/demo.ts), in a
+# database of its own with the camelCase schema and meetcache.key_prefix = 'app:'.
+node_app_step() {
+    [ "${MEETCACHE_SKIP_NODE:-0}" = 1 ] && return 0
+    local app=$WORK/repo/examples/meet-app
+    [ -d "$app" ] || app=$(tw_repo_dir "$SELF")/examples/meet-app
+    say "The application side: a Prisma write, then a TypeScript read (examples/meet-app)"
+    if ! command -v node >/dev/null 2>&1 || [ ! -d "$app/node_modules" ] || [ ! -d "$app/src/generated" ]; then
+        info "skipped: needs Node.js 20 and, in $app, npm ci and npm run generate"
+        return 0
+    fi
+    "$PGBIN/createdb" demo_app
+    "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -d demo_app -f "$app/../../test/fixtures/meet_camel.sql"
+    run_sql "ALTER DATABASE demo_app SET meetcache.key_prefix = 'app:';"
+    "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -d demo_app -c "CREATE EXTENSION meetcache" -c "SELECT meetcache.attach_defaults()" >/dev/null
+    info "database demo_app: the camelCase schema (Prisma's), CREATE EXTENSION meetcache, attach_defaults()"
+    (cd "$app" && DATABASE_URL="postgresql://postgres@localhost/demo_app?host=$WORK&port=$PGPORT" \
+        REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" MEETCACHE_KEY_PREFIX=app: \
+        NPM_CONFIG_UPDATE_NOTIFIER=false npx --no-install tsx scripts/demo.ts) || die "the TypeScript step failed"
+    ok "the read after the Prisma write is fresh, and the write handler has no cache code"
+}
 
 stage_demo() {
     tw_enter_work "$1" meetcache-demo cleanup
@@ -280,6 +321,8 @@ ORDER BY a.key, a.rule_id;"
         ok "once Redis ran writes again, the drain worker deleted meeting:m1 and removed the row"
         run_sql "SELECT worker_state, redis_state, queue_depth, queue_rows_written, queue_rows_done FROM meetcache.stats;"
     fi
+
+    node_app_step
 
     say "Counters"
     printf '    sql> SELECT * FROM meetcache.stats;   (expanded display)\n'

@@ -11,6 +11,13 @@
 #   scripts/with-redis.sh make installcheck TAP_TESTS=    the pg_regress suites
 #   make prove_installcheck PROVE_TESTS=test/t/NNN.pl     each TAP suite
 #   bash test/package.sh                                  the Debian package
+#   bash test/clients.sh                                  the client and example suites
+# The client suites are every clients/*/ and examples/*/ directory with a test.sh (the
+# convention, and the environment such a script gets, are in test/clients.sh's header).
+# Before the tests, in the outer phase (as root when run as root, from the npm registry),
+# `npm ci` runs in each such directory that has a package-lock.json, clients/ first
+# (examples depend on them with file:../../clients/NAME). Each suite's node --test TAP
+# summary (`# pass N`, `# fail M`) is counted in the closing line.
 # As a normal user: checks the packages (fails if one is missing; the package
 # test is skipped if only its build tools are missing), builds, installs only if
 # the PostgreSQL library directory is writable, and runs the tests as that user.
@@ -23,6 +30,7 @@
 #   MEETCACHE_TEST_TIMEOUT=300   per-suite timeout in seconds
 #   MEETCACHE_SKIP_INSTALL=1     do not run `make install` (test the installed build)
 #   MEETCACHE_PGBIN=DIR          PostgreSQL bin directory (default: PG_CONFIG's --bindir)
+#   MEETCACHE_CLIENT_TESTS="clients/node ..."   run only these client suites; "none": none
 #   PG_CONFIG=pg_config          the pg_config to build with when MEETCACHE_PGBIN is not set
 set -uo pipefail
 
@@ -177,6 +185,45 @@ inner() {
 		fi
 	fi
 	record
+
+	# (d) the client and example suites (test/clients.sh)
+	local -a suites=()
+	local d
+	if [ "${MEETCACHE_CLIENT_TESTS:-}" = none ]; then
+		say "client suites skipped (MEETCACHE_CLIENT_TESTS=none)"
+	else
+		if [ -n "${MEETCACHE_CLIENT_TESTS:-}" ]; then
+			for d in $MEETCACHE_CLIENT_TESTS; do suites+=("$repo/${d%/}"); done
+		else
+			for d in clients/*/ examples/*/; do [ -f "$d/test.sh" ] && suites+=("$repo/${d%/}"); done
+		fi
+		local -a runnable=()
+		for d in "${suites[@]}"; do
+			if [ -f "$work/npm-ci-failed" ] && grep -qxF "$d" "$work/npm-ci-failed"; then
+				warn "$d: npm ci failed in the outer phase; not run"
+				failed=$((failed + 1))
+			else
+				runnable+=("$d")
+			fi
+		done
+		if [ ${#runnable[@]} -gt 0 ]; then
+			say "client suites: bash test/clients.sh ${runnable[*]#$repo/}"
+			out=$work/clients.out
+			MEETCACHE_PGBIN=$PGBIN bash test/clients.sh "${runnable[@]}" </dev/null 2>&1 | tee "$out"
+			rc=${PIPESTATUS[0]}
+			if read -r ok bad < <(sed -n 's/^clients: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$out" | tail -n 1); then
+				passed=$((passed + ok))
+				failed=$((failed + bad))
+				[ "$rc" -ne 0 ] && [ "$bad" -eq 0 ] && failed=$((failed + 1))
+				[ "$bad" -gt 0 ] && recap_tap "test/clients.sh ($bad failed)" "$out"
+			else
+				warn "test/clients.sh failed (exit $rc) before its summary"
+				failed=$((failed + 1))
+				echo "--- test/clients.sh (exit $rc, no summary)" >>"$recap"
+			fi
+		fi
+	fi
+	record
 	if [ -s "$recap" ]; then
 		say "what failed (details above)"
 		cat "$recap"
@@ -206,9 +253,9 @@ cleanup() {
 	local rc=$?
 	if [ -n "$work" ] && [ -d "$work" ]; then
 		# a redis-server left behind by an interrupted inner phase (scripts/with-redis.sh,
-		# test/package.sh)
+		# test/package.sh, test/clients.sh, clients/node's cluster suite)
 		local pidfile pid
-		for pidfile in "$work"/meetcache-*/redis.pid; do
+		for pidfile in "$work"/meetcache-*/redis*.pid; do
 			[ -f "$pidfile" ] || continue
 			pid=$(cat "$pidfile" 2>/dev/null)
 			[ -n "$pid" ] && kill -CONT "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null
@@ -293,7 +340,24 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/meetcache-test.XXXXXX") || fail "mktemp failed
 chmod 755 "$work"
 mkdir "$work/repo"
 tar -C "$repo" --exclude=./.git --exclude=./tmp_check --exclude=./results \
-	--exclude=./test/tmp_check -cf - . | tar -C "$work/repo" -xf - || fail "cannot copy the repository"
+	--exclude=./test/tmp_check --exclude=node_modules -cf - . | tar -C "$work/repo" -xf - ||
+	fail "cannot copy the repository"
+
+# 4. the client suites' npm packages, from the registry (clients/ before examples/, which
+# use them); a directory whose npm ci fails is counted as a failed suite by the inner phase
+if [ "${MEETCACHE_CLIENT_TESTS:-}" != none ]; then
+	for d in "$work"/repo/clients/*/ "$work"/repo/examples/*/; do
+		[ -f "$d/test.sh" ] && [ -f "$d/package-lock.json" ] || continue
+		say "npm ci in ${d#"$work"/repo/}"
+		if ! command -v npm >/dev/null 2>&1; then
+			warn "npm not found (Node.js 20 and npm are needed for ${d#"$work"/repo/})"
+			echo "${d%/}" >>"$work/npm-ci-failed"
+		elif ! (cd "$d" && NPM_CONFIG_UPDATE_NOTIFIER=false npm ci --no-audit --no-fund --loglevel=error </dev/null); then
+			warn "npm ci failed in $d"
+			echo "${d%/}" >>"$work/npm-ci-failed"
+		fi
+	done
+fi
 
 if [ "$is_root" -eq 1 ]; then
 	if ! id -u postgres >/dev/null 2>&1; then
