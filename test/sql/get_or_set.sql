@@ -7,6 +7,7 @@ DROP SCHEMA IF EXISTS t_gos CASCADE;
 CREATE SCHEMA t_gos;
 SET search_path = t_gos, public;
 \i test/fixtures/meet_camel.sql
+\i test/fixtures/wait_queue.sql
 RESET client_min_messages;
 SELECT count(*) FROM meetcache.attach_defaults('t_gos');
 SELECT meetcache.cache_del_pattern('*') >= 0 AS flushed;
@@ -17,6 +18,8 @@ INSERT INTO users (id, name, email, "createdAt") VALUES
   ('u1', 'Ann', 'ann@example.com', '2024-01-02 03:04:05.678'), ('u2', 'Bob', 'bob@example.com', '2024-01-02 03:04:05');
 INSERT INTO meetings (id, title, "hostId", "inviteCode", status) VALUES
   ('m1', 'Standup', 'u1', 'inv1', 'LIVE'), ('m2', 'Planning', 'u1', 'inv2', 'SCHEDULED');
+-- (a drain deleting these inserts' keys late must not remove what is filled next)
+SELECT wait_queue_empty();
 
 -- several columns: an object of the row, in column order, compact
 SELECT meetcache.cache_get_or_set(meetcache.key('user', 'u1'),
