@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # clients/python/test.sh: the Python client's tests (python3 -m unittest) against a
-# throwaway PostgreSQL 15 with meetcache preloaded and a throwaway redis-server, both on
-# free 127.0.0.1 ports, in a new temporary directory; both are stopped on exit.
+# throwaway PostgreSQL 15 with meetcache preloaded (its unix socket in the temporary
+# directory, like the other suites') and a throwaway redis-server on a free 127.0.0.1
+# port, in a new temporary directory (scripts/throwaway-servers.sh); both are stopped on exit.
 #
 #   bash clients/python/test.sh            (as an unprivileged user: initdb refuses root)
 #   su postgres -c "PGBIN=$PGBIN bash clients/python/test.sh"
@@ -52,21 +53,20 @@ tw_enter_work "" meetcache-python cleanup
 tw_start_redis --log-on-failure
 tw_init_pg
 {
-	echo "listen_addresses = '127.0.0.1'"
 	echo "shared_preload_libraries = 'meetcache'"
 	echo "meetcache.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'"
 } >>"$WORK/pgdata/postgresql.conf"
 tw_start_pg
-"$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -d postgres -f "$WORK/meet_snake.sql" \
+"$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -d postgres -f "$WORK/meet_snake.sql" \
 	-c "CREATE EXTENSION meetcache; SELECT meetcache.attach_defaults();" >"$WORK/setup.log" 2>&1 ||
 	{ cat "$WORK/setup.log" >&2; die "schema setup failed"; }
 
 export MEETCACHE_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
-export MEETCACHE_TEST_DSN="host=127.0.0.1 port=$PGPORT dbname=postgres user=postgres"
+export MEETCACHE_TEST_DSN="host=$WORK port=$PGPORT dbname=postgres user=postgres"
 export MEETCACHE_REPO=$REPO
 export PYTHONPATH=$HERE${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONDONTWRITEBYTECODE=1
-info "PostgreSQL on 127.0.0.1:$PGPORT, redis-server on 127.0.0.1:$REDIS_PORT; $PYTHON -m unittest"
+info "PostgreSQL on $WORK:$PGPORT (unix socket), redis-server on 127.0.0.1:$REDIS_PORT; $PYTHON -m unittest"
 timeout -k 10 "${MEETCACHE_TEST_TIMEOUT:-300}" \
 	"$PYTHON" -m unittest discover -v -s "$HERE/tests" -t "$HERE/tests" 2>&1 </dev/null | tee "$WORK/unittest.out"
 rc=${PIPESTATUS[0]}

@@ -39,6 +39,9 @@ class InteropTest(ServerTest):
         for k in ["meeting:1", "meeting:12", "meeting:{t}3", "user:1"]:
             cache.set(k, k)
             self.r.set(meetcache.lease_key("a*[p]:" + k), "tok")
+        # leases of keys being filled (no key yet) are cancelled too, in both forms
+        for k in ["meeting:15", "meeting:1{t}6"]:
+            self.r.set(meetcache.lease_key("a*[p]:" + k), "tok")
         self.r.set("ab[p]:meeting:1", "other prefix")          # the prefix is literal
         self.assertEqual(cache.del_pattern("meeting:1*"), 2)
         self.assertEqual(sorted(self.r.keys("*")), sorted([

@@ -164,8 +164,8 @@ class LeaseTest(ServerTest):
     def test_python_waits_for_a_sql_lease(self):
         cache = self.cache(default_ttl=60, lease_wait_ms=60000)
         lock, sess = connect(), connect()
-        self.addCleanup(lock.close)
         self.addCleanup(sess.close)
+        self.addCleanup(lock.close)     # first: it frees the SQL query, on failure too
         sql(lock, "SELECT pg_advisory_lock(4242)")
         held = Background(lambda: sql(sess, """SELECT meetcache.cache_get_or_set('l:shared2',
             $$SELECT 'from sql' FROM (SELECT pg_advisory_xact_lock_shared(4242)) s$$, 60)"""))
