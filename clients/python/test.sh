@@ -14,6 +14,7 @@
 #                        of ${PG_CONFIG:-pg_config})
 #   PYTHON=/usr/bin/python3
 #   MEETCACHE_KEEP_TMP=1 keep the temporary directory (logs) even on success
+#   MEETCACHE_TEST_TIMEOUT=300  seconds the unittest run may take
 #   TMPDIR               where the temporary directory is made
 # The last line printed is always: python: N passed, M failed (exit status 0 only if M = 0).
 set -uo pipefail
