@@ -4,7 +4,7 @@ Every step that touches a key together with its lease runs one of the
 extension's own Lua scripts (the files lua/NAME.lua, shipped in this package),
 so SQL and Python fill, wait for and cancel each other's leases:
 
-  get_or_set   lease_get: GET K, else SET L token NX PX lease_ttl; the holder
+  get_or_set   GET K; on a miss lease_get: GET K, else SET L token NX PX lease_ttl; the holder
                computes and stores with lease_set (only while L is still its
                token), or gives L back with lease_release on an error
   set          set_cancel: SET K value EX ttl; DEL L
@@ -262,7 +262,10 @@ class Cache:
         ttl, family = self._ttl_family(key, ttl)
         token = "py-" + uuid.uuid4().hex
         try:
-            hit, hold = self._acquire(full, lease, token)
+            # a hit is a plain GET (as fast as one); a miss runs lease_get, which GETs again
+            hit, hold = self.redis.get(full), False
+            if hit is None:
+                hit, hold = self._acquire(full, lease, token)
         except _UNAVAILABLE as e:
             _log.warning("meetcache: cache unavailable, returning the loader's result uncached: %s", e)
             hit, hold = None, False

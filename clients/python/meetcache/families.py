@@ -10,6 +10,7 @@ whose ``ttl_field`` is a string listed there, else ``ttl_seconds``: the
 extension's choice for ``cache_set`` and ``cache_get_or_set`` without a TTL.
 """
 
+import functools
 import json
 import re
 
@@ -83,6 +84,7 @@ class Families:
     def __init__(self, families):
         self._list = list(families)
         self._by_name = {f.name: f for f in self._list}
+        self.for_key = functools.lru_cache(maxsize=4096)(self._for_key)   # on every get_or_set
 
     def __iter__(self):
         return iter(self._list)
@@ -100,7 +102,7 @@ class Families:
             raise KeyError("unknown cache key family %r" % name) from None
         return family.key(*args)
 
-    def for_key(self, key):
+    def _for_key(self, key):
         """The most specific family whose template matches key (unprefixed), or None."""
         best = None
         for f in self._list:
