@@ -43,7 +43,8 @@ if [ -n "${MEETCACHE_PGBIN:-}" ]; then
 else
 	PG_CONFIG=${PG_CONFIG:-pg_config}
 fi
-PACKAGES=(postgresql-15 postgresql-server-dev-15 libhiredis-dev libssl-dev libc-ares-dev redis-server libipc-run-perl openssl)
+PACKAGES=(postgresql-15 postgresql-server-dev-15 libhiredis-dev libssl-dev libc-ares-dev redis-server libipc-run-perl openssl
+	python3-redis python3-psycopg2 python3-psycopg)
 # only test/package.sh needs these
 PACKAGE_TEST_PACKAGES=(debhelper postgresql-server-dev-all)
 SUITE_TIMEOUT=${MEETCACHE_TEST_TIMEOUT:-300}
