@@ -16,7 +16,7 @@ use MeetcacheTest qw(start_redis new_node setup_schema poll_sql poll_until stats
 my $redis = start_redis();
 my $node = new_node('rep', $redis,
 	log_statement => 'none',
-	conf => "meetcache.poll_interval = '60s'\nmeetcache.commit_timeout = '500ms'\n");
+	conf => "meetcache.poll_interval = '60s'\nmeetcache.commit_timeout = '5s'\n");
 setup_schema($node);
 $node->safe_psql('postgres', q{
 INSERT INTO users (id, name, email) VALUES ('u1', 'U', 'u1@x'), ('u2', 'U', 'u2@x');
