@@ -15,8 +15,9 @@
  *	  cache.c      the SQL-callable cache_* functions and key()
  *	  stats.c      counters (shared memory when preloaded, else per backend),
  *	               and mc_excerpt: how text from Redis appears in messages
- *	  shared.c     shared state for the worker: circuit breaker, retry queue,
- *	               per-database drain slots, keys already delivered
+ *	  shared.c     all shared memory (its hooks, stats.c's counters' space):
+ *	               circuit breaker, retry queue, per-database drain slots,
+ *	               keys already delivered, the status stats() shows
  *	  queue.c      the durable queue table: writing a transaction's row and
  *	               draining rows into Redis
  *	  worker.c     the launcher and per-database drain background workers
@@ -295,15 +296,30 @@ typedef enum McCounter
 	MC_STAT__COUNT
 } McCounter;
 
-extern void mc_stats_shmem_request(void);
+extern Size mc_stats_shmem_size(void);
+extern void mc_stats_shmem_attach(void *place, bool init);
 extern void mc_stat_add(McCounter c, uint64 n);
 extern void mc_stat_error(const char *msg);
 extern int	mc_excerpt(char *out, int outsize, const char *s, int len);
 
 /* ---- shared.c ---- */
 
+/* what meetcache.stats() shows of the shared state */
+typedef struct McSharedStatus
+{
+	bool		preloaded;		/* false: nothing else is set */
+	int			launcher_pid;	/* 0: not running */
+	int			drains_running;
+	bool		breaker_open;	/* Redis is known to be down ... */
+	TimestampTz breaker_since;	/* ... since then */
+	uint32		retry_entries;	/* the retry queue */
+	uint64		retry_bytes;
+	uint64		retry_size;
+} McSharedStatus;
+
 extern void mc_shared_request(void);
 extern bool mc_shared_ready(void);
+extern void mc_shared_status(McSharedStatus *st);
 extern bool mc_breaker_applies(void);
 extern bool mc_breaker_open(void);
 extern void mc_breaker_trip(void);
