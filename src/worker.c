@@ -613,7 +613,6 @@ drain_init(Drain *dr)
 	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 	dr->flush_cxt = AllocSetContextCreate(TopMemoryContext, "meetcache flush",
 										  ALLOCSET_DEFAULT_SIZES);
-	dr->batch = mc_drain_batch;
 	attached = mc_drain_attach(dr->db);
 	before_shmem_exit(drain_exit, 0);
 	if (!attached)
@@ -729,7 +728,7 @@ drain_idle(Drain *dr)
 void
 mc_drain_main(Datum arg)
 {
-	Drain		dr = {.db = DatumGetObjectId(arg)};
+	Drain		dr = {.db = DatumGetObjectId(arg), .batch = mc_drain_batch};
 	bool		has_ext = false;
 	McErr		err;
 
