@@ -50,6 +50,7 @@
 
 #define MC_KEYS_CHUNK 1000		/* keys per TYPE/TTL/MEMORY USAGE round trip */
 #define DEL_CHUNK 100			/* keys (and their leases) per delete script */
+#define SCAN_COUNT "1000"		/* SCAN's COUNT hint per page */
 #define MC_EXCERPT_VALUE 44		/* bytes (NUL included) of a value in a message */
 #define MC_EXCERPT_REPLY 204	/* ... and of an error reply */
 
@@ -497,8 +498,8 @@ scan_match(const char *match, scan_page_fn fn, void *arg)
 	/* each page's replies are freed before the next: memory stays flat */
 	while (more)
 	{
-		const char *argv[6] = {"SCAN", cursor, "MATCH", match, "COUNT", "1000"};
-		size_t		lens[6] = {4, strlen(cursor), 5, strlen(match), 5, 4};
+		const char *argv[6] = {"SCAN", cursor, "MATCH", match, "COUNT", SCAN_COUNT};
+		size_t		lens[6] = {4, strlen(cursor), 5, strlen(match), 5, strlen(SCAN_COUNT)};
 		McReply    *r = mc_redis_command(6, argv, lens);
 
 		check_reply_error(r, NULL);

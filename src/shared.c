@@ -277,6 +277,19 @@ mc_shared_ready(void)
 	return mc_shared != NULL;
 }
 
+static void
+wake_launcher(void)
+{
+	McShared   *s = mc_shared;
+	PGPROC	   *p;
+
+	if (s == NULL)
+		return;
+	p = s->launcher;
+	if (p != NULL)
+		SetLatch(&p->procLatch);
+}
+
 /* ---- circuit breaker ---- */
 
 /*
@@ -311,7 +324,7 @@ mc_breaker_trip(void)
 		s->breaker_since = GetCurrentTimestamp();
 		mc_stat_add(MC_STAT_BREAKER_TRIPS, 1);
 	}
-	mc_wake_launcher();
+	wake_launcher();
 }
 
 void
@@ -319,19 +332,6 @@ mc_breaker_reset(void)
 {
 	if (mc_shared)
 		pg_atomic_write_u32(&mc_shared->breaker, 0);
-}
-
-void
-mc_wake_launcher(void)
-{
-	McShared   *s = mc_shared;
-	PGPROC	   *p;
-
-	if (s == NULL)
-		return;
-	p = s->launcher;
-	if (p != NULL)
-		SetLatch(&p->procLatch);
 }
 
 /* ---- retry ring ---- */
@@ -416,7 +416,7 @@ mc_retry_push(Oid db, McStr *keys, int nkeys, McStr *patterns, int npatterns)
 	}
 	LWLockRelease(s->lock);
 	if (ok)
-		mc_wake_launcher();
+		wake_launcher();
 	return ok;
 }
 
@@ -588,7 +588,7 @@ mc_db_wake(Oid db)
 	if (drain)
 		SetLatch(&drain->procLatch);
 	else
-		mc_wake_launcher();
+		wake_launcher();
 }
 
 /*
@@ -618,7 +618,7 @@ mc_db_request_flush(Oid db)
 	if (mc_shared == NULL)
 		return;
 	(void) db_mark(db, true, true, NULL, NULL);
-	mc_wake_launcher();
+	wake_launcher();
 }
 
 /* ---- the launcher ---- */
@@ -818,7 +818,7 @@ mc_drain_detach(bool failed, int backoff_max_ms)
 			d->backoff_ms = 0;
 	}
 	LWLockRelease(s->lock);
-	mc_wake_launcher();
+	wake_launcher();
 }
 
 /* the database has no extension: nothing to do there, no epoch to serve */

@@ -30,7 +30,6 @@ typedef struct McDueDb
 extern bool mc_launcher_attach(void);
 extern void mc_launcher_url_changed(void);
 extern void mc_launcher_report_drains(int running);
-extern void mc_wake_launcher(void);
 extern void mc_db_slots_sync(const Oid *dbs, int ndbs);
 extern int	mc_db_due(bool poll, int no_ext_recheck_ms, TimestampTz now,
 					  McDueDb *due, TimestampTz *next_due);
