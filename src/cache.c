@@ -320,23 +320,33 @@ meetcache_key(PG_FUNCTION_ARGS)
 
 /* ---- simple commands ---- */
 
+/* "cmd key" for the function's key argument (*key); an error reply is thrown */
 static McReply *
-command1(const char *cmd, const char *arg)
+key_command(FunctionCallInfo fcinfo, const char *cmd, char **key)
 {
-	const char *argv[2] = {cmd, arg};
-	size_t		lens[2] = {strlen(cmd), strlen(arg)};
+	char	   *full;
+	const char *argv[2];
+	size_t		lens[2];
+	McReply    *r;
 
-	return mc_redis_command(2, argv, lens);
+	*key = arg_key(fcinfo, 0, "cache key");
+	full = prefixed(*key);
+	argv[0] = cmd;
+	lens[0] = strlen(cmd);
+	argv[1] = full;
+	lens[1] = strlen(full);
+	r = mc_redis_command(2, argv, lens);
+	check_reply_error(r, *key);
+	return r;
 }
 
 PG_FUNCTION_INFO_V1(meetcache_cache_get);
 Datum
 meetcache_cache_get(PG_FUNCTION_ARGS)
 {
-	char	   *key = arg_key(fcinfo, 0, "cache key");
-	McReply    *r = command1("GET", prefixed(key));
+	char	   *key;
+	McReply    *r = key_command(fcinfo, "GET", &key);
 
-	check_reply_error(r, key);
 	if (r->type == MC_REPLY_NIL)
 	{
 		mc_stat_add(MC_STAT_CACHE_MISSES, 1);
@@ -600,10 +610,9 @@ PG_FUNCTION_INFO_V1(meetcache_cache_exists);
 Datum
 meetcache_cache_exists(PG_FUNCTION_ARGS)
 {
-	char	   *key = arg_key(fcinfo, 0, "cache key");
-	McReply    *r = command1("EXISTS", prefixed(key));
+	char	   *key;
+	McReply    *r = key_command(fcinfo, "EXISTS", &key);
 
-	check_reply_error(r, key);
 	PG_RETURN_BOOL(r->integer > 0);
 }
 
@@ -611,10 +620,9 @@ PG_FUNCTION_INFO_V1(meetcache_cache_ttl);
 Datum
 meetcache_cache_ttl(PG_FUNCTION_ARGS)
 {
-	char	   *key = arg_key(fcinfo, 0, "cache key");
-	McReply    *r = command1("TTL", prefixed(key));
+	char	   *key;
+	McReply    *r = key_command(fcinfo, "TTL", &key);
 
-	check_reply_error(r, key);
 	if (r->integer == -2)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(r->integer);
