@@ -1139,8 +1139,8 @@ fill_lookup(Fill *f, Datum *value)
 			case MC_LEASE_TIMED_OUT:
 				return false;	/* run the query ourselves, without caching */
 			case MC_LEASE_REFUSED:
-				check_reply_error(r, f->key);
-				return false;	/* not reached */
+				check_reply_error(r, f->key);	/* throws */
+				return false;
 			case MC_LEASE_NO_REDIS:
 				f->redis_ok = false;
 				return false;
