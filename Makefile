@@ -13,7 +13,7 @@
 EXTENSION  = meetcache
 EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big = meetcache
-OBJS       = src/meetcache.o src/redis.o src/transport.o src/pending.o src/rules.o src/trigger.o \
+OBJS       = src/meetcache.o src/redis.o src/transport.o src/lease.o src/pending.o src/rules.o src/trigger.o \
              src/shared.o src/queue.o src/worker.o \
              src/cache.o src/stats.o src/settings.o src/guard.o src/legacy.o src/keys.o src/delivery.o
 # every released full script and upgrade script
@@ -45,7 +45,7 @@ include $(PGXS)
 $(OBJS): src/meetcache.h src/shared.h src/transport.h
 
 # the Lua scripts live once, in lua/ (the clients read the same files), and are compiled in
-src/redis.o src/redis.bc: src/lua_scripts.h
+src/lease.o src/lease.bc: src/lua_scripts.h
 src/lua_scripts.h: scripts/lua2c.sh $(wildcard lua/*.lua)
 	sh scripts/lua2c.sh $@ $(sort $(wildcard lua/*.lua))
 

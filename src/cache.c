@@ -9,8 +9,8 @@
  * Invariants:
  *	  - no function takes a key, or a pattern whose literal start is a key,
  *	    in the reserved lease namespace (MC_LEASE_NS), as given or after the
- *	    prefix: leases are made, used and cancelled by meetcache's scripts
- *	    only;
+ *	    prefix: leases are made, used and cancelled by lease.c's scripts
+ *	    only, which also set and delete keys here;
  *	  - the query of cache_get_or_set runs in a subtransaction of its own,
  *	    read-only, and whatever it wrote is refused and rolled back;
  *	  - every pipeline is bounded (MC_KEYS_CHUNK keys a round trip), each
@@ -45,13 +45,12 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
-#include "storage/ipc.h"
-#include "storage/latch.h"
-#include "utils/wait_event.h"
 
 #include "meetcache.h"
 
 #define MC_KEYS_CHUNK 1000		/* keys per TYPE/TTL/MEMORY USAGE round trip */
+#define DEL_CHUNK 100			/* keys (and their leases) per delete script */
+#define SCAN_COUNT "1000"		/* SCAN's COUNT hint per page */
 #define MC_EXCERPT_VALUE 44		/* bytes (NUL included) of a value in a message */
 #define MC_EXCERPT_REPLY 204	/* ... and of an error reply */
 
@@ -68,27 +67,10 @@ prefixed(const char *key)
  * namespace: as given, or after meetcache.key_prefix.  Writing a lease key
  * would make every fill of its key wait lease_wait and cache nothing.
  */
-static bool
-reserved(const char *s, bool glob)
-{
-	int			n = 0;
-
-	for (; *s && n < (int) strlen(MC_LEASE_NS); s++)
-	{
-		if (glob && (*s == '*' || *s == '?' || *s == '['))
-			return false;
-		if (glob && *s == '\\' && s[1])
-			s++;
-		if (*s != MC_LEASE_NS[n++])
-			return false;
-	}
-	return n == (int) strlen(MC_LEASE_NS);
-}
-
 static void
 check_reserved(const char *given, const char *full, bool glob, const char *what)
 {
-	if (reserved(given, glob) || reserved(full, glob))
+	if (mc_lease_namespace(given, glob) || mc_lease_namespace(full, glob))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s \"%s\" is in the reserved namespace \"%s\"", what, given, MC_LEASE_NS),
@@ -216,16 +198,6 @@ ttl_final(int ttl, McFamily *f, Jsonb *jb)
 	return ttl > 0 ? ttl : family_ttl(f, jb);
 }
 
-static char *
-lease_of(const char *full)
-{
-	int			len = strlen(full);
-	char	   *out = palloc(len + MC_LEASE_EXTRA);
-
-	mc_lease_key(full, len, out);
-	return out;
-}
-
 /* JSON text without insignificant whitespace, as JSON.stringify writes it */
 static char *
 json_compact(const char *in, int len, int *outlen)
@@ -348,23 +320,33 @@ meetcache_key(PG_FUNCTION_ARGS)
 
 /* ---- simple commands ---- */
 
+/* "cmd key" for the function's key argument (*key); an error reply is thrown */
 static McReply *
-command1(const char *cmd, const char *arg)
+key_command(FunctionCallInfo fcinfo, const char *cmd, char **key)
 {
-	const char *argv[2] = {cmd, arg};
-	size_t		lens[2] = {strlen(cmd), strlen(arg)};
+	char	   *full;
+	const char *argv[2];
+	size_t		lens[2];
+	McReply    *r;
 
-	return mc_redis_command(2, argv, lens);
+	*key = arg_key(fcinfo, 0, "cache key");
+	full = prefixed(*key);
+	argv[0] = cmd;
+	lens[0] = strlen(cmd);
+	argv[1] = full;
+	lens[1] = strlen(full);
+	r = mc_redis_command(2, argv, lens);
+	check_reply_error(r, *key);
+	return r;
 }
 
 PG_FUNCTION_INFO_V1(meetcache_cache_get);
 Datum
 meetcache_cache_get(PG_FUNCTION_ARGS)
 {
-	char	   *key = arg_key(fcinfo, 0, "cache key");
-	McReply    *r = command1("GET", prefixed(key));
+	char	   *key;
+	McReply    *r = key_command(fcinfo, "GET", &key);
 
-	check_reply_error(r, key);
 	if (r->type == MC_REPLY_NIL)
 	{
 		mc_stat_add(MC_STAT_CACHE_MISSES, 1);
@@ -375,11 +357,12 @@ meetcache_cache_get(PG_FUNCTION_ARGS)
 }
 
 static char *
-jsonb_compact_text(Datum jb, int *len)
+jsonb_compact_text(Datum jb)
 {
 	char	   *txt = DatumGetCString(DirectFunctionCall1(jsonb_out, jb));
+	int			len;
 
-	return json_compact(txt, strlen(txt), len);
+	return json_compact(txt, strlen(txt), &len);
 }
 
 static McReply *
@@ -404,7 +387,7 @@ set_command(const char *fullkey, const char *json, int jlen, int ttl, McErr *err
 	lens[4] = strlen(ttlbuf);
 	mc_pipe_init(&pipe);
 	mc_pipe_add(&pipe, 5, argv, lens);
-	r = err ? mc_pipe_try(&pipe, err) : mc_pipe_exec(&pipe);
+	r = mc_pipe_try(&pipe, err);
 	return r ? r[0] : NULL;
 }
 
@@ -414,10 +397,10 @@ meetcache_cache_set(PG_FUNCTION_ARGS)
 {
 	char	   *key = arg_key(fcinfo, 0, "cache key");
 	char	   *json;
-	int			jlen;
 	int			ttl;
 	McReply    *r;
 	McFamily   *family;
+	McErr		err;
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -425,25 +408,12 @@ meetcache_cache_set(PG_FUNCTION_ARGS)
 				 errmsg("cache value must not be null"),
 				 errhint("Store the JSON null as 'null'::jsonb, or delete the key with meetcache.cache_del().")));
 	ttl = ttl_arg(key, fcinfo, 2, &family);
-	json = jsonb_compact_text(PG_GETARG_DATUM(1), &jlen);
+	json = jsonb_compact_text(PG_GETARG_DATUM(1));
 	ttl = ttl_final(ttl, family, PG_GETARG_JSONB_P(1));
-	{
-		char	   *full = prefixed(key);
-		char	   *lease = lease_of(full);
-		char		ttlbuf[16];
-		const char *argv[4] = {full, lease, json, ttlbuf};
-		size_t		lens[4];
-		McErr		err;
-
-		snprintf(ttlbuf, sizeof(ttlbuf), "%d", ttl);
-		for (int i = 0; i < 4; i++)
-			lens[i] = strlen(argv[i]);
-		lens[2] = jlen;
-		/* a newer value cancels any lease: a slower reader cannot overwrite it */
-		r = mc_redis_script(MC_SCRIPT_SET_CANCEL, 2, 2, argv, lens, &err);
-		if (r == NULL)
-			mc_throw(&err);
-	}
+	/* a newer value cancels any lease: a slower reader cannot overwrite it */
+	r = mc_lease_set_cancel(prefixed(key), json, ttl, &err);
+	if (r == NULL)
+		mc_throw(&err);
 	check_reply_error(r, key);
 	PG_RETURN_VOID();
 }
@@ -458,22 +428,11 @@ unlink_keys(char **keys, int n)
 {
 	int64		total = 0;
 
-	for (int i = 0; i < n; i += 100)
+	for (int i = 0; i < n; i += DEL_CHUNK)
 	{
-		int			m = Min(100, n - i);
-		const char **argv = palloc(sizeof(char *) * 2 * m);
-		size_t	   *lens = palloc(sizeof(size_t) * 2 * m);
 		McErr		err;
-		McReply    *r;
+		McReply    *r = mc_lease_del_pairs(keys + i, Min(DEL_CHUNK, n - i), &err);
 
-		for (int k = 0; k < m; k++)
-		{
-			argv[2 * k] = keys[i + k];
-			lens[2 * k] = strlen(keys[i + k]);
-			argv[2 * k + 1] = lease_of(keys[i + k]);
-			lens[2 * k + 1] = strlen(argv[2 * k + 1]);
-		}
-		r = mc_redis_script(MC_SCRIPT_DEL_PAIRS, 2 * m, 0, argv, lens, &err);
 		if (r == NULL)
 			mc_throw(&err);
 		check_reply_error(r, NULL);
@@ -549,8 +508,8 @@ scan_match(const char *match, scan_page_fn fn, void *arg)
 	/* each page's replies are freed before the next: memory stays flat */
 	while (more)
 	{
-		const char *argv[6] = {"SCAN", cursor, "MATCH", match, "COUNT", "1000"};
-		size_t		lens[6] = {4, strlen(cursor), 5, strlen(match), 5, 4};
+		const char *argv[6] = {"SCAN", cursor, "MATCH", match, "COUNT", SCAN_COUNT};
+		size_t		lens[6] = {4, strlen(cursor), 5, strlen(match), 5, strlen(SCAN_COUNT)};
 		McReply    *r = mc_redis_command(6, argv, lens);
 
 		check_reply_error(r, NULL);
@@ -581,7 +540,7 @@ del_page(McReply *keys, void *arg)
 
 	/* lease keys were handled before; a key is deleted with its lease */
 	for (int i = 0; i < keys->nelems; i++)
-		if (strncmp(keys->elems[i]->str, MC_LEASE_NS, strlen(MC_LEASE_NS)) != 0)
+		if (!mc_lease_namespace(keys->elems[i]->str, false))
 			k[n++] = keys->elems[i]->str;
 	*total += unlink_keys(k, n);
 	return true;
@@ -651,10 +610,9 @@ PG_FUNCTION_INFO_V1(meetcache_cache_exists);
 Datum
 meetcache_cache_exists(PG_FUNCTION_ARGS)
 {
-	char	   *key = arg_key(fcinfo, 0, "cache key");
-	McReply    *r = command1("EXISTS", prefixed(key));
+	char	   *key;
+	McReply    *r = key_command(fcinfo, "EXISTS", &key);
 
-	check_reply_error(r, key);
 	PG_RETURN_BOOL(r->integer > 0);
 }
 
@@ -662,10 +620,9 @@ PG_FUNCTION_INFO_V1(meetcache_cache_ttl);
 Datum
 meetcache_cache_ttl(PG_FUNCTION_ARGS)
 {
-	char	   *key = arg_key(fcinfo, 0, "cache key");
-	McReply    *r = command1("TTL", prefixed(key));
+	char	   *key;
+	McReply    *r = key_command(fcinfo, "TTL", &key);
 
-	check_reply_error(r, key);
 	if (r->integer == -2)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(r->integer);
@@ -860,38 +817,43 @@ value_to_json(Datum value, Oid type)
 	return text_to_cstring(DatumGetTextPP(res));
 }
 
-/*
- * Run the query as the caller, with its parameters bound (types inferred
- * from the query, values given as text).  Returns its JSON.  Called by
- * run_query_readonly only.
- */
-static char *
-run_query(const char *key, const char *query, Datum *ptexts, bool *pnulls, int nparams)
+/* one cache_get_or_set call: its key, its query, and whether it may store */
+typedef struct Fill
 {
-	VarParams	vp = {NULL, 0};
+	char	   *key;			/* as given */
+	char	   *full;			/* with meetcache.key_prefix */
+	char	   *lease;			/* full's lease key */
+	char		token[MC_LEASE_TOKEN];
+	char	   *query;
+	int			ttl;			/* ttl_seconds, or 0: the family's (by value) */
+	McFamily   *family;
+	Datum	   *ptexts;			/* the query's parameters, as text */
+	bool	   *pnulls;
+	int			nparams;
+	bool		bypass;			/* neither take a lease nor store */
+	bool		use_lease;
+	bool		redis_ok;		/* false: Redis did not answer, err says why */
+	McErr		err;
+	bool		hold;			/* we hold the lease */
+} Fill;
+
+/* parse the query with parameters whose types it infers; one SELECT only */
+static SPIPlanPtr
+prepare_query(const Fill *f, VarParams *vp)
+{
 	SPIPlanPtr	plan;
-	ParamListInfo params;
 	List	   *sources;
-	int			ret;
-	char	   *json = NULL;
-	MemoryContext outer = CurrentMemoryContext;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	vp.types = NULL;
-	vp.n = 0;
 #if PG_VERSION_NUM >= 140000
-	{
-		SPIPrepareOptions opts;
+	SPIPrepareOptions opts;
 
-		memset(&opts, 0, sizeof(opts));
-		opts.parserSetup = var_param_setup;
-		opts.parserSetupArg = &vp;
-		opts.parseMode = RAW_PARSE_DEFAULT;
-		plan = SPI_prepare_extended(query, &opts);
-	}
+	memset(&opts, 0, sizeof(opts));
+	opts.parserSetup = var_param_setup;
+	opts.parserSetupArg = vp;
+	opts.parseMode = RAW_PARSE_DEFAULT;
+	plan = SPI_prepare_extended(f->query, &opts);
 #else
-	plan = SPI_prepare_params(query, var_param_setup, &vp, 0);
+	plan = SPI_prepare_params(f->query, var_param_setup, vp, 0);
 #endif
 	if (plan == NULL)
 		elog(ERROR, "meetcache: could not prepare query: %s", SPI_result_code_string(SPI_result));
@@ -901,24 +863,31 @@ run_query(const char *key, const char *query, Datum *ptexts, bool *pnulls, int n
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("the query of cache_get_or_set must be a single SELECT")));
-	if (vp.n != nparams)
+	if (vp->n != f->nparams)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_PARAMETER),
 				 errmsg_plural("the query uses %d parameter but %d were given",
-								"the query uses %d parameters but %d were given",
-								vp.n, vp.n, nparams),
+							   "the query uses %d parameters but %d were given",
+							   vp->n, vp->n, f->nparams),
 				 errhint("Pass one value per $n after ttl_seconds.")));
+	return plan;
+}
 
-	params = makeParamList(nparams);
-	for (int i = 0; i < nparams; i++)
+/* the parameters' text values read as the types the query gave them */
+static ParamListInfo
+bind_params(const Fill *f, const VarParams *vp)
+{
+	ParamListInfo params = makeParamList(f->nparams);
+
+	for (int i = 0; i < f->nparams; i++)
 	{
 		ParamExternData *p = &params->params[i];
-		Oid			typ = vp.types[i] == InvalidOid || vp.types[i] == UNKNOWNOID ? TEXTOID : vp.types[i];
+		Oid			typ = vp->types[i] == InvalidOid || vp->types[i] == UNKNOWNOID ? TEXTOID : vp->types[i];
 
 		p->ptype = typ;
 		p->pflags = PARAM_FLAG_CONST;
-		p->isnull = pnulls[i];
-		if (pnulls[i])
+		p->isnull = f->pnulls[i];
+		if (f->pnulls[i])
 			p->value = (Datum) 0;
 		else
 		{
@@ -926,13 +895,61 @@ run_query(const char *key, const char *query, Datum *ptexts, bool *pnulls, int n
 						ioparam;
 
 			getTypeInputInfo(typ, &infn, &ioparam);
-			p->value = OidInputFunctionCall(infn, TextDatumGetCString(ptexts[i]), ioparam, -1);
+			p->value = OidInputFunctionCall(infn, TextDatumGetCString(f->ptexts[i]), ioparam, -1);
 		}
 	}
-	if (nparams > 0 && vp.types[0] == InvalidOid)
+	if (f->nparams > 0 && vp->types[0] == InvalidOid)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_PARAMETER),
 				 errmsg("the query does not use parameter $1")));
+	return params;
+}
+
+/* the JSON of the query's result (SPI_tuptable): no row is null */
+static char *
+result_json(const Fill *f)
+{
+	HeapTuple	tup;
+	TupleDesc	td = SPI_tuptable->tupdesc;
+	bool		isnull;
+
+	if (SPI_processed > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_CARDINALITY_VIOLATION),
+				 errmsg("the query for cache key \"%s\" returned more than one row", f->key),
+				 errhint("Aggregate rows into one value, e.g. SELECT json_agg(t) FROM (...) t, to cache a list.")));
+	if (SPI_processed == 0)
+		return "null";
+	tup = SPI_tuptable->vals[0];
+	if (td->natts == 1)
+	{
+		Datum		v = SPI_getbinval(tup, td, 1, &isnull);
+
+		return isnull ? "null" : value_to_json(v, TupleDescAttr(td, 0)->atttypid);
+	}
+	return text_to_cstring(DatumGetTextPP(DirectFunctionCall1(row_to_json,
+															  heap_copy_tuple_as_datum(tup, BlessTupleDesc(td)))));
+}
+
+/*
+ * Run the query as the caller, with its parameters bound (types inferred
+ * from the query, values given as text).  Returns its JSON.  Called by
+ * run_query_readonly only.
+ */
+static char *
+run_query(const Fill *f)
+{
+	VarParams	vp = {NULL, 0};
+	SPIPlanPtr	plan;
+	ParamListInfo params;
+	int			ret;
+	char	   *json;
+	MemoryContext outer = CurrentMemoryContext;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	plan = prepare_query(f, &vp);
+	params = bind_params(f, &vp);
 
 	/*
 	 * A snapshot taken now, after the lease: a commit whose invalidation
@@ -946,38 +963,7 @@ run_query(const char *key, const char *query, Datum *ptexts, bool *pnulls, int n
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("the query of cache_get_or_set must be a single SELECT")));
-	if (SPI_processed > 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_CARDINALITY_VIOLATION),
-				 errmsg("the query for cache key \"%s\" returned more than one row", key),
-				 errhint("Aggregate rows into one value, e.g. SELECT json_agg(t) FROM (...) t, to cache a list.")));
-	if (SPI_processed == 0)
-		json = "null";
-	else
-	{
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	td = SPI_tuptable->tupdesc;
-		bool		isnull;
-
-		if (td->natts == 1)
-		{
-			Datum		v = SPI_getbinval(tup, td, 1, &isnull);
-
-			json = isnull ? "null" : value_to_json(v, TupleDescAttr(td, 0)->atttypid);
-		}
-		else
-		{
-			Datum		rec = heap_copy_tuple_as_datum(tup, BlessTupleDesc(td));
-
-			json = text_to_cstring(DatumGetTextPP(DirectFunctionCall1(row_to_json, rec)));
-		}
-	}
-	{
-		MemoryContext old = MemoryContextSwitchTo(outer);
-
-		json = pstrdup(json);
-		MemoryContextSwitchTo(old);
-	}
+	json = MemoryContextStrdup(outer, result_json(f));
 	SPI_finish();
 	return json;
 }
@@ -991,8 +977,7 @@ run_query(const char *key, const char *query, Datum *ptexts, bool *pnulls, int n
  * always rolled back: nothing the query did outlives its result.
  */
 static char *
-run_query_readonly(const char *key, const char *query, Datum *ptexts, bool *pnulls,
-				   int nparams)
+run_query_readonly(const Fill *f)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -1005,7 +990,7 @@ run_query_readonly(const char *key, const char *query, Datum *ptexts, bool *pnul
 	XactReadOnly = true;
 	PG_TRY();
 	{
-		json = run_query(key, query, ptexts, pnulls, nparams);
+		json = run_query(f);
 		wrote = GetCurrentTransactionIdIfAny() != InvalidTransactionId;
 	}
 	PG_CATCH();
@@ -1029,260 +1014,181 @@ run_query_readonly(const char *key, const char *query, Datum *ptexts, bool *pnul
 	if (wrote)
 		ereport(ERROR,
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-				 errmsg("the query for cache key \"%s\" must not write", key),
+				 errmsg("the query for cache key \"%s\" must not write", f->key),
 				 errdetail("The query of cache_get_or_set runs read-only; what it wrote (a large object or a temporary table, for instance) was rolled back."),
 				 errhint("Compute the value with a query that only reads.")));
 	return json;
 }
 
-/* compare-and-delete our lease; never throws for Redis trouble */
-static void
-release_lease(const char *lease, const char *token)
-{
-	const char *argv[2] = {lease, token};
-	size_t		lens[2] = {strlen(lease), strlen(token)};
-	McErr		err;
-
-	(void) mc_redis_script(MC_SCRIPT_LEASE_RELEASE, 1, 1, argv, lens, &err);
-}
-
-/*
- * The lease this backend holds, if any, so that a backend that exits while
- * holding one (pg_terminate_backend: FATAL runs no PG_CATCH) gives it back
- * instead of making every other session wait until it expires.
- */
-static char held_lease[MC_MAX_KEY_BYTES + 600 + MC_LEASE_EXTRA];
-static char held_token[64];
-static bool exit_callback_set = false;
-
-static void
-release_on_exit(int code, Datum arg)
-{
-	if (held_lease[0] == '\0')
-		return;
-	HOLD_INTERRUPTS();
-	release_lease(held_lease, held_token);
-	held_lease[0] = '\0';
-	RESUME_INTERRUPTS();
-}
-
-static void
-remember_lease(const char *lease, const char *token)
-{
-	if (!exit_callback_set)
-	{
-		before_shmem_exit(release_on_exit, (Datum) 0);
-		exit_callback_set = true;
-	}
-	strlcpy(held_lease, lease, sizeof(held_lease));
-	strlcpy(held_token, token, sizeof(held_token));
-}
-
 /* store (or not) a computed value; see cache_get_or_set */
 static void
-store_result(const char *key, const char *full, const char *lease, const char *token,
-			 const char *json, int jlen, int ttl, bool redis_ok, McErr *err,
-			 bool bypass, bool use_lease, bool hold)
+store_result(Fill *f, const char *json, int jlen, int ttl)
 {
 	McReply    *r;
 
-	if (!redis_ok)
+	if (!f->redis_ok)
 	{
 		mc_stat_add(MC_STAT_CACHE_BYPASSES, 1);
 		ereport(WARNING,
-				(errcode(err->sqlstate),
+				(errcode(f->err.sqlstate),
 				 errmsg("meetcache: cache unavailable, returning the query result uncached: %s",
-						excerpt(err->msg, strlen(err->msg), 4 * sizeof(err->msg)))));
+						excerpt(f->err.msg, strlen(f->err.msg), 4 * sizeof(f->err.msg)))));
+		return;
 	}
-	else if (bypass || (use_lease && !hold))
+	if (f->bypass || (f->use_lease && !f->hold))
+	{
 		mc_stat_add(MC_STAT_CACHE_BYPASSES, 1);
+		return;
+	}
+	if (f->hold)				/* stored only if no invalidation cancelled our lease meanwhile */
+		r = mc_lease_set(f->full, f->lease, f->token, json, ttl, &f->err);
+	else						/* meetcache.lease_check = off: a plain SET, racy by design */
+		r = set_command(f->full, json, jlen, ttl, &f->err);
+	if (r == NULL)
+		ereport(WARNING,
+				(errcode(f->err.sqlstate),
+				 errmsg("meetcache: could not store cache key \"%s\": %s", f->key,
+						excerpt(f->err.msg, strlen(f->err.msg), 4 * sizeof(f->err.msg)))));
 	else
 	{
-		if (hold)
-		{
-			/* stored only if no invalidation cancelled our lease meanwhile */
-			char		ttlbuf[16];
-			const char *argv[5] = {full, lease, token, json, ttlbuf};
-			size_t		lens[5];
+		check_reply_error(r, f->key);
+		if (f->hold && r->type == MC_REPLY_INTEGER && r->integer == 0)
+			mc_stat_add(MC_STAT_LEASE_REFUSED, 1);
+	}
+}
 
-			snprintf(ttlbuf, sizeof(ttlbuf), "%d", ttl);
-			for (int i = 0; i < 5; i++)
-				lens[i] = strlen(argv[i]);
-			r = mc_redis_script(MC_SCRIPT_LEASE_SET, 2, 3, argv, lens, err);
-		}
-		else					/* meetcache.lease_check = off: a plain SET, racy by design */
-			r = set_command(full, json, jlen, ttl, err);
+/* the arguments: key, query, ttl_seconds and the query's parameters */
+static void
+fill_args(FunctionCallInfo fcinfo, Fill *f)
+{
+	f->key = arg_key(fcinfo, 0, "cache key");
+	f->full = prefixed(f->key);
+	f->lease = mc_lease_of(f->full);
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("query must not be null")));
+	f->query = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	f->ttl = ttl_arg(f->key, fcinfo, 2, &f->family);
+	if (!PG_ARGISNULL(3))
+		deconstruct_array(PG_GETARG_ARRAYTYPE_P(3), TEXTOID, -1, false, TYPALIGN_INT,
+						  &f->ptexts, &f->pnulls, &f->nparams);
+	f->redis_ok = true;
+}
 
-		if (r == NULL)
-			ereport(WARNING,
-					(errcode(err->sqlstate),
-					 errmsg("meetcache: could not store cache key \"%s\": %s", key,
-							excerpt(err->msg, strlen(err->msg), 4 * sizeof(err->msg)))));
-		else
+/*
+ * Never publish what may be uncommitted or outdated: after this
+ * transaction wrote anything, while it has pending invalidations, or
+ * when its snapshot predates the lease (REPEATABLE READ, SERIALIZABLE).
+ * Such a call neither takes a lease nor stores.
+ */
+static void
+fill_decide(Fill *f)
+{
+	f->bypass = GetTopTransactionIdIfAny() != InvalidTransactionId || mc_pending_any() ||
+		IsolationUsesXactSnapshot() ||
+		RecoveryInProgress();	/* a standby may not have replayed the commit yet */
+	f->use_lease = mc_lease_check && !f->bypass;
+	mc_lease_token(f->token);
+}
+
+/* a plain GET (no lease); the reply, or NULL when Redis did not answer */
+static McReply *
+get_command(Fill *f)
+{
+	McPipe		pipe;
+	McReply   **rs;
+	const char *argv[2] = {"GET", f->full};
+	size_t		lens[2] = {3, strlen(f->full)};
+
+	mc_pipe_init(&pipe);
+	mc_pipe_add(&pipe, 2, argv, lens);
+	rs = mc_pipe_try(&pipe, &f->err);
+	return rs ? rs[0] : NULL;
+}
+
+/*
+ * The cached value, if any (a hit, or what the lease holder stored while
+ * we waited); otherwise sets what the miss may do (hold, redis_ok).
+ */
+static bool
+fill_lookup(Fill *f, Datum *value)
+{
+	McReply    *r = NULL;
+
+	if (GetTopTransactionIdIfAny() != InvalidTransactionId || mc_pending_any())
+		return false;			/* our own writes may be behind the key: do not even read it */
+	if (!f->use_lease)
+	{
+		r = get_command(f);
+		f->redis_ok = r != NULL;
+		if (r)
+			check_reply_error(r, f->key);
+		if (r == NULL || r->type != MC_REPLY_STRING)
+			return false;
+	}
+	else
+	{
+		switch (mc_lease_get(f->full, f->lease, f->token, &r, &f->err))
 		{
-			check_reply_error(r, key);
-			if (hold && r->type == MC_REPLY_INTEGER && r->integer == 0)
-				mc_stat_add(MC_STAT_LEASE_REFUSED, 1);
+			case MC_LEASE_VALUE:
+				break;
+			case MC_LEASE_HELD:
+				f->hold = true;
+				return false;
+			case MC_LEASE_TIMED_OUT:
+				return false;	/* run the query ourselves, without caching */
+			case MC_LEASE_REFUSED:
+				check_reply_error(r, f->key);	/* throws */
+				return false;
+			case MC_LEASE_NO_REDIS:
+				f->redis_ok = false;
+				return false;
 		}
 	}
+	mc_stat_add(MC_STAT_CACHE_HITS, 1);
+	*value = json_text_to_jsonb(f->key, r->str, r->len);
+	return true;
+}
+
+/* a miss: run the query, store its value as we may, return it */
+static Datum
+fill_compute(Fill *f)
+{
+	char	   *json = run_query_readonly(f);
+	int			jlen;
+	Datum		result;
+
+	json = json_compact(json, strlen(json), &jlen);
+	result = DirectFunctionCall1(jsonb_in, CStringGetDatum(json));
+	store_result(f, json, jlen, ttl_final(f->ttl, f->family, DatumGetJsonbP(result)));
+	return result;
 }
 
 PG_FUNCTION_INFO_V1(meetcache_cache_get_or_set);
 Datum
 meetcache_cache_get_or_set(PG_FUNCTION_ARGS)
 {
-	char	   *key = arg_key(fcinfo, 0, "cache key");
-	char	   *query;
-	volatile int ttl;
-	McFamily   *family;
-	Datum	   *ptexts = NULL;
-	bool	   *pnulls = NULL;
-	int			nparams = 0;
-	char	   *full = prefixed(key);
-	char	   *lease = lease_of(full);
-	char		token[64];
-	static uint32 token_counter = 0;
-	McErr		err;
-	McReply    *r;
-	char	   *volatile json;
-	int			jlen;
+	Fill		f = {0};
+	Datum		value;
 	volatile Datum result = (Datum) 0;
-	bool		bypass;
-	bool		use_lease;
-	bool		redis_ok = true;
-	volatile bool hold = false;
 
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("query must not be null")));
-	query = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	ttl = ttl_arg(key, fcinfo, 2, &family);
-	if (!PG_ARGISNULL(3))
-		deconstruct_array(PG_GETARG_ARRAYTYPE_P(3), TEXTOID, -1, false, TYPALIGN_INT,
-						  &ptexts, &pnulls, &nparams);
-
-	/*
-	 * Never publish what may be uncommitted or outdated: after this
-	 * transaction wrote anything, while it has pending invalidations, or
-	 * when its snapshot predates the lease (REPEATABLE READ, SERIALIZABLE).
-	 * Such a call neither takes a lease nor stores.
-	 */
-	bypass = GetTopTransactionIdIfAny() != InvalidTransactionId || mc_pending_any() ||
-		IsolationUsesXactSnapshot() ||
-		RecoveryInProgress();	/* a standby may not have replayed the commit yet */
-	use_lease = mc_lease_check && !bypass;
-	snprintf(token, sizeof(token), "%d-" INT64_FORMAT "-%u", MyProcPid,
-			 (int64) GetCurrentTimestamp(), ++token_counter);
-
-	if (GetTopTransactionIdIfAny() != InvalidTransactionId || mc_pending_any())
-	{
-		/* our own writes may be behind the key: do not even read it */
-	}
-	else if (!use_lease)
-	{
-		McPipe		pipe;
-		McReply   **rs;
-		const char *argv[2] = {"GET", full};
-		size_t		lens[2] = {3, strlen(full)};
-
-		mc_pipe_init(&pipe);
-		mc_pipe_add(&pipe, 2, argv, lens);
-		rs = mc_pipe_try(&pipe, &err);
-		if (rs == NULL)
-			redis_ok = false;
-		else
-		{
-			check_reply_error(rs[0], key);
-			if (rs[0]->type == MC_REPLY_STRING)
-			{
-				mc_stat_add(MC_STAT_CACHE_HITS, 1);
-				PG_RETURN_DATUM(json_text_to_jsonb(key, rs[0]->str, rs[0]->len));
-			}
-		}
-	}
-	else
-	{
-		/* GET, or take the lease, or wait for the session that holds it */
-		TimestampTz wait_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), mc_lease_wait);
-		long		nap = 2;
-		bool		waited = false;
-		char		leasems[16];
-		const char *argv[4] = {full, lease, token, leasems};
-		size_t		lens[4];
-
-		snprintf(leasems, sizeof(leasems), "%d", mc_lease_ttl);
-		for (int i = 0; i < 4; i++)
-			lens[i] = strlen(argv[i]);
-		for (;;)
-		{
-			long		left;
-
-			r = mc_redis_script(MC_SCRIPT_LEASE_GET, 2, 2, argv, lens, &err);
-			if (r == NULL)
-			{
-				redis_ok = false;
-				break;
-			}
-			check_reply_error(r, key);
-			if (r->type != MC_REPLY_ARRAY || r->nelems < 1 ||
-				r->elems[0]->type != MC_REPLY_INTEGER)
-				ereport(ERROR,
-						(errcode(ERRCODE_PROTOCOL_VIOLATION),
-						 errmsg("redis sent an unexpected reply to the lease script")));
-			if (r->elems[0]->integer == 1 && r->nelems == 2)
-			{
-				mc_stat_add(MC_STAT_CACHE_HITS, 1);
-				PG_RETURN_DATUM(json_text_to_jsonb(key, r->elems[1]->str, r->elems[1]->len));
-			}
-			if (r->elems[0]->integer == 2)
-			{
-				hold = true;
-				remember_lease(lease, token);
-				break;
-			}
-			/* another session is computing this key: wait for its value */
-			if (!waited)
-			{
-				waited = true;
-				mc_stat_add(MC_STAT_LEASE_WAITS, 1);
-			}
-			left = (long) ((wait_until - GetCurrentTimestamp()) / 1000);
-			if (left <= 0)
-			{
-				mc_stat_add(MC_STAT_LEASE_TIMEOUTS, 1);
-				break;			/* run the query ourselves, without caching */
-			}
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 Min(nap, left), PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-			CHECK_FOR_INTERRUPTS();
-			nap = Min(nap * 2, 50);
-		}
-	}
+	fill_args(fcinfo, &f);
+	fill_decide(&f);
+	if (fill_lookup(&f, &value))
+		PG_RETURN_DATUM(value);
 	mc_stat_add(MC_STAT_CACHE_MISSES, 1);
 
 	/* any error from the query to the store gives the lease back */
 	PG_TRY();
 	{
-		json = run_query_readonly(key, query, ptexts, pnulls, nparams);
-		json = json_compact(json, strlen(json), &jlen);
-		result = DirectFunctionCall1(jsonb_in, CStringGetDatum(json));
-		ttl = ttl_final(ttl, family, DatumGetJsonbP(result));
-		store_result(key, full, lease, token, json, jlen, ttl, redis_ok, &err,
-					 bypass, use_lease, hold);
-		hold = false;			/* stored, refused or released: ours no more */
-		held_lease[0] = '\0';
+		result = fill_compute(&f);
+		mc_lease_forget();		/* stored, refused or released: ours no more */
 	}
 	PG_CATCH();
 	{
-		if (hold)
-		{
-			HOLD_INTERRUPTS();
-			release_lease(lease, token);
-			held_lease[0] = '\0';
-			RESUME_INTERRUPTS();
-		}
+		if (f.hold)
+			mc_lease_release(f.lease, f.token);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();

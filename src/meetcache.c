@@ -855,7 +855,6 @@ _PG_init(void)
 	mc_rules_init();
 	if (process_shared_preload_libraries_in_progress)
 	{
-		mc_stats_shmem_request();
 		mc_shared_request();
 		if (!IsBinaryUpgrade)
 			mc_worker_register();

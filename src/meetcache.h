@@ -16,10 +16,13 @@
  *	  guard.c      attach()/detach(), the guard's event triggers, invalidate_all()
  *	  legacy.c     C functions only the frozen 0.1.0 SQL script uses
  *	  cache.c      the SQL-callable cache_* functions and key()
+ *	  lease.c      the lease protocol: lease key names, the Lua scripts, the
+ *	               wait for another session's value
  *	  stats.c      counters (shared memory when preloaded, else per backend),
  *	               and mc_excerpt: how text from Redis appears in messages
- *	  shared.c     shared state for the worker: circuit breaker, retry queue,
- *	               per-database drain slots, keys already delivered
+ *	  shared.c     all shared memory (its hooks, stats.c's counters' space):
+ *	               circuit breaker, retry queue, per-database drain slots,
+ *	               keys already delivered, the status stats() shows
  *	  queue.c      the durable queue table: writing a transaction's row and
  *	               draining rows into Redis
  *	  worker.c     the launcher and per-database drain background workers
@@ -181,9 +184,14 @@ extern bool mc_redis_invalidate(McStr *keys, int nkeys,
 								TimestampTz deadline, int step_ms,
 								McInvResult *res, McErr *err);
 
-/* leases: see redis.c and README "Leases" */
+extern bool mc_redis_ping(TimestampTz deadline, McErr *err);
+
+/* ---- lease.c: the lease protocol (README "Leases") ---- */
+
 #define MC_LEASE_EXTRA 14		/* bytes a lease key adds to its key, NUL included */
 #define MC_LEASE_NS "mc-lease:"	/* the reserved namespace of lease keys */
+#define MC_LEASE_TOKEN 64		/* bytes of a lease token, NUL included */
+
 typedef enum McScript
 {
 	MC_SCRIPT_LEASE_GET,
@@ -193,9 +201,35 @@ typedef enum McScript
 	MC_SCRIPT_SET_CANCEL,
 	MC_SCRIPT__COUNT
 } McScript;
+
+/* what mc_lease_get found */
+typedef enum McLeaseGet
+{
+	MC_LEASE_VALUE,				/* the key has a value */
+	MC_LEASE_HELD,				/* we hold the lease: compute, then store */
+	MC_LEASE_TIMED_OUT,			/* another session held it for lease_wait */
+	MC_LEASE_REFUSED,			/* Redis sent an error reply */
+	MC_LEASE_NO_REDIS			/* Redis did not answer */
+} McLeaseGet;
+
 extern int	mc_lease_key(const char *k, int klen, char *out);
+extern char *mc_lease_of(const char *full);
 extern void mc_lease_globs(const char *glob, char **untagged, char **tagged);
-extern bool mc_redis_ping(TimestampTz deadline, McErr *err);
+extern bool mc_lease_base(const char *s, int len, const char **base, int *blen);
+extern bool mc_lease_namespace(const char *s, bool glob);
+extern const char *mc_lease_script_text(McScript which);
+extern McReply *mc_lease_set_cancel(const char *full, const char *json, int ttl,
+									McErr *err);
+extern McReply *mc_lease_del_pairs(char **keys, int n, McErr *err);
+extern void mc_lease_token(char *token);
+extern McLeaseGet mc_lease_get(const char *full, const char *lease, const char *token,
+							   McReply **reply, McErr *err);
+extern McReply *mc_lease_set(const char *full, const char *lease, const char *token,
+							 const char *json, int ttl, McErr *err);
+extern void mc_lease_release(const char *lease, const char *token);
+extern void mc_lease_forget(void);
+
+/* redis.c: EVALSHA a script of lease.c, loading it when needed */
 extern McReply *mc_redis_script(McScript which, int nkeys, int nargs,
 								const char **argv, const size_t *lens, McErr *err);
 
@@ -332,15 +366,30 @@ typedef enum McCounter
 	MC_STAT__COUNT
 } McCounter;
 
-extern void mc_stats_shmem_request(void);
+extern Size mc_stats_shmem_size(void);
+extern void mc_stats_shmem_attach(void *place, bool init);
 extern void mc_stat_add(McCounter c, uint64 n);
 extern void mc_stat_error(const char *msg);
 extern int	mc_excerpt(char *out, int outsize, const char *s, int len);
 
 /* ---- shared.c ---- */
 
+/* what meetcache.stats() shows of the shared state */
+typedef struct McSharedStatus
+{
+	bool		preloaded;		/* false: nothing else is set */
+	int			launcher_pid;	/* 0: not running */
+	int			drains_running;
+	bool		breaker_open;	/* Redis is known to be down ... */
+	TimestampTz breaker_since;	/* ... since then */
+	uint32		retry_entries;	/* the retry queue */
+	uint64		retry_bytes;
+	uint64		retry_size;
+} McSharedStatus;
+
 extern void mc_shared_request(void);
 extern bool mc_shared_ready(void);
+extern void mc_shared_status(McSharedStatus *st);
 extern bool mc_breaker_applies(void);
 extern bool mc_breaker_open(void);
 extern void mc_breaker_trip(void);

@@ -31,7 +31,6 @@
 #include "miscadmin.h"
 #include "utils/timestamp.h"
 
-#include "lua_scripts.h"
 #include "meetcache.h"
 #include "transport.h"
 
@@ -604,93 +603,7 @@ mc_redis_command(int argc, const char **argv, const size_t *lens)
 	return r[0];
 }
 
-/* ---- leases and scripts ---- */
-
-/*
- * The lease key of a full key K lives in the reserved "mc-lease:" namespace
- * and hashes to K's Redis Cluster slot:
- *   K without a hash tag:   mc-lease:u:{K}
- *   K with a hash tag {T}:  mc-lease:t:K   (the first tag is still {T})
- * The two forms cannot collide ("x" and "{x}" get different leases) and
- * parse back unambiguously.  out must have room for klen + MC_LEASE_EXTRA
- * bytes.  No allocation.
- */
-/* the two lease key forms (see above); MC_LEASE_EXTRA covers the longer */
-#define LEASE_TAGGED MC_LEASE_NS "t:"
-#define LEASE_TAGGED_LEN ((int) sizeof(LEASE_TAGGED) - 1)
-#define LEASE_UNTAGGED MC_LEASE_NS "u:{"
-#define LEASE_UNTAGGED_LEN ((int) sizeof(LEASE_UNTAGGED) - 1)
-StaticAssertDecl(LEASE_UNTAGGED_LEN + 2 == MC_LEASE_EXTRA,
-				 "MC_LEASE_EXTRA is the untagged lease form's overhead, NUL included");
-
-int
-mc_lease_key(const char *k, int klen, char *out)
-{
-	const char *open = memchr(k, '{', klen);
-	bool		tagged = false;
-
-	if (open)
-	{
-		const char *close = memchr(open + 1, '}', klen - (open + 1 - k));
-
-		tagged = (close != NULL && close > open + 1);
-	}
-	if (tagged)
-	{
-		memcpy(out, LEASE_TAGGED, LEASE_TAGGED_LEN);
-		memcpy(out + LEASE_TAGGED_LEN, k, klen);
-		out[klen + LEASE_TAGGED_LEN] = '\0';
-		return klen + LEASE_TAGGED_LEN;
-	}
-	memcpy(out, LEASE_UNTAGGED, LEASE_UNTAGGED_LEN);
-	memcpy(out + LEASE_UNTAGGED_LEN, k, klen);
-	out[klen + LEASE_UNTAGGED_LEN] = '}';
-	out[klen + LEASE_UNTAGGED_LEN + 1] = '\0';
-	return klen + LEASE_UNTAGGED_LEN + 1;
-}
-
-/*
- * The SCAN globs of the lease keys of every key a glob matches, in both
- * forms (palloc'd).  The untagged form wraps the glob in braces; a glob's
- * own braces are literal to SCAN.
- */
-void
-mc_lease_globs(const char *glob, char **untagged, char **tagged)
-{
-	*untagged = psprintf("%s%s}", LEASE_UNTAGGED, glob);
-	*tagged = psprintf("%s%s", LEASE_TAGGED, glob);
-}
-
-/* if s is a lease key, the key it leases (and true); else s itself */
-static bool
-lease_base(const char *s, int len, const char **base, int *blen)
-{
-	if (len > LEASE_TAGGED_LEN && memcmp(s, LEASE_TAGGED, LEASE_TAGGED_LEN) == 0)
-	{
-		*base = s + LEASE_TAGGED_LEN;
-		*blen = len - LEASE_TAGGED_LEN;
-		return true;
-	}
-	if (len > LEASE_UNTAGGED_LEN + 1 && memcmp(s, LEASE_UNTAGGED, LEASE_UNTAGGED_LEN) == 0 &&
-		s[len - 1] == '}')
-	{
-		*base = s + LEASE_UNTAGGED_LEN;
-		*blen = len - LEASE_UNTAGGED_LEN - 1;
-		return true;
-	}
-	*base = s;
-	*blen = len;
-	return false;
-}
-
-/* the texts are the files lua/NAME.lua, shared with the clients (see scripts/lua2c.sh) */
-static const char *const script_text[MC_SCRIPT__COUNT] = {
-	[MC_SCRIPT_LEASE_GET] = MC_LUA_LEASE_GET,
-	[MC_SCRIPT_LEASE_SET] = MC_LUA_LEASE_SET,
-	[MC_SCRIPT_LEASE_RELEASE] = MC_LUA_LEASE_RELEASE,
-	[MC_SCRIPT_DEL_PAIRS] = MC_LUA_DEL_PAIRS,
-	[MC_SCRIPT_SET_CANCEL] = MC_LUA_SET_CANCEL,
-};
+/* ---- scripts (their texts and the lease protocol: lease.c) ---- */
 
 static char script_sha[MC_SCRIPT__COUNT][41];
 
@@ -700,8 +613,8 @@ script_load(McScript which, McErr *err)
 {
 	McPipe		pipe;
 	McReply   **r;
-	const char *argv[3] = {"SCRIPT", "LOAD", script_text[which]};
-	size_t		lens[3] = {6, 4, strlen(script_text[which])};
+	const char *argv[3] = {"SCRIPT", "LOAD", mc_lease_script_text(which)};
+	size_t		lens[3] = {6, 4, strlen(mc_lease_script_text(which))};
 
 	mc_pipe_init(&pipe);
 	mc_pipe_add(&pipe, 3, argv, lens);
@@ -862,7 +775,7 @@ add_unlink(RawBuf *b, McStr *keys, int n)
 
 		argv[argc] = keys[i].s;
 		lens[argc++] = keys[i].len;
-		if (!lease_base(keys[i].s, keys[i].len, &base, &blen))
+		if (!mc_lease_base(keys[i].s, keys[i].len, &base, &blen))
 		{
 			int			l = mc_lease_key(keys[i].s, keys[i].len, p);
 
@@ -908,7 +821,7 @@ scan_cb(redisReply *r, void *arg, McErr *err)
 		st->res->keys_scanned++;
 		if (k->type != REDIS_REPLY_STRING)
 			continue;
-		lease_base(k->str, (int) k->len, &base, &blen);
+		mc_lease_base(k->str, (int) k->len, &base, &blen);
 		for (int p = 0; p < st->npatterns; p++)
 		{
 			if (mc_glob_match(st->patterns[p].s, st->patterns[p].len, base, blen))

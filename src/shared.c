@@ -1,7 +1,9 @@
 /*
  * shared.c
- *	  Shared state between backends and the background workers, present
- *	  only when meetcache is in shared_preload_libraries:
+ *	  The one owner of meetcache's shared memory, present only when
+ *	  meetcache is in shared_preload_libraries: one request/startup hook
+ *	  pair reserves and initialises it all (stats.c's counters included),
+ *	  and only the functions here read or change it:
  *	    - the circuit breaker (Redis known to be down);
  *	    - the retry queue: a bounded ring of keys whose post-commit delete
  *	      failed in sync delivery, drained by the launcher;
@@ -12,7 +14,18 @@
  *	    - the flush epoch: after a crash-restart or an unclean stop keys of
  *	      sync transactions may be lost, so every database flushes its
  *	      families once.
+ *	  stats.c reads the state through mc_shared_status, a snapshot.
  *
+ * Locking:
+ *	  - lock guards the database slots, the ring's positions and contents,
+ *	    the launcher's latch and pid, and the flush epoch: exclusive to
+ *	    change them, shared to read the ring;
+ *	  - dlock guards the delivered set;
+ *	  - the breaker is an atomic;
+ *	  - single writers, unlocked readers (a stale value is harmless):
+ *	    worker_url_hash and drains_running (the launcher), breaker_since
+ *	    (whoever trips the breaker), the slot mc_db_announce looks at, and
+ *	    the status snapshot.
  * Everything a commit callback calls here takes an LWLock or an atomic,
  * copies into memory allocated at startup and never throws or allocates.
  */
@@ -43,9 +56,52 @@
  * unclean stop or a stop with undelivered retries */
 #define RUNNING_FILE "meetcache.running"
 
-#define DELIVERED_SLOTS MC_DELIVERED_SLOTS
+#define DELIVERED_SLOTS 131072	/* power of two */
 #define DELIVERED_WAKE 4096		/* wake the drain every this many entries */
 #define RING_PAD 0xFFFFFFFFu
+
+typedef struct McDbSlot
+{
+	Oid			db;				/* InvalidOid: free */
+	bool		work;			/* rows or a flush wait for a drain */
+	bool		flush;			/* keys were lost: flush the families */
+	bool		no_ext;			/* the last drain found no extension */
+	bool		poll_due;		/* a poll wants a drain here, not yet started */
+	uint32		flushed_epoch;	/* last flush_epoch this database served */
+	PGPROC	   *drain;			/* running drain, for its latch */
+	int			backoff_ms;		/* after a failed drain */
+	TimestampTz next_start;		/* launcher: not before */
+	TimestampTz last_start;
+} McDbSlot;
+
+typedef struct McDelivered
+{
+	Oid			db;				/* InvalidOid: empty */
+	TransactionId xid;			/* the queue row's xmin */
+	TimestampTz at;
+} McDelivered;
+
+typedef struct McShared
+{
+	LWLock	   *lock;			/* ring, dbs, launcher fields */
+	LWLock	   *dlock;			/* delivered set */
+	PGPROC	   *launcher;
+	pid_t		launcher_pid;
+	uint64		worker_url_hash;	/* the launcher's Redis endpoint */
+	pg_atomic_uint32 breaker;	/* 1: Redis is down, hand keys over */
+	TimestampTz breaker_since;
+	uint32		flush_epoch;	/* bumped when sync keys may be lost */
+	bool		epoch_served;	/* every database flushed for flush_epoch */
+	int			drains_running;
+	Size		ring_size;
+	uint64		ring_head;		/* byte positions, only ever grow */
+	uint64		ring_tail;
+	uint32		ring_entries;
+	McDbSlot	dbs[MC_MAX_DBS];
+	int			ndelivered;
+	McDelivered delivered[DELIVERED_SLOTS];
+	char		ring[FLEXIBLE_ARRAY_MEMBER];
+} McShared;
 
 typedef struct RingHdr
 {
@@ -55,7 +111,7 @@ typedef struct RingHdr
 	int32		npatterns;
 } RingHdr;
 
-McShared   *mc_shared = NULL;
+static McShared *mc_shared = NULL;
 
 #if PG_VERSION_NUM >= 150000
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -75,14 +131,21 @@ shared_size(void)
 	return add_size(MAXALIGN(offsetof(McShared, ring)), ring_bytes());
 }
 
+/* this file's memory and stats.c's counters, and the two locks */
+static void
+request_space(void)
+{
+	RequestAddinShmemSpace(add_size(shared_size(), mc_stats_shmem_size()));
+	RequestNamedLWLockTranche("meetcache", 2);
+}
+
 #if PG_VERSION_NUM >= 150000
 static void
 shared_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(shared_size());
-	RequestNamedLWLockTranche("meetcache", 2);
+	request_space();
 }
 #endif
 
@@ -128,58 +191,73 @@ shared_postmaster_exit(int code, Datum arg)
 				(errmsg("meetcache: undelivered invalidations at shutdown; cache families will be flushed at the next start")));
 }
 
+/*
+ * Postmaster, at a start or a crash-restart: were invalidations of sync
+ * transactions maybe lost?  From now on the running marker says the server
+ * runs, and it survives a power loss.
+ */
+static bool
+postmaster_start_unclean(void)
+{
+	bool		unclean = false;
+	struct stat st;
+	int			fd;
+
+	if (startups++ > 0)
+		unclean = true;			/* crash-restart: shared memory was lost */
+	else if (stat(RUNNING_FILE, &st) == 0)
+		unclean = true;			/* the last stop was not clean */
+	if (unclean)
+		ereport(LOG,
+				(errmsg("meetcache: invalidations of sync transactions may have been lost; every database will flush its cache families")));
+	fd = open(RUNNING_FILE, O_WRONLY | O_CREAT | PG_BINARY, pg_file_create_mode);
+	if (fd >= 0)
+	{
+		(void) pg_fsync(fd);
+		close(fd);
+		fsync_fname(".", true);
+	}
+	/* a crash-restart emptied the exit list: register again */
+	before_shmem_exit(shared_postmaster_exit, 0);
+	return unclean;
+}
+
+static void
+shared_init(McShared *s)
+{
+	LWLockPadded *locks = GetNamedLWLockTranche("meetcache");
+	bool		unclean = !IsUnderPostmaster && postmaster_start_unclean();
+
+	memset(s, 0, offsetof(McShared, ring));
+	s->lock = &locks[0].lock;
+	s->dlock = &locks[1].lock;
+	pg_atomic_init_u32(&s->breaker, 0);
+	s->ring_size = ring_bytes();
+	s->flush_epoch = unclean ? 1 : 0;
+	s->epoch_served = !unclean;
+}
+
 static void
 shared_shmem_startup(void)
 {
 	bool		found;
+	void	   *counters;
 	McShared   *s;
 
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	counters = ShmemInitStruct("meetcache stats", mc_stats_shmem_size(), &found);
+	mc_stats_shmem_attach(counters, !found);
 	s = ShmemInitStruct("meetcache shared", shared_size(), &found);
 	if (!found)
-	{
-		LWLockPadded *locks = GetNamedLWLockTranche("meetcache");
-		bool		unclean = false;
-
-		memset(s, 0, offsetof(McShared, ring));
-		s->lock = &locks[0].lock;
-		s->dlock = &locks[1].lock;
-		pg_atomic_init_u32(&s->breaker, 0);
-		s->ring_size = ring_bytes();
-		if (!IsUnderPostmaster)
-		{
-			struct stat st;
-
-			int			fd;
-
-			if (startups++ > 0)
-				unclean = true; /* crash-restart: shared memory was lost */
-			else if (stat(RUNNING_FILE, &st) == 0)
-				unclean = true; /* the last stop was not clean */
-			if (unclean)
-				ereport(LOG,
-						(errmsg("meetcache: invalidations of sync transactions may have been lost; every database will flush its cache families")));
-			/* the marker must survive a power loss from now on */
-			fd = open(RUNNING_FILE, O_WRONLY | O_CREAT | PG_BINARY, pg_file_create_mode);
-			if (fd >= 0)
-			{
-				(void) pg_fsync(fd);
-				close(fd);
-				fsync_fname(".", true);
-			}
-			/* a crash-restart emptied the exit list: register again */
-			before_shmem_exit(shared_postmaster_exit, 0);
-		}
-		s->flush_epoch = unclean ? 1 : 0;
-		s->epoch_served = !unclean;
-	}
+		shared_init(s);
 	LWLockRelease(AddinShmemInitLock);
 	mc_shared = s;
 }
 
+/* _PG_init, while shared_preload_libraries is processed */
 void
 mc_shared_request(void)
 {
@@ -187,8 +265,7 @@ mc_shared_request(void)
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = shared_shmem_request;
 #else
-	RequestAddinShmemSpace(shared_size());
-	RequestNamedLWLockTranche("meetcache", 2);
+	request_space();
 #endif
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = shared_shmem_startup;
@@ -198,6 +275,19 @@ bool
 mc_shared_ready(void)
 {
 	return mc_shared != NULL;
+}
+
+static void
+wake_launcher(void)
+{
+	McShared   *s = mc_shared;
+	PGPROC	   *p;
+
+	if (s == NULL)
+		return;
+	p = s->launcher;
+	if (p != NULL)
+		SetLatch(&p->procLatch);
 }
 
 /* ---- circuit breaker ---- */
@@ -234,7 +324,7 @@ mc_breaker_trip(void)
 		s->breaker_since = GetCurrentTimestamp();
 		mc_stat_add(MC_STAT_BREAKER_TRIPS, 1);
 	}
-	mc_wake_launcher();
+	wake_launcher();
 }
 
 void
@@ -242,19 +332,6 @@ mc_breaker_reset(void)
 {
 	if (mc_shared)
 		pg_atomic_write_u32(&mc_shared->breaker, 0);
-}
-
-void
-mc_wake_launcher(void)
-{
-	McShared   *s = mc_shared;
-	PGPROC	   *p;
-
-	if (s == NULL)
-		return;
-	p = s->launcher;
-	if (p != NULL)
-		SetLatch(&p->procLatch);
 }
 
 /* ---- retry ring ---- */
@@ -339,7 +416,7 @@ mc_retry_push(Oid db, McStr *keys, int nkeys, McStr *patterns, int npatterns)
 	}
 	LWLockRelease(s->lock);
 	if (ok)
-		mc_wake_launcher();
+		wake_launcher();
 	return ok;
 }
 
@@ -446,8 +523,8 @@ mc_retry_consume(uint64 end, int nentries)
 /* ---- database slots ---- */
 
 /* caller holds s->lock exclusively; NULL when every slot is taken */
-McDbSlot *
-mc_db_slot(Oid db, bool create)
+static McDbSlot *
+db_slot(Oid db, bool create)
 {
 	McShared   *s = mc_shared;
 	McDbSlot   *free_slot = NULL;
@@ -478,7 +555,7 @@ db_mark(Oid db, bool work, bool flush, PGPROC **drain, int *index)
 	McDbSlot   *slot;
 
 	LWLockAcquire(s->lock, LW_EXCLUSIVE);
-	slot = mc_db_slot(db, true);
+	slot = db_slot(db, true);
 	if (slot)
 	{
 		slot->no_ext = false;
@@ -511,7 +588,7 @@ mc_db_wake(Oid db)
 	if (drain)
 		SetLatch(&drain->procLatch);
 	else
-		mc_wake_launcher();
+		wake_launcher();
 }
 
 /*
@@ -541,7 +618,293 @@ mc_db_request_flush(Oid db)
 	if (mc_shared == NULL)
 		return;
 	(void) db_mark(db, true, true, NULL, NULL);
-	mc_wake_launcher();
+	wake_launcher();
+}
+
+/* ---- the launcher ---- */
+
+static void
+launcher_detach(int code, Datum arg)
+{
+	McShared   *s = mc_shared;
+
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	s->launcher = NULL;
+	s->launcher_pid = 0;
+	LWLockRelease(s->lock);
+}
+
+/*
+ * The launcher announces itself (its latch, its pid, its Redis) until it
+ * exits; false when there is no shared memory.
+ */
+bool
+mc_launcher_attach(void)
+{
+	McShared   *s = mc_shared;
+
+	if (s == NULL)
+		return false;
+	before_shmem_exit(launcher_detach, 0);
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	s->launcher = MyProc;
+	s->launcher_pid = MyProcPid;
+	s->worker_url_hash = mc_url_hash;
+	LWLockRelease(s->lock);
+	return true;
+}
+
+/* after a reload: the breaker speaks for the launcher's Redis */
+void
+mc_launcher_url_changed(void)
+{
+	mc_shared->worker_url_hash = mc_url_hash;
+}
+
+void
+mc_launcher_report_drains(int running)
+{
+	mc_shared->drains_running = running;
+}
+
+/*
+ * The connectable databases dbs[0..ndbs-1] get a slot; the slots of the
+ * others (dropped databases) are freed unless a drain still runs there.
+ */
+void
+mc_db_slots_sync(const Oid *dbs, int ndbs)
+{
+	McShared   *s = mc_shared;
+
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < MC_MAX_DBS; i++)
+	{
+		bool		exists = false;
+
+		if (s->dbs[i].db == InvalidOid)
+			continue;
+		for (int j = 0; j < ndbs; j++)
+			if (dbs[j] == s->dbs[i].db)
+				exists = true;
+		if (!exists && s->dbs[i].drain == NULL)
+			s->dbs[i].db = InvalidOid;
+	}
+	for (int j = 0; j < ndbs; j++)
+		(void) db_slot(dbs[j], true);
+	LWLockRelease(s->lock);
+}
+
+/*
+ * The databases a drain should start for now, into due[] (room for
+ * MC_MAX_DBS): work, a flush or an epoch to serve, or a poll (with poll,
+ * every slot is marked due for one; an extension-less database only every
+ * no_ext_recheck_ms).  *next_due is when a database waiting out its backoff
+ * is due (0: none).  Notes the flush epoch served when every slot is.
+ */
+int
+mc_db_due(bool poll, int no_ext_recheck_ms, TimestampTz now,
+		  McDueDb *due, TimestampTz *next_due)
+{
+	McShared   *s = mc_shared;
+	int			ndue = 0;
+	bool		epoch_served = true;
+
+	*next_due = 0;
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < MC_MAX_DBS; i++)
+	{
+		McDbSlot   *d = &s->dbs[i];
+		bool		wanted;
+
+		if (d->db == InvalidOid)
+			continue;
+		if (d->flushed_epoch != s->flush_epoch)
+			epoch_served = false;
+		if (poll && (!d->no_ext ||
+					 now - d->last_start >= (int64) no_ext_recheck_ms * 1000))
+			d->poll_due = true;
+		wanted = d->work || d->flush || d->poll_due || d->flushed_epoch != s->flush_epoch;
+		if (wanted && d->drain == NULL && now >= d->next_start)
+		{
+			due[ndue].db = d->db;
+			due[ndue].last_start = d->last_start;
+			ndue++;
+		}
+		else if (wanted && d->drain == NULL && (*next_due == 0 || d->next_start < *next_due))
+			*next_due = d->next_start;
+	}
+	if (epoch_served)
+		s->epoch_served = true;
+	LWLockRelease(s->lock);
+	return ndue;
+}
+
+/* a drain was started for db: its poll is served */
+void
+mc_db_drain_started(Oid db, TimestampTz now)
+{
+	McShared   *s = mc_shared;
+	McDbSlot   *d;
+
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	d = db_slot(db, false);
+	if (d)
+	{
+		d->last_start = now;
+		d->poll_due = false;
+	}
+	LWLockRelease(s->lock);
+}
+
+/* Redis is back: drains may start at once */
+void
+mc_db_clear_backoff(void)
+{
+	McShared   *s = mc_shared;
+
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < MC_MAX_DBS; i++)
+	{
+		s->dbs[i].next_start = 0;
+		s->dbs[i].backoff_ms = 0;
+	}
+	LWLockRelease(s->lock);
+}
+
+/* ---- a drain ---- */
+
+static Oid	drain_db = InvalidOid;	/* this drain's database ... */
+static McDbSlot *drain_slot = NULL; /* ... and its slot, held while it runs */
+
+/* the drain of db takes its slot; false when every slot is taken */
+bool
+mc_drain_attach(Oid db)
+{
+	McShared   *s = mc_shared;
+
+	drain_db = db;
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	drain_slot = db_slot(db, true);
+	if (drain_slot)
+		drain_slot->drain = MyProc;
+	LWLockRelease(s->lock);
+	return drain_slot != NULL;
+}
+
+/*
+ * The drain exits: after a failure its database waits a doubling backoff
+ * (up to backoff_max_ms) and keeps its work; the launcher is woken.
+ */
+void
+mc_drain_detach(bool failed, int backoff_max_ms)
+{
+	McShared   *s = mc_shared;
+	McDbSlot   *d;
+
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	d = db_slot(drain_db, false);
+	if (d)
+	{
+		/* a successor may have registered already */
+		if (d->drain == MyProc)
+			d->drain = NULL;
+		if (failed)
+		{
+			d->backoff_ms = Min(Max(d->backoff_ms * 2, 100), backoff_max_ms);
+			d->next_start = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), d->backoff_ms);
+			d->work = true;		/* what failed is still there */
+		}
+		else
+			d->backoff_ms = 0;
+	}
+	LWLockRelease(s->lock);
+	wake_launcher();
+}
+
+/* the database has no extension: nothing to do there, no epoch to serve */
+void
+mc_drain_no_extension(void)
+{
+	McShared   *s = mc_shared;
+
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	drain_slot->no_ext = true;
+	drain_slot->work = false;
+	drain_slot->flush = false;
+	drain_slot->flushed_epoch = s->flush_epoch;
+	LWLockRelease(s->lock);
+}
+
+/*
+ * A drain round begins: take the slot's work.  Returns whether the
+ * families must be flushed, and the epoch a flush serves.
+ */
+bool
+mc_drain_take_work(uint32 *epoch)
+{
+	McShared   *s = mc_shared;
+	McDbSlot   *d = drain_slot;
+	bool		flush;
+
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	flush = d->flush || d->flushed_epoch != s->flush_epoch;
+	*epoch = s->flush_epoch;
+	d->flush = false;
+	d->work = false;
+	d->no_ext = false;
+	LWLockRelease(s->lock);
+	return flush;
+}
+
+void
+mc_drain_flushed(uint32 epoch)
+{
+	McShared   *s = mc_shared;
+
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	drain_slot->flushed_epoch = epoch;
+	LWLockRelease(s->lock);
+}
+
+/*
+ * An idle drain leaves its slot, unless work came meanwhile (false); a
+ * wake from now on goes to the launcher.
+ */
+bool
+mc_drain_leave(void)
+{
+	McShared   *s = mc_shared;
+	McDbSlot   *d = drain_slot;
+	bool		work;
+
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	work = d->work;
+	if (!work && d->drain == MyProc)
+		d->drain = NULL;
+	LWLockRelease(s->lock);
+	return !work;
+}
+
+/* ---- status, for meetcache.stats() ---- */
+
+void
+mc_shared_status(McSharedStatus *st)
+{
+	McShared   *s = mc_shared;
+
+	memset(st, 0, sizeof(*st));
+	if (s == NULL)
+		return;
+	st->preloaded = true;
+	st->launcher_pid = s->launcher_pid;
+	st->drains_running = s->drains_running;
+	st->breaker_open = mc_breaker_open();
+	st->breaker_since = s->breaker_since;
+	LWLockAcquire(s->lock, LW_SHARED);
+	st->retry_entries = s->ring_entries;
+	st->retry_bytes = s->ring_tail - s->ring_head;
+	LWLockRelease(s->lock);
+	st->retry_size = s->ring_size;
 }
 
 /*

@@ -1,60 +1,14 @@
 /*
  * shared.h
- *	  Layout of meetcache's shared memory, for shared.c, worker.c and
- *	  stats.c only.  Everything else uses the functions in meetcache.h.
+ *	  What the background workers (worker.c) ask of shared memory: the
+ *	  launcher's and the drains' view of the database slots, the retry
+ *	  ring and the delivered set.  The layout is private to shared.c;
+ *	  everything else uses the functions in meetcache.h.
  */
 #ifndef MEETCACHE_SHARED_H
 #define MEETCACHE_SHARED_H
 
-#include "port/atomics.h"
-#include "storage/lwlock.h"
-#include "storage/proc.h"
-
-#define MC_MAX_DBS 512
-#define MC_DELIVERED_SLOTS 131072	/* power of two */
-
-typedef struct McDbSlot
-{
-	Oid			db;				/* InvalidOid: free */
-	bool		work;			/* rows or a flush wait for a drain */
-	bool		flush;			/* keys were lost: flush the families */
-	bool		no_ext;			/* the last drain found no extension */
-	bool		poll_due;		/* a poll wants a drain here, not yet started */
-	uint32		flushed_epoch;	/* last flush_epoch this database served */
-	PGPROC	   *drain;			/* running drain, for its latch */
-	int			backoff_ms;		/* after a failed drain */
-	TimestampTz next_start;		/* launcher: not before */
-	TimestampTz last_start;
-} McDbSlot;
-
-typedef struct McDelivered
-{
-	Oid			db;				/* InvalidOid: empty */
-	TransactionId xid;			/* the queue row's xmin */
-	TimestampTz at;
-} McDelivered;
-
-typedef struct McShared
-{
-	LWLock	   *lock;			/* ring, dbs, launcher fields */
-	LWLock	   *dlock;			/* delivered set */
-	PGPROC	   *launcher;
-	pid_t		launcher_pid;
-	uint64		worker_url_hash;	/* the launcher's Redis endpoint */
-	pg_atomic_uint32 breaker;	/* 1: Redis is down, hand keys over */
-	TimestampTz breaker_since;
-	uint32		flush_epoch;	/* bumped when sync keys may be lost */
-	bool		epoch_served;	/* every database flushed for flush_epoch */
-	int			drains_running;
-	Size		ring_size;
-	uint64		ring_head;		/* byte positions, only ever grow */
-	uint64		ring_tail;
-	uint32		ring_entries;
-	McDbSlot	dbs[MC_MAX_DBS];
-	int			ndelivered;
-	McDelivered delivered[MC_DELIVERED_SLOTS];
-	char		ring[FLEXIBLE_ARRAY_MEMBER];
-} McShared;
+#define MC_MAX_DBS 512			/* database slots */
 
 typedef struct McRetryEntry
 {
@@ -65,12 +19,32 @@ typedef struct McRetryEntry
 	McStr	   *patterns;
 } McRetryEntry;
 
-extern McShared *mc_shared;
+/* a database a drain should start for, and when it last had one */
+typedef struct McDueDb
+{
+	Oid			db;
+	TimestampTz last_start;
+} McDueDb;
 
-extern void mc_wake_launcher(void);
+/* the launcher */
+extern bool mc_launcher_attach(void);
+extern void mc_launcher_url_changed(void);
+extern void mc_launcher_report_drains(int running);
+extern void mc_db_slots_sync(const Oid *dbs, int ndbs);
+extern int	mc_db_due(bool poll, int no_ext_recheck_ms, TimestampTz now,
+					  McDueDb *due, TimestampTz *next_due);
+extern void mc_db_drain_started(Oid db, TimestampTz now);
+extern void mc_db_clear_backoff(void);
 extern int	mc_retry_peek(McRetryEntry **entries, uint64 *end);
 extern void mc_retry_consume(uint64 end, int nentries);
-extern McDbSlot *mc_db_slot(Oid db, bool create);
 extern void mc_delivered_purge(TimestampTz cutoff);
+
+/* a drain, for the database of its slot */
+extern bool mc_drain_attach(Oid db);
+extern void mc_drain_detach(bool failed, int backoff_max_ms);
+extern void mc_drain_no_extension(void);
+extern bool mc_drain_take_work(uint32 *epoch);
+extern void mc_drain_flushed(uint32 epoch);
+extern bool mc_drain_leave(void);
 
 #endif							/* MEETCACHE_SHARED_H */

@@ -1,7 +1,9 @@
 /*
  * stats.c
  *	  Counters behind meetcache.stats: in shared memory when the library is
- *	  preloaded (cluster-wide), otherwise in the backend's own memory.
+ *	  preloaded (cluster-wide; shared.c reserves the space and hands it over
+ *	  at startup), otherwise in the backend's own memory.  The worker's
+ *	  columns come from shared.c's status snapshot.
  *
  * Counters are lock-free atomics, safe to bump from a commit callback.  The
  * last error is copied under a spinlock; no allocation happens here.
@@ -23,16 +25,12 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
-#include "storage/ipc.h"
-#include "storage/lwlock.h"
-#include "storage/shmem.h"
 #include "storage/spin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
 #include "meetcache.h"
-#include "shared.h"
 
 typedef struct McStatsShared
 {
@@ -46,11 +44,6 @@ typedef struct McStatsShared
 static McStatsShared local_stats;
 static McStatsShared *stats = NULL;
 static bool stats_shared = false;
-
-#if PG_VERSION_NUM >= 150000
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-#endif
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 static void
 stats_init_struct(McStatsShared *s)
@@ -74,45 +67,20 @@ get_stats(void)
 	return stats;
 }
 
-#if PG_VERSION_NUM >= 150000
-static void
-mc_shmem_request(void)
+Size
+mc_stats_shmem_size(void)
 {
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(McStatsShared)));
-}
-#endif
-
-static void
-mc_shmem_startup(void)
-{
-	bool		found;
-	McStatsShared *s;
-
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	s = ShmemInitStruct("meetcache stats", sizeof(McStatsShared), &found);
-	if (!found)
-		stats_init_struct(s);
-	LWLockRelease(AddinShmemInitLock);
-	stats = s;
-	stats_shared = true;
+	return MAXALIGN(sizeof(McStatsShared));
 }
 
+/* shared.c's startup hook, under AddinShmemInitLock: the counters live here */
 void
-mc_stats_shmem_request(void)
+mc_stats_shmem_attach(void *place, bool init)
 {
-#if PG_VERSION_NUM >= 150000
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = mc_shmem_request;
-#else
-	RequestAddinShmemSpace(MAXALIGN(sizeof(McStatsShared)));
-#endif
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = mc_shmem_startup;
+	if (init)
+		stats_init_struct(place);
+	stats = place;
+	stats_shared = true;
 }
 
 void
@@ -182,6 +150,59 @@ mc_stat_error(const char *msg)
 }
 
 
+/*
+ * The shared state's columns from values[i] on: worker_state, launcher_pid,
+ * drains_running, redis_state, redis_down_since, and the retry queue's
+ * entries, bytes and size.  Returns the next column.
+ */
+static int
+put_shared_status(Datum *values, bool *nulls, int i)
+{
+	McSharedStatus st;
+
+	mc_shared_status(&st);
+	if (!st.preloaded)
+	{
+		values[i] = CStringGetTextDatum("not preloaded");
+		nulls[i + 1] = nulls[i + 2] = true;
+	}
+	else
+	{
+		values[i] = CStringGetTextDatum(st.launcher_pid ? "running" : "stopped");
+		if (st.launcher_pid)
+			values[i + 1] = Int32GetDatum(st.launcher_pid);
+		else
+			nulls[i + 1] = true;
+		values[i + 2] = Int32GetDatum(st.drains_running);
+	}
+	i += 3;
+	if (!st.preloaded || st.launcher_pid == 0)
+	{
+		values[i] = CStringGetTextDatum("unknown");
+		nulls[i + 1] = true;
+	}
+	else if (st.breaker_open)
+	{
+		values[i] = CStringGetTextDatum("down");
+		values[i + 1] = TimestampTzGetDatum(st.breaker_since);
+	}
+	else
+	{
+		values[i] = CStringGetTextDatum("up");
+		nulls[i + 1] = true;
+	}
+	i += 2;
+	if (!st.preloaded)
+		nulls[i] = nulls[i + 1] = nulls[i + 2] = true;
+	else
+	{
+		values[i] = Int64GetDatum((int64) st.retry_entries);
+		values[i + 1] = Int64GetDatum((int64) st.retry_bytes);
+		values[i + 2] = Int64GetDatum((int64) st.retry_size);
+	}
+	return i + 3;
+}
+
 PG_FUNCTION_INFO_V1(meetcache_stats);
 Datum
 meetcache_stats(PG_FUNCTION_ARGS)
@@ -191,7 +212,6 @@ meetcache_stats(PG_FUNCTION_ARGS)
 #define NEXTRA 12
 	Datum		values[MC_STAT__COUNT + NEXTRA];
 	bool		nulls[MC_STAT__COUNT + NEXTRA] = {0};
-	McShared   *sh = mc_shared;
 	char		errbuf[sizeof(s->last_error)];
 	char		shown[4 * sizeof(s->last_error)];
 	TimestampTz errtime,
@@ -232,58 +252,7 @@ meetcache_stats(PG_FUNCTION_ARGS)
 		nulls[i + 1] = true;
 	values[i + 2] = TimestampTzGetDatum(resettime);
 	i += 3;
-	/* worker_state, launcher_pid, drains_running */
-	if (sh == NULL)
-	{
-		values[i] = CStringGetTextDatum("not preloaded");
-		nulls[i + 1] = nulls[i + 2] = true;
-	}
-	else
-	{
-		pid_t		pid = sh->launcher_pid;
-
-		values[i] = CStringGetTextDatum(pid ? "running" : "stopped");
-		if (pid)
-			values[i + 1] = Int32GetDatum(pid);
-		else
-			nulls[i + 1] = true;
-		values[i + 2] = Int32GetDatum(sh->drains_running);
-	}
-	i += 3;
-	/* redis_state, redis_down_since */
-	if (sh == NULL || sh->launcher_pid == 0)
-	{
-		values[i] = CStringGetTextDatum("unknown");
-		nulls[i + 1] = true;
-	}
-	else if (mc_breaker_open())
-	{
-		values[i] = CStringGetTextDatum("down");
-		values[i + 1] = TimestampTzGetDatum(sh->breaker_since);
-	}
-	else
-	{
-		values[i] = CStringGetTextDatum("up");
-		nulls[i + 1] = true;
-	}
-	i += 2;
-	/* retry queue: entries, bytes, size */
-	if (sh == NULL)
-		nulls[i] = nulls[i + 1] = nulls[i + 2] = true;
-	else
-	{
-		uint32		entries;
-		uint64		used;
-
-		LWLockAcquire(sh->lock, LW_SHARED);
-		entries = sh->ring_entries;
-		used = sh->ring_tail - sh->ring_head;
-		LWLockRelease(sh->lock);
-		values[i] = Int64GetDatum((int64) entries);
-		values[i + 1] = Int64GetDatum((int64) used);
-		values[i + 2] = Int64GetDatum((int64) sh->ring_size);
-	}
-	i += 3;
+	i = put_shared_status(values, nulls, i);
 	/* every column set, as the SQL declaration has them */
 	Assert(i == MC_STAT__COUNT + NEXTRA);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));

@@ -13,7 +13,9 @@
  * waits five seconds for other sessions).  What Redis refuses is set aside
  * (logged, counted), never retried in a loop that holds up the rest.  The launcher polls every
  * meetcache.poll_interval, so rows nobody woke it for (COMMIT PREPARED)
- * are still drained.
+ * are still drained.  Both loops read as a list of named steps; the state
+ * they share with the backends (database slots, the breaker, the retry
+ * ring) is read and changed only through shared.c's functions.
  */
 #include "postgres.h"
 
@@ -71,6 +73,17 @@ mc_worker_register(void)
 	RegisterBackgroundWorker(&w);
 }
 
+/* re-read the configuration after a SIGHUP; true if it was */
+static bool
+reload_config(void)
+{
+	if (!ConfigReloadPending)
+		return false;
+	ConfigReloadPending = false;
+	ProcessConfigFile(PGC_SIGHUP);
+	return true;
+}
+
 /* ---- launcher ---- */
 
 typedef struct DrainHandle
@@ -81,16 +94,17 @@ typedef struct DrainHandle
 
 static DrainHandle drains[MC_MAX_DBS];
 
-static void
-launcher_exit(int code, Datum arg)
+/* what the launcher's loop carries from one round to the next */
+typedef struct Launcher
 {
-	McShared   *s = mc_shared;
-
-	LWLockAcquire(s->lock, LW_EXCLUSIVE);
-	s->launcher = NULL;
-	s->launcher_pid = 0;
-	LWLockRelease(s->lock);
-}
+	bool		down;			/* Redis does not answer: the breaker is open */
+	bool		was_down;		/* ... in the previous round */
+	int			ping_backoff;	/* ms between PINGs while down */
+	TimestampTz next_ping;
+	TimestampTz next_poll;		/* of every database */
+	TimestampTz next_due;		/* a database's backoff ends (0: none) */
+	TimestampTz next_purge;		/* of the delivered set */
+} Launcher;
 
 /* is drains[i] a drain still starting or running?  Forgets it if not. */
 static bool
@@ -172,7 +186,6 @@ start_drain(Oid db)
 static void
 refresh_databases(void)
 {
-	McShared   *s = mc_shared;
 	Oid			dbs[MC_MAX_DBS * 4];
 	int			ndbs = 0;
 	Relation	rel;
@@ -198,36 +211,14 @@ refresh_databases(void)
 	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(oldcxt);
-
-	LWLockAcquire(s->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < MC_MAX_DBS; i++)
-	{
-		bool		exists = false;
-
-		if (s->dbs[i].db == InvalidOid)
-			continue;
-		for (int j = 0; j < ndbs; j++)
-			if (dbs[j] == s->dbs[i].db)
-				exists = true;
-		if (!exists && s->dbs[i].drain == NULL)
-			s->dbs[i].db = InvalidOid;
-	}
-	for (int j = 0; j < ndbs; j++)
-		(void) mc_db_slot(dbs[j], true);
-	LWLockRelease(s->lock);
+	mc_db_slots_sync(dbs, ndbs);
 }
 
-typedef struct Want
-{
-	Oid			db;
-	TimestampTz last_start;
-} Want;
-
 static int
-want_cmp(const void *a, const void *b)
+due_cmp(const void *a, const void *b)
 {
-	TimestampTz x = ((const Want *) a)->last_start;
-	TimestampTz y = ((const Want *) b)->last_start;
+	TimestampTz x = ((const McDueDb *) a)->last_start;
+	TimestampTz y = ((const McDueDb *) b)->last_start;
 
 	return x < y ? -1 : (x > y ? 1 : 0);
 }
@@ -241,48 +232,19 @@ want_cmp(const void *a, const void *b)
 static TimestampTz
 schedule_drains(bool poll_due)
 {
-	McShared   *s = mc_shared;
 	TimestampTz now = GetCurrentTimestamp();
-	Want	   *want = palloc(sizeof(Want) * MC_MAX_DBS);
-	int			nwant = 0;
-	bool		epoch_served = true;
+	McDueDb    *due = palloc(sizeof(McDueDb) * MC_MAX_DBS);
+	TimestampTz next_due;
+	int			ndue = mc_db_due(poll_due, NO_EXT_RECHECK_MS, now, due, &next_due);
 	int			running = drains_running();
 	static TimestampTz last_complaint = 0;
-	TimestampTz next_due = 0;
 
-	LWLockAcquire(s->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < MC_MAX_DBS; i++)
+	qsort(due, ndue, sizeof(McDueDb), due_cmp);
+	for (int i = 0; i < ndue && running < MAX_DRAINS; i++)
 	{
-		McDbSlot   *d = &s->dbs[i];
-		bool		due;
-
-		if (d->db == InvalidOid)
+		if (drain_running(due[i].db))
 			continue;
-		if (d->flushed_epoch != s->flush_epoch)
-			epoch_served = false;
-		if (poll_due && (!d->no_ext ||
-						 now - d->last_start >= (int64) NO_EXT_RECHECK_MS * 1000))
-			d->poll_due = true;
-		due = d->work || d->flush || d->poll_due || d->flushed_epoch != s->flush_epoch;
-		if (due && d->drain == NULL && now >= d->next_start)
-		{
-			want[nwant].db = d->db;
-			want[nwant].last_start = d->last_start;
-			nwant++;
-		}
-		else if (due && d->drain == NULL && (next_due == 0 || d->next_start < next_due))
-			next_due = d->next_start;
-	}
-	if (epoch_served)
-		s->epoch_served = true;
-	LWLockRelease(s->lock);
-
-	qsort(want, nwant, sizeof(Want), want_cmp);
-	for (int i = 0; i < nwant && running < MAX_DRAINS; i++)
-	{
-		if (drain_running(want[i].db))
-			continue;
-		if (!start_drain(want[i].db))
+		if (!start_drain(due[i].db))
 		{
 			/* no free background worker slot: try again next round */
 			if (now - last_complaint >= (int64) 60 * 1000000)
@@ -295,19 +257,9 @@ schedule_drains(bool poll_due)
 			break;
 		}
 		running++;
-		LWLockAcquire(s->lock, LW_EXCLUSIVE);
-		{
-			McDbSlot   *d = mc_db_slot(want[i].db, false);
-
-			if (d)
-			{
-				d->last_start = now;
-				d->poll_due = false;
-			}
-		}
-		LWLockRelease(s->lock);
+		mc_db_drain_started(due[i].db, now);
 	}
-	s->drains_running = running;
+	mc_launcher_report_drains(running);
 	return next_due;
 }
 
@@ -396,130 +348,133 @@ deliver_retries(void)
 	return true;
 }
 
+/* while the breaker is open, only a PING may touch Redis: still down? */
+static bool
+redis_down(Launcher *l)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	McErr		err;
+
+	if (!mc_breaker_open())
+		return false;
+	if (now < l->next_ping)
+		return true;
+	pgstat_report_activity(STATE_RUNNING, "meetcache launcher: waiting for redis to answer PING");
+	if (mc_redis_ping(TimestampTzPlusMilliseconds(now, mc_command_timeout), &err))
+	{
+		mc_breaker_reset();
+		l->ping_backoff = 100;
+		return false;
+	}
+	l->ping_backoff = Min(l->ping_backoff * 2, Min(mc_poll_interval, BACKOFF_MAX_MS));
+	l->next_ping = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), l->ping_backoff);
+	return true;
+}
+
+/* deliver the retry queue; false when Redis did not answer (breaker tripped) */
+static bool
+retry_failed_deletes(Launcher *l)
+{
+	pgstat_report_activity(STATE_RUNNING, "meetcache launcher: retrying failed deletes");
+	if (deliver_retries())
+		return true;
+	mc_breaker_trip();
+	l->next_ping = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), l->ping_backoff);
+	return false;
+}
+
+/* log Redis going away and coming back; once back, drains may start at once */
+static void
+note_redis_change(Launcher *l)
+{
+	if (l->was_down && !l->down)
+	{
+		ereport(LOG, (errmsg("meetcache: redis is reachable again")));
+		mc_db_clear_backoff();
+		l->next_poll = 0;
+	}
+	if (l->down && !l->was_down)
+		ereport(LOG, (errmsg("meetcache: redis is unreachable; committing sessions hand their keys to the worker until it answers again")));
+	l->was_down = l->down;
+}
+
+/* poll every database each poll_interval, start the drains due */
+static void
+start_due_drains(Launcher *l, TimestampTz now)
+{
+	l->next_due = 0;
+	if (now >= l->next_poll)
+	{
+		refresh_databases();
+		l->next_poll = TimestampTzPlusMilliseconds(now, mc_poll_interval);
+		if (!l->down)
+			l->next_due = schedule_drains(true);
+	}
+	else if (!l->down)
+		l->next_due = schedule_drains(false);
+	else
+		mc_launcher_report_drains(drains_running());
+}
+
+/* forget delivered rows nobody drained, every ten seconds */
+static void
+purge_delivered(Launcher *l, TimestampTz now)
+{
+	if (now < l->next_purge)
+		return;
+	mc_delivered_purge(now - (int64) DELIVERED_MAX_AGE_MS * 1000);
+	l->next_purge = TimestampTzPlusMilliseconds(now, 10000);
+}
+
+/* until a wake, the next poll, the next backoff's end or the next PING */
+static void
+launcher_sleep(Launcher *l)
+{
+	long		timeout = (l->next_poll - GetCurrentTimestamp()) / 1000;
+
+	if (l->next_due != 0)
+		timeout = Min(timeout, (l->next_due - GetCurrentTimestamp()) / 1000);
+	if (l->down)
+		timeout = Min(timeout, Max((l->next_ping - GetCurrentTimestamp()) / 1000, 0));
+	timeout = Max(timeout, 1);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 timeout, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+}
+
 void
 mc_launcher_main(Datum arg)
 {
-	McShared   *s = mc_shared;
+	Launcher	l = {.ping_backoff = 100};
 	MemoryContext loop_cxt;
-	TimestampTz next_poll = 0;
-	TimestampTz next_ping = 0;
-	TimestampTz next_purge = 0;
-	int			ping_backoff = 100;
-	bool		was_down = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	pgstat_report_appname("meetcache launcher");
-
-	if (s == NULL)
+	if (!mc_launcher_attach())
 		proc_exit(0);
-	before_shmem_exit(launcher_exit, 0);
-	LWLockAcquire(s->lock, LW_EXCLUSIVE);
-	s->launcher = MyProc;
-	s->launcher_pid = MyProcPid;
-	s->worker_url_hash = mc_url_hash;
-	LWLockRelease(s->lock);
 	ereport(LOG, (errmsg("meetcache launcher started")));
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "meetcache launcher",
 									 ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
-		TimestampTz now;
-		TimestampTz next_due;
-		long		timeout;
-		bool		down;
-
 		CHECK_FOR_INTERRUPTS();
 		if (ShutdownRequestPending)
 			break;
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-			s->worker_url_hash = mc_url_hash;
-		}
+		if (reload_config())
+			mc_launcher_url_changed();
 		MemoryContextReset(loop_cxt);
 		MemoryContextSwitchTo(loop_cxt);
-		now = GetCurrentTimestamp();
-
-		/* while the breaker is open, only a PING may touch Redis */
-		down = mc_breaker_open();
-		if (down && now >= next_ping)
-		{
-			McErr		err;
-
-			pgstat_report_activity(STATE_RUNNING, "meetcache launcher: waiting for redis to answer PING");
-			if (mc_redis_ping(TimestampTzPlusMilliseconds(now, mc_command_timeout), &err))
-			{
-				mc_breaker_reset();
-				down = false;
-				ping_backoff = 100;
-			}
-			else
-			{
-				ping_backoff = Min(ping_backoff * 2, Min(mc_poll_interval, BACKOFF_MAX_MS));
-				next_ping = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ping_backoff);
-			}
-		}
-		if (!down)
-			pgstat_report_activity(STATE_RUNNING, "meetcache launcher: retrying failed deletes");
-		if (!down && !deliver_retries())
-		{
-			mc_breaker_trip();
-			down = true;
-			next_ping = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ping_backoff);
-		}
-		if (was_down && !down)
-		{
-			/* Redis is back: drains may start at once */
-			ereport(LOG, (errmsg("meetcache: redis is reachable again")));
-			LWLockAcquire(s->lock, LW_EXCLUSIVE);
-			for (int i = 0; i < MC_MAX_DBS; i++)
-			{
-				s->dbs[i].next_start = 0;
-				s->dbs[i].backoff_ms = 0;
-			}
-			LWLockRelease(s->lock);
-			next_poll = 0;
-		}
-		if (down && !was_down)
-			ereport(LOG, (errmsg("meetcache: redis is unreachable; committing sessions hand their keys to the worker until it answers again")));
-		was_down = down;
-
-		now = GetCurrentTimestamp();
-		next_due = 0;
-		if (now >= next_poll)
-		{
-			refresh_databases();
-			next_poll = TimestampTzPlusMilliseconds(now, mc_poll_interval);
-			if (!down)
-				next_due = schedule_drains(true);
-		}
-		else if (!down)
-			next_due = schedule_drains(false);
-		else
-			s->drains_running = drains_running();
-
-		if (now >= next_purge)
-		{
-			mc_delivered_purge(now - (int64) DELIVERED_MAX_AGE_MS * 1000);
-			next_purge = TimestampTzPlusMilliseconds(now, 10000);
-		}
+		l.down = redis_down(&l) || !retry_failed_deletes(&l);
+		note_redis_change(&l);
+		start_due_drains(&l, GetCurrentTimestamp());
+		purge_delivered(&l, GetCurrentTimestamp());
 		pgstat_report_stat(false);
-
-		timeout = (next_poll - GetCurrentTimestamp()) / 1000;
-		if (next_due != 0)
-			timeout = Min(timeout, (next_due - GetCurrentTimestamp()) / 1000);
-		if (down)
-			timeout = Min(timeout, Max((next_ping - GetCurrentTimestamp()) / 1000, 0));
-		timeout = Max(timeout, 1);
-		pgstat_report_activity(STATE_IDLE, NULL);
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 timeout, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
+		launcher_sleep(&l);
 	}
 	/* exit 1: if somebody terminated us, the postmaster starts us again */
 	proc_exit(1);
@@ -527,36 +482,14 @@ mc_launcher_main(Datum arg)
 
 /* ---- drain ---- */
 
-static Oid	drain_db = InvalidOid;
 static bool drain_failed = false;
 
 static void
 drain_exit(int code, Datum arg)
 {
-	McShared   *s = mc_shared;
-	McDbSlot   *d;
-
-	LWLockAcquire(s->lock, LW_EXCLUSIVE);
-	d = mc_db_slot(drain_db, false);
-	if (d)
-	{
-		/* a successor may have registered already */
-		if (d->drain == MyProc)
-			d->drain = NULL;
-		if (drain_failed || code != 0)
-		{
-			d->backoff_ms = Min(Max(d->backoff_ms * 2, 100), BACKOFF_MAX_MS);
-			d->next_start = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), d->backoff_ms);
-			d->work = true;		/* what failed is still there */
-		}
-		else
-			d->backoff_ms = 0;
-	}
-	LWLockRelease(s->lock);
-	mc_wake_launcher();
+	mc_drain_detach(drain_failed || code != 0, BACKOFF_MAX_MS);
 }
 
-/* run fn inside a transaction; commit if it returns true */
 /* run fn in a transaction of its own; pg_stat_activity shows what */
 static bool
 in_xact(const char *activity, bool (*fn) (void *arg, McErr *err), void *arg, McErr *err)
@@ -642,28 +575,31 @@ drain_failure(McErr *err)
 	proc_exit(0);
 }
 
-void
-mc_drain_main(Datum arg)
+/* what a drain carries from one round to the next */
+typedef struct Drain
 {
-	McShared   *s = mc_shared;
-	McDbSlot   *d;
-	bool		has_ext = false;
-	McErr		err;
-	TimestampTz idle_since = 0;
-	bool		did_work = false;
-	int64		since_vacuum = 0;
-	int			batch = mc_drain_batch;
-	int64		skip[MAX_SKIP];
-	int			nskip = 0;
-	MemoryContext flush_cxt;
+	Oid			db;
+	MemoryContext flush_cxt;	/* the patterns of a flush */
+	int			batch;			/* rows a pass takes, after a refusal fewer */
+	int64		skip[MAX_SKIP]; /* rows Redis refused, set aside */
+	int			nskip;
+	int64		since_vacuum;	/* rows drained since the last vacuum */
+	bool		did_work;
+	TimestampTz idle_since;
+} Drain;
 
-	drain_db = DatumGetObjectId(arg);
+/* connect to the database and take its slot; exits if there is none */
+static void
+drain_init(Drain *dr)
+{
+	bool		attached;
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
-	if (s == NULL)
+	if (!mc_shared_ready())
 		proc_exit(0);
-	BackgroundWorkerInitializeConnectionByOid(drain_db, InvalidOid, 0);
+	BackgroundWorkerInitializeConnectionByOid(dr->db, InvalidOid, 0);
 	pgstat_report_appname("meetcache drain");
 
 	/*
@@ -675,150 +611,156 @@ mc_drain_main(Datum arg)
 	SetConfigOption("enable_sort", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
-	flush_cxt = AllocSetContextCreate(TopMemoryContext, "meetcache flush",
-									  ALLOCSET_DEFAULT_SIZES);
-
-	LWLockAcquire(s->lock, LW_EXCLUSIVE);
-	d = mc_db_slot(drain_db, true);
-	if (d)
-		d->drain = MyProc;
-	LWLockRelease(s->lock);
+	dr->flush_cxt = AllocSetContextCreate(TopMemoryContext, "meetcache flush",
+										  ALLOCSET_DEFAULT_SIZES);
+	attached = mc_drain_attach(dr->db);
 	before_shmem_exit(drain_exit, 0);
-	if (d == NULL)
+	if (!attached)
 		proc_exit(0);
+}
 
+/* flush every family of the database, for the given flush epoch */
+static void
+flush_families(Drain *dr, uint32 epoch)
+{
+	FlushArgs	fa = {dr->flush_cxt, NULL, 0};
+	McErr		err;
+
+	/* the patterns come from the catalog; the SCAN needs no xact */
+	MemoryContextReset(dr->flush_cxt);
+	(void) in_xact("meetcache drain: flushing every cache family", patterns_fn, &fa, &err);
+	if (!mc_queue_flush(fa.pats, fa.n, &err))
+	{
+		if (err.sqlstate == ERRCODE_CONNECTION_FAILURE)
+		{
+			mc_db_request_flush(dr->db);
+			drain_failure(&err);
+		}
+		/* Redis refuses: nothing more a flush could do */
+		mc_stat_add(MC_STAT_WORKER_FAILURES, 1);
+		mc_stat_error(err.msg);
+		ereport(WARNING,
+				(errmsg("meetcache drain: redis refused to flush the cache families: %s", err.msg)));
+	}
+	else
+		ereport(LOG, (errmsg("meetcache drain: flushed every cache family")));
+	mc_drain_flushed(epoch);
+}
+
+/*
+ * Redis answered a pass but refused: find the row it refuses, one row per
+ * pass, and set it aside (it stays queued for a later drain); the rest
+ * goes on.
+ */
+static void
+pass_refused(Drain *dr, PassArgs *pa, McErr *err)
+{
+	mc_stat_add(MC_STAT_WORKER_FAILURES, 1);
+	mc_stat_error(err->msg);
+	if (err->sqlstate == ERRCODE_CONNECTION_FAILURE || dr->nskip == MAX_SKIP)
+		drain_failure(err);
+	if (pa->batch > 1)
+	{
+		dr->batch = 1;
+		return;
+	}
+	dr->skip[dr->nskip++] = pa->first_id;
+	ereport(WARNING,
+			(errmsg("meetcache drain: redis refused to delete the keys of queue row %lld: %s",
+					(long long) pa->first_id, err->msg),
+			 errdetail("The row stays in meetcache.queue; this drain goes on with the others.")));
+}
+
+/*
+ * A pass takes up to drain_batch rows, and stops early at its byte budget
+ * (queue.c): a few rows of a bulk transaction can hold a hundred thousand
+ * keys each, and a pass holds its keys in memory.  After a refusal the
+ * batch is one row, and doubles back from there.  False after a refusal.
+ */
+static bool
+drain_pass(Drain *dr, PassArgs *pa)
+{
+	McErr		err;
+
+	pa->batch = Min(dr->batch, mc_drain_batch);
+	pa->skip = dr->skip;
+	pa->nskip = dr->nskip;
+	if (!in_xact("meetcache drain: deleting the keys of queue rows", pass_fn, pa, &err))
+	{
+		pass_refused(dr, pa, &err);
+		return false;
+	}
+	if (pa->rows >= pa->batch)
+		dr->batch = Min(dr->batch * 2, mc_drain_batch);
+	dr->since_vacuum += pa->rows;
+	if (dr->since_vacuum >= VACUUM_EVERY_ROWS)
+	{
+		mc_queue_vacuum();
+		dr->since_vacuum = 0;
+	}
+	return true;
+}
+
+/*
+ * Work was done: under load every commit sets our latch, so let a few rows
+ * gather instead of running one transaction per commit.
+ */
+static void
+drain_gather(Drain *dr)
+{
+	dr->did_work = true;
+	dr->idle_since = GetCurrentTimestamp();
+	(void) WaitLatch(NULL, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 DRAIN_GATHER_MS, PG_WAIT_EXTENSION);
+}
+
+/*
+ * Time to leave?  A drain that found nothing leaves at once; one that
+ * worked lingers briefly, since more commits usually follow.
+ */
+static bool
+drain_idle(Drain *dr)
+{
+	return !dr->did_work ||
+		GetCurrentTimestamp() - dr->idle_since >= (int64) DRAIN_IDLE_MS * 1000;
+}
+
+void
+mc_drain_main(Datum arg)
+{
+	Drain		dr = {.db = DatumGetObjectId(arg), .batch = mc_drain_batch};
+	bool		has_ext = false;
+	McErr		err;
+
+	drain_init(&dr);
 	(void) in_xact("meetcache drain: looking for the extension", has_extension_fn, &has_ext, &err);
 	if (!has_ext)
 	{
-		LWLockAcquire(s->lock, LW_EXCLUSIVE);
-		d->no_ext = true;
-		d->work = false;
-		d->flush = false;
-		d->flushed_epoch = s->flush_epoch;
-		LWLockRelease(s->lock);
+		mc_drain_no_extension();
 		proc_exit(0);
 	}
-
 	for (;;)
 	{
-		bool		flush;
 		uint32		epoch;
-		int			rows = 0;
+		bool		flush;
 		PassArgs	pa;
 
 		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
-		LWLockAcquire(s->lock, LW_EXCLUSIVE);
-		flush = d->flush || d->flushed_epoch != s->flush_epoch;
-		epoch = s->flush_epoch;
-		d->flush = false;
-		d->work = false;
-		d->no_ext = false;
-		LWLockRelease(s->lock);
-
+		(void) reload_config();
+		flush = mc_drain_take_work(&epoch);
 		if (flush)
-		{
-			FlushArgs	fa = {flush_cxt, NULL, 0};
-
-			/* the patterns come from the catalog; the SCAN needs no xact */
-			MemoryContextReset(flush_cxt);
-			(void) in_xact("meetcache drain: flushing every cache family", patterns_fn, &fa, &err);
-			if (!mc_queue_flush(fa.pats, fa.n, &err))
-			{
-				if (err.sqlstate == ERRCODE_CONNECTION_FAILURE)
-				{
-					LWLockAcquire(s->lock, LW_EXCLUSIVE);
-					d->flush = true;
-					LWLockRelease(s->lock);
-					drain_failure(&err);
-				}
-				/* Redis refuses: nothing more a flush could do */
-				mc_stat_add(MC_STAT_WORKER_FAILURES, 1);
-				mc_stat_error(err.msg);
-				ereport(WARNING,
-						(errmsg("meetcache drain: redis refused to flush the cache families: %s", err.msg)));
-			}
-			else
-				ereport(LOG, (errmsg("meetcache drain: flushed every cache family")));
-			LWLockAcquire(s->lock, LW_EXCLUSIVE);
-			d->flushed_epoch = epoch;
-			LWLockRelease(s->lock);
-		}
-
-		/*
-		 * A pass takes up to drain_batch rows, and stops early at its byte
-		 * budget (queue.c): a few rows of a bulk transaction can hold a
-		 * hundred thousand keys each, and a pass holds its keys in memory.
-		 * After a refusal the batch is one row, and doubles back from there.
-		 */
-		pa.batch = Min(batch, mc_drain_batch);
-		pa.skip = skip;
-		pa.nskip = nskip;
-		if (!in_xact("meetcache drain: deleting the keys of queue rows", pass_fn, &pa, &err))
-		{
-			mc_stat_add(MC_STAT_WORKER_FAILURES, 1);
-			mc_stat_error(err.msg);
-			if (err.sqlstate == ERRCODE_CONNECTION_FAILURE || nskip == MAX_SKIP)
-				drain_failure(&err);
-			/*
-			 * Redis answered but refused: find the row it refuses, one row
-			 * per pass, and set it aside (it stays queued for a later
-			 * drain); the rest goes on.
-			 */
-			if (pa.batch > 1)
-				batch = 1;
-			else
-			{
-				skip[nskip++] = pa.first_id;
-				ereport(WARNING,
-						(errmsg("meetcache drain: redis refused to delete the keys of queue row %lld: %s",
-								(long long) pa.first_id, err.msg),
-						 errdetail("The row stays in meetcache.queue; this drain goes on with the others.")));
-			}
-			continue;
-		}
-		rows = pa.rows;
-		if (rows >= pa.batch)
-			batch = Min(batch * 2, mc_drain_batch);
-		since_vacuum += rows;
-		if (since_vacuum >= VACUUM_EVERY_ROWS)
-		{
-			mc_queue_vacuum();
-			since_vacuum = 0;
-		}
+			flush_families(&dr, epoch);
+		if (!drain_pass(&dr, &pa))
+			continue;			/* refused: again, smaller or without the row */
 		if (pa.more)
 			continue;			/* more to come */
-		if (rows > 0 || flush)
+		if (pa.rows > 0 || flush)
+			drain_gather(&dr);
+		if (drain_idle(&dr))
 		{
-			did_work = true;
-			idle_since = GetCurrentTimestamp();
-			/* under load every commit sets our latch: let a few rows
-			 * gather instead of running one transaction per commit */
-			(void) WaitLatch(NULL, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 DRAIN_GATHER_MS, PG_WAIT_EXTENSION);
-		}
-		/* a drain that found nothing leaves at once; one that worked lingers
-		 * briefly, since more commits usually follow */
-		if (!did_work ||
-			GetCurrentTimestamp() - idle_since >= (int64) DRAIN_IDLE_MS * 1000)
-		{
-			bool		work;
-
-			LWLockAcquire(s->lock, LW_EXCLUSIVE);
-			work = d->work;
-			if (!work && d->drain == MyProc)
-			{
-				/* leave; a wake from now on goes to the launcher */
-				d->drain = NULL;
-				}
-			LWLockRelease(s->lock);
-			if (!work)
+			if (mc_drain_leave())
 				break;
-			continue;
+			continue;			/* work came meanwhile */
 		}
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 DRAIN_IDLE_MS, PG_WAIT_EXTENSION);
