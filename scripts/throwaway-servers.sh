@@ -245,6 +245,20 @@ tw_start_pg() {
     export PGHOST="$WORK" PGPORT PGUSER=postgres
 }
 
+# tw_start_preloaded [LINE...]: a redis-server, then a PostgreSQL with meetcache preloaded
+# and meetcache.redis_url pointing at it, plus the given postgresql.conf LINEs
+tw_start_preloaded() {
+    local line
+    tw_start_redis --log-on-failure
+    tw_init_pg
+    {
+        echo "shared_preload_libraries = 'meetcache'"
+        echo "meetcache.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'"
+        for line in "$@"; do echo "$line"; done
+    } >>"$WORK/pgdata/postgresql.conf"
+    tw_start_pg
+}
+
 tw_stop_pg() {
     [ "${PG_STARTED:-0}" = 1 ] || return 0
     "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m fast -w -t 30 stop >/dev/null 2>&1 \

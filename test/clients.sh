@@ -54,15 +54,7 @@ fi
 [ ${#suites[@]} -gt 0 ] || { info "no client suites"; exit 0; }
 tw_extension_installed || die "meetcache is not installed for $PGBIN/pg_config"
 
-tw_start_redis --log-on-failure
-tw_init_pg
-{
-	echo "listen_addresses = '127.0.0.1'"
-	echo "shared_preload_libraries = 'meetcache'"
-	echo "meetcache.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'"
-	echo "max_connections = 200"
-} >>"$WORK/pgdata/postgresql.conf"
-tw_start_pg
+tw_start_preloaded "listen_addresses = '127.0.0.1'" "max_connections = 200"
 export PATH="$PGBIN:$PATH" MEETCACHE_REPO=$repo
 export MEETCACHE_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 info "redis-server on 127.0.0.1:$REDIS_PORT, PostgreSQL on 127.0.0.1:$PGPORT"

@@ -82,13 +82,7 @@ so=$root$pkglibdir/meetcache.so
 
 # 4. throwaway servers
 PGBIN=$root$bindir
-tw_start_redis --log-on-failure
-tw_init_pg
-{
-    echo "shared_preload_libraries = 'meetcache'"
-    echo "meetcache.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'"
-} >>"$WORK/pgdata/postgresql.conf"
-tw_start_pg
+tw_start_preloaded
 info "PostgreSQL $("$PGBIN/postgres" -V | awk '{print $3}') from $PGBIN on port $PGPORT, redis-server on 127.0.0.1:$REDIS_PORT"
 pid=$(head -n 1 "$WORK/pgdata/postmaster.pid")
 grep -qF "$so" "/proc/$pid/maps" || die "the postmaster has not loaded $so"

@@ -61,13 +61,7 @@ if [ -n "${DATABASE_URL:-}" ] && [ -n "${MEETCACHE_REDIS_URL:-}" ]; then
 	export MEETCACHE_TEST_DSN=$DATABASE_URL
 	where="the database and redis-server of test/clients.sh"
 else
-	tw_start_redis --log-on-failure
-	tw_init_pg
-	{
-		echo "shared_preload_libraries = 'meetcache'"
-		echo "meetcache.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'"
-	} >>"$WORK/pgdata/postgresql.conf"
-	tw_start_pg
+	tw_start_preloaded
 	export MEETCACHE_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 	export MEETCACHE_TEST_DSN="host=$WORK port=$PGPORT dbname=postgres user=postgres"
 	where="PostgreSQL on $WORK:$PGPORT (unix socket), redis-server on 127.0.0.1:$REDIS_PORT"
