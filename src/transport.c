@@ -468,14 +468,31 @@ connect_socket(McStream *s, const struct sockaddr *addr, socklen_t len,
 
 	if (connect(s->fd, addr, len) == 0)
 		return 0;
-	/* a Unix socket whose backlog is full says EAGAIN */
-	if (errno != EINPROGRESS && errno != EAGAIN)
+	/*
+	 * Only TCP says EINPROGRESS; a Unix socket whose backlog is full says
+	 * EAGAIN, and has not started a connection a wait could finish.
+	 */
+	if (errno != EINPROGRESS)
 		return errno;
 	if (wait_socket(s, WL_SOCKET_WRITEABLE, deadline, interruptible) == 0)
 		return ETIMEDOUT;
 	if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0)
 		return errno;
 	return soerr;
+}
+
+/*
+ * An address that drops the SYN must not use up the whole deadline: each of
+ * the n addresses still to try gets an equal share of what is left.
+ */
+static TimestampTz
+address_deadline(TimestampTz deadline, int n)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (n <= 1 || deadline <= now)
+		return deadline;
+	return now + (deadline - now) / n;
 }
 
 /* each address in turn, until one accepts */
@@ -501,7 +518,7 @@ connect_tcp(McStream *s, const McEndpoint *ep, TimestampTz deadline,
 		}
 		(void) setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		rc = connect_socket(s, (struct sockaddr *) &addrs.addr[i], addrs.len[i],
-							deadline, interruptible);
+							address_deadline(deadline, addrs.n - i), interruptible);
 		if (rc == 0)
 			return true;
 		close_socket(s);
@@ -533,7 +550,7 @@ connect_unix(McStream *s, const McEndpoint *ep, TimestampTz deadline,
 		return true;
 	close_socket(s);
 	mc_err_set(err, ERRCODE_CONNECTION_FAILURE, "could not connect to redis at %s: %s",
-			   s->name, rc == ETIMEDOUT ? "timed out" : strerror(rc));
+			   s->name, rc == ETIMEDOUT ? "timed out" : rc == EAGAIN ? "its listen backlog is full" : strerror(rc));
 	return false;
 }
 
@@ -635,7 +652,9 @@ mc_transport_reconfigure(const McTlsSettings *t)
 static void
 tls_error(McStream *s, int sslerr, const char *what, McErr *err)
 {
-	long		verify = SSL_get_verify_result((SSL *) s->ssl);
+	/* with verify = none OpenSSL still records what it found: not a failure */
+	long		verify = tls_verify == MC_TLS_VERIFY_NONE ? X509_V_OK :
+		SSL_get_verify_result((SSL *) s->ssl);
 
 	if (verify != X509_V_OK)
 		mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
@@ -678,14 +697,17 @@ tls_handshake(McStream *s, const McEndpoint *ep, TimestampTz deadline,
 		return false;
 	}
 	s->ssl = ssl;
-	if (!is_ip_address(ep->host))
-		SSL_set_tlsext_host_name(ssl, ep->host);
-	if (tls_verify == MC_TLS_VERIFY_FULL)
+	/* SNI for names; verify-full checks the name or the address: never skipped */
+	if ((!is_ip_address(ep->host) && SSL_set_tlsext_host_name(ssl, ep->host) != 1) ||
+		(tls_verify == MC_TLS_VERIFY_FULL &&
+		 (is_ip_address(ep->host) ?
+		  X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), ep->host) :
+		  SSL_set1_host(ssl, ep->host)) != 1))
 	{
-		if (is_ip_address(ep->host))
-			X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), ep->host);
-		else
-			SSL_set1_host(ssl, ep->host);
+		mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
+				   "could not set up the TLS name check for redis at %s: %s",
+				   s->name, tls_reason("unknown error"));
+		return false;
 	}
 	SSL_set_verify(ssl, tls_verify == MC_TLS_VERIFY_NONE ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
 	for (;;)
