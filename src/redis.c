@@ -587,9 +587,17 @@ sentinel_find_master(const McRedisUrl *url, McEndpoint *master, bool interruptib
 	mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
 			   "no redis sentinel of master \"%s\" answered (tried %s)",
 			   url->master_name, tried[0] ? tried : "none before the deadline");
-	snprintf(err->detail, sizeof(err->detail), "%s%s",
-			 last.msg[0] ? last.msg : "The deadline passed.",
-			 last.msg[0] ? "." : "");
+	if (last.msg[0] == '\0')
+		strlcpy(err->detail, "The deadline passed.", sizeof(err->detail));
+	else
+	{
+		int			n = snprintf(err->detail, sizeof(err->detail), "Last error: %s%s%s",
+								 last.msg, last.detail[0] ? ": " : "", last.detail);
+
+		n = Min(n, (int) sizeof(err->detail) - 1);
+		if (n > 0 && err->detail[n - 1] != '.' && n + 1 < (int) sizeof(err->detail))
+			strcpy(err->detail + n, ".");
+	}
 	return false;
 }
 
