@@ -4,8 +4,9 @@
  *
  * Who owns what:
  *	  meetcache.c  _PG_init, GUCs, the parsed redis_url and the password files
- *	  redis.c      the Redis protocol over a stream: handshake, pipelined
- *	               commands, scripts, invalidation (the only hiredis user)
+ *	  redis.c      the Redis protocol over a stream: handshake, finding the
+ *	               master through sentinels, pipelined commands, scripts,
+ *	               invalidation (the only hiredis user)
  *	  transport.c  the byte stream: host names, TCP, Unix sockets, TLS,
  *	               deadlines and both waiting disciplines (transport.h)
  *	  pending.c    the per-transaction set of keys and its commit/abort path

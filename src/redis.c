@@ -11,8 +11,8 @@
  * (conn), opened lazily for meetcache.redis_url.  Several McConns (Redis
  * Cluster's nodes, a sentinel then its master) take the same functions.
  * With sentinels (redis-sentinel://) every connect first asks them, in
- * order, where the master is (through `sentinel`, closed again at once),
- * then connects there and checks ROLE.  A failover ends the connection:
+ * order, where the master is (through `sentinel`, closed again at once,
+ * or at its next use after a cancel), then connects there and checks ROLE.  A failover ends the connection:
  * lost, or the master answering -READONLY or -MASTERDOWN (08006, like a
  * Redis that does not answer), so the next connect asks again.  Every
  * step runs under the caller's deadline.

@@ -187,6 +187,44 @@ INSERT INTO meetings (id, title, host_id, invite_code, status)
 }
 
 ###########################################################################
+# rediss-sentinel://: TLS to the sentinel and to the master it names
+{
+	my $dir = File::Temp::tempdir('certs_XXXX', DIR => $PostgreSQL::Test::Utils::tmp_check,
+		CLEANUP => 1);
+	my $certs = MeetcacheTest::make_tls_certs($dir);
+	my $tm = MeetcacheTest::start_tls_redis(certs => $certs);
+	my $stls = free_port();
+	my $ts = MeetcacheTest::Sentinel->new(
+		args => [
+			'--tls-port' => $stls,
+			'--tls-cert-file' => $certs->{'server.crt'},
+			'--tls-key-file' => $certs->{'server.key'},
+			'--tls-ca-cert-file' => $certs->{'ca.crt'},
+			'--tls-auth-clients' => 'no',
+			'--tls-replication' => 'yes',
+			'--sentinel', '--sentinel', 'monitor', 'tlsmaster', '127.0.0.1', $tm->{tls_port}, '1'
+		]);
+	my $tset = "SET meetcache.redis_tls_ca_file = '$certs->{'ca.crt'}';\n"
+	  . "SET meetcache.redis_url = 'rediss-sentinel://127.0.0.1:$stls/tlsmaster';\n";
+	my ($rc, $out, $err) = run_sql($node, 'postgres',
+		$tset . "SELECT meetcache.cache_set('tls:k', '1', 600);");
+	is($rc, 0, 'rediss-sentinel://: cache_set') or diag($err);
+	is($tm->cli('GET', 'tls:k'), '1', 'rediss-sentinel://: the value is on the TLS master');
+	my $chk = MeetcacheTest::Checker->new($node, $tm);
+	my @k = $chk->seed($chk->keys_of('meetings', "t.id = 'm4'"));
+	($rc, $out, $err) = run_sql($node, 'postgres',
+		$tset . "UPDATE meetings SET title = 't1' WHERE id = 'm4'", delivery => 'sync');
+	is($err, '', 'rediss-sentinel://: commit without warning');
+	$chk->must_delete(@k);
+	$chk->verify('rediss-sentinel://: sync invalidation', timeout => 5);
+	refused($node, 'postgres', 'SELECT meetcache.cache_ping()', '08006',
+		'rediss-sentinel:// to a plain-text sentinel port',
+		redis_url => sprintf('rediss-sentinel://127.0.0.1:%d/tlsmaster', $ts->port));
+	$ts->stop;
+	$tm->stop;
+}
+
+###########################################################################
 # Failover under a write load, once per delivery mode
 my $P = 3000;
 my $R = 40;
