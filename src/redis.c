@@ -12,10 +12,11 @@
  * Cluster's nodes, a sentinel then its master) take the same functions.
  * With sentinels (redis-sentinel://) every connect first asks them, in
  * order, where the master is (through `sentinel`, closed again at once,
- * or at its next use after a cancel), then connects there and checks ROLE.  A failover ends the connection:
- * lost, or the master answering -READONLY or -MASTERDOWN (08006, like a
- * Redis that does not answer), so the next connect asks again.  Every
- * step runs under the caller's deadline.
+ * or at its next use after a cancel), then connects there and checks
+ * ROLE.  A failover ends the connection: lost, or the master answering
+ * -READONLY or -MASTERDOWN (08006, like a Redis that does not answer), so
+ * the next connect asks again.  Every step runs under the caller's
+ * deadline.
  *
  * Two kinds of callers:
  *	  - SQL functions (interruptible): every wait goes through the process
@@ -241,10 +242,9 @@ handshake_init(HandshakeState *hs, HandshakeKind kind, const char *user, int db,
 
 /* a host name or IP address a sentinel may give: fits, and only name characters */
 static bool
-valid_host(const redisReply *h)
+valid_host(const redisReply *h, size_t size)
 {
-	return h->type == REDIS_REPLY_STRING && h->len > 0 &&
-		h->len < sizeof(((McEndpoint *) NULL)->host) &&
+	return h->type == REDIS_REPLY_STRING && h->len > 0 && h->len < size &&
 		strspn(h->str, "0123456789abcdefghijklmnopqrstuvwxyz"
 			   "ABCDEFGHIJKLMNOPQRSTUVWXYZ.-:_") == h->len;
 }
@@ -270,7 +270,8 @@ master_addr_reply(redisReply *r, HandshakeState *hs, McErr *err)
 		set_said(err, r);
 		return false;
 	}
-	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && valid_host(r->element[0]) &&
+	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+		valid_host(r->element[0], sizeof(hs->master.host)) &&
 		r->element[1]->type == REDIS_REPLY_STRING && r->element[1]->len > 0 &&
 		r->element[1]->len < 6 &&
 		strspn(r->element[1]->str, "0123456789") == r->element[1]->len)
@@ -640,11 +641,11 @@ conn_open(McConn *c, bool interruptible, TimestampTz outer_deadline, McErr *err)
 	}
 	handshake_init(&hs, mc_url->nsentinels > 0 ? HS_MASTER : HS_SERVER,
 				   mc_url->user, mc_url->db, mc_url->master_name);
+	c->sentinel_master = mc_url->nsentinels > 0;
 	if (!conn_connect(c, ep, &hs, password, connect_deadline(outer_deadline),
 					  interruptible, err))
 		return false;
 	c->generation = mc_url_generation;
-	c->sentinel_master = mc_url->nsentinels > 0;
 	if (c->sentinel_master && strcmp(master_seen, c->stream.name) != 0)
 	{
 		/* a failover this process lived through; never logged by a commit */
