@@ -1,6 +1,7 @@
 /*
  * meetcache.c
- *	  Module load: _PG_init, the meetcache.* GUCs and the redis_url parser.
+ *	  Module load: _PG_init, the meetcache.* GUCs, the redis_url parser and
+ *	  the password files.
  *
  * The parsed URL lives in a malloc'd struct handed from the check hook to
  * the assign hook ("extra"), so nothing here allocates at use time.
@@ -9,10 +10,12 @@
  * pg_read_all_settings members and the reload log would show it: a
  * redis_url carrying one is refused, and the password comes from the file
  * named by meetcache.redis_password_file (PGC_SIGHUP), checked like
- * .pgpass.  The file is read by that setting's check hook (start-up,
- * reload, ALTER SYSTEM) into a static copy, and again by
- * mc_redis_password(true) when a connection is opened outside the commit
- * path and the file changed; the commit path uses the copy.  A refused
+ * .pgpass; the sentinels' password, the same way, from
+ * meetcache.redis_sentinel_password_file.  Each file is read by its
+ * setting's check hook (start-up, reload, ALTER SYSTEM) into a static
+ * copy, and again by mc_redis_password(reread) when a connection is opened
+ * outside the commit path and the file changed; the commit path uses the
+ * copy.  A refused
  * redis_url is described, never echoed, and its statement is kept out of
  * the server log (emit_log_hook).
  */
@@ -56,6 +59,7 @@ char	   *mc_dns_servers = NULL;
 
 static char *redis_url_string = NULL;
 static char *redis_password_file = NULL;
+static char *sentinel_password_file = NULL;
 static McTlsSettings tls = {NULL, NULL, NULL, MC_TLS_VERIFY_FULL};
 
 /* the password file as last read; path empty: no password */
@@ -69,7 +73,7 @@ typedef struct McPassword
 	char		password[256];
 } McPassword;
 
-static McPassword pw_cache;
+static McPassword pw_cache[2];	/* by McPasswordFor */
 
 /* set by a refused redis_url until its report is logged */
 static bool hide_statement = false;
@@ -129,17 +133,20 @@ copy_part(char *dst, size_t dstlen, const char *src, size_t n)
 
 /* the scheme: where the endpoint is and whether it speaks TLS */
 static bool
-parse_scheme(const char **p, McRedisUrl *out, const char **why)
+parse_scheme(const char **p, McRedisUrl *out, bool *sentinel, const char **why)
 {
 	static const struct
 	{
 		const char *prefix;
 		bool		unix_socket;
 		bool		tls;
+		bool		sentinel;
 	}			schemes[] = {
-		{"redis://", false, false},
-		{"rediss://", false, true},
-		{"unix://", true, false},
+		{"redis://", false, false, false},
+		{"rediss://", false, true, false},
+		{"unix://", true, false, false},
+		{"redis-sentinel://", false, false, true},
+		{"rediss-sentinel://", false, true, true},
 	};
 
 	for (int i = 0; i < lengthof(schemes); i++)
@@ -148,9 +155,10 @@ parse_scheme(const char **p, McRedisUrl *out, const char **why)
 			*p += strlen(schemes[i].prefix);
 			out->ep.unix_socket = schemes[i].unix_socket;
 			out->ep.tls = schemes[i].tls;
+			*sentinel = schemes[i].sentinel;
 			return true;
 		}
-	*why = "The URL must start with \"redis://\", \"rediss://\" (TLS) or \"unix://\".";
+	*why = "The URL must start with \"redis://\", \"rediss://\" (TLS), \"unix://\", \"redis-sentinel://\" or \"rediss-sentinel://\" (TLS).";
 	return false;
 }
 
@@ -184,9 +192,9 @@ parse_userinfo(const char **p, const char *end, McRedisUrl *out, const char **wh
 	return true;
 }
 
-/* host, possibly [v6], then :port */
+/* host, possibly [v6], then :port, ending at '/', ',' or the end */
 static bool
-parse_host_port(const char **p, McRedisUrl *out, const char **why)
+parse_host_port(const char **p, McEndpoint *ep, const char **why)
 {
 	const char *hostend;
 
@@ -199,7 +207,7 @@ parse_host_port(const char **p, McRedisUrl *out, const char **why)
 			*why = "The IPv6 host is not closed with \"]\".";
 			return false;
 		}
-		if (!copy_part(out->ep.host, sizeof(out->ep.host), *p + 1, close - *p - 1))
+		if (!copy_part(ep->host, sizeof(ep->host), *p + 1, close - *p - 1))
 		{
 			*why = "The host name is too long.";
 			return false;
@@ -209,20 +217,20 @@ parse_host_port(const char **p, McRedisUrl *out, const char **why)
 	else
 	{
 		hostend = *p;
-		while (*hostend && *hostend != ':' && *hostend != '/')
+		while (*hostend && *hostend != ':' && *hostend != '/' && *hostend != ',')
 			hostend++;
-		if (!copy_part(out->ep.host, sizeof(out->ep.host), *p, hostend - *p))
+		if (!copy_part(ep->host, sizeof(ep->host), *p, hostend - *p))
 		{
 			*why = "The host name is too long.";
 			return false;
 		}
 	}
-	if (out->ep.host[0] == '\0')
+	if (ep->host[0] == '\0')
 	{
 		*why = "The URL has no host.";
 		return false;
 	}
-	for (const char *h = out->ep.host; *h; h++)
+	for (const char *h = ep->host; *h; h++)
 		if (!(isalnum((unsigned char) *h) || *h == '.' || *h == '-' || *h == ':' || *h == '_'))
 		{
 			*why = "The host name contains an invalid character.";
@@ -236,12 +244,12 @@ parse_host_port(const char **p, McRedisUrl *out, const char **why)
 
 		(*p)++;
 		port = isdigit((unsigned char) **p) ? strtol(*p, &end, 10) : 0;
-		if (port < 1 || port > 65535 || (*end != '\0' && *end != '/'))
+		if (port < 1 || port > 65535 || (*end != '\0' && *end != '/' && *end != ','))
 		{
 			*why = "The port must be a number from 1 to 65535.";
 			return false;
 		}
-		out->ep.port = (int) port;
+		ep->port = (int) port;
 		*p = end;
 	}
 	return true;
@@ -276,7 +284,7 @@ parse_tcp_url(const char *p, McRedisUrl *out, const char **why)
 	const char *slash = strchr(p, '/');
 
 	if (!parse_userinfo(&p, slash ? slash : p + strlen(p), out, why) ||
-		!parse_host_port(&p, out, why))
+		!parse_host_port(&p, &out->ep, why))
 		return false;
 	if (*p == '/')
 	{
@@ -327,19 +335,77 @@ parse_unix_url(const char *p, McRedisUrl *out, const char **why)
 }
 
 /*
- * Parse redis://[user@]host[:port][/db], rediss:// (the same, over TLS) or
- * unix://[user@]/path[?db=N].  On failure returns false and sets *why to a
- * description that never repeats the URL.
+ * redis-sentinel:// and rediss-sentinel://: after the userinfo,
+ * host[:port][,host[:port]...]/master_name[/db]; a sentinel's port is
+ * 26379 unless given, and it speaks TLS when the master does.
+ */
+static bool
+parse_sentinel_url(const char *p, McRedisUrl *out, const char **why)
+{
+	const char *slash = strchr(p, '/');
+	const char *name_end;
+
+	if (!parse_userinfo(&p, slash ? slash : p + strlen(p), out, why))
+		return false;
+	for (;;)
+	{
+		McEndpoint *ep;
+
+		if (out->nsentinels == MC_MAX_SENTINELS)
+		{
+			*why = "The URL names more than " CppAsString2(MC_MAX_SENTINELS) " sentinels.";
+			return false;
+		}
+		ep = &out->sentinels[out->nsentinels++];
+		ep->port = 26379;
+		ep->tls = out->ep.tls;
+		if (!parse_host_port(&p, ep, why))
+			return false;
+		if (*p != ',')
+			break;
+		p++;
+	}
+	if (*p != '/' || p[1] == '\0' || p[1] == '/')
+	{
+		*why = "The sentinels must be followed by /master_name: redis-sentinel://host:26379/mymaster.";
+		return false;
+	}
+	p++;
+	name_end = strchr(p, '/');
+	if (!copy_part(out->master_name, sizeof(out->master_name), p,
+				   name_end ? name_end - p : strlen(p)))
+	{
+		*why = "The master name is too long.";
+		return false;
+	}
+	if (!percent_decode(out->master_name) || out->master_name[0] == '\0')
+	{
+		*why = "The master name has a malformed %-escape or is empty.";
+		return false;
+	}
+	if (name_end == NULL || name_end[1] == '\0')
+		return true;
+	return parse_db(name_end + 1, name_end + strlen(name_end), out, why);
+}
+
+/*
+ * Parse redis://[user@]host[:port][/db], rediss:// (the same, over TLS),
+ * unix://[user@]/path[?db=N] or redis-sentinel://[user@]host[:port][,...]
+ * /master_name[/db] (rediss-sentinel:// over TLS).  On failure returns
+ * false and sets *why to a description that never repeats the URL.
  */
 static bool
 parse_redis_url(const char *url, McRedisUrl *out, const char **why)
 {
 	const char *p = url;
+	bool		sentinel;
 
 	memset(out, 0, sizeof(*out));
 	out->ep.port = 6379;
-	if (!parse_scheme(&p, out, why))
+	if (!parse_scheme(&p, out, &sentinel, why))
 		return false;
+	if (sentinel)
+		return parse_sentinel_url(p, out, why);
 	if (out->ep.unix_socket)
 		return parse_unix_url(p, out, why);
 	return parse_tcp_url(p, out, why);
@@ -359,7 +425,7 @@ check_redis_url(char **newval, void **extra, GucSource source)
 		hide_statement = true;
 		GUC_check_errmsg("invalid value for parameter \"meetcache.redis_url\"");
 		GUC_check_errdetail("%s", why ? why : "The URL is empty.");
-		GUC_check_errhint("The format is redis://[user@]host[:port][/db], rediss://... for TLS or unix://[user@]/path[?db=N]; the password goes in the file named by meetcache.redis_password_file.");
+		GUC_check_errhint("The format is redis://[user@]host[:port][/db], rediss://... for TLS, unix://[user@]/path[?db=N] or redis-sentinel://[user@]host[:port][,host[:port]...]/master_name[/db]; the password goes in the file named by meetcache.redis_password_file.");
 		return false;
 	}
 	copy = (McRedisUrl *) malloc(sizeof(McRedisUrl));
@@ -559,8 +625,14 @@ read_password_file(const char *path, McPassword *out, char *why, size_t whylen)
 	return ok;
 }
 
+/* the password files' settings, by McPasswordFor */
+static const char *const password_setting[] = {
+	[MC_PASSWORD_REDIS] = "meetcache.redis_password_file",
+	[MC_PASSWORD_SENTINEL] = "meetcache.redis_sentinel_password_file",
+};
+
 static bool
-check_redis_password_file(char **newval, void **extra, GucSource source)
+check_password_file(McPasswordFor which, char **newval, void **extra)
 {
 	McPassword	pw;
 	McPassword *copy;
@@ -570,8 +642,8 @@ check_redis_password_file(char **newval, void **extra, GucSource source)
 	if (*newval && (*newval)[0] && !read_password_file(*newval, &pw, why, sizeof(why)))
 	{
 		GUC_check_errcode(ERRCODE_CONFIG_FILE_ERROR);
-		GUC_check_errmsg("password file \"%s\" of meetcache.redis_password_file cannot be used",
-						 *newval);
+		GUC_check_errmsg("password file \"%s\" of %s cannot be used",
+						 *newval, password_setting[which]);
 		GUC_check_errdetail("%s", why);
 		GUC_check_errhint("It must be a regular file owned by the server's operating-system user, with no access for group or others (chmod 0600), holding the password on its first line.");
 		return false;
@@ -587,37 +659,63 @@ check_redis_password_file(char **newval, void **extra, GucSource source)
 }
 
 static void
+assign_password_file(McPasswordFor which, void *extra)
+{
+	explicit_bzero(&pw_cache[which], sizeof(pw_cache[which]));
+	if (extra)
+		pw_cache[which] = *(McPassword *) extra;
+}
+
+static bool
+check_redis_password_file(char **newval, void **extra, GucSource source)
+{
+	return check_password_file(MC_PASSWORD_REDIS, newval, extra);
+}
+
+static void
 assign_redis_password_file(const char *newval, void *extra)
 {
-	explicit_bzero(&pw_cache, sizeof(pw_cache));
-	if (extra)
-		pw_cache = *(McPassword *) extra;
+	assign_password_file(MC_PASSWORD_REDIS, extra);
+}
+
+static bool
+check_sentinel_password_file(char **newval, void **extra, GucSource source)
+{
+	return check_password_file(MC_PASSWORD_SENTINEL, newval, extra);
+}
+
+static void
+assign_sentinel_password_file(const char *newval, void *extra)
+{
+	assign_password_file(MC_PASSWORD_SENTINEL, extra);
 }
 
 const char *
-mc_redis_password(bool reread, McErr *err)
+mc_redis_password(McPasswordFor which, bool reread, McErr *err)
 {
+	McPassword *pw = &pw_cache[which];
 	struct stat st;
 	McPassword	fresh;
 	char		why[256];
 
-	if (!reread || pw_cache.path[0] == '\0')
-		return pw_cache.password;
-	if (stat(pw_cache.path, &st) == 0 && same_file(&st, &pw_cache) &&
+	if (!reread || pw->path[0] == '\0')
+		return pw->password;
+	if (stat(pw->path, &st) == 0 && same_file(&st, pw) &&
 		password_file_unfit(&st) == NULL)
-		return pw_cache.password;
-	if (!read_password_file(pw_cache.path, &fresh, why, sizeof(why)))
+		return pw->password;
+	if (!read_password_file(pw->path, &fresh, why, sizeof(why)))
 	{
+		memset(err, 0, sizeof(*err));
 		err->sqlstate = ERRCODE_CONFIG_FILE_ERROR;
 		snprintf(err->msg, sizeof(err->msg),
-				 "password file \"%s\" of meetcache.redis_password_file cannot be used",
-				 pw_cache.path);
+				 "password file \"%s\" of %s cannot be used",
+				 pw->path, password_setting[which]);
 		strlcpy(err->detail, why, sizeof(err->detail));
 		return NULL;
 	}
-	pw_cache = fresh;
+	*pw = fresh;
 	explicit_bzero(&fresh, sizeof(fresh));
-	return pw_cache.password;
+	return pw->password;
 }
 
 static bool
@@ -712,7 +810,7 @@ _PG_init(void)
 
 	DefineCustomStringVariable("meetcache.redis_url",
 							   "Redis server that holds the cache.",
-							   "Format: redis://[user@]host[:port][/db], rediss://... (TLS) or unix://[user@]/path[?db=N]; the password is read from meetcache.redis_password_file.",
+							   "Format: redis://[user@]host[:port][/db], rediss://... (TLS), unix://[user@]/path[?db=N] or redis-sentinel://[user@]host[:port][,...]/master_name[/db] (rediss-sentinel:// for TLS); the password is read from meetcache.redis_password_file.",
 							   &redis_url_string,
 							   "redis://127.0.0.1:6379/0",
 							   PGC_SUSET,
@@ -727,6 +825,15 @@ _PG_init(void)
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY,
 							   check_redis_password_file, assign_redis_password_file, NULL);
+
+	DefineCustomStringVariable("meetcache.redis_sentinel_password_file",
+							   "File whose first line is the password meetcache sends to the sentinels of a redis-sentinel:// URL.",
+							   "The same rules as meetcache.redis_password_file.",
+							   &sentinel_password_file,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   check_sentinel_password_file, assign_sentinel_password_file, NULL);
 
 	DefineCustomStringVariable("meetcache.key_prefix",
 							   "Prefix of every cache key.",

@@ -3,9 +3,10 @@
  *	  Declarations shared by the meetcache source files.
  *
  * Who owns what:
- *	  meetcache.c  _PG_init, GUCs, the parsed redis_url and the Redis password file
- *	  redis.c      the Redis protocol over a stream: handshake, pipelined
- *	               commands, scripts, invalidation (the only hiredis user)
+ *	  meetcache.c  _PG_init, GUCs, the parsed redis_url and the password files
+ *	  redis.c      the Redis protocol over a stream: handshake, finding the
+ *	               master through sentinels, pipelined commands, scripts,
+ *	               invalidation (the only hiredis user)
  *	  transport.c  the byte stream: host names, TCP, Unix sockets, TLS,
  *	               deadlines and both waiting disciplines (transport.h)
  *	  pending.c    the per-transaction set of keys and its commit/abort path
@@ -53,11 +54,21 @@ typedef struct McEndpoint
 	char		path[108];		/* sizeof(sun_path) */
 } McEndpoint;
 
+#define MC_MAX_SENTINELS 8		/* sentinels one redis-sentinel:// URL names */
+
+/*
+ * With sentinels (redis-sentinel://, rediss-sentinel://) the server is the
+ * master they name: ep then holds only tls (for the sentinels and the
+ * master alike), and user and db apply to the master.
+ */
 typedef struct McRedisUrl
 {
 	McEndpoint	ep;
 	char		user[128];		/* empty: the default user */
 	int			db;
+	int			nsentinels;		/* 0: ep is the server */
+	McEndpoint	sentinels[MC_MAX_SENTINELS];	/* asked in this order */
+	char		master_name[256];
 } McRedisUrl;				/* never a password: see mc_redis_password() */
 
 typedef enum McTlsVerify
@@ -106,15 +117,23 @@ typedef struct McErr
 	int			sqlstate;
 	char		msg[256];
 	char		detail[256];
+	char		hint[256];		/* empty: mc_throw's default hint, if no detail */
 } McErr;
 
+/* whose password: the Redis server's, or the sentinels' */
+typedef enum McPasswordFor
+{
+	MC_PASSWORD_REDIS,			/* meetcache.redis_password_file */
+	MC_PASSWORD_SENTINEL		/* meetcache.redis_sentinel_password_file */
+} McPasswordFor;
+
 /*
- * The password of meetcache.redis_password_file ("" = none), as last read
+ * The password of that setting's file ("" = none), as last read
  * (meetcache.c).  reread: first check the file and read it again if it
  * changed; that is file I/O, never done on the commit path.  NULL, with
  * err filled, when the file cannot be used (only with reread).
  */
-extern const char *mc_redis_password(bool reread, McErr *err);
+extern const char *mc_redis_password(McPasswordFor which, bool reread, McErr *err);
 
 /* ---- transport.c (the rest is in transport.h) ---- */
 

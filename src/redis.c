@@ -10,6 +10,13 @@
  * Connections: McConn is one endpoint's connection; the backend uses one
  * (conn), opened lazily for meetcache.redis_url.  Several McConns (Redis
  * Cluster's nodes, a sentinel then its master) take the same functions.
+ * With sentinels (redis-sentinel://) every connect first asks them, in
+ * order, where the master is (through `sentinel`, closed again at once,
+ * or at its next use after a cancel), then connects there and checks
+ * ROLE.  A failover ends the connection: lost, or the master answering
+ * -READONLY or -MASTERDOWN (08006, like a Redis that does not answer), so
+ * the next connect asks again.  Every step runs under the caller's
+ * deadline.
  *
  * Two kinds of callers:
  *	  - SQL functions (interruptible): every wait goes through the process
@@ -40,9 +47,15 @@ typedef struct McConn
 	redisReader *reader;
 	bool		busy;			/* an exchange was cut short: out of step */
 	uint64		generation;		/* mc_url_generation at connect time */
+	bool		sentinel_master;	/* the master that sentinels named */
+	bool		demoted;		/* ... and it answered as a replica does */
 } McConn;
 
-static McConn conn = {MC_STREAM_INIT, NULL, false, 0};
+#define MC_CONN_INIT {MC_STREAM_INIT, NULL, false, 0, false, false}
+
+static McConn conn = MC_CONN_INIT;	/* the backend's, to meetcache.redis_url */
+static McConn sentinel = MC_CONN_INIT;	/* open only while asking one */
+static char master_seen[sizeof(conn.stream.name)];	/* the last master found */
 
 /* where replies of a round trip go; returns false to report a bad reply */
 typedef bool (*reply_cb) (redisReply *r, void *arg, McErr *err);
@@ -66,6 +79,28 @@ conn_close(McConn *c)
 		c->reader = NULL;
 	}
 	c->busy = false;
+	c->demoted = false;
+}
+
+/*
+ * A master that sentinels named refuses writes (it was demoted to a
+ * replica) or serves no data (a replica cut off from its master): a
+ * failover, which the next connection asks the sentinels about.
+ */
+static void
+check_failover_reply(McConn *c, redisReply *r, McErr *err)
+{
+	if (!c->sentinel_master || r->type != REDIS_REPLY_ERROR ||
+		(strncmp(r->str, "READONLY ", 9) != 0 && strncmp(r->str, "MASTERDOWN ", 11) != 0))
+		return;
+	if (!c->demoted)
+	{
+		mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
+				   "redis at %s is no longer the master of \"%s\"",
+				   c->stream.name, mc_url->master_name);
+		set_said(err, r);
+	}
+	c->demoted = true;
 }
 
 /* feed what the stream has to the reader and hand out complete replies */
@@ -101,6 +136,7 @@ read_replies(McConn *c, int nreplies, int *received, reply_cb cb, void *arg,
 			break;
 		*got_any = true;
 		(*received)++;
+		check_failover_reply(c, (redisReply *) reply, err);
 		if (!cb((redisReply *) reply, arg, err))
 			*ok = false;		/* keep reading: the stream stays in step */
 	}
@@ -156,53 +192,152 @@ roundtrip(McConn *c, const char *buf, size_t len, int nreplies, reply_cb cb,
 			!read_replies(c, nreplies, &received, cb, arg, &ok, err, got_any))
 			return false;
 	}
+	if (c->demoted)
+		return false;			/* still busy: the connection is dropped */
 	c->busy = false;
 	return ok;
 }
 
 /* ---- connection and handshake ---- */
 
+/* what a connection is for: the handshake that opens it differs */
+typedef enum HandshakeKind
+{
+	HS_SERVER,					/* the Redis of a redis_url without sentinels */
+	HS_MASTER,					/* the master sentinels named: ROLE is checked */
+	HS_SENTINEL					/* a sentinel, asked where the master is */
+} HandshakeKind;
+
 typedef struct HandshakeState
 {
+	/* what to send */
+	HandshakeKind kind;
+	const char *user;
+	int			db;
+	const char *master_name;
+	/* the replies */
 	int			idx;
 	int			auth_idx;
 	int			select_idx;
 	int			setname_idx;
+	int			role_idx;
+	int			ask_idx;
 	const char *endpoint;
+	McEndpoint	master;			/* HS_SENTINEL: where it says the master is */
+	bool		no_master;		/* HS_SENTINEL: it knows no such master */
 } HandshakeState;
+
+static void
+handshake_init(HandshakeState *hs, HandshakeKind kind, const char *user, int db,
+			   const char *master_name)
+{
+	memset(hs, 0, sizeof(*hs));
+	hs->kind = kind;
+	hs->user = user;
+	hs->db = db;
+	hs->master_name = master_name;
+	hs->auth_idx = hs->select_idx = hs->setname_idx = hs->role_idx = hs->ask_idx = -1;
+}
+
+/* a host name or IP address a sentinel may give: fits, and only name characters */
+static bool
+valid_host(const redisReply *h, size_t size)
+{
+	return h->type == REDIS_REPLY_STRING && h->len > 0 && h->len < size &&
+		strspn(h->str, "0123456789abcdefghijklmnopqrstuvwxyz"
+			   "ABCDEFGHIJKLMNOPQRSTUVWXYZ.-:_") == h->len;
+}
+
+/* SENTINEL get-master-addr-by-name: [host, port], or nil for an unknown name */
+static bool
+master_addr_reply(redisReply *r, HandshakeState *hs, McErr *err)
+{
+	long		port = 0;
+
+	if (r->type == REDIS_REPLY_NIL)
+	{
+		hs->no_master = true;
+		mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
+				   "redis sentinel at %s knows no master named \"%s\"",
+				   hs->endpoint, hs->master_name);
+		return false;
+	}
+	if (r->type == REDIS_REPLY_ERROR)
+	{
+		mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
+				   "redis sentinel at %s refused SENTINEL get-master-addr-by-name", hs->endpoint);
+		set_said(err, r);
+		return false;
+	}
+	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+		valid_host(r->element[0], sizeof(hs->master.host)) &&
+		r->element[1]->type == REDIS_REPLY_STRING && r->element[1]->len > 0 &&
+		r->element[1]->len < 6 &&
+		strspn(r->element[1]->str, "0123456789") == r->element[1]->len)
+		port = strtol(r->element[1]->str, NULL, 10);
+	if (port < 1 || port > 65535)
+	{
+		mc_err_set(err, ERRCODE_PROTOCOL_VIOLATION,
+				   "redis sentinel at %s sent an unexpected master address", hs->endpoint);
+		return false;
+	}
+	memcpy(hs->master.host, r->element[0]->str, r->element[0]->len + 1);
+	hs->master.port = (int) port;
+	return true;
+}
+
+/* ROLE: the first element says "master"; a user refused ROLE is not checked */
+static bool
+role_reply(redisReply *r, HandshakeState *hs, McErr *err)
+{
+	if (r->type == REDIS_REPLY_ERROR)
+		return true;			/* ACLs may refuse it: READONLY still tells */
+	if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+		r->element[0]->type == REDIS_REPLY_STRING &&
+		strcmp(r->element[0]->str, "master") == 0)
+		return true;
+	mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
+			   "redis at %s, named by the sentinels, is not the master of \"%s\"",
+			   hs->endpoint, hs->master_name);
+	snprintf(err->detail, sizeof(err->detail), "Its role is \"%s\".",
+			 r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+			 r->element[0]->type == REDIS_REPLY_STRING &&
+			 strspn(r->element[0]->str, "abcdefghijklmnopqrstuvwxyz") == r->element[0]->len &&
+			 r->element[0]->len < 32 ? r->element[0]->str : "unknown");
+	strlcpy(err->hint, "A failover may be under way: the next connection asks the sentinels again.",
+			sizeof(err->hint));
+	return false;
+}
 
 static bool
 handshake_cb(redisReply *r, void *arg, McErr *err)
 {
 	HandshakeState *hs = (HandshakeState *) arg;
+	const char *what = hs->kind == HS_SENTINEL ? "redis sentinel" : "redis";
 	bool		ok = true;
 
-	if (r->type == REDIS_REPLY_ERROR && hs->idx == hs->setname_idx)
+	if (err->msg[0] != '\0')
+		ok = r->type != REDIS_REPLY_ERROR;	/* the first failure is reported */
+	else if (hs->idx == hs->ask_idx)
+		ok = master_addr_reply(r, hs, err);
+	else if (hs->idx == hs->role_idx)
+		ok = role_reply(r, hs, err);
+	else if (r->type == REDIS_REPLY_ERROR && hs->idx == hs->setname_idx)
 		ok = true;				/* CLIENT may be refused by ACLs or proxies */
-	else if (r->type == REDIS_REPLY_ERROR && err->msg[0] == '\0')
+	else if (r->type == REDIS_REPLY_ERROR)
 	{
 		if (hs->idx == hs->auth_idx)
-		{
 			mc_err_set(err, ERRCODE_INVALID_PASSWORD,
-					   "redis at %s refused the credentials", hs->endpoint);
-			set_said(err, r);
-		}
+					   "%s at %s refused the credentials", what, hs->endpoint);
 		else if (hs->idx == hs->select_idx)
-		{
 			mc_err_set(err, ERRCODE_INVALID_PARAMETER_VALUE,
-					   "redis at %s refused to select database %d", hs->endpoint, mc_url->db);
-			set_said(err, r);
-		}
+					   "%s at %s refused to select database %d", what, hs->endpoint, hs->db);
 		else
-		{
 			mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
-					   "redis at %s refused the connection handshake", hs->endpoint);
-			set_said(err, r);
-		}
+					   "%s at %s refused the connection handshake", what, hs->endpoint);
+		set_said(err, r);
 		ok = false;
 	}
-	else if (r->type == REDIS_REPLY_ERROR)
-		ok = false;
 	hs->idx++;
 	freeReplyObject(r);
 	return ok;
@@ -244,15 +379,16 @@ rawbuf_add(RawBuf *b, int argc, const char **argv, const size_t *lens)
 }
 
 /*
- * Format the handshake for url: AUTH (a named user is always
- * authenticated, without a password file too), SELECT, CLIENT SETNAME
- * and the PING that proves the server answers (a frozen Redis still
- * accepts connections).  Returns the number of commands, or -1 when out of
- * memory.  The buffer holds the password: the caller wipes it.
+ * Format the handshake: AUTH (a named user is always authenticated,
+ * without a password file too), then for a Redis server SELECT and CLIENT
+ * SETNAME, then ROLE for a master named by sentinels, SENTINEL
+ * get-master-addr-by-name for a sentinel, or else the PING that proves
+ * the server answers (a frozen Redis still accepts connections).  Returns
+ * the number of commands, or -1 when out of memory.  The buffer holds the
+ * password: the caller wipes it.
  */
 static int
-handshake_format(RawBuf *b, HandshakeState *hs, const McRedisUrl *url,
-				 const char *password)
+handshake_format(RawBuf *b, HandshakeState *hs, const char *password)
 {
 	const char *argv[3];
 	size_t		lens[3];
@@ -261,25 +397,37 @@ handshake_format(RawBuf *b, HandshakeState *hs, const McRedisUrl *url,
 	int			ncmds = 0;
 	bool		ok = true;
 
-	if (url->user[0] || password[0])
+	if (hs->user[0] || password[0])
 	{
 		int			argc = 0;
 
 		argv[argc] = "AUTH";
 		lens[argc++] = 4;
-		if (url->user[0])
+		if (hs->user[0])
 		{
-			argv[argc] = url->user;
-			lens[argc++] = strlen(url->user);
+			argv[argc] = hs->user;
+			lens[argc++] = strlen(hs->user);
 		}
 		argv[argc] = password;
 		lens[argc++] = strlen(password);
 		hs->auth_idx = ncmds++;
 		ok &= rawbuf_add(b, argc, argv, lens);
 	}
-	if (url->db != 0)
+	if (hs->kind == HS_SENTINEL)
 	{
-		snprintf(dbstr, sizeof(dbstr), "%d", url->db);
+		argv[0] = "SENTINEL";
+		lens[0] = 8;
+		argv[1] = "get-master-addr-by-name";
+		lens[1] = 23;
+		argv[2] = hs->master_name;
+		lens[2] = strlen(hs->master_name);
+		hs->ask_idx = ncmds++;
+		ok &= rawbuf_add(b, 3, argv, lens);
+		return ok ? ncmds : -1;
+	}
+	if (hs->db != 0)
+	{
+		snprintf(dbstr, sizeof(dbstr), "%d", hs->db);
 		argv[0] = "SELECT";
 		lens[0] = 6;
 		argv[1] = dbstr;
@@ -296,8 +444,10 @@ handshake_format(RawBuf *b, HandshakeState *hs, const McRedisUrl *url,
 	lens[2] = strlen(name);
 	hs->setname_idx = ncmds++;
 	ok &= rawbuf_add(b, 3, argv, lens);
-	argv[0] = "PING";
+	argv[0] = hs->kind == HS_MASTER ? "ROLE" : "PING";
 	lens[0] = 4;
+	if (hs->kind == HS_MASTER)
+		hs->role_idx = ncmds;
 	ncmds++;
 	ok &= rawbuf_add(b, 1, argv, lens);
 	return ok ? ncmds : -1;
@@ -305,15 +455,16 @@ handshake_format(RawBuf *b, HandshakeState *hs, const McRedisUrl *url,
 
 /* the handshake in one round trip; the password is wiped whatever happens */
 static bool
-handshake_run(McConn *c, const McRedisUrl *url, const char *password,
+handshake_run(McConn *c, HandshakeState *hs, const char *password,
 			  TimestampTz deadline, bool interruptible, McErr *err)
 {
-	HandshakeState hs = {0, -1, -1, -1, c->stream.name};
 	RawBuf		b = {NULL, 0, 0};
-	int			ncmds = handshake_format(&b, &hs, url, password);
+	int			ncmds;
 	volatile bool ok = false;
 	bool		got_any;
 
+	hs->endpoint = c->stream.name;
+	ncmds = handshake_format(&b, hs, password);
 	PG_TRY();
 	{
 		if (ncmds < 0)
@@ -321,7 +472,7 @@ handshake_run(McConn *c, const McRedisUrl *url, const char *password,
 		else
 		{
 			err->msg[0] = '\0';
-			ok = roundtrip(c, b.data, b.len, ncmds, handshake_cb, &hs, deadline,
+			ok = roundtrip(c, b.data, b.len, ncmds, handshake_cb, hs, deadline,
 						   interruptible, err, &got_any);
 		}
 	}
@@ -337,40 +488,31 @@ handshake_run(McConn *c, const McRedisUrl *url, const char *password,
 	return ok;
 }
 
+/* the connect deadline, which never stretches the caller's */
+static TimestampTz
+connect_deadline(TimestampTz outer_deadline)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   mc_connect_timeout);
+
+	return Min(deadline, outer_deadline);
+}
+
 /*
- * Open the connection to meetcache.redis_url and run the handshake.  Never
- * throws unless interruptible and interrupted.
+ * Open c to ep and run the handshake hs describes.  Never throws unless
+ * interruptible and interrupted; c is then left busy, and closed by its
+ * next use.
  */
 static bool
-conn_open(McConn *c, bool interruptible, TimestampTz outer_deadline, McErr *err)
+conn_connect(McConn *c, const McEndpoint *ep, HandshakeState *hs,
+			 const char *password, TimestampTz deadline, bool interruptible,
+			 McErr *err)
 {
-	TimestampTz deadline;
-	const char *password;
-
 	conn_close(c);
 	/* until the handshake succeeds the connection is unusable, even if a
 	 * cancel interrupts us half way: the next use starts over */
 	c->busy = true;
-	err->msg[0] = '\0';
-	if (mc_url == NULL)
-	{
-		mc_err_set(err, ERRCODE_CONFIG_FILE_ERROR, "meetcache.redis_url is not set");
-		return false;
-	}
-	/*
-	 * The commit path (a backend's non-interruptible exchanges) does no
-	 * file I/O: it uses the password as last read.  SQL functions and the
-	 * workers look at the file first.
-	 */
-	password = mc_redis_password(interruptible || IsBackgroundWorker, err);
-	if (password == NULL)
-		return false;
-	/* the connect deadline never stretches the caller's */
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), mc_connect_timeout);
-	if (outer_deadline < deadline)
-		deadline = outer_deadline;
-
-	if (!mc_stream_open(&c->stream, &mc_url->ep, deadline, interruptible, err))
+	if (!mc_stream_open(&c->stream, ep, deadline, interruptible, err))
 	{
 		conn_close(c);
 		return false;
@@ -383,13 +525,135 @@ conn_open(McConn *c, bool interruptible, TimestampTz outer_deadline, McErr *err)
 		conn_close(c);
 		return false;
 	}
-	if (!handshake_run(c, mc_url, password, deadline, interruptible, err))
+	if (!handshake_run(c, hs, password, deadline, interruptible, err))
 	{
 		conn_close(c);
 		return false;
 	}
-	c->generation = mc_url_generation;
 	c->busy = false;
+	return true;
+}
+
+/*
+ * Ask the sentinels of url, in order, where its master is: the first that
+ * names it wins.  Each gets the connect deadline, never past the caller's.
+ * Fails (08006) when none answers, naming those tried, or when those that
+ * answered know no such master.
+ */
+static bool
+sentinel_find_master(const McRedisUrl *url, McEndpoint *master, bool interruptible,
+					 TimestampTz outer_deadline, McErr *err)
+{
+	const char *password = mc_redis_password(MC_PASSWORD_SENTINEL,
+											 interruptible || IsBackgroundWorker, err);
+	char		tried[256] = "";
+	int			len = 0;
+	bool		unknown = false;
+	McErr		last;
+
+	if (password == NULL)
+		return false;
+	memset(&last, 0, sizeof(last));
+	for (int i = 0; i < url->nsentinels && mc_ms_left(outer_deadline) > 0; i++)
+	{
+		HandshakeState hs;
+		char		name[sizeof(sentinel.stream.name)];
+		bool		found;
+
+		handshake_init(&hs, HS_SENTINEL, "", 0, url->master_name);
+		found = conn_connect(&sentinel, &url->sentinels[i], &hs, password,
+							 connect_deadline(outer_deadline), interruptible, &last);
+		conn_close(&sentinel);
+		if (found)
+		{
+			*master = hs.master;
+			master->tls = url->ep.tls;
+			return true;
+		}
+		unknown |= hs.no_master;
+		mc_endpoint_name(&url->sentinels[i], name, sizeof(name));
+		if (len < (int) sizeof(tried))
+			len += snprintf(tried + len, sizeof(tried) - len, "%s%s", i ? ", " : "", name);
+	}
+	if (unknown)
+	{
+		mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
+				   "the redis sentinels know no master named \"%s\"", url->master_name);
+		snprintf(err->detail, sizeof(err->detail), "Sentinels asked: %s.", tried);
+		strlcpy(err->hint, "Check the master name in meetcache.redis_url against the sentinels' \"sentinel monitor\" configuration.",
+				sizeof(err->hint));
+		return false;
+	}
+	mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
+			   "no redis sentinel of master \"%s\" answered (tried %s)",
+			   url->master_name, tried[0] ? tried : "none before the deadline");
+	if (last.msg[0] == '\0')
+		strlcpy(err->detail, "The deadline passed.", sizeof(err->detail));
+	else
+	{
+		int			n = snprintf(err->detail, sizeof(err->detail), "Last error: %s%s%s",
+								 last.msg, last.detail[0] ? ": " : "", last.detail);
+
+		n = Min(n, (int) sizeof(err->detail) - 1);
+		if (n > 0 && err->detail[n - 1] != '.' && n + 1 < (int) sizeof(err->detail))
+			strcpy(err->detail + n, ".");
+	}
+	return false;
+}
+
+/*
+ * Open the connection to meetcache.redis_url (with sentinels: to the
+ * master they name, asked afresh on every connect) and run the handshake.
+ * The sentinels, then the master, get the connect deadline each, never
+ * past outer_deadline.  Never throws unless interruptible and interrupted.
+ */
+static bool
+conn_open(McConn *c, bool interruptible, TimestampTz outer_deadline, McErr *err)
+{
+	const char *password;
+	const McEndpoint *ep;
+	McEndpoint	master;
+	HandshakeState hs;
+
+	conn_close(c);
+	c->busy = true;
+	err->msg[0] = '\0';
+	if (mc_url == NULL)
+	{
+		mc_err_set(err, ERRCODE_CONFIG_FILE_ERROR, "meetcache.redis_url is not set");
+		return false;
+	}
+	/*
+	 * The commit path (a backend's non-interruptible exchanges) does no
+	 * file I/O: it uses the password as last read.  SQL functions and the
+	 * workers look at the file first.
+	 */
+	password = mc_redis_password(MC_PASSWORD_REDIS, interruptible || IsBackgroundWorker, err);
+	if (password == NULL)
+		return false;
+	ep = &mc_url->ep;
+	if (mc_url->nsentinels > 0)
+	{
+		if (!sentinel_find_master(mc_url, &master, interruptible, outer_deadline, err))
+			return false;
+		ep = &master;
+	}
+	handshake_init(&hs, mc_url->nsentinels > 0 ? HS_MASTER : HS_SERVER,
+				   mc_url->user, mc_url->db, mc_url->master_name);
+	c->sentinel_master = mc_url->nsentinels > 0;
+	if (!conn_connect(c, ep, &hs, password, connect_deadline(outer_deadline),
+					  interruptible, err))
+		return false;
+	c->generation = mc_url_generation;
+	if (c->sentinel_master && strcmp(master_seen, c->stream.name) != 0)
+	{
+		/* a failover this process lived through; never logged by a commit */
+		if (master_seen[0] && (interruptible || IsBackgroundWorker))
+			ereport(LOG,
+					(errmsg("meetcache: the redis sentinels name %s as the master of \"%s\", no longer %s",
+							c->stream.name, mc_url->master_name, master_seen)));
+		strlcpy(master_seen, c->stream.name, sizeof(master_seen));
+	}
 	return true;
 }
 
@@ -517,14 +781,12 @@ mc_pipe_add(McPipe *pipe, int argc, const char **argv, const size_t *lens)
 void
 mc_throw(McErr *err)
 {
-	if (err->detail[0])
-		ereport(ERROR,
-				(errcode(err->sqlstate),
-				 errmsg("%s", err->msg),
-				 errdetail("%s", err->detail)));
 	ereport(ERROR,
 			(errcode(err->sqlstate),
 			 errmsg("%s", err->msg),
+			 err->detail[0] ? errdetail("%s", err->detail) : 0,
+			 err->hint[0] ? errhint("%s", err->hint) :
+			 err->detail[0] ? 0 :
 			 errhint("Check that Redis is running and that meetcache.redis_url points to it.")));
 }
 

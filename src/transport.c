@@ -78,6 +78,7 @@ mc_err_set(McErr *err, int sqlstate, const char *fmt,...)
 	/* messages may quote Redis: printable, never a cut character */
 	mc_excerpt(err->msg, sizeof(err->msg), raw, strlen(raw));
 	err->detail[0] = '\0';
+	err->hint[0] = '\0';
 }
 
 long

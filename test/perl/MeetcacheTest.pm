@@ -1118,3 +1118,120 @@ END
 }
 
 1;
+
+###########################################################################
+# Sentinel (021_sentinel): replicas, sentinels, and who the master is.
+package MeetcacheTest;
+
+# A redis-server replicating $master (a MeetcacheTest::Redis).
+sub start_replica
+{
+	my ($master, %o) = @_;
+	return start_redis(%o,
+		args => [ '--replicaof', '127.0.0.1', $master->port, @{ $o{args} // [] } ]);
+}
+
+# Start the stopped server $r again, on its port, as a replica of $master.
+sub restart_as_replica
+{
+	my ($r, $master) = @_;
+	$r->{args} = [ '--replicaof', '127.0.0.1', $master->port ];
+	$r->start;
+	return;
+}
+
+# A redis sentinel (a MeetcacheTest::Sentinel) monitoring $master as $o{name}
+# (default mymaster): quorum 1, down-after 1000 ms, failover-timeout 5000 ms.
+# requirepass => 'pw' gives the sentinel a password of its own.
+sub start_sentinel
+{
+	my ($master, %o) = @_;
+	my $name = $o{name} // 'mymaster';
+	return MeetcacheTest::Sentinel->new(
+		requirepass => $o{requirepass},
+		args => [
+			'--sentinel', '--sentinel', 'monitor', $name, '127.0.0.1', $master->port, '1',
+			'--sentinel', 'down-after-milliseconds', $name, '1000',
+			'--sentinel', 'failover-timeout', $name, '5000'
+		]);
+}
+
+# The port of the master $sentinel names for $name (default mymaster).
+sub sentinel_master_port
+{
+	my ($sentinel, $name) = @_;
+	my @r = split /\n/,
+	  $sentinel->cli('SENTINEL', 'get-master-addr-by-name', $name // 'mymaster');
+	return $r[1];
+}
+
+# Wait (at most $secs, default 20) until $sentinel knows $replica as a
+# connected replica of $name (default mymaster) and the replica's link is up.
+sub wait_sentinel_replica
+{
+	my ($sentinel, $replica, $secs, $name) = @_;
+	return poll_until(
+		$secs // 20,
+		sub {
+			my $info = $replica->cli('INFO', 'replication');
+			return 0 unless $info =~ /master_link_status:up/;
+			my $list = $sentinel->cli('SENTINEL', 'replicas', $name // 'mymaster');
+			my @l = split /\n/, $list;
+			# flat name/value pairs per replica: port, then flags "slave"
+			for my $i (0 .. $#l - 1)
+			{
+				next unless $l[$i] eq 'port' && $l[ $i + 1 ] eq $replica->port;
+				for my $j ($i .. $#l - 1)
+				{
+					return $l[ $j + 1 ] eq 'slave' if $l[$j] eq 'flags';
+				}
+			}
+			return 0;
+		});
+}
+
+# A checker verifies against another server from now on (the promoted replica).
+sub MeetcacheTest::Checker::use_redis
+{
+	my ($self, $redis) = @_;
+	$self->{redis} = $redis;
+	return;
+}
+
+###########################################################################
+# redis-server in sentinel mode.  Sentinel wants its (writable)
+# configuration file as the first argument: MeetcacheTest::Redis starts it
+# through a wrapper named redis-server that puts one first; the sentinel's
+# own settings come as --sentinel options.
+package MeetcacheTest::Sentinel;
+
+use strict;
+use warnings;
+
+our @ISA = ('MeetcacheTest::Redis');
+
+my $real_redis_server;
+
+sub _launch
+{
+	my ($self) = @_;
+	my $bin = "$self->{dir}/bin";
+	unless (-x "$bin/redis-server")
+	{
+		($real_redis_server) = grep { -x $_ }
+		  map { "$_/redis-server" } split /:/, $ENV{PATH}
+		  unless $real_redis_server;
+		die 'redis-server not found in PATH' unless $real_redis_server;
+		mkdir $bin;
+		open(my $fh, '>', "$self->{dir}/sentinel.conf") or die "sentinel.conf: $!";
+		close $fh;
+		open($fh, '>', "$bin/redis-server") or die "$bin/redis-server: $!";
+		print $fh "#!/bin/sh\nexec '$real_redis_server' '$self->{dir}/sentinel.conf' \"\$@\"\n";
+		close $fh;
+		chmod 0755, "$bin/redis-server";
+	}
+	local $ENV{PATH} = "$bin:$ENV{PATH}";
+	return $self->SUPER::_launch;
+}
+
+1;
