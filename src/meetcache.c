@@ -93,7 +93,7 @@ static const struct config_enum_entry tls_verify_options[] = {
 	{NULL, 0, false}
 };
 
-/* decode %XX escapes in place; false on a malformed escape */
+/* decode %XX escapes in place; false on a malformed escape or %00 */
 static bool
 percent_decode(char *s)
 {
@@ -111,6 +111,8 @@ percent_decode(char *s)
 				return false;
 			hi = isdigit((unsigned char) r[1]) ? r[1] - '0' : (tolower((unsigned char) r[1]) - 'a' + 10);
 			lo = isdigit((unsigned char) r[2]) ? r[2] - '0' : (tolower((unsigned char) r[2]) - 'a' + 10);
+			if (hi == 0 && lo == 0)
+				return false;	/* %00 would cut the name short */
 			*w++ = (char) (hi * 16 + lo);
 			r += 3;
 		}

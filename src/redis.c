@@ -343,7 +343,10 @@ handshake_cb(redisReply *r, void *arg, McErr *err)
 	return ok;
 }
 
-/* append one command formatted by hiredis to a malloc'd buffer */
+/*
+ * Append one command formatted by hiredis to a malloc'd buffer.  The
+ * handshake's AUTH carries the password: no copy is freed unwiped.
+ */
 typedef struct RawBuf
 {
 	char	   *data;
@@ -362,18 +365,26 @@ rawbuf_add(RawBuf *b, int argc, const char **argv, const size_t *lens)
 	if (b->len + n > b->cap)
 	{
 		size_t		ncap = Max(b->cap * 2, b->len + n + 4096);
-		char	   *nd = realloc(b->data, ncap);
+		char	   *nd = malloc(ncap);
 
 		if (nd == NULL)
 		{
+			explicit_bzero(cmd, n);
 			free(cmd);
 			return false;
+		}
+		if (b->data)
+		{
+			memcpy(nd, b->data, b->len);
+			explicit_bzero(b->data, b->len);
+			free(b->data);
 		}
 		b->data = nd;
 		b->cap = ncap;
 	}
 	memcpy(b->data + b->len, cmd, n);
 	b->len += n;
+	explicit_bzero(cmd, n);
 	free(cmd);
 	return true;
 }
