@@ -11,6 +11,10 @@
  * the catalog tables (a statement trigger on them broadcasts one), the
  * tables rules were compiled for, and the tables their lookups read.
  *
+ * Keys go to a McSink; when it says a family is covered (pending.c: the
+ * family is already deleted whole by its pattern), its rules are skipped,
+ * lookups included, and a table scan stops once nothing is left.
+ *
  * The loader uses keys.c's parsers, as the catalog's checks do, so the
  * catalog accepts exactly what is compiled.  Loading and compiling for a
  * write never fail the write: a family or rule that cannot be used (which
@@ -1007,8 +1011,7 @@ cond_holds(McRelRules *rr, RawRule *r, AttrNumber att, TupleTableSlot *slot)
  * the queue.
  */
 static void
-emit(StringInfo buf, CRule *c, const char *prefix, const char **values,
-	 McKeySink sink, void *arg)
+emit(StringInfo buf, CRule *c, const char **values, const McSink *out)
 {
 	McTemplate *t = c->raw->family->tmpl;
 	Size		len = t->literal_chars;
@@ -1021,57 +1024,91 @@ emit(StringInfo buf, CRule *c, const char *prefix, const char **values,
 	}
 	if (len > MC_MAX_KEY_BYTES)
 	{
-		sink(arg, NULL, 0, c->raw->family, c->raw->id);
+		out->key(out->arg, NULL, 0, c->raw->family, c->raw->id);
 		return;
 	}
 	resetStringInfo(buf);
-	mc_render(buf, t, prefix, values);
-	sink(arg, buf->data, buf->len, c->raw->family, c->raw->id);
+	mc_render(buf, t, out->prefix, values);
+	out->key(out->arg, buf->data, buf->len, c->raw->family, c->raw->id);
 }
 
-static void
+/* is the family of rule c already deleted whole, at the sink's say? */
+static inline bool
+rule_covered(const McSink *out, CRule *c)
+{
+	return out->covered != NULL && out->covered(out->arg, c->raw->family);
+}
+
+/* are all the rules of group g that the event fires covered? */
+static bool
+group_covered(McRelRules *rr, int g, int event, const McSink *out)
+{
+	for (int i = 0; i < rr->nrules; i++)
+	{
+		CRule	   *c = &rr->rules[i];
+
+		if (c->group == g && (c->raw->events & event) && !rule_covered(out, c))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Render the direct rules' keys of every row and gather the values each
+ * lookup group matches.  A rule whose family is covered (replaced by its
+ * pattern after max_keys) is skipped, and so is a group whose rules all
+ * are; once a row finds nothing left to do, the rest of the table is not
+ * read.  Returns false when it stopped so.
+ */
+static bool
 scan_table(McRelRules *rr, int event, Tuplestorestate *tab, TupleTableSlot *slot,
-		   const char *prefix, McKeySink sink, void *arg,
-		   List **groupvals, StringInfo buf)
+		   const McSink *out, List **groupvals, StringInfo buf)
 {
 	const char *values[MC_MAX_PLACEHOLDERS];
 
 	if (tab == NULL)
-		return;
+		return true;
 	tuplestore_rescan(tab);
 	while (tuplestore_gettupleslot(tab, true, false, slot))
 	{
+		bool		live = false;
+
 		for (int i = 0; i < rr->nrules; i++)
 		{
 			CRule	   *c = &rr->rules[i];
 
-			if (c->group >= 0 || !(c->raw->events & event))
+			if (c->group >= 0 || !(c->raw->events & event) || rule_covered(out, c))
 				continue;
+			live = true;
 			if (c->broken)
 			{
-				sink(arg, NULL, 0, c->raw->family, c->raw->id);
+				out->key(out->arg, NULL, 0, c->raw->family, c->raw->id);
 				continue;
 			}
 			if (!cond_holds(rr, c->raw, c->cond_attno, slot))
 				continue;
 			for (int a = 0; a < c->raw->family->tmpl->nargs; a++)
 				values[a] = value_text(rr, slot, c->cols[a]);
-			emit(buf, c, prefix, values, sink, arg);
+			emit(buf, c, values, out);
 		}
 		for (int g = 0; g < rr->ngroups; g++)
 		{
 			LGroup	   *grp = &rr->groups[g];
 			const char *v;
 
-			if (!(grp->events & event))
+			if (!(grp->events & event) || group_covered(rr, g, event, out))
 				continue;
+			live = true;
 			if (!cond_holds(rr, grp->cond, grp->cond_attno, slot))
 				continue;
 			v = value_text(rr, slot, grp->match_attno);
 			if (v != NULL)
 				groupvals[g] = lappend(groupvals[g], (void *) v);
 		}
+		if (!live)
+			return false;
 	}
+	return true;
 }
 
 /*
@@ -1159,7 +1196,7 @@ choose_index(McRelRules *rr, LGroup *g)
 /* emit every rule of group g for one related row, given its selected columns */
 static void
 emit_group_row(McRelRules *rr, int g, int event, const char **colvals,
-			   const char *prefix, McKeySink sink, void *arg, StringInfo buf)
+			   const McSink *out, StringInfo buf)
 {
 	const char *values[MC_MAX_PLACEHOLDERS];
 
@@ -1167,11 +1204,11 @@ emit_group_row(McRelRules *rr, int g, int event, const char **colvals,
 	{
 		CRule	   *c = &rr->rules[i];
 
-		if (c->group != g || !(c->raw->events & event))
+		if (c->group != g || !(c->raw->events & event) || rule_covered(out, c))
 			continue;
 		for (int a = 0; a < c->raw->family->tmpl->nargs; a++)
 			values[a] = colvals[c->cols[a] - 1];
-		emit(buf, c, prefix, values, sink, arg);
+		emit(buf, c, values, out);
 	}
 }
 
@@ -1194,8 +1231,8 @@ via_text(LGroup *g, TupleTableSlot *slot, int col)
  * invalidation of a cache must not depend on who made the change.
  */
 static void
-index_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
-			 McKeySink sink, void *arg, StringInfo buf)
+index_lookup(McRelRules *rr, int g, List *vals, int event,
+			 const McSink *out, StringInfo buf)
 {
 	LGroup	   *grp = &rr->groups[g];
 	Relation	heap = table_open(grp->via_relid, AccessShareLock);
@@ -1219,7 +1256,7 @@ index_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
 		{
 			for (int k = 0; k < grp->ncols; k++)
 				colvals[k] = via_text(grp, slot, k + 1);
-			emit_group_row(rr, g, event, colvals, prefix, sink, arg, buf);
+			emit_group_row(rr, g, event, colvals, out, buf);
 		}
 		CHECK_FOR_INTERRUPTS();
 	}
@@ -1230,14 +1267,15 @@ index_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
 	table_close(heap, AccessShareLock);
 }
 
-static void record_again(McRelRules *rr, int g, List *vals, int event);
+static void record_again(McRelRules *rr, int g, List *vals, int event,
+						 const McSink *out);
 
 /* fallback: one SPI query per group, = ANY over all values */
 static void spi_lookup(McRelRules *rr, int g, List *vals, int event,
-					   const char *prefix, McKeySink sink, void *arg,
+					   const McSink *out,
 					   StringInfo buf);
 static void lookup_as_owner(McRelRules *rr, int g, List *vals, int event,
-							const char *prefix, McKeySink sink, void *arg,
+							const McSink *out,
 							StringInfo buf, bool always_subxact);
 
 /*
@@ -1247,8 +1285,8 @@ static void lookup_as_owner(McRelRules *rr, int g, List *vals, int event,
  * so that nothing it calls can change the session.
  */
 static void
-lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix,
-				McKeySink sink, void *arg, StringInfo buf, bool always_subxact)
+lookup_as_owner(McRelRules *rr, int g, List *vals, int event,
+				const McSink *out, StringInfo buf, bool always_subxact)
 {
 	LGroup	   *grp = &rr->groups[g];
 	Oid			save_userid;
@@ -1272,7 +1310,7 @@ lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix
 	if (OidIsValid(grp->indexoid) && !always_subxact)
 	{
 		/* one type, no domain, no query: nothing here fails but the server */
-		index_lookup(rr, g, vals, event, prefix, sink, arg, buf);
+		index_lookup(rr, g, vals, event, out, buf);
 		SetUserIdAndSecContext(save_userid, save_sec);
 		return;
 	}
@@ -1281,9 +1319,9 @@ lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix
 	PG_TRY();
 	{
 		if (OidIsValid(grp->indexoid))
-			index_lookup(rr, g, vals, event, prefix, sink, arg, buf);
+			index_lookup(rr, g, vals, event, out, buf);
 		else
-			spi_lookup(rr, g, vals, event, prefix, sink, arg, buf);
+			spi_lookup(rr, g, vals, event, out, buf);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -1308,7 +1346,7 @@ lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix
 				 errdetail("%s", edata->message)));
 		for (int i = 0; i < rr->nrules; i++)
 			if (rr->rules[i].group == g && (rr->rules[i].raw->events & event))
-				sink(arg, NULL, 0, rr->rules[i].raw->family, rr->rules[i].raw->id);
+				out->key(out->arg, NULL, 0, rr->rules[i].raw->family, rr->rules[i].raw->id);
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
@@ -1316,8 +1354,8 @@ lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix
 }
 
 static void
-spi_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
-		   McKeySink sink, void *arg, StringInfo buf)
+spi_lookup(McRelRules *rr, int g, List *vals, int event,
+		   const McSink *out, StringInfo buf)
 {
 	LGroup	   *grp = &rr->groups[g];
 	Datum	   *elems;
@@ -1351,7 +1389,7 @@ spi_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
 			colvals[k] = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, k + 1);
 		/* the sink allocates in the caller's memory, not SPI's */
 		spicxt = MemoryContextSwitchTo(caller);
-		emit_group_row(rr, g, event, colvals, prefix, sink, arg, buf);
+		emit_group_row(rr, g, event, colvals, out, buf);
 		MemoryContextSwitchTo(spicxt);
 	}
 	SPI_freetuptable(SPI_tuptable);
@@ -1367,7 +1405,7 @@ void
 mc_collect(McRelRules *rr, Relation rel, int event,
 		   Tuplestorestate *oldtab, Tuplestorestate *newtab,
 		   TupleTableSlot *oldslot, TupleTableSlot *newslot,
-		   const char *prefix, McKeySink sink, void *arg, bool again)
+		   const McSink *out, bool again)
 {
 	List	  **groupvals = palloc0(sizeof(List *) * Max(1, rr->ngroups));
 	StringInfoData buf;
@@ -1376,23 +1414,24 @@ mc_collect(McRelRules *rr, Relation rel, int event,
 	if (rr->canonical)
 		lvl = mc_settings_pin(true);
 	initStringInfo(&buf);
-	scan_table(rr, event, oldtab, oldslot, prefix, sink, arg, groupvals, &buf);
-	scan_table(rr, event, newtab, newslot, prefix, sink, arg, groupvals, &buf);
+	if (scan_table(rr, event, oldtab, oldslot, out, groupvals, &buf))
+		scan_table(rr, event, newtab, newslot, out, groupvals, &buf);
 
 	for (int g = 0; g < rr->ngroups; g++)
 	{
 		LGroup	   *grp = &rr->groups[g];
 
-		if (groupvals[g] == NIL)
+		/* covered since its values were gathered: nothing left to find */
+		if (groupvals[g] == NIL || group_covered(rr, g, event, out))
 			continue;
 		if (again)
-			record_again(rr, g, groupvals[g], event);
+			record_again(rr, g, groupvals[g], event, out);
 		/* in queue mode the drain's resolution after commit is the only one */
 		if (again && mc_effective_delivery() == MC_DELIVERY_QUEUE)
 			continue;
 		if (!grp->index_checked)
 			choose_index(rr, grp);
-		lookup_as_owner(rr, g, groupvals[g], event, prefix, sink, arg, &buf, false);
+		lookup_as_owner(rr, g, groupvals[g], event, out, &buf, false);
 	}
 	if (lvl >= 0)
 		mc_settings_restore(lvl);
@@ -1403,7 +1442,7 @@ mc_collect(McRelRules *rr, Relation rel, int event,
  * rule and matched value (pending.c dedups them).
  */
 static void
-record_again(McRelRules *rr, int g, List *vals, int event)
+record_again(McRelRules *rr, int g, List *vals, int event, const McSink *out)
 {
 	ListCell   *lc;
 
@@ -1411,7 +1450,8 @@ record_again(McRelRules *rr, int g, List *vals, int event)
 	{
 		CRule	   *c = &rr->rules[i];
 
-		if (c->group != g || c->broken || !(c->raw->events & event))
+		if (c->group != g || c->broken || !(c->raw->events & event) ||
+			rule_covered(out, c))
 			continue;
 		foreach(lc, vals)
 			mc_pending_add_lookup(rr->relid, c->raw->id, c->raw->family, lfirst(lc));
@@ -1602,6 +1642,7 @@ mc_resolve_lookups(McStr *entries, int n,
 		Again	   *a = lfirst(lc);
 		LGroup	   *grp = &a->rr->groups[a->g];
 		AgainSink	o = {out, arg, a->prefix};
+		McSink		sink = {again_sink, NULL, &o, a->prefix};
 		List	   *vals = NIL;
 		ListCell   *lc2;
 		int			lvl;
@@ -1631,7 +1672,7 @@ mc_resolve_lookups(McStr *entries, int n,
 			continue;
 		}
 		lookup_as_owner(a->rr, a->g, vals, MC_EV_INSERT | MC_EV_UPDATE | MC_EV_DELETE,
-						a->prefix, again_sink, &o, &buf, true);
+						&sink, &buf, true);
 		mc_settings_restore(lvl);
 	}
 }
