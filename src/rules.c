@@ -1259,6 +1259,8 @@ index_lookup(McRelRules *rr, int g, List *vals, int event,
 			emit_group_row(rr, g, event, colvals, out, buf);
 		}
 		CHECK_FOR_INTERRUPTS();
+		if (group_covered(rr, g, event, out))
+			break;				/* the rest would find covered families only */
 	}
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
@@ -1391,6 +1393,8 @@ spi_lookup(McRelRules *rr, int g, List *vals, int event,
 		spicxt = MemoryContextSwitchTo(caller);
 		emit_group_row(rr, g, event, colvals, out, buf);
 		MemoryContextSwitchTo(spicxt);
+		if (group_covered(rr, g, event, out))
+			break;
 	}
 	SPI_freetuptable(SPI_tuptable);
 	SPI_finish();
@@ -1424,14 +1428,16 @@ mc_collect(McRelRules *rr, Relation rel, int event,
 		/* covered since its values were gathered: nothing left to find */
 		if (groupvals[g] == NIL || group_covered(rr, g, event, out))
 			continue;
+		/* in queue mode the drain's resolution after commit is the only one */
+		if (!again || mc_effective_delivery() != MC_DELIVERY_QUEUE)
+		{
+			if (!grp->index_checked)
+				choose_index(rr, grp);
+			lookup_as_owner(rr, g, groupvals[g], event, out, &buf, false);
+		}
+		/* after the lookup: none for the rules it left covered */
 		if (again)
 			record_again(rr, g, groupvals[g], event, out);
-		/* in queue mode the drain's resolution after commit is the only one */
-		if (again && mc_effective_delivery() == MC_DELIVERY_QUEUE)
-			continue;
-		if (!grp->index_checked)
-			choose_index(rr, grp);
-		lookup_as_owner(rr, g, groupvals[g], event, out, &buf, false);
 	}
 	if (lvl >= 0)
 		mc_settings_restore(lvl);
