@@ -341,6 +341,7 @@ extern McStr *mc_queue_family_patterns(int *n);
 extern bool mc_queue_flush(McStr *pats, int n, McErr *err);
 extern void mc_queue_vacuum(void);
 extern bool mc_queue_keeps_lookups(void);
+extern void mc_queue_relcache_inval(Oid relid);
 
 /* ---- settings.c ---- */
 

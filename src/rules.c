@@ -9,7 +9,9 @@
  *
  * The cache is dropped on any relcache invalidation of a watched relation:
  * the catalog tables (a statement trigger on them broadcasts one), the
- * tables rules were compiled for, and the tables their lookups read.
+ * tables rules were compiled for, and the tables their lookups read.  The
+ * same callback passes every invalidation on to queue.c, whose cache of
+ * meetcache.queue needs one too (a process has only ten callback slots).
  *
  * Keys go to a McSink; when it says a family is covered (pending.c: the
  * family is already deleted whole by its pattern), its rules are skipped,
@@ -192,6 +194,8 @@ rules_inval_callback(Datum arg, Oid relid)
 		rules_valid = false;
 		rules_inval_count++;
 	}
+	/* one callback slot of the process's ten serves the queue's cache too */
+	mc_queue_relcache_inval(relid);
 }
 
 void
