@@ -15,7 +15,23 @@
  *
  * A drain pass deletes its batch first and commits only after Redis
  * acknowledged the UNLINKs: on any failure the transaction aborts and the
- * rows are still there.
+ * rows are still there.  It commits with synchronous_commit = off (set
+ * locally in its own transaction), so it never waits for its fsync: a
+ * crash can then lose the delete of rows whose keys were already sent,
+ * and those rows are taken and sent again after recovery.  That is
+ * harmless for every kind of record a row holds:
+ *	  - keys: UNLINK of a key already gone does nothing; one a reader set
+ *		again since is merely deleted once more (a miss, never stale);
+ *	  - patterns: the SCAN and UNLINK of a family run again, the same way;
+ *	  - lookups: resolved again, from a snapshot newer than the row's
+ *		commit, so what they find is deleted as on a first drain; a key the
+ *		first send deleted and they no longer find was either left deleted
+ *		or filled again after that commit, from current data;
+ *	  - delivered marks (sync+queue): shared memory, gone with the crash, so
+ *		such rows are sent again too, never skipped wrongly.
+ * The row writers' commits stay synchronous: a committed write is never
+ * without its row.  Where the table is plain, the pass deletes its rows
+ * straight from the heap (it holds their row locks), without SPI.
  *
  * A pass holds at most PASS_BYTES of keys, patterns and
  * lookups in memory, unless its first row alone holds more.  A database
@@ -49,6 +65,7 @@
 #include "parser/parser.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -401,6 +418,33 @@ column_bytes(HeapTuple tup, TupleDesc td, int col)
 }
 
 /*
+ * Delete the rows a pass took (their ctids; the pass holds their row
+ * locks, and rows are never updated): straight from the heap while the
+ * table is plain, else through the prepared DELETE, which honours what an
+ * administrator added.
+ */
+static void
+delete_taken(SPIPlanPtr delete_plan, Datum *ctids, int n)
+{
+	Relation	rel = queue_open();
+	Datum		del;
+
+	if (rel != NULL && queue_info.plain)
+	{
+		for (int i = 0; i < n; i++)
+			simple_heap_delete(rel, (ItemPointer) DatumGetPointer(ctids[i]));
+		relation_close(rel, NoLock);
+		return;
+	}
+	if (rel != NULL)
+		relation_close(rel, NoLock);
+	del = PointerGetDatum(construct_array(ctids, n, TIDOID, sizeof(ItemPointerData),
+										  false, TYPALIGN_SHORT));
+	if (SPI_execute_plan(delete_plan, &del, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "meetcache: the drain's delete failed");
+}
+
+/*
  * One drain pass, inside a transaction the caller started and will commit
  * (true) or abort (false).  Takes rows in id order, up to batch rows and
  * PASS_BYTES of keys and patterns (but always the first row), skipping
@@ -442,6 +486,9 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 	args[0] = Int32GetDatum(batch);
 	args[1] = PointerGetDatum(construct_array(skipd, nskip, INT8OID, 8, FLOAT8PASSBYVAL,
 											  TYPALIGN_DOUBLE));
+	/* the pass's own commit need not wait for its fsync (header comment) */
+	(void) set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
 	lvl = mc_settings_pin(false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "meetcache: SPI_connect failed");
@@ -501,13 +548,7 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 	*rows = n;
 	*more = n < ncand || ncand == batch;
 	if (n > 0)
-	{
-		Datum		del = PointerGetDatum(construct_array(ctids, n, TIDOID, sizeof(ItemPointerData),
-														  false, TYPALIGN_SHORT));
-
-		if (SPI_execute_plan(delete_plan, &del, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "meetcache: the drain's delete failed");
-	}
+		delete_taken(delete_plan, ctids, n);
 	skipped_xids = palloc(sizeof(TransactionId) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
