@@ -278,15 +278,10 @@ catalog_query(const char *sql)
 		elog(ERROR, "meetcache: could not read its catalog: %s", sql);
 }
 
+/* SPI plans of older generations, once no caller up the stack can use them */
 static void
-load_catalog(void)
+free_old_plans(void)
 {
-	Oid			nsp;
-	MemoryContext old;
-	uint64		inval_before;
-	int			lvl;
-
-	drop_cache();
 	/* plans of this transaction's generations may still be in use up the stack */
 	while (plans_to_free != NIL && plans_lxid != MY_LXID)
 	{
@@ -295,8 +290,14 @@ load_catalog(void)
 		plans_to_free = list_delete_first(plans_to_free);
 		SPI_freeplan(plan);
 	}
+}
 
-	nsp = get_namespace_oid("meetcache", true);
+/* the OIDs of meetcache.rules and meetcache.families (the callback watches them) */
+static void
+find_catalog_tables(void)
+{
+	Oid			nsp = get_namespace_oid("meetcache", true);
+
 	if (!OidIsValid(nsp))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -304,104 +305,141 @@ load_catalog(void)
 				 errhint("Run CREATE EXTENSION meetcache.")));
 	rules_relid = get_relname_relid("rules", nsp);
 	families_relid = get_relname_relid("families", nsp);
+}
 
-	lvl = mc_settings_pin(false);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+/* one row of meetcache.families; NULL (with a WARNING) if it cannot be used */
+static McFamily *
+family_from_row(HeapTuple tup, TupleDesc td)
+{
+	McFamily   *f = palloc0(sizeof(McFamily));
+	bool		isnull;
+	Datum		d;
+	const char *why = NULL;
 
-	/*
-	 * Read the catalog with a fresh snapshot, not the caller's (which may be
-	 * an old REPEATABLE READ one), after taking the locks; an invalidation
-	 * arriving meanwhile leaves the cache marked stale for the next use.
-	 */
-	inval_before = rules_inval_count;
+	f->name = spi_text(tup, td, 1);
+	f->tmpl = mc_template_parse(spi_text(tup, td, 2), &why);
+	d = SPI_getbinval(tup, td, 3, &isnull);
+	f->ttl_seconds = isnull ? 0 : DatumGetInt32(d);
+	f->ttl_field = spi_text(tup, td, 4);
+	d = SPI_getbinval(tup, td, 5, &isnull);
+	if (f->tmpl != NULL && f->ttl_field != NULL && !isnull)
+		(void) mc_parse_ttl_by_value(d, f, &why);
+	if (why != NULL)
+	{
+		/* only a superuser bypassing the catalog's checks gets here */
+		ereport(WARNING,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("meetcache: ignoring cache key family \"%s\"", f->name),
+				 errdetail("%s", why),
+				 errhint("Fix the row in meetcache.families.")));
+		return NULL;
+	}
+	return f;
+}
+
+static void
+load_families(void)
+{
+	MemoryContext old;
+
 	catalog_query("SELECT f.name, f.template, f.ttl_seconds, f.ttl_field, f.ttl_by_value "
 				  "FROM meetcache.families f ORDER BY f.name");
 	old = MemoryContextSwitchTo(rules_cxt);
 	families = palloc(sizeof(McFamily *) * Max(1, SPI_processed));
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	td = SPI_tuptable->tupdesc;
-		McFamily   *f = palloc0(sizeof(McFamily));
-		bool		isnull;
-		Datum		d;
-		const char *why = NULL;
+		McFamily   *f = family_from_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
 
-		f->name = spi_text(tup, td, 1);
-		f->tmpl = mc_template_parse(spi_text(tup, td, 2), &why);
-		d = SPI_getbinval(tup, td, 3, &isnull);
-		f->ttl_seconds = isnull ? 0 : DatumGetInt32(d);
-		f->ttl_field = spi_text(tup, td, 4);
-		d = SPI_getbinval(tup, td, 5, &isnull);
-		if (f->tmpl != NULL && f->ttl_field != NULL && !isnull)
-			(void) mc_parse_ttl_by_value(d, f, &why);
-		if (why != NULL)
-		{
-			/* only a superuser bypassing the catalog's checks gets here */
-			ereport(WARNING,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("meetcache: ignoring cache key family \"%s\"", f->name),
-					 errdetail("%s", why),
-					 errhint("Fix the row in meetcache.families.")));
-			continue;
-		}
-		families[nfamilies++] = f;
+		if (f != NULL)
+			families[nfamilies++] = f;
 	}
 	MemoryContextSwitchTo(old);
+}
+
+/* one row of meetcache.rules into *r; false (with a WARNING) if it cannot be used */
+static bool
+rule_from_row(HeapTuple tup, TupleDesc td, RawRule *r)
+{
+	bool		isnull;
+	char	   *fam;
+	int			nargs;
+	char	  **args;
+
+	r->id = DatumGetInt32(SPI_getbinval(tup, td, 1, &isnull));
+	r->table_name = spi_text(tup, td, 2);
+	fam = spi_text(tup, td, 3);
+	r->family = mc_find_family(fam);
+	args = spi_text_array(tup, td, 4, &nargs);
+	if (r->family != NULL && args == NULL)
+	{
+		args = r->family->tmpl->argnames;
+		nargs = r->family->tmpl->nargs;
+	}
+	if (r->family == NULL || nargs != r->family->tmpl->nargs)
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("meetcache: ignoring rule %d", r->id),
+				 r->family == NULL ?
+				 errdetail("Its family \"%s\" is unknown or ignored.", fam) :
+				 errdetail("It gives %d arguments; family \"%s\" takes %d.",
+						   nargs, fam, r->family->tmpl->nargs),
+				 errhint("Fix the row in meetcache.rules.")));
+		return false;
+	}
+	r->args = args;
+	if (DatumGetBool(SPI_getbinval(tup, td, 5, &isnull)))
+		r->events |= MC_EV_INSERT;
+	if (DatumGetBool(SPI_getbinval(tup, td, 6, &isnull)))
+		r->events |= MC_EV_UPDATE;
+	if (DatumGetBool(SPI_getbinval(tup, td, 7, &isnull)))
+		r->events |= MC_EV_DELETE;
+	r->when_column = spi_text(tup, td, 8);
+	r->when_values = spi_text_array(tup, td, 9, &r->nwhen);
+	r->via_table = spi_text(tup, td, 10);
+	r->via_column = spi_text(tup, td, 11);
+	r->match_column = spi_text(tup, td, 12);
+	return true;
+}
+
+static void
+load_rules(void)
+{
+	MemoryContext old;
 
 	catalog_query("SELECT r.id, r.table_name, r.family, r.args, r.on_insert, r.on_update, r.on_delete, "
 				  "r.when_column, r.when_values, r.via_table, r.via_column, r.match_column "
 				  "FROM meetcache.rules r WHERE r.enabled ORDER BY r.id");
 	old = MemoryContextSwitchTo(rules_cxt);
 	raw_rules = palloc0(sizeof(RawRule) * Max(1, SPI_processed));
+	/* a row that cannot be used leaves its slot to the next (events unset) */
 	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	td = SPI_tuptable->tupdesc;
-		RawRule    *r = &raw_rules[nraw];
-		bool		isnull;
-		char	   *fam;
-		int			nargs;
-		char	  **args;
-
-		r->id = DatumGetInt32(SPI_getbinval(tup, td, 1, &isnull));
-		r->table_name = spi_text(tup, td, 2);
-		fam = spi_text(tup, td, 3);
-		r->family = mc_find_family(fam);
-		args = spi_text_array(tup, td, 4, &nargs);
-		if (r->family != NULL && args == NULL)
-		{
-			args = r->family->tmpl->argnames;
-			nargs = r->family->tmpl->nargs;
-		}
-		if (r->family == NULL || nargs != r->family->tmpl->nargs)
-		{
-			ereport(WARNING,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("meetcache: ignoring rule %d", r->id),
-					 r->family == NULL ?
-					 errdetail("Its family \"%s\" is unknown or ignored.", fam) :
-					 errdetail("It gives %d arguments; family \"%s\" takes %d.",
-							   nargs, fam, r->family->tmpl->nargs),
-					 errhint("Fix the row in meetcache.rules.")));
-			continue;
-		}
-		r->args = args;
-		if (DatumGetBool(SPI_getbinval(tup, td, 5, &isnull)))
-			r->events |= MC_EV_INSERT;
-		if (DatumGetBool(SPI_getbinval(tup, td, 6, &isnull)))
-			r->events |= MC_EV_UPDATE;
-		if (DatumGetBool(SPI_getbinval(tup, td, 7, &isnull)))
-			r->events |= MC_EV_DELETE;
-		r->when_column = spi_text(tup, td, 8);
-		r->when_values = spi_text_array(tup, td, 9, &r->nwhen);
-		r->via_table = spi_text(tup, td, 10);
-		r->via_column = spi_text(tup, td, 11);
-		r->match_column = spi_text(tup, td, 12);
-		nraw++;
-	}
+		if (rule_from_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &raw_rules[nraw]))
+			nraw++;
 	MemoryContextSwitchTo(old);
+}
+
+/*
+ * A new generation of the cache: the families, then the rules naming them.
+ * The catalog is read with a fresh snapshot, not the caller's (which may be
+ * an old REPEATABLE READ one), after taking the locks; an invalidation
+ * arriving meanwhile leaves the cache marked stale for the next use.
+ */
+static void
+load_catalog(void)
+{
+	uint64		inval_before;
+	int			lvl;
+
+	drop_cache();
+	free_old_plans();
+	find_catalog_tables();
+	lvl = mc_settings_pin(false);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	inval_before = rules_inval_count;
+	load_families();
+	load_rules();
 	SPI_finish();
 	mc_settings_restore(lvl);
 	rules_valid = (rules_inval_count == inval_before);
@@ -990,14 +1028,37 @@ value_text(McRelRules *rr, TupleTableSlot *slot, AttrNumber att)
 	return OutputFunctionCall(&rr->outfn[att - 1], d);
 }
 
+/*
+ * The text of each column of the row being scanned, converted at most once
+ * per row however many rules use it (a column of the current row is valid
+ * where gen[att - 1] == row).
+ */
+typedef struct RowText
+{
+	const char **text;
+	uint32	   *gen;
+	uint32		row;
+} RowText;
+
+static const char *
+row_text(RowText *rt, McRelRules *rr, TupleTableSlot *slot, AttrNumber att)
+{
+	if (rt->gen[att - 1] != rt->row)
+	{
+		rt->text[att - 1] = value_text(rr, slot, att);
+		rt->gen[att - 1] = rt->row;
+	}
+	return rt->text[att - 1];
+}
+
 static bool
-cond_holds(McRelRules *rr, RawRule *r, AttrNumber att, TupleTableSlot *slot)
+cond_holds(RowText *rt, McRelRules *rr, RawRule *r, AttrNumber att, TupleTableSlot *slot)
 {
 	const char *v;
 
 	if (r == NULL || r->when_column == NULL)
 		return true;
-	v = value_text(rr, slot, att);
+	v = row_text(rt, rr, slot, att);
 	if (v == NULL)
 		return false;
 	if (v == too_long)
@@ -1066,7 +1127,7 @@ group_covered(McRelRules *rr, int g, int event, const McSink *out)
  */
 static bool
 scan_table(McRelRules *rr, int event, Tuplestorestate *tab, TupleTableSlot *slot,
-		   const McSink *out, List **groupvals, StringInfo buf)
+		   const McSink *out, List **groupvals, StringInfo buf, RowText *rt)
 {
 	const char *values[MC_MAX_PLACEHOLDERS];
 
@@ -1076,6 +1137,8 @@ scan_table(McRelRules *rr, int event, Tuplestorestate *tab, TupleTableSlot *slot
 	while (tuplestore_gettupleslot(tab, true, false, slot))
 	{
 		bool		live = false;
+
+		rt->row++;
 
 		for (int i = 0; i < rr->nrules; i++)
 		{
@@ -1089,10 +1152,10 @@ scan_table(McRelRules *rr, int event, Tuplestorestate *tab, TupleTableSlot *slot
 				out->key(out->arg, NULL, 0, c->raw->family, c->raw->id);
 				continue;
 			}
-			if (!cond_holds(rr, c->raw, c->cond_attno, slot))
+			if (!cond_holds(rt, rr, c->raw, c->cond_attno, slot))
 				continue;
 			for (int a = 0; a < c->raw->family->tmpl->nargs; a++)
-				values[a] = value_text(rr, slot, c->cols[a]);
+				values[a] = row_text(rt, rr, slot, c->cols[a]);
 			emit(buf, c, values, out);
 		}
 		for (int g = 0; g < rr->ngroups; g++)
@@ -1103,9 +1166,9 @@ scan_table(McRelRules *rr, int event, Tuplestorestate *tab, TupleTableSlot *slot
 			if (!(grp->events & event) || group_covered(rr, g, event, out))
 				continue;
 			live = true;
-			if (!cond_holds(rr, grp->cond, grp->cond_attno, slot))
+			if (!cond_holds(rt, rr, grp->cond, grp->cond_attno, slot))
 				continue;
-			v = value_text(rr, slot, grp->match_attno);
+			v = row_text(rt, rr, slot, grp->match_attno);
 			if (v != NULL)
 				groupvals[g] = lappend(groupvals[g], (void *) v);
 		}
@@ -1418,12 +1481,17 @@ mc_collect(McRelRules *rr, Relation rel, int event,
 	List	  **groupvals = palloc0(sizeof(List *) * Max(1, rr->ngroups));
 	StringInfoData buf;
 	int			lvl = -1;
+	RowText		rt;
+
+	rt.text = palloc(sizeof(char *) * Max(1, rr->natts));
+	rt.gen = palloc0(sizeof(uint32) * Max(1, rr->natts));
+	rt.row = 0;
 
 	if (rr->canonical)
 		lvl = mc_settings_pin(true);
 	initStringInfo(&buf);
-	if (scan_table(rr, event, oldtab, oldslot, out, groupvals, &buf))
-		scan_table(rr, event, newtab, newslot, out, groupvals, &buf);
+	if (scan_table(rr, event, oldtab, oldslot, out, groupvals, &buf, &rt))
+		scan_table(rr, event, newtab, newslot, out, groupvals, &buf, &rt);
 
 	for (int g = 0; g < rr->ngroups; g++)
 	{

@@ -92,12 +92,15 @@ my $walwriter = $node->safe_psql('postgres',
 ok($walwriter =~ /^\d+$/, "walwriter pid $walwriter");
 kill 'STOP', $walwriter;
 # keys, a family pattern (TRUNCATE) and lookups (a rename reaches the
-# participant lists the user is on), each in a row of its own
+# participant lists the user is on), in one row: one transaction, so that
+# no later writer's commit flushes the drain's commit record with its own
 $node->safe_psql('postgres', q{
 SET meetcache.delivery = 'queue';
+BEGIN;
 UPDATE meetings SET title = 'crash' WHERE id = 'm1';
 TRUNCATE recordings;
-UPDATE users SET name = 'crash' WHERE id = 'u1';});
+UPDATE users SET name = 'crash' WHERE id = 'u1';
+COMMIT;});
 ok(poll_sql($node, 'postgres', 'SELECT count(*) FROM meetcache.queue', '0', 20),
 	'the drain deleted the rows (commit not flushed)');
 # what a reader fills in again after the first delivery
@@ -112,12 +115,12 @@ ok( poll_until(60, sub {
 		}),
 	'the cluster is back after the crash');
 # (the counters start again from zero with the new shared memory; the
-# families flushed after a crash delete the keys too: the rows are the proof)
-ok(poll_sql($node, 'postgres', 'SELECT queue_rows_done >= 3 FROM meetcache.stats', 't', 30),
-	'the three rows whose delete was lost came back and were drained again');
-ok(gone('meeting:m1'), 'nothing lost: the key');
-ok(gone('meeting:m1:recording'), 'nothing lost: the family pattern');
-ok(gone('meeting:m1:participants'), 'nothing lost: the lookup');
+# families flushed after a crash delete the keys too: the row is the proof)
+ok(poll_sql($node, 'postgres', 'SELECT queue_rows_done >= 1 FROM meetcache.stats', 't', 30),
+	'the row whose delete was lost came back and was drained again');
+ok(gone('meeting:m1'), 'nothing lost: its key');
+ok(gone('meeting:m1:recording'), 'nothing lost: its family pattern');
+ok(gone('meeting:m1:participants'), 'nothing lost: its lookup');
 ok(wait_queue_empty($node, 'postgres', 30), 'queue empty after recovery');
 like(slurp_file($node->logfile), qr/database system was interrupted|redo starts/,
 	'the server went through crash recovery');
