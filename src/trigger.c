@@ -105,7 +105,6 @@ meetcache_invalidate_trigger(PG_FUNCTION_ARGS)
 		TupleDesc	desc = RelationGetDescr(rel);
 		TupleTableSlot *oldslot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
 		TupleTableSlot *newslot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
-
 		McSink		sink = {mc_pending_sink, mc_pending_covered, NULL, mc_key_prefix};
 
 		mc_collect(rr, rel, event, trig->tg_oldtable, trig->tg_newtable,
@@ -265,7 +264,6 @@ meetcache_affected_keys(PG_FUNCTION_ARGS)
 		TupleDesc	rd = RelationGetDescr(rel);
 		TupleTableSlot *oldslot = MakeSingleTupleTableSlot(rd, &TTSOpsMinimalTuple);
 		TupleTableSlot *newslot = MakeSingleTupleTableSlot(rd, &TTSOpsMinimalTuple);
-
 		McSink		out = {srf_sink, NULL, &sink, ""};
 
 		mc_collect(rr, rel, event, oldts, newts, oldslot, newslot, &out, false);
