@@ -158,7 +158,7 @@ bench_start_servers() {
     tw_start_redis
     bench_start_pg "$@"
     info "redis-server $(redis-server --version | awk '{print $3}') on 127.0.0.1:$REDIS_PORT (pid $(tw_redis_pid)); PostgreSQL $("$PGBIN/postgres" -V | awk '{print $3}') on unix socket $WORK port $PGPORT"
-    machine="machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo)"
+    machine="machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo), load average $(cut -d' ' -f1-3 /proc/loadavg)"
     if [ "$settings" = 1 ]; then
         machine+="; synchronous_commit=$(Q 'SHOW synchronous_commit' -d postgres), fsync=$(Q 'SHOW fsync' -d postgres)"
         machine+=", shared_preload_libraries='$(Q 'SHOW shared_preload_libraries' -d postgres)', autovacuum_naptime=$(Q 'SHOW autovacuum_naptime' -d postgres)"

@@ -286,6 +286,20 @@ struct McRelRules;
 typedef void (*McKeySink) (void *arg, const char *key, int len,
 						   McFamily *family, int rule_id);
 
+/*
+ * A destination for collected keys: keys rendered under prefix go to
+ * key(arg, ...).  covered (NULL: never) says that a family is already
+ * deleted whole under that prefix, so its rules need neither lookups nor
+ * rendering.
+ */
+typedef struct McSink
+{
+	McKeySink	key;
+	bool		(*covered) (void *arg, McFamily *family);
+	void	   *arg;
+	const char *prefix;
+} McSink;
+
 #define MC_EV_INSERT	0x01
 #define MC_EV_UPDATE	0x02
 #define MC_EV_DELETE	0x04
@@ -305,8 +319,7 @@ extern struct McRelRules *mc_rel_rules(Relation rel, const char *table_name,
 extern void mc_collect(struct McRelRules *rr, Relation rel, int event,
 					   Tuplestorestate *oldtab, Tuplestorestate *newtab,
 					   TupleTableSlot *oldslot, TupleTableSlot *newslot,
-					   const char *prefix, McKeySink sink, void *arg,
-					   bool again);
+					   const McSink *out, bool again);
 extern int	mc_check_rel(Relation rel, const char *table_name);
 extern bool mc_rel_broken(Relation rel, const char *table_name);
 extern List *mc_rule_name_families(const char *table_name);
@@ -329,6 +342,7 @@ extern void mc_guard_init(void);
 extern void mc_pending_init(void);
 extern void mc_pending_sink(void *arg, const char *key, int len,
 							McFamily *family, int rule_id);
+extern bool mc_pending_covered(void *arg, McFamily *family);
 extern void mc_pending_add_pattern(const char *pat, int len);
 extern void mc_pending_add_family(McFamily *family);
 extern void mc_pending_add_lookup(Oid relid, int rule_id, McFamily *family,
@@ -432,6 +446,7 @@ extern McStr *mc_queue_family_patterns(int *n);
 extern bool mc_queue_flush(McStr *pats, int n, McErr *err);
 extern void mc_queue_vacuum(void);
 extern bool mc_queue_keeps_lookups(void);
+extern void mc_queue_relcache_inval(Oid relid);
 
 /* ---- settings.c ---- */
 

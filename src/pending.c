@@ -8,7 +8,9 @@
  * added after a subtransaction started sits after the position recorded at
  * its start, so ABORT_SUB truncates to that position and COMMIT_SUB merely
  * forgets it.  Past meetcache.max_keys new keys are replaced by their
- * family's pattern, so memory stays bounded for any transaction.
+ * family's pattern, so memory stays bounded for any transaction; from
+ * then on the family is covered (mc_pending_covered), and the triggers
+ * skip its rules (lookups and rendering) while the pattern stands.
  *
  * Lookups (a user's rename reaches the meetings they host) are also kept
  * as entries to resolve again after commit (mc_pending_add_lookup): a row
@@ -64,6 +66,8 @@ typedef struct PendingSet
 	MemoryContext cxt;
 	StrSet		keys;
 	McStr	   *patterns;
+	McFamily  **patfamily;		/* per pattern: the family it deletes, or NULL */
+	char	  **patprefix;		/* ... under this key prefix */
 	int			npatterns;
 	int			patcap;
 	StrSet		lookups;		/* to resolve again after commit (rules.c) */
@@ -103,6 +107,8 @@ pending_get(void)
 		set_init(&p->lookups, cxt);
 		p->patcap = 8;
 		p->patterns = MemoryContextAlloc(cxt, sizeof(McStr) * p->patcap);
+		p->patfamily = MemoryContextAlloc(cxt, sizeof(McFamily *) * p->patcap);
+		p->patprefix = MemoryContextAlloc(cxt, sizeof(char *) * p->patcap);
 		pending = p;
 	}
 	return pending;
@@ -181,26 +187,68 @@ set_add(StrSet *set, const char *s, int len, MemoryContext cxt)
 	return true;
 }
 
+/*
+ * Record a pattern; family (NULL: none) is the family it deletes whole
+ * under meetcache.key_prefix, which mc_pending_covered reports.
+ */
+static void
+add_pattern(PendingSet *p, const char *pat, int len, McFamily *family)
+{
+	int			i;
+	char	   *copy;
+
+	for (i = 0; i < p->npatterns; i++)
+		if (p->patterns[i].len == len && memcmp(p->patterns[i].s, pat, len) == 0)
+			break;
+	if (i == p->npatterns)
+	{
+		if (p->npatterns == p->patcap)
+		{
+			p->patcap *= 2;
+			p->patterns = repalloc(p->patterns, sizeof(McStr) * p->patcap);
+			p->patfamily = repalloc(p->patfamily, sizeof(McFamily *) * p->patcap);
+			p->patprefix = repalloc(p->patprefix, sizeof(char *) * p->patcap);
+		}
+		copy = MemoryContextAlloc(p->cxt, len + 1);
+		memcpy(copy, pat, len);
+		copy[len] = '\0';
+		p->patterns[i].s = copy;
+		p->patterns[i].len = len;
+		p->patfamily[i] = NULL;
+		p->npatterns++;
+	}
+	if (family != NULL && p->patfamily[i] == NULL)
+	{
+		p->patprefix[i] = MemoryContextStrdup(p->cxt, mc_key_prefix);
+		p->patfamily[i] = family;
+	}
+}
+
 void
 mc_pending_add_pattern(const char *pat, int len)
 {
-	PendingSet *p = pending_get();
-	char	   *copy;
+	add_pattern(pending_get(), pat, len, NULL);
+}
 
+/*
+ * Is the family already deleted whole under meetcache.key_prefix by a
+ * pattern of the set (McSink.covered)?  Derived from the patterns
+ * themselves, so a rolled-back savepoint that took the pattern away takes
+ * the answer with it.  Families are compared by address: a catalog reload
+ * gives new ones (then merely not covered), and the old ones live until
+ * the end of the transaction (rules.c), so no address is reused.
+ */
+bool
+mc_pending_covered(void *arg, McFamily *family)
+{
+	PendingSet *p = pending;
+
+	if (p == NULL)
+		return false;
 	for (int i = 0; i < p->npatterns; i++)
-		if (p->patterns[i].len == len && memcmp(p->patterns[i].s, pat, len) == 0)
-			return;
-	if (p->npatterns == p->patcap)
-	{
-		p->patcap *= 2;
-		p->patterns = repalloc(p->patterns, sizeof(McStr) * p->patcap);
-	}
-	copy = MemoryContextAlloc(p->cxt, len + 1);
-	memcpy(copy, pat, len);
-	copy[len] = '\0';
-	p->patterns[p->npatterns].s = copy;
-	p->patterns[p->npatterns].len = len;
-	p->npatterns++;
+		if (p->patfamily[i] == family && strcmp(p->patprefix[i], mc_key_prefix) == 0)
+			return true;
+	return false;
 }
 
 /*
@@ -226,7 +274,7 @@ mc_pending_add_family(McFamily *family)
 	}
 	mc_append_glob_escaped(&s, mc_key_prefix, strlen(mc_key_prefix));
 	appendStringInfoString(&s, family->tmpl->glob);
-	mc_pending_add_pattern(s.data, s.len);
+	add_pattern(p, s.data, s.len, family);
 	pfree(s.data);
 }
 

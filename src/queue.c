@@ -8,10 +8,32 @@
  *	  then the rows.
  *
  * Rows are inserted directly, without privilege checks, so any role whose
- * writes fire the triggers can queue without privileges on the table.  A
- * drain pass deletes its batch first and commits only after Redis acknowledged
- * the UNLINKs: on any failure the transaction aborts and the rows are
- * still there.  A pass holds at most PASS_BYTES of keys, patterns and
+ * writes fire the triggers can queue without privileges on the table; the
+ * table's OID, identity sequence and primary key are found once per
+ * backend and kept until a relcache invalidation of the table (QueueInfo),
+ * so writing a row scans no catalog.
+ *
+ * A drain pass deletes its batch first and commits only after Redis
+ * acknowledged the UNLINKs: on any failure the transaction aborts and the
+ * rows are still there.  It commits with synchronous_commit = off (set
+ * locally in its own transaction), so it never waits for its fsync: a
+ * crash can then lose the delete of rows whose keys were already sent,
+ * and those rows are taken and sent again after recovery.  That is
+ * harmless for every kind of record a row holds:
+ *	  - keys: UNLINK of a key already gone does nothing; one a reader set
+ *		again since is merely deleted once more (a miss, never stale);
+ *	  - patterns: the SCAN and UNLINK of a family run again, the same way;
+ *	  - lookups: resolved again, from a snapshot newer than the row's
+ *		commit, so what they find is deleted as on a first drain; a key the
+ *		first send deleted and they no longer find was either left deleted
+ *		or filled again after that commit, from current data;
+ *	  - delivered marks (sync+queue): shared memory, gone with the crash, so
+ *		such rows are sent again too, never skipped wrongly.
+ * The row writers' commits stay synchronous: a committed write is never
+ * without its row.  Where the table is plain, the pass deletes its rows
+ * straight from the heap (it holds their row locks), without SPI.
+ *
+ * A pass holds at most PASS_BYTES of keys, patterns and
  * lookups in memory, unless its first row alone holds more.  A database
  * still on 0.1.0's table (no lookups column) is served as before.
  *
@@ -23,6 +45,8 @@
 #include "postgres.h"
 
 #include "access/detoast.h"
+#include "access/heapam.h"
+#include "access/relation.h"
 #include "access/xact.h"
 #include "access/table.h"
 #include "utils/memutils.h"
@@ -30,7 +54,6 @@
 #include "catalog/pg_authid.h"
 #include "access/genam.h"
 #include "catalog/dependency.h"
-#include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
@@ -42,6 +65,7 @@
 #include "parser/parser.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -68,17 +92,46 @@ str_array(McStr *v, int n)
 }
 
 /*
+ * What a backend knows about meetcache.queue, found once and kept until a
+ * relcache invalidation of the table (or of everything) arrives
+ * (mc_queue_relcache_inval, called from rules.c's callback: one callback
+ * slot for both).  Dropping or re-creating the table, ALTER EXTENSION
+ * UPDATE adding a column, an index, a trigger or row security all
+ * invalidate it.
+ */
+typedef struct QueueInfo
+{
+	bool		valid;			/* relid is the table's; cleared by invalidations */
+	bool		known;			/* the rest is set for relid */
+	Oid			relid;
+	Oid			seqid;			/* the identity sequence of id */
+	Oid			indexoid;		/* the primary key, when plain */
+	bool		plain;			/* rows go straight into heap and index */
+	bool		legacy;			/* 0.1.0's table, without lookups */
+} QueueInfo;
+
+static QueueInfo queue_info;
+
+void
+mc_queue_relcache_inval(Oid relid)
+{
+	if (!OidIsValid(relid) || relid == queue_info.relid)
+		queue_info.valid = queue_info.known = false;
+}
+
+/*
  * Can the row go straight into the heap and its primary key?  Only while
- * the table is as the extension made it: one plain index, no triggers, no
- * row security.  Anything else an administrator added goes through SPI,
- * which honours it.
+ * the table is as the extension made it: one plain index on id, no
+ * triggers, no row security.  Anything else an administrator added goes
+ * through SPI, which honours it.
  */
 static bool
-queue_is_plain(Relation rel)
+queue_is_plain(Relation rel, Oid *indexoid)
 {
 	List	   *idx;
 	bool		plain;
 
+	*indexoid = InvalidOid;
 	if (rel->rd_rel->relhastriggers || rel->rd_rel->relrowsecurity ||
 		(RelationGetDescr(rel)->natts != QUEUE_NATTS &&
 		 RelationGetDescr(rel)->natts != QUEUE_NATTS_010))
@@ -90,12 +143,72 @@ queue_is_plain(Relation rel)
 		Relation	ind = index_open(linitial_oid(idx), AccessShareLock);
 
 		plain = ind->rd_index->indisprimary &&
+			ind->rd_index->indnatts == 1 && ind->rd_index->indkey.values[0] == 1 &&
 			heap_attisnull(ind->rd_indextuple, Anum_pg_index_indexprs, NULL) &&
 			heap_attisnull(ind->rd_indextuple, Anum_pg_index_indpred, NULL);
+		*indexoid = RelationGetRelid(ind);
 		index_close(ind, AccessShareLock);
 	}
 	list_free(idx);
 	return plain;
+}
+
+/*
+ * Open meetcache.queue for a row (RowExclusiveLock), or NULL when it does
+ * not exist.  The name is resolved only when no valid OID is known; an
+ * invalidation arriving while the lock is taken (the table was dropped or
+ * changed meanwhile) sends it round again.
+ */
+static Relation
+queue_open(void)
+{
+	Relation	rel;
+
+	for (;;)
+	{
+		if (!queue_info.valid)
+		{
+			Oid			nsp = get_namespace_oid("meetcache", true);
+
+			queue_info.relid = OidIsValid(nsp) ? get_relname_relid("queue", nsp) : InvalidOid;
+			if (!OidIsValid(queue_info.relid))
+				return NULL;
+			queue_info.valid = true;
+			queue_info.known = false;
+		}
+		rel = try_relation_open(queue_info.relid, RowExclusiveLock);
+		if (rel != NULL && queue_info.valid)
+			break;
+		if (rel != NULL)
+			relation_close(rel, RowExclusiveLock);
+		queue_info.valid = false;
+	}
+	if (!queue_info.known)
+	{
+#if PG_VERSION_NUM >= 170000
+		queue_info.seqid = getIdentitySequence(rel, 1, false);
+#else
+		queue_info.seqid = getIdentitySequence(queue_info.relid, 1, false);
+#endif
+		queue_info.plain = queue_is_plain(rel, &queue_info.indexoid);
+		queue_info.legacy = RelationGetDescr(rel)->natts == QUEUE_NATTS_010;
+		queue_info.known = true;
+	}
+	return rel;
+}
+
+/* the row into the heap (toasting large arrays) and its primary key entry */
+static void
+queue_insert_plain(Relation rel, Datum *values, bool *nulls)
+{
+	HeapTuple	tup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	Relation	idx = index_open(queue_info.indexoid, RowExclusiveLock);
+
+	simple_heap_insert(rel, tup);
+	(void) index_insert(idx, values, nulls, &tup->t_self, rel, UNIQUE_CHECK_YES,
+						false, NULL);
+	index_close(idx, RowExclusiveLock);
+	heap_freetuple(tup);
 }
 
 static void
@@ -106,6 +219,7 @@ queue_insert_spi(Datum *values, bool *nulls, bool legacy)
 	Oid			save_userid;
 	int			save_sec;
 	int			lvl;
+	bool		snap;
 
 	for (int i = 0; i < QUEUE_NATTS; i++)
 		cnulls[i] = nulls[i] ? 'n' : ' ';
@@ -132,8 +246,14 @@ queue_insert_spi(Datum *values, bool *nulls, bool legacy)
 				elog(ERROR, "meetcache: could not prepare the queue insert");
 			plans[legacy] = p;
 		}
+		/* at PRE_COMMIT no portal holds a snapshot any more */
+		snap = !ActiveSnapshotSet();
+		if (snap)
+			PushActiveSnapshot(GetTransactionSnapshot());
 		if (SPI_execute_plan(plans[legacy], values, cnulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "meetcache: could not write the queue row");
+		if (snap)
+			PopActiveSnapshot();
 	}
 	PG_FINALLY();
 	{
@@ -158,18 +278,12 @@ int64
 mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 			   McStr *lookups, int nlookups, bool missing_ok)
 {
-	Oid			nsp;
-	Oid			relid = InvalidOid;
-	Relation	rel;
+	Relation	rel = queue_open();
 	Datum		values[QUEUE_NATTS];
 	bool		nulls[QUEUE_NATTS] = {false, false, false, false, false};
 	int64		id;
-	bool		legacy;
 
-	nsp = get_namespace_oid("meetcache", true);
-	if (OidIsValid(nsp))
-		relid = get_relname_relid("queue", nsp);
-	if (!OidIsValid(relid))
+	if (rel == NULL)
 	{
 		if (missing_ok)
 			return -1;
@@ -178,12 +292,7 @@ mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 				 errmsg("table meetcache.queue does not exist"),
 				 errdetail("The transaction has cache keys to queue.")));
 	}
-	rel = table_open(relid, RowExclusiveLock);
-#if PG_VERSION_NUM >= 170000
-	id = nextval_internal(getIdentitySequence(rel, 1, false), false);
-#else
-	id = nextval_internal(getIdentitySequence(relid, 1, false), false);
-#endif
+	id = nextval_internal(queue_info.seqid, false);
 	values[0] = Int64GetDatum(id);
 	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	values[2] = PointerGetDatum(str_array(keys, nkeys));
@@ -191,23 +300,16 @@ mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 		values[3] = PointerGetDatum(str_array(patterns, npatterns));
 	else
 		nulls[3] = true;
+	/* 0.1.0's table (no ALTER EXTENSION UPDATE yet): the lookups are not kept */
 	if (nlookups > 0)
 		values[4] = PointerGetDatum(str_array(lookups, nlookups));
 	else
 		nulls[4] = true;
-	/* 0.1.0's table (no ALTER EXTENSION UPDATE yet): the lookups are not kept */
-	legacy = RelationGetDescr(rel)->natts == QUEUE_NATTS_010;
-	if (queue_is_plain(rel))
-	{
-		HeapTuple	tup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
-
-		/* heap insert (toasting large arrays) plus the primary key entry */
-		CatalogTupleInsert(rel, tup);
-		heap_freetuple(tup);
-	}
+	if (queue_info.plain)
+		queue_insert_plain(rel, values, nulls);
 	else
-		queue_insert_spi(values, nulls, legacy);
-	table_close(rel, NoLock);
+		queue_insert_spi(values, nulls, queue_info.legacy);
+	relation_close(rel, NoLock);
 	mc_stat_add(MC_STAT_QUEUE_ROWS_WRITTEN, 1);
 	return id;
 }
@@ -259,13 +361,17 @@ vec_add(StrVec *vec, McStr *s, int n)
 	vec->n += n;
 }
 
-/* raw size of a nullable text[] column of an SPI row, without detoasting it */
 /* is meetcache.queue still 0.1.0's, without the lookups column? */
 static bool
 queue_is_legacy(void)
 {
-	Oid			nsp = get_namespace_oid("meetcache", false);
-	Oid			relid = get_relname_relid("queue", nsp);
+	Oid			nsp;
+	Oid			relid;
+
+	if (queue_info.valid && queue_info.known)
+		return queue_info.legacy;
+	nsp = get_namespace_oid("meetcache", false);
+	relid = get_relname_relid("queue", nsp);
 
 	return OidIsValid(relid) && get_attnum(relid, "lookups") == InvalidAttrNumber;
 }
@@ -278,9 +384,9 @@ queue_is_legacy(void)
 bool
 mc_queue_keeps_lookups(void)
 {
-	Oid			nsp = get_namespace_oid("meetcache", true);
-
-	return OidIsValid(nsp) && !queue_is_legacy();
+	if (queue_info.valid && queue_info.known)
+		return !queue_info.legacy;
+	return OidIsValid(get_namespace_oid("meetcache", true)) && !queue_is_legacy();
 }
 
 /* where re-resolved lookups go: keys and family patterns of a pass */
@@ -301,6 +407,7 @@ pass_out(void *arg, const char *s, int len, bool pattern)
 	vec_add(pattern ? o->pats : o->keys, &m, 1);
 }
 
+/* raw size of a nullable text[] column of an SPI row, without detoasting it */
 static Size
 column_bytes(HeapTuple tup, TupleDesc td, int col)
 {
@@ -308,6 +415,33 @@ column_bytes(HeapTuple tup, TupleDesc td, int col)
 	Datum		d = SPI_getbinval(tup, td, col, &isnull);
 
 	return isnull ? 0 : toast_raw_datum_size(d);
+}
+
+/*
+ * Delete the rows a pass took (their ctids; the pass holds their row
+ * locks, and rows are never updated): straight from the heap while the
+ * table is plain, else through the prepared DELETE, which honours what an
+ * administrator added.
+ */
+static void
+delete_taken(SPIPlanPtr delete_plan, Datum *ctids, int n)
+{
+	Relation	rel = queue_open();
+	Datum		del;
+
+	if (rel != NULL && queue_info.plain)
+	{
+		for (int i = 0; i < n; i++)
+			simple_heap_delete(rel, (ItemPointer) DatumGetPointer(ctids[i]));
+		relation_close(rel, NoLock);
+		return;
+	}
+	if (rel != NULL)
+		relation_close(rel, NoLock);
+	del = PointerGetDatum(construct_array(ctids, n, TIDOID, sizeof(ItemPointerData),
+										  false, TYPALIGN_SHORT));
+	if (SPI_execute_plan(delete_plan, &del, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "meetcache: the drain's delete failed");
 }
 
 /*
@@ -352,6 +486,9 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 	args[0] = Int32GetDatum(batch);
 	args[1] = PointerGetDatum(construct_array(skipd, nskip, INT8OID, 8, FLOAT8PASSBYVAL,
 											  TYPALIGN_DOUBLE));
+	/* the pass's own commit need not wait for its fsync (header comment) */
+	(void) set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
 	lvl = mc_settings_pin(false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "meetcache: SPI_connect failed");
@@ -411,13 +548,7 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 	*rows = n;
 	*more = n < ncand || ncand == batch;
 	if (n > 0)
-	{
-		Datum		del = PointerGetDatum(construct_array(ctids, n, TIDOID, sizeof(ItemPointerData),
-														  false, TYPALIGN_SHORT));
-
-		if (SPI_execute_plan(delete_plan, &del, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "meetcache: the drain's delete failed");
-	}
+		delete_taken(delete_plan, ctids, n);
 	skipped_xids = palloc(sizeof(TransactionId) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{

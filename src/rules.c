@@ -9,7 +9,13 @@
  *
  * The cache is dropped on any relcache invalidation of a watched relation:
  * the catalog tables (a statement trigger on them broadcasts one), the
- * tables rules were compiled for, and the tables their lookups read.
+ * tables rules were compiled for, and the tables their lookups read.  The
+ * same callback passes every invalidation on to queue.c, whose cache of
+ * meetcache.queue needs one too (a process has only ten callback slots).
+ *
+ * Keys go to a McSink; when it says a family is covered (pending.c: the
+ * family is already deleted whole by its pattern), its rules are skipped,
+ * lookups included, and a table scan stops once nothing is left.
  *
  * The loader uses keys.c's parsers, as the catalog's checks do, so the
  * catalog accepts exactly what is compiled.  Loading and compiling for a
@@ -188,6 +194,8 @@ rules_inval_callback(Datum arg, Oid relid)
 		rules_valid = false;
 		rules_inval_count++;
 	}
+	/* one callback slot of the process's ten serves the queue's cache too */
+	mc_queue_relcache_inval(relid);
 }
 
 void
@@ -270,15 +278,10 @@ catalog_query(const char *sql)
 		elog(ERROR, "meetcache: could not read its catalog: %s", sql);
 }
 
+/* SPI plans of older generations, once no caller up the stack can use them */
 static void
-load_catalog(void)
+free_old_plans(void)
 {
-	Oid			nsp;
-	MemoryContext old;
-	uint64		inval_before;
-	int			lvl;
-
-	drop_cache();
 	/* plans of this transaction's generations may still be in use up the stack */
 	while (plans_to_free != NIL && plans_lxid != MY_LXID)
 	{
@@ -287,8 +290,14 @@ load_catalog(void)
 		plans_to_free = list_delete_first(plans_to_free);
 		SPI_freeplan(plan);
 	}
+}
 
-	nsp = get_namespace_oid("meetcache", true);
+/* the OIDs of meetcache.rules and meetcache.families (the callback watches them) */
+static void
+find_catalog_tables(void)
+{
+	Oid			nsp = get_namespace_oid("meetcache", true);
+
 	if (!OidIsValid(nsp))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -296,104 +305,141 @@ load_catalog(void)
 				 errhint("Run CREATE EXTENSION meetcache.")));
 	rules_relid = get_relname_relid("rules", nsp);
 	families_relid = get_relname_relid("families", nsp);
+}
 
-	lvl = mc_settings_pin(false);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+/* one row of meetcache.families; NULL (with a WARNING) if it cannot be used */
+static McFamily *
+family_from_row(HeapTuple tup, TupleDesc td)
+{
+	McFamily   *f = palloc0(sizeof(McFamily));
+	bool		isnull;
+	Datum		d;
+	const char *why = NULL;
 
-	/*
-	 * Read the catalog with a fresh snapshot, not the caller's (which may be
-	 * an old REPEATABLE READ one), after taking the locks; an invalidation
-	 * arriving meanwhile leaves the cache marked stale for the next use.
-	 */
-	inval_before = rules_inval_count;
+	f->name = spi_text(tup, td, 1);
+	f->tmpl = mc_template_parse(spi_text(tup, td, 2), &why);
+	d = SPI_getbinval(tup, td, 3, &isnull);
+	f->ttl_seconds = isnull ? 0 : DatumGetInt32(d);
+	f->ttl_field = spi_text(tup, td, 4);
+	d = SPI_getbinval(tup, td, 5, &isnull);
+	if (f->tmpl != NULL && f->ttl_field != NULL && !isnull)
+		(void) mc_parse_ttl_by_value(d, f, &why);
+	if (why != NULL)
+	{
+		/* only a superuser bypassing the catalog's checks gets here */
+		ereport(WARNING,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("meetcache: ignoring cache key family \"%s\"", f->name),
+				 errdetail("%s", why),
+				 errhint("Fix the row in meetcache.families.")));
+		return NULL;
+	}
+	return f;
+}
+
+static void
+load_families(void)
+{
+	MemoryContext old;
+
 	catalog_query("SELECT f.name, f.template, f.ttl_seconds, f.ttl_field, f.ttl_by_value "
 				  "FROM meetcache.families f ORDER BY f.name");
 	old = MemoryContextSwitchTo(rules_cxt);
 	families = palloc(sizeof(McFamily *) * Max(1, SPI_processed));
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	td = SPI_tuptable->tupdesc;
-		McFamily   *f = palloc0(sizeof(McFamily));
-		bool		isnull;
-		Datum		d;
-		const char *why = NULL;
+		McFamily   *f = family_from_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
 
-		f->name = spi_text(tup, td, 1);
-		f->tmpl = mc_template_parse(spi_text(tup, td, 2), &why);
-		d = SPI_getbinval(tup, td, 3, &isnull);
-		f->ttl_seconds = isnull ? 0 : DatumGetInt32(d);
-		f->ttl_field = spi_text(tup, td, 4);
-		d = SPI_getbinval(tup, td, 5, &isnull);
-		if (f->tmpl != NULL && f->ttl_field != NULL && !isnull)
-			(void) mc_parse_ttl_by_value(d, f, &why);
-		if (why != NULL)
-		{
-			/* only a superuser bypassing the catalog's checks gets here */
-			ereport(WARNING,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("meetcache: ignoring cache key family \"%s\"", f->name),
-					 errdetail("%s", why),
-					 errhint("Fix the row in meetcache.families.")));
-			continue;
-		}
-		families[nfamilies++] = f;
+		if (f != NULL)
+			families[nfamilies++] = f;
 	}
 	MemoryContextSwitchTo(old);
+}
+
+/* one row of meetcache.rules into *r; false (with a WARNING) if it cannot be used */
+static bool
+rule_from_row(HeapTuple tup, TupleDesc td, RawRule *r)
+{
+	bool		isnull;
+	char	   *fam;
+	int			nargs;
+	char	  **args;
+
+	r->id = DatumGetInt32(SPI_getbinval(tup, td, 1, &isnull));
+	r->table_name = spi_text(tup, td, 2);
+	fam = spi_text(tup, td, 3);
+	r->family = mc_find_family(fam);
+	args = spi_text_array(tup, td, 4, &nargs);
+	if (r->family != NULL && args == NULL)
+	{
+		args = r->family->tmpl->argnames;
+		nargs = r->family->tmpl->nargs;
+	}
+	if (r->family == NULL || nargs != r->family->tmpl->nargs)
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("meetcache: ignoring rule %d", r->id),
+				 r->family == NULL ?
+				 errdetail("Its family \"%s\" is unknown or ignored.", fam) :
+				 errdetail("It gives %d arguments; family \"%s\" takes %d.",
+						   nargs, fam, r->family->tmpl->nargs),
+				 errhint("Fix the row in meetcache.rules.")));
+		return false;
+	}
+	r->args = args;
+	if (DatumGetBool(SPI_getbinval(tup, td, 5, &isnull)))
+		r->events |= MC_EV_INSERT;
+	if (DatumGetBool(SPI_getbinval(tup, td, 6, &isnull)))
+		r->events |= MC_EV_UPDATE;
+	if (DatumGetBool(SPI_getbinval(tup, td, 7, &isnull)))
+		r->events |= MC_EV_DELETE;
+	r->when_column = spi_text(tup, td, 8);
+	r->when_values = spi_text_array(tup, td, 9, &r->nwhen);
+	r->via_table = spi_text(tup, td, 10);
+	r->via_column = spi_text(tup, td, 11);
+	r->match_column = spi_text(tup, td, 12);
+	return true;
+}
+
+static void
+load_rules(void)
+{
+	MemoryContext old;
 
 	catalog_query("SELECT r.id, r.table_name, r.family, r.args, r.on_insert, r.on_update, r.on_delete, "
 				  "r.when_column, r.when_values, r.via_table, r.via_column, r.match_column "
 				  "FROM meetcache.rules r WHERE r.enabled ORDER BY r.id");
 	old = MemoryContextSwitchTo(rules_cxt);
 	raw_rules = palloc0(sizeof(RawRule) * Max(1, SPI_processed));
+	/* a row that cannot be used leaves its slot to the next (events unset) */
 	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	td = SPI_tuptable->tupdesc;
-		RawRule    *r = &raw_rules[nraw];
-		bool		isnull;
-		char	   *fam;
-		int			nargs;
-		char	  **args;
-
-		r->id = DatumGetInt32(SPI_getbinval(tup, td, 1, &isnull));
-		r->table_name = spi_text(tup, td, 2);
-		fam = spi_text(tup, td, 3);
-		r->family = mc_find_family(fam);
-		args = spi_text_array(tup, td, 4, &nargs);
-		if (r->family != NULL && args == NULL)
-		{
-			args = r->family->tmpl->argnames;
-			nargs = r->family->tmpl->nargs;
-		}
-		if (r->family == NULL || nargs != r->family->tmpl->nargs)
-		{
-			ereport(WARNING,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("meetcache: ignoring rule %d", r->id),
-					 r->family == NULL ?
-					 errdetail("Its family \"%s\" is unknown or ignored.", fam) :
-					 errdetail("It gives %d arguments; family \"%s\" takes %d.",
-							   nargs, fam, r->family->tmpl->nargs),
-					 errhint("Fix the row in meetcache.rules.")));
-			continue;
-		}
-		r->args = args;
-		if (DatumGetBool(SPI_getbinval(tup, td, 5, &isnull)))
-			r->events |= MC_EV_INSERT;
-		if (DatumGetBool(SPI_getbinval(tup, td, 6, &isnull)))
-			r->events |= MC_EV_UPDATE;
-		if (DatumGetBool(SPI_getbinval(tup, td, 7, &isnull)))
-			r->events |= MC_EV_DELETE;
-		r->when_column = spi_text(tup, td, 8);
-		r->when_values = spi_text_array(tup, td, 9, &r->nwhen);
-		r->via_table = spi_text(tup, td, 10);
-		r->via_column = spi_text(tup, td, 11);
-		r->match_column = spi_text(tup, td, 12);
-		nraw++;
-	}
+		if (rule_from_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &raw_rules[nraw]))
+			nraw++;
 	MemoryContextSwitchTo(old);
+}
+
+/*
+ * A new generation of the cache: the families, then the rules naming them.
+ * The catalog is read with a fresh snapshot, not the caller's (which may be
+ * an old REPEATABLE READ one), after taking the locks; an invalidation
+ * arriving meanwhile leaves the cache marked stale for the next use.
+ */
+static void
+load_catalog(void)
+{
+	uint64		inval_before;
+	int			lvl;
+
+	drop_cache();
+	free_old_plans();
+	find_catalog_tables();
+	lvl = mc_settings_pin(false);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	inval_before = rules_inval_count;
+	load_families();
+	load_rules();
 	SPI_finish();
 	mc_settings_restore(lvl);
 	rules_valid = (rules_inval_count == inval_before);
@@ -982,14 +1028,37 @@ value_text(McRelRules *rr, TupleTableSlot *slot, AttrNumber att)
 	return OutputFunctionCall(&rr->outfn[att - 1], d);
 }
 
+/*
+ * The text of each column of the row being scanned, converted at most once
+ * per row however many rules use it (a column of the current row is valid
+ * where gen[att - 1] == row).
+ */
+typedef struct RowText
+{
+	const char **text;
+	uint32	   *gen;
+	uint32		row;
+} RowText;
+
+static const char *
+row_text(RowText *rt, McRelRules *rr, TupleTableSlot *slot, AttrNumber att)
+{
+	if (rt->gen[att - 1] != rt->row)
+	{
+		rt->text[att - 1] = value_text(rr, slot, att);
+		rt->gen[att - 1] = rt->row;
+	}
+	return rt->text[att - 1];
+}
+
 static bool
-cond_holds(McRelRules *rr, RawRule *r, AttrNumber att, TupleTableSlot *slot)
+cond_holds(RowText *rt, McRelRules *rr, RawRule *r, AttrNumber att, TupleTableSlot *slot)
 {
 	const char *v;
 
 	if (r == NULL || r->when_column == NULL)
 		return true;
-	v = value_text(rr, slot, att);
+	v = row_text(rt, rr, slot, att);
 	if (v == NULL)
 		return false;
 	if (v == too_long)
@@ -1007,8 +1076,7 @@ cond_holds(McRelRules *rr, RawRule *r, AttrNumber att, TupleTableSlot *slot)
  * the queue.
  */
 static void
-emit(StringInfo buf, CRule *c, const char *prefix, const char **values,
-	 McKeySink sink, void *arg)
+emit(StringInfo buf, CRule *c, const char **values, const McSink *out)
 {
 	McTemplate *t = c->raw->family->tmpl;
 	Size		len = t->literal_chars;
@@ -1021,57 +1089,93 @@ emit(StringInfo buf, CRule *c, const char *prefix, const char **values,
 	}
 	if (len > MC_MAX_KEY_BYTES)
 	{
-		sink(arg, NULL, 0, c->raw->family, c->raw->id);
+		out->key(out->arg, NULL, 0, c->raw->family, c->raw->id);
 		return;
 	}
 	resetStringInfo(buf);
-	mc_render(buf, t, prefix, values);
-	sink(arg, buf->data, buf->len, c->raw->family, c->raw->id);
+	mc_render(buf, t, out->prefix, values);
+	out->key(out->arg, buf->data, buf->len, c->raw->family, c->raw->id);
 }
 
-static void
+/* is the family of rule c already deleted whole, at the sink's say? */
+static inline bool
+rule_covered(const McSink *out, CRule *c)
+{
+	return out->covered != NULL && out->covered(out->arg, c->raw->family);
+}
+
+/* are all the rules of group g that the event fires covered? */
+static bool
+group_covered(McRelRules *rr, int g, int event, const McSink *out)
+{
+	for (int i = 0; i < rr->nrules; i++)
+	{
+		CRule	   *c = &rr->rules[i];
+
+		if (c->group == g && (c->raw->events & event) && !rule_covered(out, c))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Render the direct rules' keys of every row and gather the values each
+ * lookup group matches.  A rule whose family is covered (replaced by its
+ * pattern after max_keys) is skipped, and so is a group whose rules all
+ * are; once a row finds nothing left to do, the rest of the table is not
+ * read.  Returns false when it stopped so.
+ */
+static bool
 scan_table(McRelRules *rr, int event, Tuplestorestate *tab, TupleTableSlot *slot,
-		   const char *prefix, McKeySink sink, void *arg,
-		   List **groupvals, StringInfo buf)
+		   const McSink *out, List **groupvals, StringInfo buf, RowText *rt)
 {
 	const char *values[MC_MAX_PLACEHOLDERS];
 
 	if (tab == NULL)
-		return;
+		return true;
 	tuplestore_rescan(tab);
 	while (tuplestore_gettupleslot(tab, true, false, slot))
 	{
+		bool		live = false;
+
+		rt->row++;
+
 		for (int i = 0; i < rr->nrules; i++)
 		{
 			CRule	   *c = &rr->rules[i];
 
-			if (c->group >= 0 || !(c->raw->events & event))
+			if (c->group >= 0 || !(c->raw->events & event) || rule_covered(out, c))
 				continue;
+			live = true;
 			if (c->broken)
 			{
-				sink(arg, NULL, 0, c->raw->family, c->raw->id);
+				out->key(out->arg, NULL, 0, c->raw->family, c->raw->id);
 				continue;
 			}
-			if (!cond_holds(rr, c->raw, c->cond_attno, slot))
+			if (!cond_holds(rt, rr, c->raw, c->cond_attno, slot))
 				continue;
 			for (int a = 0; a < c->raw->family->tmpl->nargs; a++)
-				values[a] = value_text(rr, slot, c->cols[a]);
-			emit(buf, c, prefix, values, sink, arg);
+				values[a] = row_text(rt, rr, slot, c->cols[a]);
+			emit(buf, c, values, out);
 		}
 		for (int g = 0; g < rr->ngroups; g++)
 		{
 			LGroup	   *grp = &rr->groups[g];
 			const char *v;
 
-			if (!(grp->events & event))
+			if (!(grp->events & event) || group_covered(rr, g, event, out))
 				continue;
-			if (!cond_holds(rr, grp->cond, grp->cond_attno, slot))
+			live = true;
+			if (!cond_holds(rt, rr, grp->cond, grp->cond_attno, slot))
 				continue;
-			v = value_text(rr, slot, grp->match_attno);
+			v = row_text(rt, rr, slot, grp->match_attno);
 			if (v != NULL)
 				groupvals[g] = lappend(groupvals[g], (void *) v);
 		}
+		if (!live)
+			return false;
 	}
+	return true;
 }
 
 /*
@@ -1159,7 +1263,7 @@ choose_index(McRelRules *rr, LGroup *g)
 /* emit every rule of group g for one related row, given its selected columns */
 static void
 emit_group_row(McRelRules *rr, int g, int event, const char **colvals,
-			   const char *prefix, McKeySink sink, void *arg, StringInfo buf)
+			   const McSink *out, StringInfo buf)
 {
 	const char *values[MC_MAX_PLACEHOLDERS];
 
@@ -1167,11 +1271,11 @@ emit_group_row(McRelRules *rr, int g, int event, const char **colvals,
 	{
 		CRule	   *c = &rr->rules[i];
 
-		if (c->group != g || !(c->raw->events & event))
+		if (c->group != g || !(c->raw->events & event) || rule_covered(out, c))
 			continue;
 		for (int a = 0; a < c->raw->family->tmpl->nargs; a++)
 			values[a] = colvals[c->cols[a] - 1];
-		emit(buf, c, prefix, values, sink, arg);
+		emit(buf, c, values, out);
 	}
 }
 
@@ -1194,8 +1298,8 @@ via_text(LGroup *g, TupleTableSlot *slot, int col)
  * invalidation of a cache must not depend on who made the change.
  */
 static void
-index_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
-			 McKeySink sink, void *arg, StringInfo buf)
+index_lookup(McRelRules *rr, int g, List *vals, int event,
+			 const McSink *out, StringInfo buf)
 {
 	LGroup	   *grp = &rr->groups[g];
 	Relation	heap = table_open(grp->via_relid, AccessShareLock);
@@ -1219,9 +1323,11 @@ index_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
 		{
 			for (int k = 0; k < grp->ncols; k++)
 				colvals[k] = via_text(grp, slot, k + 1);
-			emit_group_row(rr, g, event, colvals, prefix, sink, arg, buf);
+			emit_group_row(rr, g, event, colvals, out, buf);
 		}
 		CHECK_FOR_INTERRUPTS();
+		if (group_covered(rr, g, event, out))
+			break;				/* the rest would find covered families only */
 	}
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
@@ -1230,14 +1336,15 @@ index_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
 	table_close(heap, AccessShareLock);
 }
 
-static void record_again(McRelRules *rr, int g, List *vals, int event);
+static void record_again(McRelRules *rr, int g, List *vals, int event,
+						 const McSink *out);
 
 /* fallback: one SPI query per group, = ANY over all values */
 static void spi_lookup(McRelRules *rr, int g, List *vals, int event,
-					   const char *prefix, McKeySink sink, void *arg,
+					   const McSink *out,
 					   StringInfo buf);
 static void lookup_as_owner(McRelRules *rr, int g, List *vals, int event,
-							const char *prefix, McKeySink sink, void *arg,
+							const McSink *out,
 							StringInfo buf, bool always_subxact);
 
 /*
@@ -1247,8 +1354,8 @@ static void lookup_as_owner(McRelRules *rr, int g, List *vals, int event,
  * so that nothing it calls can change the session.
  */
 static void
-lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix,
-				McKeySink sink, void *arg, StringInfo buf, bool always_subxact)
+lookup_as_owner(McRelRules *rr, int g, List *vals, int event,
+				const McSink *out, StringInfo buf, bool always_subxact)
 {
 	LGroup	   *grp = &rr->groups[g];
 	Oid			save_userid;
@@ -1272,7 +1379,7 @@ lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix
 	if (OidIsValid(grp->indexoid) && !always_subxact)
 	{
 		/* one type, no domain, no query: nothing here fails but the server */
-		index_lookup(rr, g, vals, event, prefix, sink, arg, buf);
+		index_lookup(rr, g, vals, event, out, buf);
 		SetUserIdAndSecContext(save_userid, save_sec);
 		return;
 	}
@@ -1281,9 +1388,9 @@ lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix
 	PG_TRY();
 	{
 		if (OidIsValid(grp->indexoid))
-			index_lookup(rr, g, vals, event, prefix, sink, arg, buf);
+			index_lookup(rr, g, vals, event, out, buf);
 		else
-			spi_lookup(rr, g, vals, event, prefix, sink, arg, buf);
+			spi_lookup(rr, g, vals, event, out, buf);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -1308,7 +1415,7 @@ lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix
 				 errdetail("%s", edata->message)));
 		for (int i = 0; i < rr->nrules; i++)
 			if (rr->rules[i].group == g && (rr->rules[i].raw->events & event))
-				sink(arg, NULL, 0, rr->rules[i].raw->family, rr->rules[i].raw->id);
+				out->key(out->arg, NULL, 0, rr->rules[i].raw->family, rr->rules[i].raw->id);
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
@@ -1316,8 +1423,8 @@ lookup_as_owner(McRelRules *rr, int g, List *vals, int event, const char *prefix
 }
 
 static void
-spi_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
-		   McKeySink sink, void *arg, StringInfo buf)
+spi_lookup(McRelRules *rr, int g, List *vals, int event,
+		   const McSink *out, StringInfo buf)
 {
 	LGroup	   *grp = &rr->groups[g];
 	Datum	   *elems;
@@ -1351,8 +1458,10 @@ spi_lookup(McRelRules *rr, int g, List *vals, int event, const char *prefix,
 			colvals[k] = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, k + 1);
 		/* the sink allocates in the caller's memory, not SPI's */
 		spicxt = MemoryContextSwitchTo(caller);
-		emit_group_row(rr, g, event, colvals, prefix, sink, arg, buf);
+		emit_group_row(rr, g, event, colvals, out, buf);
 		MemoryContextSwitchTo(spicxt);
+		if (group_covered(rr, g, event, out))
+			break;
 	}
 	SPI_freetuptable(SPI_tuptable);
 	SPI_finish();
@@ -1367,32 +1476,40 @@ void
 mc_collect(McRelRules *rr, Relation rel, int event,
 		   Tuplestorestate *oldtab, Tuplestorestate *newtab,
 		   TupleTableSlot *oldslot, TupleTableSlot *newslot,
-		   const char *prefix, McKeySink sink, void *arg, bool again)
+		   const McSink *out, bool again)
 {
 	List	  **groupvals = palloc0(sizeof(List *) * Max(1, rr->ngroups));
 	StringInfoData buf;
 	int			lvl = -1;
+	RowText		rt;
+
+	rt.text = palloc(sizeof(char *) * Max(1, rr->natts));
+	rt.gen = palloc0(sizeof(uint32) * Max(1, rr->natts));
+	rt.row = 0;
 
 	if (rr->canonical)
 		lvl = mc_settings_pin(true);
 	initStringInfo(&buf);
-	scan_table(rr, event, oldtab, oldslot, prefix, sink, arg, groupvals, &buf);
-	scan_table(rr, event, newtab, newslot, prefix, sink, arg, groupvals, &buf);
+	if (scan_table(rr, event, oldtab, oldslot, out, groupvals, &buf, &rt))
+		scan_table(rr, event, newtab, newslot, out, groupvals, &buf, &rt);
 
 	for (int g = 0; g < rr->ngroups; g++)
 	{
 		LGroup	   *grp = &rr->groups[g];
 
-		if (groupvals[g] == NIL)
+		/* covered since its values were gathered: nothing left to find */
+		if (groupvals[g] == NIL || group_covered(rr, g, event, out))
 			continue;
-		if (again)
-			record_again(rr, g, groupvals[g], event);
 		/* in queue mode the drain's resolution after commit is the only one */
-		if (again && mc_effective_delivery() == MC_DELIVERY_QUEUE)
-			continue;
-		if (!grp->index_checked)
-			choose_index(rr, grp);
-		lookup_as_owner(rr, g, groupvals[g], event, prefix, sink, arg, &buf, false);
+		if (!again || mc_effective_delivery() != MC_DELIVERY_QUEUE)
+		{
+			if (!grp->index_checked)
+				choose_index(rr, grp);
+			lookup_as_owner(rr, g, groupvals[g], event, out, &buf, false);
+		}
+		/* after the lookup: none for the rules it left covered */
+		if (again)
+			record_again(rr, g, groupvals[g], event, out);
 	}
 	if (lvl >= 0)
 		mc_settings_restore(lvl);
@@ -1403,7 +1520,7 @@ mc_collect(McRelRules *rr, Relation rel, int event,
  * rule and matched value (pending.c dedups them).
  */
 static void
-record_again(McRelRules *rr, int g, List *vals, int event)
+record_again(McRelRules *rr, int g, List *vals, int event, const McSink *out)
 {
 	ListCell   *lc;
 
@@ -1411,7 +1528,8 @@ record_again(McRelRules *rr, int g, List *vals, int event)
 	{
 		CRule	   *c = &rr->rules[i];
 
-		if (c->group != g || c->broken || !(c->raw->events & event))
+		if (c->group != g || c->broken || !(c->raw->events & event) ||
+			rule_covered(out, c))
 			continue;
 		foreach(lc, vals)
 			mc_pending_add_lookup(rr->relid, c->raw->id, c->raw->family, lfirst(lc));
@@ -1602,6 +1720,7 @@ mc_resolve_lookups(McStr *entries, int n,
 		Again	   *a = lfirst(lc);
 		LGroup	   *grp = &a->rr->groups[a->g];
 		AgainSink	o = {out, arg, a->prefix};
+		McSink		sink = {again_sink, NULL, &o, a->prefix};
 		List	   *vals = NIL;
 		ListCell   *lc2;
 		int			lvl;
@@ -1631,7 +1750,7 @@ mc_resolve_lookups(McStr *entries, int n,
 			continue;
 		}
 		lookup_as_owner(a->rr, a->g, vals, MC_EV_INSERT | MC_EV_UPDATE | MC_EV_DELETE,
-						a->prefix, again_sink, &o, &buf, true);
+						&sink, &buf, true);
 		mc_settings_restore(lvl);
 	}
 }

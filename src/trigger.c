@@ -105,9 +105,10 @@ meetcache_invalidate_trigger(PG_FUNCTION_ARGS)
 		TupleDesc	desc = RelationGetDescr(rel);
 		TupleTableSlot *oldslot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
 		TupleTableSlot *newslot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+		McSink		sink = {mc_pending_sink, mc_pending_covered, NULL, mc_key_prefix};
 
 		mc_collect(rr, rel, event, trig->tg_oldtable, trig->tg_newtable,
-				   oldslot, newslot, mc_key_prefix, mc_pending_sink, NULL,
+				   oldslot, newslot, &sink,
 				   mc_shared_ready() && mc_queue_keeps_lookups());
 		ExecDropSingleTupleTableSlot(oldslot);
 		ExecDropSingleTupleTableSlot(newslot);
@@ -263,8 +264,9 @@ meetcache_affected_keys(PG_FUNCTION_ARGS)
 		TupleDesc	rd = RelationGetDescr(rel);
 		TupleTableSlot *oldslot = MakeSingleTupleTableSlot(rd, &TTSOpsMinimalTuple);
 		TupleTableSlot *newslot = MakeSingleTupleTableSlot(rd, &TTSOpsMinimalTuple);
+		McSink		out = {srf_sink, NULL, &sink, ""};
 
-		mc_collect(rr, rel, event, oldts, newts, oldslot, newslot, "", srf_sink, &sink, false);
+		mc_collect(rr, rel, event, oldts, newts, oldslot, newslot, &out, false);
 		ExecDropSingleTupleTableSlot(oldslot);
 		ExecDropSingleTupleTableSlot(newslot);
 	}

@@ -123,6 +123,36 @@ SELECT gone() AS overflow,
        meetcache.cache_exists('user:b5') AS b5_left,
        meetcache.cache_exists('user:email:b5@example.com') AS b5_email_left;
 
+-- a family replaced by its pattern inside a savepoint that rolls back is
+-- covered no more: later writes record its exact keys again (and the
+-- rolled-back pattern deletes nothing)
+SELECT fill();
+SELECT meetcache.cache_set('user:b5', '1', 600);
+BEGIN;
+SET LOCAL meetcache.max_keys = 50;
+SET LOCAL client_min_messages = warning;
+SAVEPOINT s1;
+UPDATE users SET name = 'bulk2' WHERE id LIKE 'b%';
+ROLLBACK TO SAVEPOINT s1;
+UPDATE users SET name = 'Ann2' WHERE id = 'u1';
+COMMIT;
+SELECT gone() AS overflow_rolled_back, meetcache.cache_exists('user:b5') AS b5_left;
+
+-- covered under one key prefix only: keys under another are still recorded
+SET meetcache.key_prefix = 'p2:';
+SELECT meetcache.cache_set('user:u1', '1', 600);
+RESET meetcache.key_prefix;
+BEGIN;
+SET LOCAL meetcache.max_keys = 50;
+SET LOCAL client_min_messages = warning;
+UPDATE users SET name = 'bulk3' WHERE id LIKE 'b%';
+SET LOCAL meetcache.key_prefix = 'p2:';
+UPDATE users SET name = 'Ann3' WHERE id = 'u1';
+COMMIT;
+SET meetcache.key_prefix = 'p2:';
+SELECT meetcache.cache_exists('user:u1') AS p2_u1_left;
+RESET meetcache.key_prefix;
+
 -- a 100k-row bulk UPDATE
 INSERT INTO meetings (id, title, host_id, invite_code, status)
 SELECT 'bm' || g, 't', 'u2', 'binv' || g, 'ENDED' FROM generate_series(1, 100000) g;
