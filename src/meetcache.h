@@ -442,6 +442,7 @@ extern int64 mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatter
 							McStr *lookups, int nlookups, bool missing_ok);
 extern bool mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 								int64 *first_id, bool *more, McErr *err);
+extern void mc_queue_forget_delivered(void);
 extern McStr *mc_queue_family_patterns(int *n);
 extern bool mc_queue_flush(McStr *pats, int n, McErr *err);
 extern void mc_queue_vacuum(void);

@@ -445,6 +445,40 @@ delete_taken(SPIPlanPtr delete_plan, Datum *ctids, int n)
 }
 
 /*
+ * The xids of the rows a pass skipped because their backend had delivered
+ * them: their marks go only once the pass's delete has committed
+ * (mc_queue_forget_delivered), so that while a row is visible the pending
+ * view still shows it delivered.  A pass that aborts leaves them (the next
+ * pass starts afresh; the launcher purges marks nobody took).
+ */
+static TransactionId *skipped_xids = NULL;
+static int	nskipped_xids = 0;
+static int	skipped_xids_cap = 0;
+
+static void
+delivered_room(int n)
+{
+	nskipped_xids = 0;
+	if (n > skipped_xids_cap)
+	{
+		skipped_xids_cap = Max(n, 64);
+		if (skipped_xids)
+			pfree(skipped_xids);
+		skipped_xids = MemoryContextAlloc(TopMemoryContext,
+										  sizeof(TransactionId) * skipped_xids_cap);
+	}
+}
+
+/* after the pass's transaction committed: its skipped rows are gone */
+void
+mc_queue_forget_delivered(void)
+{
+	for (int i = 0; i < nskipped_xids; i++)
+		(void) mc_delivered_take(MyDatabaseId, skipped_xids[i]);
+	nskipped_xids = 0;
+}
+
+/*
  * One drain pass, inside a transaction the caller started and will commit
  * (true) or abort (false).  Takes rows in id order, up to batch rows and
  * PASS_BYTES of keys and patterns (but always the first row), skipping
@@ -473,7 +507,6 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 	StrVec		pats = {NULL, 0, 0};
 	StrVec		lookups = {NULL, 0, 0};
 	int			skipped = 0;
-	TransactionId *skipped_xids;
 	bool		ok = true;
 	McInvResult res;
 	int			lvl;
@@ -549,7 +582,7 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 	*more = n < ncand || ncand == batch;
 	if (n > 0)
 		delete_taken(delete_plan, ctids, n);
-	skipped_xids = palloc(sizeof(TransactionId) * Max(n, 1));
+	delivered_room(n);
 	for (int i = 0; i < n; i++)
 	{
 		HeapTuple	tup = cand->vals[i];
@@ -570,8 +603,8 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 			v = array_strs(d, &nv);
 			vec_add(&lookups, v, nv);
 		}
-		/* the mark goes only once Redis acknowledged the rest: a pass that
-		 * fails puts the rows back, and they are still delivered */
+		/* the mark goes only once this pass's delete committed: a pass
+		 * that fails puts the rows back, and they are still delivered */
 		if (mc_delivered_contains(MyDatabaseId, xmin))
 		{
 			skipped_xids[skipped++] = xmin;
@@ -618,8 +651,7 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 	}
 	if (ok)
 	{
-		for (int i = 0; i < skipped; i++)
-			(void) mc_delivered_take(MyDatabaseId, skipped_xids[i]);
+		nskipped_xids = skipped;
 		mc_stat_add(MC_STAT_QUEUE_ROWS_DONE, *rows);
 		mc_stat_add(MC_STAT_QUEUE_ROWS_SKIPPED, skipped);
 	}

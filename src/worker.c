@@ -690,6 +690,7 @@ drain_pass(Drain *dr, PassArgs *pa)
 		pass_refused(dr, pa, &err);
 		return false;
 	}
+	mc_queue_forget_delivered();
 	if (pa->rows >= pa->batch)
 		dr->batch = Min(dr->batch * 2, mc_drain_batch);
 	dr->since_vacuum += pa->rows;

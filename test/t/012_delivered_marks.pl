@@ -11,7 +11,7 @@ use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use MeetcacheTest qw(start_redis new_node setup_schema poll_sql poll_until stats);
+use MeetcacheTest qw(start_redis new_node setup_schema poll_sql poll_until stats bg_session bg_query);
 
 my $redis = start_redis();
 my $node = new_node('rep', $redis,
@@ -70,4 +70,37 @@ my $s1 = stats($node, 'postgres', qw(queue_rows_skipped keys_sent));
 note explain $s1;
 is($s1->{queue_rows_skipped} - $s0->{queue_rows_skipped}, 1,
 	'the delivered row was skipped, not sent again');
+# While a drain's delete of a skipped row is not committed, the row is visible, and
+# still shows delivered: the mark goes with the commit, not before. A deferred
+# trigger on the queue holds the drain's commit on an advisory lock.
+$node->safe_psql('postgres', q{
+CREATE FUNCTION hold_drain() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER hold_drain AFTER DELETE ON meetcache.queue
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION hold_drain();});
+my $holder = bg_session($node);
+bg_query($holder, 'SELECT pg_advisory_lock(4242)');
+my $s2 = stats($node, 'postgres', qw(queue_rows_skipped));
+$node->safe_psql('postgres', q{
+SET meetcache.delivery = 'sync+queue';
+UPDATE participants SET left_at = now() WHERE id = 'p1';
+SET meetcache.delivery = 'queue';
+UPDATE meetings SET title = 'd' WHERE id = 'm2';});
+ok(poll_sql($node, 'postgres',
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'meetcache drain' AND wait_event = 'advisory'},
+		'1', 20),
+	'the drain deleted its rows, Redis acknowledged, and its commit waits');
+$pending = $node->safe_psql('postgres',
+	q{SELECT string_agg(id || ':' || delivered, ' ' ORDER BY id) FROM meetcache.pending});
+note "pending while the drain commits: $pending";
+like($pending, qr/^\d+:true \d+:false$/,
+	'the skipped row still shows delivered until the drain commits its delete');
+is($node->safe_psql('postgres', 'SELECT queue_depth FROM meetcache.stats'), '1',
+	'queue_depth counts only the undelivered row meanwhile');
+bg_query($holder, 'SELECT pg_advisory_unlock(4242)');
+$holder->quit;
+ok(poll_sql($node, 'postgres', $queue_empty, '0', 20), 'queue empty once the drain commits');
+is(stats($node, 'postgres', qw(queue_rows_skipped))->{queue_rows_skipped} - $s2->{queue_rows_skipped},
+	1, 'the delivered row was skipped');
+$node->safe_psql('postgres', 'DROP TRIGGER hold_drain ON meetcache.queue; DROP FUNCTION hold_drain()');
 done_testing();
