@@ -78,6 +78,20 @@ fi
 ###########################################################################################
 # Stage 1 (root)
 ###########################################################################################
+# the settings of the single-row UPDATE rounds that run.sh and transport.sh share
+# (BENCH_DURATION, BENCH_ROUNDS, ... override them; see run.sh)
+bench_write_settings() {
+    DURATION=${BENCH_DURATION:-20}
+    ROUNDS=${BENCH_ROUNDS:-3}
+    WARMUP=${BENCH_WARMUP:-5}
+    CLIENTS=${BENCH_CLIENTS:-4}
+    JOBS=${BENCH_JOBS:-2}
+    PROTOCOL=${BENCH_PROTOCOL:-prepared}
+    HOT=${BENCH_HOT:-10000}
+    NPART=${BENCH_PARTICIPANTS:-3}
+    NUSERS=${BENCH_USERS:-5000}
+}
+
 bench_main() { tw_main "$STAGE_ARG" bench_root_stage stage_bench "$@"; }
 
 bench_root_stage() {

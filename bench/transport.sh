@@ -26,15 +26,7 @@ SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}
 . "${SELF%/*}/lib.sh"
 WORK_PREFIX=meetcache-bench-transport
 
-DURATION=${BENCH_DURATION:-20}
-ROUNDS=${BENCH_ROUNDS:-3}
-WARMUP=${BENCH_WARMUP:-5}
-CLIENTS=${BENCH_CLIENTS:-4}
-JOBS=${BENCH_JOBS:-2}
-PROTOCOL=${BENCH_PROTOCOL:-prepared}
-HOT=${BENCH_HOT:-10000}
-NPART=${BENCH_PARTICIPANTS:-3}
-NUSERS=${BENCH_USERS:-5000}
+bench_write_settings
 TRANSPORTS="tcp tls unix"
 
 # the EXIT trap's hook: stop the redis-server of the transports
