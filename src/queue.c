@@ -119,6 +119,33 @@ mc_queue_relcache_inval(Oid relid)
 		queue_info.valid = queue_info.known = false;
 }
 
+/* meetcache.queue's columns, as the install scripts make them */
+static const char *const queue_columns[QUEUE_NATTS] =
+{"id", "enqueued_at", "keys", "patterns", "lookups"};
+static Oid	queue_types[QUEUE_NATTS] =
+{INT8OID, TIMESTAMPTZOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+
+/*
+ * The columns the extension made, in its order, none dropped or added: 0.2.0's
+ * five, or 0.1.0's first four (no lookups), and no CHECK constraint.
+ */
+static bool
+queue_shape_is_ours(TupleDesc td)
+{
+	if ((td->natts != QUEUE_NATTS && td->natts != QUEUE_NATTS_010) ||
+		(td->constr != NULL && td->constr->num_check > 0))
+		return false;
+	for (int i = 0; i < td->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(td, i);
+
+		if (att->attisdropped || att->atttypid != queue_types[i] ||
+			strcmp(NameStr(att->attname), queue_columns[i]) != 0)
+			return false;
+	}
+	return true;
+}
+
 /*
  * Can the row go straight into the heap and its primary key?  Only while
  * the table is as the extension made it: one plain index on id, no
@@ -132,9 +159,9 @@ queue_is_plain(Relation rel, Oid *indexoid)
 	bool		plain;
 
 	*indexoid = InvalidOid;
-	if (rel->rd_rel->relhastriggers || rel->rd_rel->relrowsecurity ||
-		(RelationGetDescr(rel)->natts != QUEUE_NATTS &&
-		 RelationGetDescr(rel)->natts != QUEUE_NATTS_010))
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relhastriggers ||
+		rel->rd_rel->relhasrules || rel->rd_rel->relrowsecurity ||
+		!queue_shape_is_ours(RelationGetDescr(rel)))
 		return false;
 	idx = RelationGetIndexList(rel);
 	plain = list_length(idx) == 1;
@@ -191,7 +218,8 @@ queue_open(void)
 		queue_info.seqid = getIdentitySequence(queue_info.relid, 1, false);
 #endif
 		queue_info.plain = queue_is_plain(rel, &queue_info.indexoid);
-		queue_info.legacy = RelationGetDescr(rel)->natts == QUEUE_NATTS_010;
+		/* by name, as queue_is_legacy(): a DBA's added or dropped column counts too */
+		queue_info.legacy = get_attnum(queue_info.relid, "lookups") == InvalidAttrNumber;
 		queue_info.known = true;
 	}
 	return rel;
@@ -232,15 +260,13 @@ queue_insert_spi(Datum *values, bool *nulls, bool legacy)
 	{
 		if (plans[legacy] == NULL)
 		{
-			Oid			types[QUEUE_NATTS] = {INT8OID, TIMESTAMPTZOID, TEXTARRAYOID,
-			TEXTARRAYOID, TEXTARRAYOID};
 			SPIPlanPtr	p = legacy ?
 				SPI_prepare("INSERT INTO meetcache.queue (id, enqueued_at, keys, patterns) "
 							"OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4)",
-							QUEUE_NATTS_010, types) :
+							QUEUE_NATTS_010, queue_types) :
 				SPI_prepare("INSERT INTO meetcache.queue (id, enqueued_at, keys, patterns, lookups) "
 							"OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5)",
-							QUEUE_NATTS, types);
+							QUEUE_NATTS, queue_types);
 
 			if (p == NULL || SPI_keepplan(p) != 0)
 				elog(ERROR, "meetcache: could not prepare the queue insert");

@@ -1036,8 +1036,8 @@ value_text(McRelRules *rr, TupleTableSlot *slot, AttrNumber att)
 typedef struct RowText
 {
 	const char **text;
-	uint32	   *gen;
-	uint32		row;
+	uint64	   *gen;
+	uint64		row;
 } RowText;
 
 static const char *
@@ -1484,7 +1484,7 @@ mc_collect(McRelRules *rr, Relation rel, int event,
 	RowText		rt;
 
 	rt.text = palloc(sizeof(char *) * Max(1, rr->natts));
-	rt.gen = palloc0(sizeof(uint32) * Max(1, rr->natts));
+	rt.gen = palloc0(sizeof(uint64) * Max(1, rr->natts));
 	rt.row = 0;
 
 	if (rr->canonical)

@@ -39,7 +39,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Time::HiRes qw(time usleep);
 
-our @EXPORT_OK = qw(start_redis new_node setup_schema schema_sql free_port
+our @EXPORT_OK = qw(start_redis new_node setup_schema schema_sql free_port run_matrix
   with_columns fill_sql make_rows
   run_sql refused all_always
   bg_session bg_query bg_send bg_wait_for elapsed
@@ -197,6 +197,31 @@ sub setup_schema
 	$node->safe_psql($db,
 		"CREATE EXTENSION meetcache; SELECT meetcache.attach_defaults();");
 	return;
+}
+
+# The pg_regress invalidation matrix (test/sql/matrix_$variant.sql, 'snake' or
+# 'camel') on this node, in a new database of its own, through whatever
+# transport the node's meetcache.redis_url uses; its output is compared with
+# expected/matrix_$variant.out as pg_regress would. Returns (ok, diff).
+sub run_matrix
+{
+	my ($node, $variant) = @_;
+	my $db = "matrix_$variant";
+	$node->safe_psql('postgres', "CREATE DATABASE $db");
+	my $out = $node->basedir . "/matrix_$variant.out";
+	local $ENV{PGOPTIONS} = '-c meetcache.commit_timeout=10s';
+	local $ENV{PGTZ} = 'PST8PDT';
+	local $ENV{PGDATESTYLE} = 'Postgres, MDY';
+	local $ENV{LC_MESSAGES} = 'C';
+	my $cwd = File::Spec->rel2abs('.');
+	chdir $repo or die "chdir $repo: $!";
+	# as pg_regress runs it: echo all, errors into the same file
+	my $rc = system('psql -X -a -q -v HIDE_TABLEAM=on -v HIDE_TOAST_COMPRESSION=on '
+		  . "-h '" . $node->host . "' -p " . $node->port . " -d $db "
+		  . "-f test/sql/matrix_$variant.sql >'$out' 2>&1") >> 8;
+	chdir $cwd;
+	my $diff = `diff -u '$repo/expected/matrix_$variant.out' '$out'`;
+	return ($rc == 0 && $? == 0, "psql exit $rc\n" . $diff);
 }
 
 # Users u<prefix><g> hosting ENDED meetings m<prefix><g> (invite code

@@ -136,4 +136,11 @@ $s->quit;
 
 unlike(PostgreSQL::Test::Utils::slurp_file($node->logfile), qr/PANIC|server process .* was terminated/,
 	'no crash in the server log');
+# the whole invalidation matrix, both schemas, over TLS
+for my $variant (qw(snake camel))
+{
+	my ($ok, $diff) = MeetcacheTest::run_matrix($node, $variant);
+	ok($ok, "the invalidation matrix ($variant) over TLS gives pg_regress's expected output")
+	  or diag($diff);
+}
 done_testing();

@@ -121,4 +121,11 @@ ok(wait_queue_empty($node, 'postgres', 60), 'silent resolver under load: the wor
 
 unlike(PostgreSQL::Test::Utils::slurp_file($node->logfile), qr/PANIC|server process .* was terminated/,
 	'no crash in the server log');
+# the whole invalidation matrix, both schemas, over a Unix socket
+for my $variant (qw(snake camel))
+{
+	my ($ok, $diff) = MeetcacheTest::run_matrix($node, $variant);
+	ok($ok, "the invalidation matrix ($variant) over a Unix socket gives pg_regress's expected output")
+	  or diag($diff);
+}
 done_testing();

@@ -79,6 +79,34 @@ cmp_ok($lookups, '>', 0,
 	'after ALTER EXTENSION UPDATE in the same session the queue row keeps its lookups');
 ok(wait_queue_empty($node, 'up', 30), 'queue of the updated database empty');
 
+# ---- a 0.1.0 queue whose shape a DBA changed (a column added, then dropped) ----
+# It still has no lookups column: the triggers run the lookups at statement time,
+# and rows go in by name (the table is not as the extension made it).
+$node->safe_psql('postgres', 'CREATE DATABASE legacy');
+$node->safe_psql('legacy', MeetcacheTest::schema_sql());
+$node->safe_psql('legacy', q{
+CREATE EXTENSION meetcache VERSION '0.1.0';
+SELECT meetcache.attach_defaults('public');
+ALTER TABLE meetcache.queue ADD COLUMN note text;
+ALTER TABLE meetcache.queue DROP COLUMN note;
+INSERT INTO users (id, name, email) VALUES ('u7', 'U', 'u7@x');
+INSERT INTO meetings (id, title, host_id, invite_code, status)
+  VALUES ('m7', 't', 'u7', 'i7', 'ENDED');});
+my $legacy_empty = 'SELECT count(*) FROM meetcache.queue';
+ok(poll_sql($node, 'legacy', $legacy_empty, '0', 30), 'legacy queue: setup drained');
+# two renames in one session: the second one's backend knows the queue already
+my $ls = MeetcacheTest::bg_session($node, 'legacy');
+MeetcacheTest::bg_query($ls, "SET meetcache.delivery = 'queue'");
+for my $name (qw(renamed again))
+{
+	$redis->cli('SET', 'meeting:m7', '1');
+	MeetcacheTest::bg_query($ls, "UPDATE users SET name = '$name' WHERE id = 'u7'");
+	ok(gone('meeting:m7'),
+		"legacy queue with a dropped column: a host's rename ($name) reaches the meeting's key");
+}
+$ls->quit;
+ok(poll_sql($node, 'legacy', $legacy_empty, '0', 30), 'legacy queue empty');
+
 # ---- a drain's delete lost in a crash: its rows come back, delivered again ----
 # The WAL writer is stopped, so nothing flushes the drain's commit record
 # (with synchronous_commit = off the drain does not flush it itself); the
