@@ -1,0 +1,254 @@
+# Redis Cluster: meetcache.redis_url = 'redis-cluster://...'.
+#
+#   - URL forms: accepted (one or several seeds, /0, user, rediss-cluster://)
+#     and refused (a database other than 0, a password, too many seeds, bad
+#     port), never echoing the URL.
+#   - Invalidation in sync and queue mode: the keys of one change are spread
+#     over several masters (CROSSSLOT if sent as one UNLINK), and a family
+#     flush (TRUNCATE) deletes keys on every master.
+#   - SQL functions routed by slot: cache_set/get/exists/ttl/del (keys of
+#     several masters in one call), get_or_set with leases, cache_keys and
+#     cache_del_pattern over every master, cache_ping.
+#   - Redirects: a slot being migrated (ASK) and migrated (MOVED) under a
+#     session that holds the old slot map: no stale key.
+#   - Failover: the master serving most keys killed under a pgbench write
+#     load (sync+queue): zero failed transactions, and every committed
+#     change's keys are gone once its replica is promoted.
+#
+# 3 masters + 3 replicas on 127.0.0.1, --cluster-node-timeout 2000.  Every
+# wait is bounded polling.
+use strict;
+use warnings;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use MeetcacheTest qw(new_node setup_schema run_sql refused poll_sql poll_until
+  bg_session bg_query wait_queue_empty run_load finish_load no_secret);
+
+my $rc = MeetcacheTest::start_redis_cluster(masters => 3, replicas => 1);
+my $node = new_node(
+	'cluster', undef,
+	url => $rc->url,
+	log_statement => 'none',
+	conf => "meetcache.commit_timeout = '500ms'\n"
+	  . "meetcache.retry_buffer = '16MB'\n");
+setup_schema($node);
+
+# the masters serving a list of keys
+sub masters_of
+{
+	my %m = map { $rc->master_of($_)->port => 1 } @_;
+	return scalar keys %m;
+}
+
+###########################################################################
+# URL forms
+for my $u (
+	'redis-cluster://127.0.0.1:7000',
+	'redis-cluster://127.0.0.1:7000,[::1]:7001,localhost/0',
+	'redis-cluster://app@127.0.0.1:7000,127.0.0.1:7001/',
+	'rediss-cluster://127.0.0.1:7000,127.0.0.1:7001')
+{
+	my ($r, $out, $err) = run_sql($node, 'postgres', "SET meetcache.redis_url = '$u'");
+	is($r, 0, "URL accepted: $u") or diag($err);
+}
+for my $c (
+	[ 'redis-cluster://127.0.0.1:7000/3', 'database 0 only' ],
+	[ 'redis-cluster://u:sekrit-pw@127.0.0.1:7000', 'carries a password' ],
+	[ 'redis-cluster://127.0.0.1:0', 'port must be' ],
+	[ 'redis-cluster://127.0.0.1:7000/x', 'database must be' ],
+	[ 'redis-cluster://' . join(',', map { "h$_" } 1 .. 9), 'more than 8 seed nodes' ])
+{
+	my ($u, $why) = @$c;
+	my $err = refused($node, 'postgres', "SET meetcache.redis_url = '$u'", '22023', "URL $u");
+	like($err, qr/DETAIL:  .*\Q$why\E/, "URL $u: says why ($why)");
+	no_secret($err, "URL $u: the error", 'sekrit-pw');
+}
+
+###########################################################################
+# Invalidation: the keys of one change live on several masters
+$node->safe_psql('postgres', q{
+INSERT INTO users (id, name, email) SELECT 'u' || g, 'U', 'u' || g || '@x' FROM generate_series(1, 40) g;
+INSERT INTO meetings (id, title, host_id, invite_code, status)
+  SELECT 'm' || g, 't0', 'u' || g, 'inv-m' || g, 'ENDED' FROM generate_series(1, 40) g;});
+{
+	my $chk = MeetcacheTest::Checker->new($node, $rc);
+	for my $c ([ 'sync', 'm1' ], [ 'queue', 'm2' ], [ 'sync+queue', 'm3' ])
+	{
+		my ($mode, $id) = @$c;
+		my @k = $chk->seed($chk->keys_of('meetings', "t.id = '$id'"));
+		my @other = $chk->seed($chk->keys_of('meetings', "t.id = 'm4$id'"));
+		cmp_ok(masters_of(@k), '>=', 2, "$mode: the keys of one change are on several masters");
+		my ($r, $out, $err) = run_sql($node, 'postgres',
+			"UPDATE meetings SET title = 't1' WHERE id = '$id'", delivery => $mode);
+		is($err, '', "$mode on a cluster: commit without warning");
+		$chk->must_delete(@k);
+		$chk->must_survive(@other);
+		$chk->verify("$mode on a cluster");
+	}
+
+	# a change of many rows at once: keys on every master
+	my @k = $chk->seed($chk->keys_of('meetings', "t.id IN ('m5', 'm6', 'm7', 'm8', 'm9')"));
+	is(masters_of(@k), 3, 'many rows: their keys are on all three masters');
+	my ($r, $out, $err) = run_sql($node, 'postgres',
+		"UPDATE meetings SET title = 't1' WHERE id IN ('m5', 'm6', 'm7', 'm8', 'm9')",
+		delivery => 'sync');
+	is($err, '', 'many rows: commit without warning');
+	$chk->must_delete(@k);
+	$chk->verify('many rows on a cluster');
+
+	# a family flush (TRUNCATE) SCANs every master
+	my @fam = $chk->seed(map { "meeting:flush$_" } 1 .. 30);
+	my @keep = $chk->seed(map { "unrelated:flush$_" } 1 .. 10);
+	is(masters_of(@fam), 3, 'flush: the family has keys on all three masters');
+	($r, $out, $err) = run_sql($node, 'postgres',
+		'CREATE TABLE scratch AS SELECT * FROM meetings; TRUNCATE meetings CASCADE;'
+		  . ' INSERT INTO meetings SELECT * FROM scratch; DROP TABLE scratch;',
+		delivery => 'sync');
+	$chk->must_delete(@fam);
+	$chk->must_survive(@keep);
+	$chk->verify('TRUNCATE on a cluster: every master flushed');
+}
+
+###########################################################################
+# SQL functions, routed by slot
+{
+	my @keys = map { "sql:k$_" } 1 .. 12;
+	is(masters_of(@keys), 3, 'the SQL keys are on all three masters');
+	$node->safe_psql('postgres',
+		join('', map { "SELECT meetcache.cache_set('$_', '{\"a\": 1}', 600);\n" } @keys));
+	is($node->safe_psql('postgres',
+			'SELECT count(*) FROM unnest(ARRAY[' . join(',', map { "'$_'" } @keys)
+			  . ']) k WHERE meetcache.cache_get(k) = \'{"a": 1}\''),
+		'12', 'cache_set/cache_get on every master');
+	is($rc->cli('GET', 'sql:k7'), '{"a":1}', 'the value is in the cluster');
+	is($node->safe_psql('postgres', q{SELECT meetcache.cache_exists('sql:k3'), meetcache.cache_ttl('sql:k3') > 500}),
+		't|t', 'cache_exists and cache_ttl');
+	is($node->safe_psql('postgres', 'SELECT count(*) FROM meetcache.cache_keys(\'sql:*\')'),
+		'12', 'cache_keys sees the keys of every master');
+	is($node->safe_psql('postgres', q{SELECT meetcache.cache_del(ARRAY['sql:k1', 'sql:k2', 'sql:k3', 'sql:k4', 'nosuch'])}),
+		'4', 'cache_del of keys on several masters');
+	is($node->safe_psql('postgres', q{SELECT meetcache.cache_del_pattern('sql:*')}),
+		'8', 'cache_del_pattern over every master');
+	is(scalar($rc->existing_many(@keys)), 0, 'no key is left on any master');
+	is($node->safe_psql('postgres', 'SELECT meetcache.cache_ping()'), 'PONG', 'cache_ping');
+
+	# get_or_set with leases, on keys of every master
+	my @gk = map { "meeting:gos$_" } 1 .. 9;
+	is(masters_of(@gk), 3, 'get_or_set keys are on all three masters');
+	is($node->safe_psql('postgres',
+			join('', map { "SELECT meetcache.cache_get_or_set('$_', 'SELECT ''{\"v\": 1}''::jsonb', 600);\n" } @gk)),
+		join("\n", ('{"v": 1}') x 9), 'cache_get_or_set fills keys on every master');
+	is(scalar($rc->existing_many(@gk)), 9, 'the filled keys are in the cluster');
+	is(scalar($rc->existing_many(map { "mc-lease:u:{$_}" } @gk)), 0, 'no lease is left behind');
+	# a lease held (set by hand, as another session would) blocks a fill
+	$rc->cli('SET', 'mc-lease:u:{meeting:gos1}', 'other-token', 'PX', '60000');
+	$rc->cli('DEL', 'meeting:gos1');
+	my ($r, $out, $err) = run_sql($node, 'postgres',
+		"SET meetcache.lease_wait = '200ms'; SELECT meetcache.cache_get_or_set('meeting:gos1', 'SELECT ''{\"v\": 2}''::jsonb', 600)");
+	is($rc->cli('EXISTS', 'meeting:gos1'), '0', 'a lease held elsewhere: the value is not stored');
+	$node->safe_psql('postgres', q{SELECT meetcache.cache_del(ARRAY['meeting:gos1'])});
+	is($rc->cli('EXISTS', 'mc-lease:u:{meeting:gos1}'), '0', 'cache_del cancels the lease with its key');
+}
+
+###########################################################################
+# Redirects: one session keeps its slot map while a slot migrates
+sub node_id { return $_[0]->cli('CLUSTER', 'MYID'); }
+{
+	my $bg = bg_session($node);
+	bg_query($bg, "SET meetcache.delivery = 'sync'");
+	my $chk = MeetcacheTest::Checker->new($node, $rc);
+	my @k = $chk->seed($chk->keys_of('meetings', "t.id = 'm10'"));
+	# the session loads the map
+	bg_query($bg, "UPDATE meetings SET title = 't1' WHERE id = 'm10'");
+	$chk->must_delete(@k);
+	$chk->verify('redirects: before the migration');
+
+	my $key = 'meeting:m10';
+	my $slot = $rc->cli('CLUSTER', 'KEYSLOT', $key);
+	my $from = $rc->master_of($key);
+	my ($to) = grep { $_->port != $from->port && $_->cli('ROLE') =~ /^master/ } $rc->nodes;
+	my ($fid, $tid) = (node_id($from), node_id($to));
+
+	# ASK: the slot is migrating, its key already on the target
+	@k = $chk->seed($chk->keys_of('meetings', "t.id = 'm10'"));
+	is($to->cli('CLUSTER', 'SETSLOT', $slot, 'IMPORTING', $fid), 'OK', 'ASK: target importing');
+	is($from->cli('CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $tid), 'OK', 'ASK: source migrating');
+	is($from->cli('MIGRATE', '127.0.0.1', $to->port, '', '0', '5000', 'KEYS', $key), 'OK',
+		'ASK: the key moved to the target');
+	my (undef, $err) = bg_query($bg, "UPDATE meetings SET title = 't2' WHERE id = 'm10'");
+	is($err, '', 'ASK: commit without warning');
+	is($to->cli('EXISTS', $key), '0', 'ASK: the key is gone from the target at once');
+	$chk->must_delete(@k);
+	$chk->verify('ASK: every key of the change');
+
+	# MOVED: the migration ends; the session still has the old map
+	@k = $chk->seed($chk->keys_of('meetings', "t.id = 'm10'"));
+	for my $n (grep { $_->cli('ROLE') =~ /^master/ } $rc->nodes)
+	{
+		$n->cli('CLUSTER', 'SETSLOT', $slot, 'NODE', $tid);
+	}
+	ok(poll_until(20, sub { $rc->master_of($key)->port == $to->port }), 'MOVED: the slot moved');
+	(undef, $err) = bg_query($bg, "UPDATE meetings SET title = 't3' WHERE id = 'm10'");
+	is($err, '', 'MOVED: commit without warning');
+	is($to->cli('EXISTS', $key), '0', 'MOVED: the key is gone from its new master at once');
+	$chk->must_delete(@k);
+	$chk->verify('MOVED: every key of the change');
+	is(scalar(bg_query($bg, "SELECT meetcache.cache_set('$key', '1', 60); SELECT meetcache.cache_get('$key')")),
+		'1', 'MOVED: the SQL functions follow too');
+	$bg->quit;
+}
+
+###########################################################################
+# Failover: the master of most keys killed under a write load
+{
+	my $P = 4000;
+	$node->safe_psql('postgres', qq{
+INSERT INTO users (id, name, email) SELECT 'h-' || g, 'H', 'h-' || g || '\@x' FROM generate_series(1, $P) g;
+INSERT INTO meetings (id, title, host_id, invite_code, status)
+  SELECT 'p-' || g, 't0', 'h-' || g, 'inv-p-' || g, 'ENDED' FROM generate_series(1, $P) g;
+CREATE SEQUENCE seq_p;});
+	my $chk = MeetcacheTest::Checker->new($node, $rc);
+	my @pool = $chk->keys_of('meetings', "starts_with(t.id, 'p-')");
+	$chk->seed(@pool);
+	my $victim = $rc->master_of($pool[0]);
+	for my $n ($rc->nodes)
+	{
+		next unless $n->cli('ROLE') =~ /^master/;
+		$n->cli('WAIT', '1', '10000');
+	}
+	my $load = run_load($node,
+		scripts => [
+			[ "UPDATE meetings SET title = 'done' WHERE id = (SELECT 'p-' || nextval('seq_p'));\n", 1 ]
+		],
+		clients => 4,
+		seconds => 6,
+		rate => 300,
+		options => '-c meetcache.delivery=sync+queue -c meetcache.commit_timeout=300ms',
+		background => 1);
+	ok(poll_sql($node, 'postgres',
+			"SELECT count(*) >= 20 FROM meetings WHERE starts_with(id, 'p-') AND title = 'done'"),
+		'failover: load running');
+	kill 'KILL', $victim->pid;
+	waitpid($victim->pid, 0);
+	$victim->{pid} = undef;
+	my $r = finish_load($load);
+	note sprintf('failover: rc %s, %s transactions, %s failed, max latency %.3fs',
+		$r->{rc}, $r->{processed} // '?', $r->{failed} // '?', $r->{max_latency});
+	is($r->{rc}, 0, 'failover: pgbench succeeded') or diag($r->{stdout} . $r->{stderr});
+	ok(defined $r->{processed} && $r->{processed} > 0 && $r->{failed} == 0,
+		'failover: zero failed transactions');
+	unlike($r->{stderr}, qr/ERROR|FATAL|PANIC|abort/i, 'failover: no error');
+	ok(eval { $rc->wait_ok }, 'failover: the replica was promoted');
+	my $done = $node->safe_psql('postgres',
+		"SELECT count(*) FROM meetings WHERE starts_with(id, 'p-') AND title = 'done'");
+	cmp_ok($done, '>', 20, "failover: changes committed ($done)");
+	$chk->must_delete($chk->keys_of('meetings', "starts_with(t.id, 'p-') AND t.title = 'done'"));
+	$chk->must_survive(
+		grep { /:p-(\d+)$/ && $1 > $done + 50 } $chk->keys_of('meetings', "starts_with(t.id, 'p-') AND t.title <> 'done'"));
+	$chk->verify('failover: every committed change, on the promoted replica', timeout => 40);
+	ok(wait_queue_empty($node, 'postgres', 40), 'failover: queue and retry queue empty');
+}
+
+unlike(slurp_file($node->logfile), qr/PANIC|was terminated by signal|server process .* exited with exit code/,
+	'no crash in the server log');
+done_testing();
