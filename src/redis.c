@@ -1459,7 +1459,8 @@ unlink_cb(redisReply *r, void *arg, McErr *err)
 	else if (r->type == REDIS_REPLY_ERROR && err->msg[0] != '\0')
 		ok = false;
 	else if (r->type == REDIS_REPLY_ERROR &&
-			 (strncmp(r->str, "MOVED ", 6) == 0 || strncmp(r->str, "ASK ", 4) == 0))
+			 (strncmp(r->str, "MOVED ", 6) == 0 || strncmp(r->str, "ASK ", 4) == 0 ||
+			  strncmp(r->str, "TRYAGAIN", 8) == 0))
 	{
 		/* a key SCAN found on a master whose slot is moving: all again later */
 		mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
@@ -1650,31 +1651,58 @@ scan_pass(InvState *st, RawBuf *ub, TimestampTz deadline, int step_ms,
 }
 
 /*
- * A cluster's keys: one UNLINK per key (with its lease key, in the same
- * slot by construction), grouped by master.  No throw, no palloc.
+ * A cluster's keys: grouped by master, one UNLINK per key, its lease key's
+ * UNLINK (same slot by construction) just before it.  Not one command for
+ * both: while their slot migrates, a command whose keys are split between
+ * the two masters gets -TRYAGAIN until the migration ends.  The lease goes
+ * first, so a lease holder cannot store after the key was deleted.  No
+ * throw, no palloc.
  */
 static bool
 cluster_unlink(McStr *keys, int nkeys, InvState *st, TimestampTz deadline, McErr *err)
 {
 	RawBuf		b = {NULL, 0, 0};
-	int		   *start = malloc(sizeof(int) * 2 * nkeys);
-	int		   *route = start + nkeys;
-	bool		ok = start != NULL;
+	int		   *start = malloc(sizeof(int) * 4 * nkeys);
+	int		   *route = start + 2 * nkeys;
+	int			ncmds = 0;
+	int			longest = 0;
+	char	   *lease;
+	bool		ok;
 
+	for (int i = 0; i < nkeys; i++)
+		longest = Max(longest, keys[i].len);
+	lease = malloc(longest + MC_LEASE_EXTRA);
+	ok = start != NULL && lease != NULL;
 	for (int i = 0; ok && i < nkeys; i++)
 	{
-		start[i] = (int) b.len;
-		route[i] = mc_cluster_slot(keys[i].s, keys[i].len);
-		ok = add_unlink(&b, keys + i, 1);
+		const char *argv[2] = {"UNLINK", lease};
+		size_t		lens[2] = {6, 0};
+		const char *base;
+		int			blen;
+		int			slot = mc_cluster_slot(keys[i].s, keys[i].len);
+
+		if (!mc_lease_base(keys[i].s, keys[i].len, &base, &blen))
+		{
+			lens[1] = mc_lease_key(keys[i].s, keys[i].len, lease);
+			start[ncmds] = (int) b.len;
+			route[ncmds++] = slot;
+			ok = rawbuf_add(&b, 2, argv, lens);
+		}
+		argv[1] = keys[i].s;
+		lens[1] = keys[i].len;
+		start[ncmds] = (int) b.len;
+		route[ncmds++] = slot;
+		ok = ok && rawbuf_add(&b, 2, argv, lens);
 	}
 	if (!ok)
 		mc_err_set(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting UNLINK commands");
 	else
-		ok = cluster_run(b.data, b.len, start, route, nkeys, unlink_at_cb, st, deadline,
+		ok = cluster_run(b.data, b.len, start, route, ncmds, unlink_at_cb, st, deadline,
 						 false, err);
-	st->res->commands += nkeys;
+	st->res->commands += ncmds;
 	if (ok)
 		st->res->keys_sent += nkeys;
+	free(lease);
 	free(start);
 	free(b.data);
 	return ok;

@@ -1312,18 +1312,47 @@ sub cli
 	return $self->_live->cli('-c', @args);
 }
 
+# commands whose second word is their key, each sent to its key's master
 sub cli_batch
 {
 	my ($self, @cmds) = @_;
 	my @opt = ref $cmds[0] ? @{ shift @cmds } : ();
-	return $self->_live->cli_batch([ '-c', @opt ], @cmds);
+	my $owner = $self->_slot_owners;
+	my (%by, @out);
+	for my $i (0 .. $#cmds)
+	{
+		my (undef, $key) = split ' ', $cmds[$i];
+		push @{ $by{ $owner->[ key_slot($key) ] } }, $i;
+	}
+	for my $port (keys %by)
+	{
+		my ($n) = grep { $_->port == $port } $self->nodes;
+		my @r = $n->cli_batch([@opt], map { $cmds[$_] } @{ $by{$port} });
+		@out[ @{ $by{$port} } ] = @r;
+	}
+	return @out;
 }
 
-# the live master serving $key's slot
-sub master_of
+# CRC16-XMODEM of the key or its {hash tag}, mod 16384
+sub key_slot
 {
-	my ($self, $key) = @_;
-	my $slot = $self->cli('CLUSTER', 'KEYSLOT', $key);
+	my ($key) = @_;
+	$key = $1 if $key =~ /^[^{]*\{([^}]+)\}/;
+	my $crc = 0;
+	for my $c (unpack 'C*', $key)
+	{
+		$crc ^= $c << 8;
+		$crc = ($crc & 0x8000) ? (($crc << 1) ^ 0x1021) & 0xffff : ($crc << 1) & 0xffff
+		  for 1 .. 8;
+	}
+	return $crc % 16384;
+}
+
+# slot => port of the live master serving it
+sub _slot_owners
+{
+	my ($self) = @_;
+	my @owner;
 	for my $line (split /\n/, $self->_live->cli('CLUSTER', 'NODES'))
 	{
 		my @f = split ' ', $line;
@@ -1331,14 +1360,20 @@ sub master_of
 		my ($port) = $f[1] =~ /:(\d+)@/;
 		for my $r (@f[ 8 .. $#f ])
 		{
-			my ($a, $b) = split /-/, $r;
-			$b //= $a;
-			next unless $a =~ /^\d+$/;
-			return (grep { $_->port == $port } $self->nodes)[0]
-			  if $slot >= $a && $slot <= $b;
+			next unless $r =~ /^(\d+)(?:-(\d+))?$/;
+			$owner[$_] = $port for $1 .. ($2 // $1);
 		}
 	}
-	die "no master serves slot $slot";
+	return \@owner;
+}
+
+# the live master serving $key's slot
+sub master_of
+{
+	my ($self, $key) = @_;
+	my $port = $self->_slot_owners->[ key_slot($key) ];
+	die "no master serves the slot of $key" unless $port;
+	return (grep { $_->port == $port } $self->nodes)[0];
 }
 
 # every live node reports cluster_state:ok and no failed node serves slots (60 s)
