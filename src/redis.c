@@ -10,6 +10,14 @@
  * Connections: McConn is one endpoint's connection; the backend uses one
  * (conn), opened lazily for meetcache.redis_url.  Several McConns (Redis
  * Cluster's nodes, a sentinel then its master) take the same functions.
+ * With a cluster (redis-cluster://) conn is unused: the slot map (its data
+ * in cluster.c) is asked of the seed nodes with CLUSTER SLOTS, and each
+ * master has its McConn in nodes[] (preallocated, opened lazily).  Every
+ * command goes to the master of its key's slot, grouped into one pipeline
+ * per master, the masters one after the other under the caller's one
+ * deadline (cluster_run); -MOVED reloads the map and resends, -ASK resends
+ * after ASKING, for MOVED_MAX rounds.  -CLUSTERDOWN, -TRYAGAIN and a
+ * master that does not answer are 08006, and make the map stale.
  * With sentinels (redis-sentinel://) every connect first asks them, in
  * order, where the master is (through `sentinel`, closed again at once,
  * or at its next use after a cancel), then connects there and checks
@@ -970,13 +978,15 @@ cluster_run(const char *buf, size_t len, const int *start, const int *route, int
 {
 	static const char asking[] = "*1\r\n$6\r\nASKING\r\n";
 	int		   *todo = malloc(sizeof(int) * (5 * ncmds + 1));
+	RawBuf	   *b = calloc(1, sizeof(RawBuf));	/* outlives a throw: not a local */
 	int		   *ask;
 	RouteState	st;
-	RawBuf		b = {NULL, 0, 0};
 	volatile bool ok = true;
 
-	if (todo == NULL)
+	if (todo == NULL || b == NULL)
 	{
+		free(todo);
+		free(b);
 		mc_err_set(err, ERRCODE_OUT_OF_MEMORY, "out of memory routing redis commands");
 		return false;
 	}
@@ -1026,7 +1036,7 @@ cluster_run(const char *buf, size_t len, const int *start, const int *route, int
 			{
 				int			nrep = 0;
 
-				b.len = 0;
+				b->len = 0;
 				for (int t = 0; ok && t < ntodo; t++)
 				{
 					int			c = todo[t];
@@ -1036,10 +1046,10 @@ cluster_run(const char *buf, size_t len, const int *start, const int *route, int
 						continue;
 					if (ask[c] >= 0)
 					{
-						ok = rawbuf_put(&b, asking, sizeof(asking) - 1);
+						ok = rawbuf_put(b, asking, sizeof(asking) - 1);
 						st.order[nrep++] = -1;
 					}
-					ok = ok && rawbuf_put(&b, buf + start[c], end - start[c]);
+					ok = ok && rawbuf_put(b, buf + start[c], end - start[c]);
 					st.order[nrep++] = c;
 				}
 				if (!ok)
@@ -1047,7 +1057,7 @@ cluster_run(const char *buf, size_t len, const int *start, const int *route, int
 				else if (nrep > 0)
 				{
 					st.pos = 0;
-					ok = exchange(&nodes[n], b.data, b.len, nrep, route_cb, &st,
+					ok = exchange(&nodes[n], b->data, b->len, nrep, route_cb, &st,
 								  deadline, interruptible, err);
 				}
 			}
@@ -1057,7 +1067,8 @@ cluster_run(const char *buf, size_t len, const int *start, const int *route, int
 	}
 	PG_FINALLY();
 	{
-		free(b.data);
+		free(b->data);
+		free(b);
 		free(todo);
 	}
 	PG_END_TRY();
