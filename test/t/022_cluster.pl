@@ -151,48 +151,39 @@ INSERT INTO meetings (id, title, host_id, invite_code, status)
 }
 
 ###########################################################################
-# Redirects: one session keeps its slot map while a slot migrates
+# Redirects: one session keeps its slot map while slots migrate
 sub node_id { return $_[0]->cli('CLUSTER', 'MYID'); }
+
+# the masters a slot moves between: its own and another
+sub migration
+{
+	my ($key) = @_;
+	my $from = $rc->master_of($key);
+	my ($to) = grep { $_->port != $from->port && $_->cli('ROLE') =~ /^master/ } $rc->nodes;
+	return ($rc->cli('CLUSTER', 'KEYSLOT', $key), $from, $to, node_id($from), node_id($to));
+}
 {
 	my $bg = bg_session($node);
 	bg_query($bg, "SET meetcache.delivery = 'sync'");
 	my $chk = MeetcacheTest::Checker->new($node, $rc);
-	my @k = $chk->seed($chk->keys_of('meetings', "t.id = 'm10'"));
+	my @k = $chk->seed($chk->keys_of('meetings', "t.id IN ('m10', 'm15')"));
 	# the session loads the map
-	bg_query($bg, "UPDATE meetings SET title = 't1' WHERE id = 'm10'");
+	bg_query($bg, "UPDATE meetings SET title = 't1' WHERE id IN ('m10', 'm15')");
 	$chk->must_delete(@k);
-	$chk->verify('redirects: before the migration');
+	$chk->verify('redirects: before the migrations');
 
+	# MOVED: a slot migrated (keys, then ownership) behind the session's back
 	my $key = 'meeting:m10';
-	my $slot = $rc->cli('CLUSTER', 'KEYSLOT', $key);
-	my $from = $rc->master_of($key);
-	my ($to) = grep { $_->port != $from->port && $_->cli('ROLE') =~ /^master/ } $rc->nodes;
-	my ($fid, $tid) = (node_id($from), node_id($to));
-
-	# ASK: the slot is migrating, its key already on the target
+	my ($slot, $from, $to, $fid, $tid) = migration($key);
 	@k = $chk->seed($chk->keys_of('meetings', "t.id = 'm10'"));
-	$rc->cli('SET', "mc-lease:u:{$key}", 'a-token', 'PX', '60000');
-	is($to->cli('CLUSTER', 'SETSLOT', $slot, 'IMPORTING', $fid), 'OK', 'ASK: target importing');
-	is($from->cli('CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $tid), 'OK', 'ASK: source migrating');
+	is($to->cli('CLUSTER', 'SETSLOT', $slot, 'IMPORTING', $fid), 'OK', 'MOVED: target importing');
+	is($from->cli('CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $tid), 'OK', 'MOVED: source migrating');
 	is($from->cli('MIGRATE', '127.0.0.1', $to->port, '', '0', '5000', 'KEYS', $key), 'OK',
-		'ASK: the key moved to the target');
-	is($from->cli('EXISTS', "mc-lease:u:{$key}"), '1', 'ASK: the lease is still on the source');
-	my (undef, $err) = bg_query($bg, "UPDATE meetings SET title = 't2' WHERE id = 'm10'");
-	is($err, '', 'ASK: commit without warning');
-	is(($to->cli_batch('ASKING', "EXISTS $key"))[1], '0', 'ASK: the key is gone from the target at once');
-	# a key a migrating slot no longer holds: -ASK
-	like($from->cli('EXISTS', "mc-lease:u:{$key}"), qr/^ASK /, 'ASK: its lease, still on the source, too');
-	$chk->must_delete(grep { $_ ne $key } @k);
-	$chk->verify('ASK: every key of the change');
-
-	# MOVED: the migration ends; the session still has the old map
-	for my $n (grep { $_->cli('ROLE') =~ /^master/ } $rc->nodes)
-	{
-		$n->cli('CLUSTER', 'SETSLOT', $slot, 'NODE', $tid);
-	}
+		'MOVED: the key moved to the target');
+	$_->cli('CLUSTER', 'SETSLOT', $slot, 'NODE', $tid)
+	  for grep { $_->cli('ROLE') =~ /^master/ } $rc->nodes;
 	ok(poll_until(20, sub { $rc->master_of($key)->port == $to->port }), 'MOVED: the slot moved');
-	@k = $chk->seed($chk->keys_of('meetings', "t.id = 'm10'"));
-	(undef, $err) = bg_query($bg, "UPDATE meetings SET title = 't3' WHERE id = 'm10'");
+	my (undef, $err) = bg_query($bg, "UPDATE meetings SET title = 't3' WHERE id = 'm10'");
 	is($err, '', 'MOVED: commit without warning');
 	is($to->cli('EXISTS', $key), '0', 'MOVED: the key is gone from its new master at once');
 	$chk->must_delete(@k);
@@ -200,6 +191,28 @@ sub node_id { return $_[0]->cli('CLUSTER', 'MYID'); }
 	bg_query($bg, "SELECT meetcache.cache_set('$key', '1', 60)");
 	is(scalar(bg_query($bg, "SELECT meetcache.cache_get('$key')")), '1',
 		'MOVED: the SQL functions follow too');
+
+	# ASK: a slot migrating, its key already on the target, its lease not yet
+	$key = 'meeting:m15';
+	($slot, $from, $to, $fid, $tid) = migration($key);
+	@k = $chk->seed($chk->keys_of('meetings', "t.id = 'm15'"));
+	$rc->cli('SET', "mc-lease:u:{$key}", 'a-token', 'PX', '60000');
+	is($to->cli('CLUSTER', 'SETSLOT', $slot, 'IMPORTING', $fid), 'OK', 'ASK: target importing');
+	is($from->cli('CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $tid), 'OK', 'ASK: source migrating');
+	is($from->cli('MIGRATE', '127.0.0.1', $to->port, '', '0', '5000', 'KEYS', $key), 'OK',
+		'ASK: the key moved to the target');
+	is($from->cli('EXISTS', "mc-lease:u:{$key}"), '1', 'ASK: the lease is still on the source');
+	(undef, $err) = bg_query($bg, "UPDATE meetings SET title = 't2' WHERE id = 'm15'");
+	is($err, '', 'ASK: commit without warning');
+	is(($to->cli_batch('ASKING', "EXISTS $key"))[1], '0', 'ASK: the key is gone from the target at once');
+	# a key a migrating slot no longer holds: -ASK
+	like($from->cli('EXISTS', "mc-lease:u:{$key}"), qr/^ASK /, 'ASK: its lease, on the source, too');
+	$chk->must_delete(grep { $_ ne $key } @k);
+	$chk->verify('ASK: every other key of the change');
+	# the migration ends
+	$_->cli('CLUSTER', 'SETSLOT', $slot, 'NODE', $tid)
+	  for grep { $_->cli('ROLE') =~ /^master/ } $rc->nodes;
+	ok(poll_until(20, sub { $rc->master_of($key)->port == $to->port }), 'ASK: the slot moved');
 	$bg->quit;
 }
 
