@@ -11,9 +11,10 @@
 #     cache_del_pattern over every master, cache_ping.
 #   - Redirects: a slot being migrated (ASK) and migrated (MOVED) under a
 #     session that holds the old slot map: no stale key.
-#   - Failover: the master serving most keys killed under a pgbench write
-#     load (sync+queue): zero failed transactions, and every committed
-#     change's keys are gone once its replica is promoted.
+#   - Failover: a master killed under a pgbench write load, once per
+#     delivery mode (sync+queue, queue, sync): zero failed transactions,
+#     and every committed change's keys are gone once its replica is
+#     promoted; untouched keys survive.  The old master rejoins as a replica.
 #
 # 3 masters + 3 replicas on 127.0.0.1, --cluster-node-timeout 2000.  Every
 # wait is bounded polling.
@@ -217,54 +218,65 @@ sub migration
 }
 
 ###########################################################################
-# Failover: the master of most keys killed under a write load
+# Failover, once per delivery mode: the master of a pool key killed under a
+# write load; it comes back as its replica's replica for the next round
+my $P = 4000;
+my %opts = (
+	'sync' => '-c meetcache.delivery=sync -c meetcache.commit_timeout=300ms',
+	'sync+queue' => '-c meetcache.delivery=sync+queue -c meetcache.commit_timeout=300ms',
+	'queue' => '-c meetcache.delivery=queue',);
+my $h = 0;
+for my $case ([ 'sync+queue', 'sq' ], [ 'queue', 'q' ], [ 'sync', 's' ])
 {
-	my $P = 4000;
+	my ($mode, $tag) = @$case;
+	my $what = "failover, $mode";
 	$node->safe_psql('postgres', qq{
-INSERT INTO users (id, name, email) SELECT 'h-' || g, 'H', 'h-' || g || '\@x' FROM generate_series(1, $P) g;
+INSERT INTO users (id, name, email) SELECT 'h-' || g, 'H', 'h-' || g || '\@x' FROM generate_series($h + 1, $h + $P) g;
 INSERT INTO meetings (id, title, host_id, invite_code, status)
-  SELECT 'p-' || g, 't0', 'h-' || g, 'inv-p-' || g, 'ENDED' FROM generate_series(1, $P) g;
-CREATE SEQUENCE seq_p;});
+  SELECT 'p-${tag}-' || (g - $h), 't0', 'h-' || g, 'inv-p-${tag}-' || (g - $h), 'ENDED' FROM generate_series($h + 1, $h + $P) g;
+CREATE SEQUENCE seq_${tag};});
+	$h += $P;
 	my $chk = MeetcacheTest::Checker->new($node, $rc);
-	my @pool = $chk->keys_of('meetings', "starts_with(t.id, 'p-')");
+	my @pool = $chk->keys_of('meetings', "starts_with(t.id, 'p-${tag}-')");
 	$chk->seed(@pool);
 	my $victim = $rc->master_of($pool[0]);
-	for my $n ($rc->nodes)
-	{
-		next unless $n->cli('ROLE') =~ /^master/;
-		$n->cli('WAIT', '1', '10000');
-	}
+	$_->cli('WAIT', '1', '10000') for grep { $_->cli('ROLE') =~ /^master/ } grep { $_->pid } $rc->nodes;
 	my $load = run_load($node,
 		scripts => [
-			[ "UPDATE meetings SET title = 'done' WHERE id = (SELECT 'p-' || nextval('seq_p'));\n", 1 ]
+			[ "UPDATE meetings SET title = 'done' WHERE id = (SELECT 'p-${tag}-' || nextval('seq_${tag}'));\n", 1 ]
 		],
 		clients => 4,
 		seconds => 6,
 		rate => 300,
-		options => '-c meetcache.delivery=sync+queue -c meetcache.commit_timeout=300ms',
+		options => $opts{$mode},
 		background => 1);
 	ok(poll_sql($node, 'postgres',
-			"SELECT count(*) >= 20 FROM meetings WHERE starts_with(id, 'p-') AND title = 'done'"),
-		'failover: load running');
+			"SELECT count(*) >= 20 FROM meetings WHERE starts_with(id, 'p-${tag}-') AND title = 'done'"),
+		"$what: load running");
 	kill 'KILL', $victim->pid;
 	waitpid($victim->pid, 0);
 	$victim->{pid} = undef;
 	my $r = finish_load($load);
-	note sprintf('failover: rc %s, %s transactions, %s failed, max latency %.3fs',
-		$r->{rc}, $r->{processed} // '?', $r->{failed} // '?', $r->{max_latency});
-	is($r->{rc}, 0, 'failover: pgbench succeeded') or diag($r->{stdout} . $r->{stderr});
+	note sprintf('%s: rc %s, %s transactions, %s failed, max latency %.3fs',
+		$what, $r->{rc}, $r->{processed} // '?', $r->{failed} // '?', $r->{max_latency});
+	is($r->{rc}, 0, "$what: pgbench succeeded") or diag($r->{stdout} . $r->{stderr});
 	ok(defined $r->{processed} && $r->{processed} > 0 && $r->{failed} == 0,
-		'failover: zero failed transactions');
-	unlike($r->{stderr}, qr/ERROR|FATAL|PANIC|abort/i, 'failover: no error');
-	ok(eval { $rc->wait_ok }, 'failover: the replica was promoted');
+		"$what: zero failed transactions");
+	unlike($r->{stderr}, qr/ERROR|FATAL|PANIC|abort/i, "$what: no error");
+	ok(eval { $rc->wait_ok }, "$what: the replica was promoted");
 	my $done = $node->safe_psql('postgres',
-		"SELECT count(*) FROM meetings WHERE starts_with(id, 'p-') AND title = 'done'");
-	cmp_ok($done, '>', 20, "failover: changes committed ($done)");
-	$chk->must_delete($chk->keys_of('meetings', "starts_with(t.id, 'p-') AND t.title = 'done'"));
-	$chk->must_survive(
-		grep { /:p-(\d+)$/ && $1 > $done + 50 } $chk->keys_of('meetings', "starts_with(t.id, 'p-') AND t.title <> 'done'"));
-	$chk->verify('failover: every committed change, on the promoted replica', timeout => 40);
-	ok(wait_queue_empty($node, 'postgres', 40), 'failover: queue and retry queue empty');
+		"SELECT count(*) FROM meetings WHERE starts_with(id, 'p-${tag}-') AND title = 'done'");
+	cmp_ok($done, '>', 20, "$what: changes committed ($done)");
+	$chk->must_delete($chk->keys_of('meetings', "starts_with(t.id, 'p-${tag}-') AND t.title = 'done'"));
+	$chk->must_survive(grep { /:p-${tag}-(\d+)$/ && $1 > $done + 50 }
+		  $chk->keys_of('meetings', "starts_with(t.id, 'p-${tag}-') AND t.title <> 'done'"));
+	$chk->verify("$what: every committed change, on the promoted replica", timeout => 40);
+	ok(wait_queue_empty($node, 'postgres', 40), "$what: queue and retry queue empty");
+
+	# the old master rejoins (its nodes.conf) as a replica
+	$victim->start;
+	ok(poll_until(30, sub { $victim->cli('ROLE') =~ /^slave/ && $rc->wait_ok }),
+		"$what: the old master is a replica again");
 }
 
 unlike(slurp_file($node->logfile), qr/PANIC|was terminated by signal|server process .* exited with exit code/,
