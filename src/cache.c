@@ -418,20 +418,39 @@ meetcache_cache_set(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+static int
+cmp_slot(const void *a, const void *b)
+{
+	const char *ka = *(char *const *) a;
+	const char *kb = *(char *const *) b;
+
+	return mc_cluster_slot(ka, strlen(ka)) - mc_cluster_slot(kb, strlen(kb));
+}
+
 /*
  * Delete full keys, each with its lease key in the same atomic script, so
  * that an outstanding lease is cancelled with its key; returns how many of
- * the keys existed.
+ * the keys existed.  On a cluster one script holds keys of one slot only.
  */
 static int64
 unlink_keys(char **keys, int n)
 {
 	int64		total = 0;
+	bool		cluster = mc_redis_cluster();
+	int			chunk;
 
-	for (int i = 0; i < n; i += DEL_CHUNK)
+	if (cluster)
+		qsort(keys, n, sizeof(char *), cmp_slot);
+	for (int i = 0; i < n; i += chunk)
 	{
 		McErr		err;
-		McReply    *r = mc_lease_del_pairs(keys + i, Min(DEL_CHUNK, n - i), &err);
+		McReply    *r;
+
+		for (chunk = 1; chunk < DEL_CHUNK && i + chunk < n; chunk++)
+			if (cluster && mc_cluster_slot(keys[i + chunk], strlen(keys[i + chunk])) !=
+				mc_cluster_slot(keys[i], strlen(keys[i])))
+				break;
+		r = mc_lease_del_pairs(keys + i, chunk, &err);
 
 		if (r == NULL)
 			mc_throw(&err);
@@ -482,8 +501,9 @@ meetcache_cache_del(PG_FUNCTION_ARGS)
 }
 
 /*
- * SCAN under the prefix with a glob.  Calls fn for every page of keys
- * (full Redis keys) until fn returns false or the cursor is back to 0.
+ * SCAN under the prefix with a glob, on every master of a cluster.  Calls
+ * fn for every page of keys (full Redis keys) until fn returns false or
+ * the cursor is back to 0 on the last master.
  */
 typedef bool (*scan_page_fn) (McReply *keys, void *arg);
 
@@ -504,14 +524,20 @@ scan_match(const char *match, scan_page_fn fn, void *arg)
 												   ALLOCSET_DEFAULT_SIZES);
 	MemoryContext outer = MemoryContextSwitchTo(page_cxt);
 	bool		more = true;
+	int			node = 0;
 
 	/* each page's replies are freed before the next: memory stays flat */
 	while (more)
 	{
 		const char *argv[6] = {"SCAN", cursor, "MATCH", match, "COUNT", SCAN_COUNT};
 		size_t		lens[6] = {4, strlen(cursor), 5, strlen(match), 5, strlen(SCAN_COUNT)};
-		McReply    *r = mc_redis_command(6, argv, lens);
+		McPipe		pipe;
+		McReply    *r;
 
+		mc_pipe_init(&pipe);
+		mc_pipe_add(&pipe, 6, argv, lens);
+		mc_pipe_on_node(&pipe, node);
+		r = mc_pipe_exec(&pipe)[0];
 		check_reply_error(r, NULL);
 		if (r->type != MC_REPLY_ARRAY || r->nelems != 2 ||
 			r->elems[0]->type != MC_REPLY_STRING ||
@@ -522,7 +548,7 @@ scan_match(const char *match, scan_page_fn fn, void *arg)
 		strlcpy(cursor, r->elems[0]->str, sizeof(cursor));
 		if (r->elems[1]->nelems > 0 && !fn(r->elems[1], arg))
 			more = false;
-		if (strcmp(cursor, "0") == 0)
+		if (strcmp(cursor, "0") == 0 && ++node == mc_redis_masters())
 			more = false;
 		MemoryContextReset(page_cxt);
 		CHECK_FOR_INTERRUPTS();
@@ -550,19 +576,20 @@ static bool
 del_lease_page(McReply *keys, void *arg)
 {
 	McPipe		pipe;
-	const char **argv = palloc(sizeof(char *) * (keys->nelems + 1));
-	size_t	   *lens = palloc(sizeof(size_t) * (keys->nelems + 1));
+	McReply   **r;
 
-	argv[0] = "UNLINK";
-	lens[0] = 6;
+	/* one UNLINK per lease key: on a cluster they are in different slots */
+	mc_pipe_init(&pipe);
 	for (int i = 0; i < keys->nelems; i++)
 	{
-		argv[i + 1] = keys->elems[i]->str;
-		lens[i + 1] = keys->elems[i]->len;
+		const char *argv[2] = {"UNLINK", keys->elems[i]->str};
+		size_t		lens[2] = {6, keys->elems[i]->len};
+
+		mc_pipe_add(&pipe, 2, argv, lens);
 	}
-	mc_pipe_init(&pipe);
-	mc_pipe_add(&pipe, keys->nelems + 1, argv, lens);
-	check_reply_error(mc_pipe_exec(&pipe)[0], NULL);
+	r = mc_pipe_exec(&pipe);
+	for (int i = 0; i < pipe.ncmds; i++)
+		check_reply_error(r[i], NULL);
 	return true;
 }
 
@@ -634,10 +661,20 @@ meetcache_cache_ping(PG_FUNCTION_ARGS)
 {
 	const char *argv[1] = {"PING"};
 	size_t		lens[1] = {4};
-	McReply    *r = mc_redis_command(1, argv, lens);
+	McPipe		pipe;
+	McReply   **r;
 
-	check_reply_error(r, NULL);
-	PG_RETURN_TEXT_P(cstring_to_text(r->str ? r->str : ""));
+	/* a cluster answers when every master does */
+	mc_pipe_init(&pipe);
+	for (int n = 0; n < mc_redis_masters(); n++)
+	{
+		mc_pipe_add(&pipe, 1, argv, lens);
+		pipe.route[n] = MC_ROUTE_NODE(n);
+	}
+	r = mc_pipe_exec(&pipe);
+	for (int n = 0; n < pipe.ncmds; n++)
+		check_reply_error(r[n], NULL);
+	PG_RETURN_TEXT_P(cstring_to_text(r[0]->str ? r[0]->str : ""));
 }
 
 /* ---- cache_keys ---- */

@@ -134,21 +134,30 @@ copy_part(char *dst, size_t dstlen, const char *src, size_t n)
 }
 
 /* the scheme: where the endpoint is and whether it speaks TLS */
+typedef enum UrlKind
+{
+	URL_SERVER,					/* one server: TCP, TLS or a Unix socket */
+	URL_SENTINEL,				/* the master that sentinels name */
+	URL_CLUSTER					/* a Redis Cluster's masters */
+} UrlKind;
+
 static bool
-parse_scheme(const char **p, McRedisUrl *out, bool *sentinel, const char **why)
+parse_scheme(const char **p, McRedisUrl *out, UrlKind *kind, const char **why)
 {
 	static const struct
 	{
 		const char *prefix;
 		bool		unix_socket;
 		bool		tls;
-		bool		sentinel;
+		UrlKind		kind;
 	}			schemes[] = {
-		{"redis://", false, false, false},
-		{"rediss://", false, true, false},
-		{"unix://", true, false, false},
-		{"redis-sentinel://", false, false, true},
-		{"rediss-sentinel://", false, true, true},
+		{"redis://", false, false, URL_SERVER},
+		{"rediss://", false, true, URL_SERVER},
+		{"unix://", true, false, URL_SERVER},
+		{"redis-sentinel://", false, false, URL_SENTINEL},
+		{"rediss-sentinel://", false, true, URL_SENTINEL},
+		{"redis-cluster://", false, false, URL_CLUSTER},
+		{"rediss-cluster://", false, true, URL_CLUSTER},
 	};
 
 	for (int i = 0; i < lengthof(schemes); i++)
@@ -157,10 +166,10 @@ parse_scheme(const char **p, McRedisUrl *out, bool *sentinel, const char **why)
 			*p += strlen(schemes[i].prefix);
 			out->ep.unix_socket = schemes[i].unix_socket;
 			out->ep.tls = schemes[i].tls;
-			*sentinel = schemes[i].sentinel;
+			*kind = schemes[i].kind;
 			return true;
 		}
-	*why = "The URL must start with \"redis://\", \"rediss://\" (TLS), \"unix://\", \"redis-sentinel://\" or \"rediss-sentinel://\" (TLS).";
+	*why = "The URL must start with \"redis://\", \"rediss://\" (TLS), \"unix://\", \"redis-sentinel://\", \"rediss-sentinel://\" (TLS), \"redis-cluster://\" or \"rediss-cluster://\" (TLS).";
 	return false;
 }
 
@@ -337,6 +346,63 @@ parse_unix_url(const char *p, McRedisUrl *out, const char **why)
 }
 
 /*
+ * host[:port][,host[:port]...] into eps (at most max, what they are; port
+ * defport unless given), ending at '/' or the end.
+ */
+static bool
+parse_host_list(const char **p, McEndpoint *eps, int *n, int max, const char *what,
+				int defport, bool tls, const char **why)
+{
+	for (;;)
+	{
+		McEndpoint *ep;
+
+		if (*n == max)
+		{
+			*why = psprintf("The URL names more than %d %s.", max, what);
+			return false;
+		}
+		ep = &eps[(*n)++];
+		ep->port = defport;
+		ep->tls = tls;
+		if (!parse_host_port(p, ep, why))
+			return false;
+		if (**p != ',')
+			return true;
+		(*p)++;
+	}
+}
+
+/*
+ * redis-cluster:// and rediss-cluster://: after the userinfo,
+ * host[:port][,host[:port]...][/0]; a seed's port is 6379 unless given.
+ * A cluster has database 0 only (it refuses SELECT).
+ */
+static bool
+parse_cluster_url(const char *p, McRedisUrl *out, const char **why)
+{
+	const char *slash = strchr(p, '/');
+
+	if (!parse_userinfo(&p, slash ? slash : p + strlen(p), out, why) ||
+		!parse_host_list(&p, out->seeds, &out->nseeds, MC_MAX_SEEDS,
+						 "seed nodes", 6379, out->ep.tls, why))
+		return false;
+	if (*p == '/' && p[1] != '\0' && !parse_db(p + 1, p + strlen(p), out, why))
+		return false;
+	if (*p != '\0' && *p != '/')
+	{
+		*why = "Unexpected text after the seed nodes.";
+		return false;
+	}
+	if (out->db != 0)
+	{
+		*why = "A Redis Cluster has database 0 only.";
+		return false;
+	}
+	return true;
+}
+
+/*
  * redis-sentinel:// and rediss-sentinel://: after the userinfo,
  * host[:port][,host[:port]...]/master_name[/db]; a sentinel's port is
  * 26379 unless given, and it speaks TLS when the master does.
@@ -347,26 +413,10 @@ parse_sentinel_url(const char *p, McRedisUrl *out, const char **why)
 	const char *slash = strchr(p, '/');
 	const char *name_end;
 
-	if (!parse_userinfo(&p, slash ? slash : p + strlen(p), out, why))
+	if (!parse_userinfo(&p, slash ? slash : p + strlen(p), out, why) ||
+		!parse_host_list(&p, out->sentinels, &out->nsentinels, MC_MAX_SENTINELS,
+						 "sentinels", 26379, out->ep.tls, why))
 		return false;
-	for (;;)
-	{
-		McEndpoint *ep;
-
-		if (out->nsentinels == MC_MAX_SENTINELS)
-		{
-			*why = "The URL names more than " CppAsString2(MC_MAX_SENTINELS) " sentinels.";
-			return false;
-		}
-		ep = &out->sentinels[out->nsentinels++];
-		ep->port = 26379;
-		ep->tls = out->ep.tls;
-		if (!parse_host_port(&p, ep, why))
-			return false;
-		if (*p != ',')
-			break;
-		p++;
-	}
 	if (*p != '/' || p[1] == '\0' || p[1] == '/')
 	{
 		*why = "The sentinels must be followed by /master_name: redis-sentinel://host:26379/mymaster.";
@@ -392,22 +442,25 @@ parse_sentinel_url(const char *p, McRedisUrl *out, const char **why)
 
 /*
  * Parse redis://[user@]host[:port][/db], rediss:// (the same, over TLS),
- * unix://[user@]/path[?db=N] or redis-sentinel://[user@]host[:port][,...]
- * /master_name[/db] (rediss-sentinel:// over TLS).  On failure returns
+ * unix://[user@]/path[?db=N], redis-sentinel://[user@]host[:port][,...]
+ * /master_name[/db] (rediss-sentinel:// over TLS) or
+ * redis-cluster://[user@]host[:port][,...][/0] (rediss-cluster:// over TLS).  On failure returns
  * false and sets *why to a description that never repeats the URL.
  */
 static bool
 parse_redis_url(const char *url, McRedisUrl *out, const char **why)
 {
 	const char *p = url;
-	bool		sentinel;
+	UrlKind		kind;
 
 	memset(out, 0, sizeof(*out));
 	out->ep.port = 6379;
-	if (!parse_scheme(&p, out, &sentinel, why))
+	if (!parse_scheme(&p, out, &kind, why))
 		return false;
-	if (sentinel)
+	if (kind == URL_SENTINEL)
 		return parse_sentinel_url(p, out, why);
+	if (kind == URL_CLUSTER)
+		return parse_cluster_url(p, out, why);
 	if (out->ep.unix_socket)
 		return parse_unix_url(p, out, why);
 	return parse_tcp_url(p, out, why);
@@ -427,7 +480,7 @@ check_redis_url(char **newval, void **extra, GucSource source)
 		hide_statement = true;
 		GUC_check_errmsg("invalid value for parameter \"meetcache.redis_url\"");
 		GUC_check_errdetail("%s", why ? why : "The URL is empty.");
-		GUC_check_errhint("The format is redis://[user@]host[:port][/db], rediss://... for TLS, unix://[user@]/path[?db=N] or redis-sentinel://[user@]host[:port][,host[:port]...]/master_name[/db]; the password goes in the file named by meetcache.redis_password_file.");
+		GUC_check_errhint("The format is redis://[user@]host[:port][/db], rediss://... for TLS, unix://[user@]/path[?db=N], redis-sentinel://[user@]host[:port][,host[:port]...]/master_name[/db] or redis-cluster://[user@]host[:port][,host[:port]...]; the password goes in the file named by meetcache.redis_password_file.");
 		return false;
 	}
 	copy = (McRedisUrl *) malloc(sizeof(McRedisUrl));

@@ -6,7 +6,8 @@
  *	  meetcache.c  _PG_init, GUCs, the parsed redis_url and the password files
  *	  redis.c      the Redis protocol over a stream: handshake, finding the
  *	               master through sentinels, pipelined commands, scripts,
- *	               invalidation (the only hiredis user)
+ *	               invalidation, a cluster's redirects (the only hiredis user)
+ *	  cluster.c    Redis Cluster's slot map: key slots, which master serves them
  *	  transport.c  the byte stream: host names, TCP, Unix sockets, TLS,
  *	               deadlines and both waiting disciplines (transport.h)
  *	  pending.c    the per-transaction set of keys and its commit/abort path
@@ -55,11 +56,14 @@ typedef struct McEndpoint
 } McEndpoint;
 
 #define MC_MAX_SENTINELS 8		/* sentinels one redis-sentinel:// URL names */
+#define MC_MAX_SEEDS 8			/* seed nodes one redis-cluster:// URL names */
 
 /*
  * With sentinels (redis-sentinel://, rediss-sentinel://) the server is the
  * master they name: ep then holds only tls (for the sentinels and the
- * master alike), and user and db apply to the master.
+ * master alike), and user and db apply to the master.  With seeds
+ * (redis-cluster://, rediss-cluster://) the servers are the cluster's
+ * masters, found by asking the seeds: ep again holds only tls, db is 0.
  */
 typedef struct McRedisUrl
 {
@@ -69,6 +73,8 @@ typedef struct McRedisUrl
 	int			nsentinels;		/* 0: ep is the server */
 	McEndpoint	sentinels[MC_MAX_SENTINELS];	/* asked in this order */
 	char		master_name[256];
+	int			nseeds;			/* > 0: a Redis Cluster (redis-cluster://) */
+	McEndpoint	seeds[MC_MAX_SEEDS];	/* asked for the slot map in this order */
 } McRedisUrl;				/* never a password: see mc_redis_password() */
 
 typedef enum McTlsVerify
@@ -175,12 +181,22 @@ typedef struct McReply
 	struct McReply **elems;
 } McReply;
 
-/* a pipeline of commands under construction (palloc'd buffer) */
+/*
+ * A pipeline of commands under construction (palloc'd).  On a cluster each
+ * command goes to the master of its key's slot (keyless ones: see
+ * mc_pipe_on_node).
+ */
 typedef struct McPipe
 {
 	StringInfoData buf;
 	int			ncmds;
+	int			cap;
+	int		   *start;			/* offset of each command in buf */
+	int		   *route;			/* its slot, or MC_ROUTE_NODE(n), or MC_ROUTE_ANY */
 } McPipe;
+
+#define MC_ROUTE_ANY (-1)
+#define MC_ROUTE_NODE(n) (-2 - (n))
 
 typedef struct McInvResult
 {
@@ -198,12 +214,32 @@ extern McReply **mc_pipe_try(McPipe *pipe, McErr *err);
 extern void mc_throw(McErr *err) pg_attribute_noreturn();
 extern McReply *mc_redis_command(int argc, const char **argv,
 								 const size_t *lens);
+extern void mc_pipe_on_node(McPipe *pipe, int node);
+extern int	mc_redis_masters(void);
+extern bool mc_redis_cluster(void);
 extern bool mc_redis_invalidate(McStr *keys, int nkeys,
 								McStr *patterns, int npatterns,
 								TimestampTz deadline, int step_ms,
 								McInvResult *res, McErr *err);
 
 extern bool mc_redis_ping(TimestampTz deadline, McErr *err);
+
+/* ---- cluster.c: Redis Cluster's slot map ---- */
+
+#define MC_CLUSTER_SLOTS 16384
+#define MC_CLUSTER_MAX_NODES 32	/* masters one cluster may have */
+
+extern int	mc_cluster_slot(const char *key, int len);
+extern void mc_cluster_build_begin(void);
+extern int	mc_cluster_build_node(const McEndpoint *ep);
+extern bool mc_cluster_build_slots(int first, int last, int node);
+extern bool mc_cluster_build_end(void);
+extern bool mc_cluster_map_ready(void);
+extern void mc_cluster_map_stale(void);
+extern int	mc_cluster_nnodes(void);
+extern int	mc_cluster_node_of(int slot);
+extern const McEndpoint *mc_cluster_endpoint(int node);
+extern int	mc_cluster_find(const McEndpoint *ep);
 
 /* ---- lease.c: the lease protocol (README "Leases") ---- */
 

@@ -10,6 +10,14 @@
  * Connections: McConn is one endpoint's connection; the backend uses one
  * (conn), opened lazily for meetcache.redis_url.  Several McConns (Redis
  * Cluster's nodes, a sentinel then its master) take the same functions.
+ * With a cluster (redis-cluster://) conn is unused: the slot map (its data
+ * in cluster.c) is asked of the seed nodes with CLUSTER SLOTS, and each
+ * master has its McConn in nodes[] (preallocated, opened lazily).  Every
+ * command goes to the master of its key's slot, grouped into one pipeline
+ * per master, the masters one after the other under the caller's one
+ * deadline (cluster_run); -MOVED reloads the map and resends, -ASK resends
+ * after ASKING, for MOVED_MAX rounds.  -CLUSTERDOWN, -TRYAGAIN and a
+ * master that does not answer are 08006, and make the map stale.
  * With sentinels (redis-sentinel://) every connect first asks them, in
  * order, where the master is (through `sentinel`, closed again at once,
  * or at its next use after a cancel), then connects there and checks
@@ -49,13 +57,21 @@ typedef struct McConn
 	uint64		generation;		/* mc_url_generation at connect time */
 	bool		sentinel_master;	/* the master that sentinels named */
 	bool		demoted;		/* ... and it answered as a replica does */
+	int			node;			/* a cluster master's index, else -1 */
+	McEndpoint	ep;				/* a cluster master: where it was opened */
 } McConn;
 
-#define MC_CONN_INIT {MC_STREAM_INIT, NULL, false, 0, false, false}
+#define MC_CONN_INIT {MC_STREAM_INIT, NULL, false, 0, false, false, -1}
 
 static McConn conn = MC_CONN_INIT;	/* the backend's, to meetcache.redis_url */
 static McConn sentinel = MC_CONN_INIT;	/* open only while asking one */
+static McConn probe = MC_CONN_INIT; /* open only while asking a cluster node */
+static McConn nodes[MC_CLUSTER_MAX_NODES];	/* a cluster's masters, by map index */
+static bool nodes_ready = false;
 static char master_seen[sizeof(conn.stream.name)];	/* the last master found */
+static McConn *cur = &conn;		/* the connection of the last round trip, for messages */
+
+#define MOVED_MAX 5				/* rounds of redirects one job follows */
 
 /* where replies of a round trip go; returns false to report a bad reply */
 typedef bool (*reply_cb) (redisReply *r, void *arg, McErr *err);
@@ -161,6 +177,7 @@ roundtrip(McConn *c, const char *buf, size_t len, int nreplies, reply_cb cb,
 
 	*got_any = false;
 	c->busy = true;
+	cur = c;
 	while (received < nreplies)
 	{
 		int			want = MC_WAIT_READ;
@@ -354,25 +371,17 @@ typedef struct RawBuf
 	size_t		cap;
 } RawBuf;
 
+/* append bytes already formatted to a malloc'd buffer */
 static bool
-rawbuf_add(RawBuf *b, int argc, const char **argv, const size_t *lens)
+rawbuf_put(RawBuf *b, const char *data, size_t n)
 {
-	char	   *cmd = NULL;
-	long long	n = redisFormatCommandArgv(&cmd, argc, argv, lens);
-
-	if (n < 0 || cmd == NULL)
-		return false;
 	if (b->len + n > b->cap)
 	{
 		size_t		ncap = Max(b->cap * 2, b->len + n + 4096);
 		char	   *nd = malloc(ncap);
 
 		if (nd == NULL)
-		{
-			explicit_bzero(cmd, n);
-			free(cmd);
 			return false;
-		}
 		if (b->data)
 		{
 			memcpy(nd, b->data, b->len);
@@ -382,11 +391,24 @@ rawbuf_add(RawBuf *b, int argc, const char **argv, const size_t *lens)
 		b->data = nd;
 		b->cap = ncap;
 	}
-	memcpy(b->data + b->len, cmd, n);
+	memcpy(b->data + b->len, data, n);
 	b->len += n;
+	return true;
+}
+
+static bool
+rawbuf_add(RawBuf *b, int argc, const char **argv, const size_t *lens)
+{
+	char	   *cmd = NULL;
+	long long	n = redisFormatCommandArgv(&cmd, argc, argv, lens);
+	bool		ok;
+
+	if (n < 0 || cmd == NULL)
+		return false;
+	ok = rawbuf_put(b, cmd, n);
 	explicit_bzero(cmd, n);
 	free(cmd);
-	return true;
+	return ok;
 }
 
 /*
@@ -643,7 +665,12 @@ conn_open(McConn *c, bool interruptible, TimestampTz outer_deadline, McErr *err)
 	if (password == NULL)
 		return false;
 	ep = &mc_url->ep;
-	if (mc_url->nsentinels > 0)
+	if (c->node >= 0)
+	{
+		c->ep = *mc_cluster_endpoint(c->node);
+		ep = &c->ep;
+	}
+	else if (mc_url->nsentinels > 0)
 	{
 		if (!sentinel_find_master(mc_url, &master, interruptible, outer_deadline, err))
 			return false;
@@ -675,7 +702,8 @@ conn_ensure(McConn *c, bool interruptible, TimestampTz deadline, McErr *err,
 {
 	*fresh = false;
 	if (mc_stream_is_open(&c->stream) &&
-		(c->busy || c->generation != mc_url_generation))
+		(c->busy || c->generation != mc_url_generation ||
+		 (c->node >= 0 && memcmp(&c->ep, mc_cluster_endpoint(c->node), sizeof(McEndpoint)) != 0)))
 		conn_close(c);
 	if (mc_stream_is_open(&c->stream))
 		return true;
@@ -684,33 +712,367 @@ conn_ensure(McConn *c, bool interruptible, TimestampTz deadline, McErr *err,
 }
 
 /*
- * One exchange on the backend's connection, with a retry: a reused
- * connection that fails before any reply (the server restarted since) is
- * reopened once.  Timeouts are not retried.
+ * One exchange on a connection, with a retry: a reused connection that
+ * fails before any reply (the server restarted since) is reopened once.
+ * Timeouts are not retried.  A cluster master that does not answer makes
+ * the slot map stale: a failover may have moved its slots.
  */
 static bool
-exchange(const char *buf, size_t len, int nreplies, reply_cb cb, void *arg,
-		 TimestampTz deadline, bool interruptible, McErr *err)
+exchange(McConn *c, const char *buf, size_t len, int nreplies, reply_cb cb,
+		 void *arg, TimestampTz deadline, bool interruptible, McErr *err)
 {
 	bool		fresh;
 	bool		got_any;
 
 	for (int attempt = 0; attempt < 2; attempt++)
 	{
-		if (!conn_ensure(&conn, interruptible, deadline, err, &fresh))
-			return false;
+		if (!conn_ensure(c, interruptible, deadline, err, &fresh))
+			break;
 		err->msg[0] = '\0';
-		if (roundtrip(&conn, buf, len, nreplies, cb, arg, deadline, interruptible,
+		if (roundtrip(c, buf, len, nreplies, cb, arg, deadline, interruptible,
 					  err, &got_any))
 			return true;
-		if (!conn.busy)
+		if (!c->busy)
 			return false;		/* in step: the replies said no */
-		conn_close(&conn);
+		conn_close(c);
 		if (fresh || got_any || mc_ms_left(deadline) <= 0 ||
 			err->sqlstate == ERRCODE_PROTOCOL_VIOLATION)
-			return false;
+			break;
 	}
+	if (c->node >= 0)
+		mc_cluster_map_stale();
 	return false;
+}
+
+/* ---- Redis Cluster: the slot map and routing (the map itself: cluster.c) ---- */
+
+bool
+mc_redis_cluster(void)
+{
+	return mc_url != NULL && mc_url->nseeds > 0;
+}
+
+/* an IP address or host name and a port from a node's reply */
+static bool
+node_endpoint(const redisReply *host, long long port, const char *asked, McEndpoint *ep)
+{
+	memset(ep, 0, sizeof(*ep));
+	ep->tls = mc_url->ep.tls;
+	if (port < 1 || port > 65535)
+		return false;
+	ep->port = (int) port;
+	/* an empty or "?" host means the node asked: its own address is unknown to it */
+	if (host->type == REDIS_REPLY_STRING && host->len > 0 && strcmp(host->str, "?") != 0)
+	{
+		if (!valid_host(host, sizeof(ep->host)))
+			return false;
+		memcpy(ep->host, host->str, host->len + 1);
+	}
+	else
+		strlcpy(ep->host, asked, sizeof(ep->host));
+	return true;
+}
+
+/* CLUSTER SLOTS: [[first, last, [host, port, id...], replicas...]...] */
+static bool
+slots_cb(redisReply *r, void *arg, McErr *err)
+{
+	const McEndpoint *asked = (const McEndpoint *) arg;
+	bool		ok = r->type == REDIS_REPLY_ARRAY;
+
+	if (r->type == REDIS_REPLY_ERROR)
+	{
+		mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
+				   "redis at %s refused CLUSTER SLOTS", cur->stream.name);
+		set_said(err, r);
+		strlcpy(err->hint, "A redis-cluster:// URL must name nodes of a Redis Cluster.",
+				sizeof(err->hint));
+		freeReplyObject(r);
+		return false;
+	}
+	mc_cluster_build_begin();
+	for (size_t i = 0; ok && i < r->elements; i++)
+	{
+		redisReply *e = r->element[i];
+		McEndpoint	ep;
+		int			node;
+
+		ok = e->type == REDIS_REPLY_ARRAY && e->elements >= 3 &&
+			e->element[0]->type == REDIS_REPLY_INTEGER &&
+			e->element[1]->type == REDIS_REPLY_INTEGER &&
+			e->element[2]->type == REDIS_REPLY_ARRAY && e->element[2]->elements >= 2 &&
+			e->element[2]->element[1]->type == REDIS_REPLY_INTEGER &&
+			node_endpoint(e->element[2]->element[0], e->element[2]->element[1]->integer,
+						  asked->host, &ep);
+		if (ok)
+		{
+			node = mc_cluster_build_node(&ep);
+			ok = node >= 0 &&
+				mc_cluster_build_slots((int) e->element[0]->integer,
+									   (int) e->element[1]->integer, node);
+		}
+	}
+	if (!ok)
+		mc_err_set(err, ERRCODE_PROTOCOL_VIOLATION,
+				   "redis at %s sent an unexpected CLUSTER SLOTS reply", cur->stream.name);
+	else if (!mc_cluster_build_end())
+	{
+		mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
+				   "redis cluster node %s serves not every slot yet", cur->stream.name);
+		ok = false;
+	}
+	freeReplyObject(r);
+	return ok;
+}
+
+/*
+ * Ask the seed nodes, in order, then the masters of the last map, for the
+ * slot map: the first complete answer is installed.  Each gets the connect
+ * deadline, never past the caller's.  No palloc, no throw unless
+ * interruptible and interrupted.
+ */
+static bool
+cluster_load_map(bool interruptible, TimestampTz deadline, McErr *err)
+{
+	static const char cmd[] = "*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n";
+	static McEndpoint ask[MC_MAX_SEEDS + MC_CLUSTER_MAX_NODES];
+	const char *password;
+	int			nask = 0;
+	McErr		last;
+
+	if (!nodes_ready)
+	{
+		for (int i = 0; i < MC_CLUSTER_MAX_NODES; i++)
+		{
+			nodes[i] = (McConn) MC_CONN_INIT;
+			nodes[i].node = i;
+		}
+		nodes_ready = true;
+	}
+	password = mc_redis_password(MC_PASSWORD_REDIS, interruptible || IsBackgroundWorker, err);
+	if (password == NULL)
+		return false;
+	for (int i = 0; i < mc_url->nseeds; i++)
+		ask[nask++] = mc_url->seeds[i];
+	for (int i = 0; i < mc_cluster_nnodes(); i++)
+		ask[nask++] = *mc_cluster_endpoint(i);
+	memset(&last, 0, sizeof(last));
+	for (int i = 0; i < nask && mc_ms_left(deadline) > 0; i++)
+	{
+		HandshakeState hs;
+		bool		got_any;
+		bool		ok;
+
+		handshake_init(&hs, HS_SERVER, mc_url->user, 0, "");
+		ok = conn_connect(&probe, &ask[i], &hs, password, connect_deadline(deadline),
+						  interruptible, &last) &&
+			roundtrip(&probe, cmd, sizeof(cmd) - 1, 1, slots_cb, &ask[i], deadline,
+					  interruptible, &last, &got_any);
+		conn_close(&probe);
+		if (ok)
+			return true;
+		if (last.sqlstate == ERRCODE_INVALID_PASSWORD)
+			break;				/* the others want the same credentials */
+	}
+	*err = last;
+	if (err->msg[0] == '\0')
+		mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
+				   "no node of the redis cluster answered before the deadline");
+	if (err->sqlstate != ERRCODE_INVALID_PASSWORD)
+		err->sqlstate = ERRCODE_CONNECTION_FAILURE;
+	return false;
+}
+
+/* where a command goes: the master of its slot, a given master, or the first */
+static int
+route_node(int route)
+{
+	if (route >= 0)
+		return mc_cluster_node_of(route);
+	if (route == MC_ROUTE_ANY)
+		return 0;
+	return -2 - route;
+}
+
+/* a reply of a routed run: which command it answers */
+typedef bool (*cmd_cb) (redisReply *r, int cmd, void *arg, McErr *err);
+
+typedef struct RouteState
+{
+	int		   *order;			/* reply i answers command order[i]; -1: ASKING */
+	int			pos;
+	int		   *redo;			/* commands redirected, sent again */
+	int			nredo;
+	int		   *ask;			/* the master to ASK for a command, else -1 */
+	cmd_cb		cb;
+	void	   *arg;
+} RouteState;
+
+/* -MOVED slot host:port or -ASK slot host:port: the command goes again */
+static bool
+redirected(redisReply *r, int cmd, RouteState *st)
+{
+	bool		is_ask = strncmp(r->str, "ASK ", 4) == 0;
+	const char *addr;
+	const char *colon;
+	McEndpoint	ep;
+
+	if (!is_ask && strncmp(r->str, "MOVED ", 6) != 0)
+		return false;
+	st->redo[st->nredo++] = cmd;
+	st->ask[cmd] = -1;
+	addr = strchr(r->str + (is_ask ? 4 : 6), ' ');
+	colon = addr ? strrchr(addr, ':') : NULL;
+	memset(&ep, 0, sizeof(ep));
+	ep.tls = mc_url->ep.tls;
+	if (is_ask && colon && colon - addr - 1 < (int) sizeof(ep.host))
+	{
+		memcpy(ep.host, addr + 1, colon - addr - 1);
+		ep.port = atoi(colon + 1);
+		st->ask[cmd] = mc_cluster_find(&ep);
+	}
+	/* MOVED, or an ASK to a master the map does not know: ask the cluster */
+	if (st->ask[cmd] < 0)
+		mc_cluster_map_stale();
+	return true;
+}
+
+static bool
+route_cb(redisReply *r, void *arg, McErr *err)
+{
+	RouteState *st = (RouteState *) arg;
+	int			cmd = st->order[st->pos++];
+
+	if (cmd < 0 || (r->type == REDIS_REPLY_ERROR && redirected(r, cmd, st)))
+	{
+		freeReplyObject(r);		/* ASKING's +OK, or the redirect */
+		return true;
+	}
+	if (r->type == REDIS_REPLY_ERROR &&
+		(strncmp(r->str, "TRYAGAIN", 8) == 0 || strncmp(r->str, "CLUSTERDOWN", 11) == 0))
+	{
+		if (err->msg[0] == '\0')
+		{
+			mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
+					   "the redis cluster at %s cannot serve the command now", cur->stream.name);
+			set_said(err, r);
+		}
+		mc_cluster_map_stale();
+		freeReplyObject(r);
+		return false;
+	}
+	return st->cb(r, cmd, st->arg, err);
+}
+
+/*
+ * Run ncmds commands (command i is buf[start[i]..start[i+1]), the last
+ * ending at len) on a cluster: grouped by master, one pipeline per master,
+ * one after the other under the one deadline.  Redirected commands go
+ * again (MOVED: to the master of a reloaded map; ASK: after ASKING), for
+ * at most MOVED_MAX rounds.  Every other reply goes to cb.  No palloc;
+ * no throw unless interruptible and interrupted.
+ */
+static bool
+cluster_run(const char *buf, size_t len, const int *start, const int *route, int ncmds,
+			cmd_cb cb, void *arg, TimestampTz deadline, bool interruptible, McErr *err)
+{
+	static const char asking[] = "*1\r\n$6\r\nASKING\r\n";
+	int		   *todo = malloc(sizeof(int) * (5 * ncmds + 1));
+	RawBuf	   *b = calloc(1, sizeof(RawBuf));	/* outlives a throw: not a local */
+	int		   *ask;
+	RouteState	st;
+	volatile bool ok = true;
+
+	if (todo == NULL || b == NULL)
+	{
+		free(todo);
+		free(b);
+		mc_err_set(err, ERRCODE_OUT_OF_MEMORY, "out of memory routing redis commands");
+		return false;
+	}
+	memset(&st, 0, sizeof(st));
+	st.order = todo + ncmds;	/* a command and its ASKING: 2 * ncmds */
+	st.redo = todo + 3 * ncmds;
+	st.ask = ask = todo + 4 * ncmds;
+	st.cb = cb;
+	st.arg = arg;
+	PG_TRY();
+	{
+		int			ntodo = ncmds;
+
+		for (int i = 0; i < ncmds; i++)
+		{
+			todo[i] = i;
+			ask[i] = -1;
+		}
+		for (int round = 0; ok && ntodo > 0; round++)
+		{
+			if (round == MOVED_MAX)
+			{
+				mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
+						   "the redis cluster kept redirecting commands");
+				ok = false;
+				break;
+			}
+			if (!mc_cluster_map_ready())
+			{
+				if (!cluster_load_map(interruptible, deadline, err))
+				{
+					ok = false;
+					break;
+				}
+				for (int i = 0; i < ncmds; i++)
+					ask[i] = -1;	/* the indexes changed */
+			}
+			for (int t = 0; t < ntodo; t++)
+				if (route_node(route[todo[t]]) >= mc_cluster_nnodes())
+				{
+					mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
+							   "the masters of the redis cluster changed during the command");
+					ok = false;
+				}
+			st.nredo = 0;
+			for (int n = 0; ok && n < mc_cluster_nnodes(); n++)
+			{
+				int			nrep = 0;
+
+				b->len = 0;
+				for (int t = 0; ok && t < ntodo; t++)
+				{
+					int			c = todo[t];
+					size_t		end = c + 1 < ncmds ? start[c + 1] : len;
+
+					if ((ask[c] >= 0 ? ask[c] : route_node(route[c])) != n)
+						continue;
+					if (ask[c] >= 0)
+					{
+						ok = rawbuf_put(b, asking, sizeof(asking) - 1);
+						st.order[nrep++] = -1;
+					}
+					ok = ok && rawbuf_put(b, buf + start[c], end - start[c]);
+					st.order[nrep++] = c;
+				}
+				if (!ok)
+					mc_err_set(err, ERRCODE_OUT_OF_MEMORY, "out of memory routing redis commands");
+				else if (nrep > 0)
+				{
+					st.pos = 0;
+					ok = exchange(&nodes[n], b->data, b->len, nrep, route_cb, &st,
+								  deadline, interruptible, err);
+				}
+			}
+			memcpy(todo, st.redo, sizeof(int) * st.nredo);
+			ntodo = st.nredo;
+		}
+	}
+	PG_FINALLY();
+	{
+		free(b->data);
+		free(b);
+		free(todo);
+	}
+	PG_END_TRY();
+	return ok;
 }
 
 /* ---- SQL-function path: palloc'd replies, errors thrown ---- */
@@ -767,11 +1129,56 @@ collect_cb(redisReply *r, void *arg, McErr *err)
 	return true;
 }
 
+/* a routed run's replies land where their commands were */
+static bool
+collect_at_cb(redisReply *r, int cmd, void *arg, McErr *err)
+{
+	CollectState *cs = (CollectState *) arg;
+
+	cs->raw[cmd] = r;
+	cs->n++;
+	return true;
+}
+
 void
 mc_pipe_init(McPipe *pipe)
 {
 	initStringInfo(&pipe->buf);
 	pipe->ncmds = 0;
+	pipe->cap = 4;
+	pipe->start = palloc(sizeof(int) * pipe->cap);
+	pipe->route = palloc(sizeof(int) * pipe->cap);
+}
+
+static bool
+is_cmd(const char *arg, size_t len, const char *name)
+{
+	return len == strlen(name) && pg_strncasecmp(arg, name, len) == 0;
+}
+
+/*
+ * The slot a command's key lives in: the first key of EVALSHA, the key of
+ * MEMORY USAGE, else the first argument; keyless commands go anywhere.
+ */
+static int
+command_route(int argc, const char **argv, const size_t *lens)
+{
+	int			key = 1;
+
+	if (argc < 2 || is_cmd(argv[0], lens[0], "SCAN") || is_cmd(argv[0], lens[0], "SCRIPT") ||
+		is_cmd(argv[0], lens[0], "PING") || is_cmd(argv[0], lens[0], "INFO"))
+		return MC_ROUTE_ANY;
+	if (is_cmd(argv[0], lens[0], "EVALSHA"))
+	{
+		if (argc < 4 || atoi(argv[2]) < 1)
+			return MC_ROUTE_ANY;
+		key = 3;
+	}
+	else if (is_cmd(argv[0], lens[0], "MEMORY"))
+		key = 2;
+	if (key >= argc)
+		return MC_ROUTE_ANY;
+	return mc_cluster_slot(argv[key], (int) lens[key]);
 }
 
 void
@@ -784,9 +1191,44 @@ mc_pipe_add(McPipe *pipe, int argc, const char **argv, const size_t *lens)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("out of memory formatting a redis command")));
+	if (pipe->ncmds == pipe->cap)
+	{
+		pipe->cap *= 2;
+		pipe->start = repalloc(pipe->start, sizeof(int) * pipe->cap);
+		pipe->route = repalloc(pipe->route, sizeof(int) * pipe->cap);
+	}
+	pipe->start[pipe->ncmds] = pipe->buf.len;
+	pipe->route[pipe->ncmds] = command_route(argc, argv, lens);
 	appendBinaryStringInfo(&pipe->buf, cmd, (int) n);
 	free(cmd);
 	pipe->ncmds++;
+}
+
+/* on a cluster, send every command of the pipeline to master node (SCAN, PING) */
+void
+mc_pipe_on_node(McPipe *pipe, int node)
+{
+	for (int i = 0; i < pipe->ncmds; i++)
+		pipe->route[i] = MC_ROUTE_NODE(node);
+}
+
+/*
+ * How many masters a keyless command (SCAN) must visit: 1, or a cluster's
+ * masters (the slot map is loaded when needed; a failure throws).
+ */
+int
+mc_redis_masters(void)
+{
+	McErr		err;
+
+	if (!mc_redis_cluster())
+		return 1;
+	memset(&err, 0, sizeof(err));
+	if (!mc_cluster_map_ready() &&
+		!cluster_load_map(true, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															mc_command_timeout), &err))
+		mc_throw(&err);
+	return mc_cluster_nnodes();
 }
 
 void
@@ -827,8 +1269,12 @@ mc_pipe_try(McPipe *pipe, McErr *err)
 	PG_TRY();
 	{
 		/* exchange() retries only when no reply arrived, so cs.n is exact */
-		ok = exchange(pipe->buf.data, pipe->buf.len, pipe->ncmds, collect_cb, &cs,
-					  deadline, true, err);
+		if (mc_redis_cluster())
+			ok = cluster_run(pipe->buf.data, pipe->buf.len, pipe->start, pipe->route,
+							 pipe->ncmds, collect_at_cb, &cs, deadline, true, err);
+		else
+			ok = exchange(&conn, pipe->buf.data, pipe->buf.len, pipe->ncmds, collect_cb,
+						  &cs, deadline, true, err);
 		if (ok)
 		{
 			for (int i = 0; i < pipe->ncmds; i++)
@@ -837,8 +1283,9 @@ mc_pipe_try(McPipe *pipe, McErr *err)
 	}
 	PG_FINALLY();
 	{
-		for (int i = 0; i < cs.n; i++)
-			freeReplyObject(cs.raw[i]);
+		for (int i = 0; i < pipe->ncmds; i++)
+			if (cs.raw[i])
+				freeReplyObject(cs.raw[i]);
 		free(cs.raw);
 	}
 	PG_END_TRY();
@@ -880,9 +1327,13 @@ mc_redis_command(int argc, const char **argv, const size_t *lens)
 
 static char script_sha[MC_SCRIPT__COUNT][41];
 
-/* SCRIPT LOAD one script; its SHA1 is cached for every later EVALSHA */
+/*
+ * SCRIPT LOAD one script where route goes (on a cluster: every master
+ * loads it when it first runs it); its SHA1, the same everywhere, is
+ * cached for every later EVALSHA.
+ */
 static bool
-script_load(McScript which, McErr *err)
+script_load(McScript which, int route, McErr *err)
 {
 	McPipe		pipe;
 	McReply   **r;
@@ -891,6 +1342,7 @@ script_load(McScript which, McErr *err)
 
 	mc_pipe_init(&pipe);
 	mc_pipe_add(&pipe, 3, argv, lens);
+	pipe.route[0] = route;
 	r = mc_pipe_try(&pipe, err);
 	if (r == NULL)
 		return false;
@@ -898,7 +1350,7 @@ script_load(McScript which, McErr *err)
 	{
 		mc_err_set(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
 				"redis at %s refused to load a meetcache script: %.200s",
-				conn.stream.name, r[0]->str ? r[0]->str : "");
+				cur->stream.name, r[0]->str ? r[0]->str : "");
 		return false;
 	}
 	memcpy(script_sha[which], r[0]->str, 40);
@@ -924,7 +1376,9 @@ mc_redis_script(McScript which, int nkeys, int nargs, const char **argv,
 		size_t	   *l = palloc(sizeof(size_t) * (nkeys + nargs + 3));
 		char		nk[16];
 
-		if (script_sha[which][0] == '\0' && !script_load(which, err))
+		if (script_sha[which][0] == '\0' &&
+			!script_load(which, nkeys > 0 ? mc_cluster_slot(argv[0], (int) lens[0]) : MC_ROUTE_ANY,
+						 err))
 			return NULL;
 		snprintf(nk, sizeof(nk), "%d", nkeys);
 		a[0] = "EVALSHA";
@@ -951,7 +1405,7 @@ mc_redis_script(McScript which, int nkeys, int nargs, const char **argv,
 		return r[0];
 	}
 	mc_err_set(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-			"redis at %s keeps forgetting meetcache's scripts", conn.stream.name);
+			"redis at %s keeps forgetting meetcache's scripts", cur->stream.name);
 	return NULL;
 }
 
@@ -964,7 +1418,7 @@ ping_cb(redisReply *r, void *arg, McErr *err)
 
 	if (!ok && err->msg[0] == '\0')
 		mc_err_set(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-				"redis at %s refused PING: %.200s", conn.stream.name,
+				"redis at %s refused PING: %.200s", cur->stream.name,
 				r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
 	freeReplyObject(r);
 	return ok;
@@ -977,7 +1431,15 @@ mc_redis_ping(TimestampTz deadline, McErr *err)
 	static const char cmd[] = "*1\r\n$4\r\nPING\r\n";
 
 	memset(err, 0, sizeof(*err));
-	return exchange(cmd, sizeof(cmd) - 1, 1, ping_cb, NULL, deadline, false, err);
+	if (!mc_redis_cluster())
+		return exchange(&conn, cmd, sizeof(cmd) - 1, 1, ping_cb, NULL, deadline, false, err);
+	/* a cluster answers when all its masters do */
+	if (!mc_cluster_map_ready() && !cluster_load_map(false, deadline, err))
+		return false;
+	for (int n = 0; n < mc_cluster_nnodes(); n++)
+		if (!exchange(&nodes[n], cmd, sizeof(cmd) - 1, 1, ping_cb, NULL, deadline, false, err))
+			return false;
+	return true;
 }
 
 
@@ -991,6 +1453,8 @@ typedef struct InvState
 	int			npatterns;
 	RawBuf	   *unlink;			/* UNLINK commands built from scan results */
 	int			unlink_cmds;
+	int			per_unlink;		/* keys per UNLINK: 1 on a cluster (CROSSSLOT) */
+	McConn	   *c;				/* the server, or the cluster master, scanned */
 	bool		oom;
 } InvState;
 
@@ -1003,15 +1467,33 @@ unlink_cb(redisReply *r, void *arg, McErr *err)
 	st->answered = true;
 	if (r->type == REDIS_REPLY_INTEGER)
 		st->res->keys_deleted += r->integer;
+	else if (r->type == REDIS_REPLY_ERROR && err->msg[0] != '\0')
+		ok = false;
+	else if (r->type == REDIS_REPLY_ERROR &&
+			 (strncmp(r->str, "MOVED ", 6) == 0 || strncmp(r->str, "ASK ", 4) == 0 ||
+			  strncmp(r->str, "TRYAGAIN", 8) == 0))
+	{
+		/* a key SCAN found on a master whose slot is moving: all again later */
+		mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
+				   "redis at %s no longer serves a key it listed", cur->stream.name);
+		set_said(err, r);
+		mc_cluster_map_stale();
+		ok = false;
+	}
 	else if (r->type == REDIS_REPLY_ERROR)
 	{
-		if (err->msg[0] == '\0')
-			mc_err_set(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-					"redis at %s refused UNLINK: %.200s", conn.stream.name, r->str);
+		mc_err_set(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+				   "redis at %s refused UNLINK: %.200s", cur->stream.name, r->str);
 		ok = false;
 	}
 	freeReplyObject(r);
 	return ok;
+}
+
+static bool
+unlink_at_cb(redisReply *r, int cmd, void *arg, McErr *err)
+{
+	return unlink_cb(r, arg, err);
 }
 
 #define KEYS_PER_UNLINK 100
@@ -1079,7 +1561,7 @@ scan_cb(redisReply *r, void *arg, McErr *err)
 	{
 		if (err->msg[0] == '\0')
 			mc_err_set(err, ERRCODE_PROTOCOL_VIOLATION,
-					"redis at %s sent an unexpected SCAN reply", conn.stream.name);
+					"redis at %s sent an unexpected SCAN reply", cur->stream.name);
 		freeReplyObject(r);
 		return false;
 	}
@@ -1101,7 +1583,7 @@ scan_cb(redisReply *r, void *arg, McErr *err)
 			{
 				batch[nb].s = k->str;
 				batch[nb].len = (int) k->len;
-				if (++nb == KEYS_PER_UNLINK)
+				if (++nb == st->per_unlink)
 				{
 					if (!add_unlink(st->unlink, batch, nb))
 						st->oom = true;
@@ -1167,7 +1649,8 @@ scan_pass(InvState *st, RawBuf *ub, TimestampTz deadline, int step_ms,
 		/* the workers' SCANs may run long, as long as each page is quick */
 		if (step_ms > 0)
 			deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), step_ms);
-		ok = exchange(cmd.data, cmd.len, nunlink + nscan, scan_cb, st, deadline, false, err);
+		ok = exchange(st->c, cmd.data, cmd.len, nunlink + nscan, scan_cb, st, deadline,
+					  false, err);
 		res->commands += nunlink + nscan;
 		free(cmd.data);
 		if (!ok)
@@ -1176,6 +1659,64 @@ scan_pass(InvState *st, RawBuf *ub, TimestampTz deadline, int step_ms,
 			scan_done = true;
 	}
 	return true;
+}
+
+/*
+ * A cluster's keys: grouped by master, one UNLINK per key, its lease key's
+ * UNLINK (same slot by construction) just before it.  Not one command for
+ * both: while their slot migrates, a command whose keys are split between
+ * the two masters gets -TRYAGAIN until the migration ends.  The lease goes
+ * first, so a lease holder cannot store after the key was deleted.  No
+ * throw, no palloc.
+ */
+static bool
+cluster_unlink(McStr *keys, int nkeys, InvState *st, TimestampTz deadline, McErr *err)
+{
+	RawBuf		b = {NULL, 0, 0};
+	int		   *start = malloc(sizeof(int) * 4 * nkeys);
+	int		   *route = start + 2 * nkeys;
+	int			ncmds = 0;
+	int			longest = 0;
+	char	   *lease;
+	bool		ok;
+
+	for (int i = 0; i < nkeys; i++)
+		longest = Max(longest, keys[i].len);
+	lease = malloc(longest + MC_LEASE_EXTRA);
+	ok = start != NULL && lease != NULL;
+	for (int i = 0; ok && i < nkeys; i++)
+	{
+		const char *argv[2] = {"UNLINK", lease};
+		size_t		lens[2] = {6, 0};
+		const char *base;
+		int			blen;
+		int			slot = mc_cluster_slot(keys[i].s, keys[i].len);
+
+		if (!mc_lease_base(keys[i].s, keys[i].len, &base, &blen))
+		{
+			lens[1] = mc_lease_key(keys[i].s, keys[i].len, lease);
+			start[ncmds] = (int) b.len;
+			route[ncmds++] = slot;
+			ok = rawbuf_add(&b, 2, argv, lens);
+		}
+		argv[1] = keys[i].s;
+		lens[1] = keys[i].len;
+		start[ncmds] = (int) b.len;
+		route[ncmds++] = slot;
+		ok = ok && rawbuf_add(&b, 2, argv, lens);
+	}
+	if (!ok)
+		mc_err_set(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting UNLINK commands");
+	else
+		ok = cluster_run(b.data, b.len, start, route, ncmds, unlink_at_cb, st, deadline,
+						 false, err);
+	st->res->commands += ncmds;
+	if (ok)
+		st->res->keys_sent += nkeys;
+	free(lease);
+	free(start);
+	free(b.data);
+	return ok;
 }
 
 /*
@@ -1207,7 +1748,11 @@ mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 	memset(err, 0, sizeof(*err));
 	st.res = res;
 
-	if (nkeys > 0)
+	st.c = &conn;
+	st.per_unlink = KEYS_PER_UNLINK;
+	if (nkeys > 0 && mc_redis_cluster())
+		ok = cluster_unlink(keys, nkeys, &st, deadline, err);
+	else if (nkeys > 0)
 	{
 		int			ncmds = 0;
 
@@ -1223,7 +1768,7 @@ mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 			}
 			ncmds++;
 		}
-		ok = exchange(b.data, b.len, ncmds, unlink_cb, &st, deadline, false, err);
+		ok = exchange(&conn, b.data, b.len, ncmds, unlink_cb, &st, deadline, false, err);
 		res->commands += ncmds;
 		if (ok)
 			res->keys_sent += nkeys;
@@ -1246,14 +1791,27 @@ mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 		st.patterns = patterns;
 		st.npatterns = npatterns;
 		st.unlink = &ub;
-		for (int pass = 0; pass < 2 && ok; pass++)
-			ok = scan_pass(&st, &ub, deadline, step_ms, res, err);
+		if (!mc_redis_cluster())
+		{
+			for (int pass = 0; pass < 2 && ok; pass++)
+				ok = scan_pass(&st, &ub, deadline, step_ms, res, err);
+		}
+		else if (!mc_cluster_map_ready())
+			ok = cluster_load_map(false, deadline, err);
+		/* a cluster: both passes on every master, each holding its own keys */
+		st.per_unlink = 1;
+		for (int n = 0; ok && mc_redis_cluster() && n < mc_cluster_nnodes(); n++)
+		{
+			st.c = &nodes[n];
+			for (int pass = 0; pass < 2 && ok; pass++)
+				ok = scan_pass(&st, &ub, deadline, step_ms, res, err);
+		}
 		free(ub.data);
 	}
 	if (!ok && step_ms == 0 && st.answered && mc_ms_left(deadline) <= 0 &&
 		err->sqlstate == ERRCODE_CONNECTION_FAILURE)
 		mc_err_set(err, ERRCODE_QUERY_CANCELED,
 				"redis at %s kept answering, but deleting the keys took longer than the deadline",
-				conn.stream.name);
+				cur->stream.name);
 	return ok;
 }

@@ -1260,3 +1260,167 @@ sub _launch
 }
 
 1;
+
+###########################################################################
+# Redis Cluster (022_cluster): $masters masters with $replicas replicas
+# each, on 127.0.0.1 (each node's bus port is a free port of its own).
+#
+#   my $rc = MeetcacheTest::start_redis_cluster(masters => 3, replicas => 1);
+#   $rc->url;                       # redis-cluster://127.0.0.1:p1,...
+#   $rc->cli('GET', 'k');           # redis-cli -c on a live node
+#   $rc->set_many(@keys); $rc->existing_many(@keys);   # as for one server
+#   $rc->master_of('key');          # the node (a MeetcacheTest::Redis) serving it
+#   $rc->wait_ok;                   # every live node says cluster_state:ok
+package MeetcacheTest;
+
+sub start_redis_cluster { return MeetcacheTest::RedisCluster->new(@_); }
+
+package MeetcacheTest::RedisCluster;
+
+use strict;
+use warnings;
+
+use Time::HiRes qw(time usleep);
+
+our @ISA = ('MeetcacheTest::Redis');
+
+sub new
+{
+	my ($class, %o) = @_;
+	my $n = ($o{masters} // 3) * (1 + ($o{replicas} // 1));
+	my @nodes = map {
+		MeetcacheTest::Redis->new(
+			args => [
+				'--cluster-enabled' => 'yes',
+				'--cluster-config-file' => 'nodes.conf',
+				'--cluster-node-timeout' => '2000',
+				'--cluster-port' => MeetcacheTest::free_port()
+			])
+	} 1 .. $n;
+	my $self = bless { nodes => \@nodes, cli_auth => [] }, $class;
+	$self->{port} = $nodes[0]->port;
+	my $out = '';
+	IPC::Run::run(
+		[
+			'redis-cli', '--cluster', 'create',
+			(map { '127.0.0.1:' . $_->port } @nodes),
+			'--cluster-replicas', $o{replicas} // 1, '--cluster-yes'
+		],
+		'<', \undef, '>&', \$out, IPC::Run::timeout(60))
+	  or die "redis-cli --cluster create failed: $out";
+	$self->wait_ok;
+	return $self;
+}
+
+sub nodes { return @{ $_[0]->{nodes} }; }
+
+sub url
+{
+	my ($self) = @_;
+	return 'redis-cluster://'
+	  . join(',', map { '127.0.0.1:' . $_->port } $self->nodes);
+}
+
+# redis-cli -c (following redirects) runs on the first live node
+sub _live
+{
+	my ($self) = @_;
+	my ($n) = grep { $_->pid } $self->nodes;
+	die 'no live cluster node' unless $n;
+	$self->{port} = $n->port;
+	return $n;
+}
+
+sub cli
+{
+	my ($self, @args) = @_;
+	return $self->_live->cli('-c', @args);
+}
+
+# commands whose second word is their key, each sent to its key's master
+sub cli_batch
+{
+	my ($self, @cmds) = @_;
+	my @opt = ref $cmds[0] ? @{ shift @cmds } : ();
+	my $owner = $self->_slot_owners;
+	my (%by, @out);
+	for my $i (0 .. $#cmds)
+	{
+		my (undef, $key) = split ' ', $cmds[$i];
+		push @{ $by{ $owner->[ key_slot($key) ] } }, $i;
+	}
+	for my $port (keys %by)
+	{
+		my ($n) = grep { $_->port == $port } $self->nodes;
+		my @r = $n->cli_batch([@opt], map { $cmds[$_] } @{ $by{$port} });
+		@out[ @{ $by{$port} } ] = @r;
+	}
+	return @out;
+}
+
+# CRC16-XMODEM of the key or its {hash tag}, mod 16384
+sub key_slot
+{
+	my ($key) = @_;
+	$key = $1 if $key =~ /^[^{]*\{([^}]+)\}/;
+	my $crc = 0;
+	for my $c (unpack 'C*', $key)
+	{
+		$crc ^= $c << 8;
+		$crc = ($crc & 0x8000) ? (($crc << 1) ^ 0x1021) & 0xffff : ($crc << 1) & 0xffff
+		  for 1 .. 8;
+	}
+	return $crc % 16384;
+}
+
+# slot => port of the live master serving it
+sub _slot_owners
+{
+	my ($self) = @_;
+	my @owner;
+	for my $line (split /\n/, $self->_live->cli('CLUSTER', 'NODES'))
+	{
+		my @f = split ' ', $line;
+		next unless $f[2] =~ /master/ && $f[2] !~ /fail/;
+		my ($port) = $f[1] =~ /:(\d+)@/;
+		for my $r (@f[ 8 .. $#f ])
+		{
+			next unless $r =~ /^(\d+)(?:-(\d+))?$/;
+			$owner[$_] = $port for $1 .. ($2 // $1);
+		}
+	}
+	return \@owner;
+}
+
+# the live master serving $key's slot
+sub master_of
+{
+	my ($self, $key) = @_;
+	my $port = $self->_slot_owners->[ key_slot($key) ];
+	die "no master serves the slot of $key" unless $port;
+	return (grep { $_->port == $port } $self->nodes)[0];
+}
+
+# every live node reports cluster_state:ok and no failed node serves slots (60 s)
+sub wait_ok
+{
+	my ($self) = @_;
+	my $deadline = time + 60;
+	while (time < $deadline)
+	{
+		my $ok = 1;
+		for my $n (grep { $_->pid } $self->nodes)
+		{
+			my $info = $n->cli('CLUSTER', 'INFO');
+			my $nodes = $n->cli('CLUSTER', 'NODES');
+			# a failed master that still serves slots: no failover yet
+			$ok = 0 if $info !~ /cluster_state:ok/
+			  || grep { my @f = split; $f[2] =~ /fail/ && @f > 8 } split /\n/, $nodes;
+		}
+		return 1 if $ok;
+		usleep(100_000);
+	}
+	die 'the redis cluster did not become ok within 60 s';
+}
+
+1;

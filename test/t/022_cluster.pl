@@ -1,0 +1,284 @@
+# Redis Cluster: meetcache.redis_url = 'redis-cluster://...'.
+#
+#   - URL forms: accepted (one or several seeds, /0, user, rediss-cluster://)
+#     and refused (a database other than 0, a password, too many seeds, bad
+#     port), never echoing the URL.
+#   - Invalidation in sync and queue mode: the keys of one change are spread
+#     over several masters (CROSSSLOT if sent as one UNLINK), and a family
+#     flush (TRUNCATE) deletes keys on every master.
+#   - SQL functions routed by slot: cache_set/get/exists/ttl/del (keys of
+#     several masters in one call), get_or_set with leases, cache_keys and
+#     cache_del_pattern over every master, cache_ping.
+#   - Redirects: a slot being migrated (ASK) and migrated (MOVED) under a
+#     session that holds the old slot map: no stale key.
+#   - Failover: a master killed under a pgbench write load, once per
+#     delivery mode (sync+queue, queue, sync): zero failed transactions,
+#     and every committed change's keys are gone once its replica is
+#     promoted; untouched keys survive.  The old master rejoins as a replica.
+#
+# 3 masters + 3 replicas on 127.0.0.1, --cluster-node-timeout 2000.  Every
+# wait is bounded polling.
+use strict;
+use warnings;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use MeetcacheTest qw(new_node setup_schema run_sql refused poll_sql poll_until
+  bg_session bg_query wait_queue_empty run_load finish_load no_secret);
+
+my $rc = MeetcacheTest::start_redis_cluster(masters => 3, replicas => 1);
+my $node = new_node(
+	'cluster', undef,
+	url => $rc->url,
+	log_statement => 'none',
+	conf => "meetcache.commit_timeout = '500ms'\n"
+	  . "meetcache.retry_buffer = '16MB'\n");
+setup_schema($node);
+
+# the masters serving a list of keys
+sub masters_of
+{
+	my %m = map { $rc->master_of($_)->port => 1 } @_;
+	return scalar keys %m;
+}
+
+###########################################################################
+# URL forms
+for my $u (
+	'redis-cluster://127.0.0.1:7000',
+	'redis-cluster://127.0.0.1:7000,[::1]:7001,localhost/0',
+	'redis-cluster://app@127.0.0.1:7000,127.0.0.1:7001/',
+	'rediss-cluster://127.0.0.1:7000,127.0.0.1:7001')
+{
+	my ($r, $out, $err) = run_sql($node, 'postgres', "SET meetcache.redis_url = '$u'");
+	is($r, 0, "URL accepted: $u") or diag($err);
+}
+for my $c (
+	[ 'redis-cluster://127.0.0.1:7000/3', 'database 0 only' ],
+	[ 'redis-cluster://u:sekrit-pw@127.0.0.1:7000', 'carries a password' ],
+	[ 'redis-cluster://127.0.0.1:0', 'port must be' ],
+	[ 'redis-cluster://127.0.0.1:7000/x', 'database must be' ],
+	[ 'redis-cluster://' . join(',', map { "h$_" } 1 .. 9), 'more than 8 seed nodes' ])
+{
+	my ($u, $why) = @$c;
+	my $err = refused($node, 'postgres', "SET meetcache.redis_url = '$u'", '22023', "URL $u");
+	like($err, qr/DETAIL:  .*\Q$why\E/, "URL $u: says why ($why)");
+	no_secret($err, "URL $u: the error", 'sekrit-pw');
+}
+
+###########################################################################
+# Invalidation: the keys of one change live on several masters
+$node->safe_psql('postgres', q{
+INSERT INTO users (id, name, email) SELECT 'u' || g, 'U', 'u' || g || '@x' FROM generate_series(1, 40) g;
+INSERT INTO meetings (id, title, host_id, invite_code, status)
+  SELECT 'm' || g, 't0', 'u' || g, 'inv-m' || g, 'ENDED' FROM generate_series(1, 40) g;});
+{
+	my $chk = MeetcacheTest::Checker->new($node, $rc);
+	for my $c ([ 'sync', 'm1', 'm11' ], [ 'queue', 'm2', 'm12' ], [ 'sync+queue', 'm3', 'm13' ])
+	{
+		my ($mode, $id, $untouched) = @$c;
+		my @k = $chk->seed($chk->keys_of('meetings', "t.id = '$id'"));
+		my @other = $chk->seed($chk->keys_of('meetings', "t.id = '$untouched'"));
+		cmp_ok(masters_of(@k), '>=', 2, "$mode: the keys of one change are on several masters");
+		my ($r, $out, $err) = run_sql($node, 'postgres',
+			"UPDATE meetings SET title = 't1' WHERE id = '$id'", delivery => $mode);
+		is($err, '', "$mode on a cluster: commit without warning");
+		$chk->must_delete(@k);
+		$chk->must_survive(@other);
+		$chk->verify("$mode on a cluster");
+	}
+
+	# a change of many rows at once: keys on every master
+	my @k = $chk->seed($chk->keys_of('meetings', "t.id IN ('m5', 'm6', 'm7', 'm8', 'm9')"));
+	is(masters_of(@k), 3, 'many rows: their keys are on all three masters');
+	my ($r, $out, $err) = run_sql($node, 'postgres',
+		"UPDATE meetings SET title = 't1' WHERE id IN ('m5', 'm6', 'm7', 'm8', 'm9')",
+		delivery => 'sync');
+	is($err, '', 'many rows: commit without warning');
+	$chk->must_delete(@k);
+	$chk->verify('many rows on a cluster');
+
+	# a family flush (TRUNCATE) SCANs every master
+	my @fam = $chk->seed(map { "meeting:flush$_" } 1 .. 30);
+	my @keep = $chk->seed(map { "unrelated:flush$_" } 1 .. 10);
+	is(masters_of(@fam), 3, 'flush: the family has keys on all three masters');
+	($r, $out, $err) = run_sql($node, 'postgres',
+		'CREATE TABLE scratch AS SELECT * FROM meetings; TRUNCATE meetings CASCADE;'
+		  . ' INSERT INTO meetings SELECT * FROM scratch; DROP TABLE scratch;',
+		delivery => 'sync');
+	$chk->must_delete(@fam);
+	$chk->must_survive(@keep);
+	$chk->verify('TRUNCATE on a cluster: every master flushed');
+}
+
+###########################################################################
+# SQL functions, routed by slot
+{
+	my @keys = map { "sql:k$_" } 1 .. 12;
+	is(masters_of(@keys), 3, 'the SQL keys are on all three masters');
+	$node->safe_psql('postgres',
+		join('', map { "SELECT meetcache.cache_set('$_', '{\"a\": 1}', 600);\n" } @keys));
+	is($node->safe_psql('postgres',
+			'SELECT count(*) FROM unnest(ARRAY[' . join(',', map { "'$_'" } @keys)
+			  . ']) k WHERE meetcache.cache_get(k) = \'{"a": 1}\''),
+		'12', 'cache_set/cache_get on every master');
+	is($rc->cli('GET', 'sql:k7'), '{"a":1}', 'the value is in the cluster');
+	is($node->safe_psql('postgres', q{SELECT meetcache.cache_exists('sql:k3'), meetcache.cache_ttl('sql:k3') > 500}),
+		't|t', 'cache_exists and cache_ttl');
+	is($node->safe_psql('postgres', 'SELECT count(*) FROM meetcache.cache_keys(\'sql:*\')'),
+		'12', 'cache_keys sees the keys of every master');
+	is($node->safe_psql('postgres', q{SELECT meetcache.cache_del('sql:k1', 'sql:k2', 'sql:k3', 'sql:k4', 'nosuch')}),
+		'4', 'cache_del of keys on several masters');
+	is($node->safe_psql('postgres', q{SELECT meetcache.cache_del_pattern('sql:*')}),
+		'8', 'cache_del_pattern over every master');
+	is(scalar($rc->existing_many(@keys)), 0, 'no key is left on any master');
+	is($node->safe_psql('postgres', 'SELECT meetcache.cache_ping()'), 'PONG', 'cache_ping');
+
+	# get_or_set with leases, on keys of every master
+	my @gk = map { "meeting:gos$_" } 1 .. 9;
+	is(masters_of(@gk), 3, 'get_or_set keys are on all three masters');
+	is($node->safe_psql('postgres',
+			join('', map { "SELECT meetcache.cache_get_or_set('$_', 'SELECT ''{\"v\": 1}''::jsonb', 600);\n" } @gk)),
+		join("\n", ('{"v": 1}') x 9), 'cache_get_or_set fills keys on every master');
+	is(scalar($rc->existing_many(@gk)), 9, 'the filled keys are in the cluster');
+	is(scalar($rc->existing_many(map { "mc-lease:u:{$_}" } @gk)), 0, 'no lease is left behind');
+	# a lease held (set by hand, as another session would) blocks a fill
+	$rc->cli('SET', 'mc-lease:u:{meeting:gos1}', 'other-token', 'PX', '60000');
+	$rc->cli('DEL', 'meeting:gos1');
+	my ($r, $out, $err) = run_sql($node, 'postgres',
+		"SET meetcache.lease_wait = '200ms'; SELECT meetcache.cache_get_or_set('meeting:gos1', 'SELECT ''{\"v\": 2}''::jsonb', 600)");
+	is($rc->cli('EXISTS', 'meeting:gos1'), '0', 'a lease held elsewhere: the value is not stored');
+	$node->safe_psql('postgres', q{SELECT meetcache.cache_del('meeting:gos1')});
+	is($rc->cli('EXISTS', 'mc-lease:u:{meeting:gos1}'), '0', 'cache_del cancels the lease with its key');
+}
+
+###########################################################################
+# Redirects: one session keeps its slot map while slots migrate
+sub node_id { return $_[0]->cli('CLUSTER', 'MYID'); }
+
+# the masters a slot moves between: its own and another
+sub migration
+{
+	my ($key) = @_;
+	my $from = $rc->master_of($key);
+	my ($to) = grep { $_->port != $from->port && $_->cli('ROLE') =~ /^master/ } $rc->nodes;
+	return ($rc->cli('CLUSTER', 'KEYSLOT', $key), $from, $to, node_id($from), node_id($to));
+}
+{
+	my $bg = bg_session($node);
+	bg_query($bg, "SET meetcache.delivery = 'sync'");
+	my $chk = MeetcacheTest::Checker->new($node, $rc);
+	my @k = $chk->seed($chk->keys_of('meetings', "t.id IN ('m10', 'm15')"));
+	# the session loads the map
+	bg_query($bg, "UPDATE meetings SET title = 't1' WHERE id IN ('m10', 'm15')");
+	$chk->must_delete(@k);
+	$chk->verify('redirects: before the migrations');
+
+	# MOVED: a slot migrated (keys, then ownership) behind the session's back
+	my $key = 'meeting:m10';
+	my ($slot, $from, $to, $fid, $tid) = migration($key);
+	@k = $chk->seed($chk->keys_of('meetings', "t.id = 'm10'"));
+	is($to->cli('CLUSTER', 'SETSLOT', $slot, 'IMPORTING', $fid), 'OK', 'MOVED: target importing');
+	is($from->cli('CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $tid), 'OK', 'MOVED: source migrating');
+	is($from->cli('MIGRATE', '127.0.0.1', $to->port, '', '0', '5000', 'KEYS', $key), 'OK',
+		'MOVED: the key moved to the target');
+	$_->cli('CLUSTER', 'SETSLOT', $slot, 'NODE', $tid)
+	  for grep { $_->cli('ROLE') =~ /^master/ } $rc->nodes;
+	ok(poll_until(20, sub { $rc->master_of($key)->port == $to->port }), 'MOVED: the slot moved');
+	my (undef, $err) = bg_query($bg, "UPDATE meetings SET title = 't3' WHERE id = 'm10'");
+	is($err, '', 'MOVED: commit without warning');
+	is($to->cli('EXISTS', $key), '0', 'MOVED: the key is gone from its new master at once');
+	$chk->must_delete(@k);
+	$chk->verify('MOVED: every key of the change');
+	bg_query($bg, "SELECT meetcache.cache_set('$key', '1', 60)");
+	is(scalar(bg_query($bg, "SELECT meetcache.cache_get('$key')")), '1',
+		'MOVED: the SQL functions follow too');
+
+	# ASK: a slot migrating, its key already on the target, its lease not yet
+	$key = 'meeting:m15';
+	($slot, $from, $to, $fid, $tid) = migration($key);
+	@k = $chk->seed($chk->keys_of('meetings', "t.id = 'm15'"));
+	$rc->cli('SET', "mc-lease:u:{$key}", 'a-token', 'PX', '60000');
+	is($to->cli('CLUSTER', 'SETSLOT', $slot, 'IMPORTING', $fid), 'OK', 'ASK: target importing');
+	is($from->cli('CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $tid), 'OK', 'ASK: source migrating');
+	is($from->cli('MIGRATE', '127.0.0.1', $to->port, '', '0', '5000', 'KEYS', $key), 'OK',
+		'ASK: the key moved to the target');
+	is($from->cli('EXISTS', "mc-lease:u:{$key}"), '1', 'ASK: the lease is still on the source');
+	(undef, $err) = bg_query($bg, "UPDATE meetings SET title = 't2' WHERE id = 'm15'");
+	is($err, '', 'ASK: commit without warning');
+	is(($to->cli_batch('ASKING', "EXISTS $key"))[1], '0', 'ASK: the key is gone from the target at once');
+	# a key a migrating slot no longer holds: -ASK
+	like($from->cli('EXISTS', "mc-lease:u:{$key}"), qr/^ASK /, 'ASK: its lease, on the source, too');
+	$chk->must_delete(grep { $_ ne $key } @k);
+	$chk->verify('ASK: every other key of the change');
+	# the migration ends
+	$_->cli('CLUSTER', 'SETSLOT', $slot, 'NODE', $tid)
+	  for grep { $_->cli('ROLE') =~ /^master/ } $rc->nodes;
+	ok(poll_until(20, sub { $rc->master_of($key)->port == $to->port }), 'ASK: the slot moved');
+	$bg->quit;
+}
+
+###########################################################################
+# Failover, once per delivery mode: the master of a pool key killed under a
+# write load; it comes back as its replica's replica for the next round
+my $P = 4000;
+my %opts = (
+	'sync' => '-c meetcache.delivery=sync -c meetcache.commit_timeout=300ms',
+	'sync+queue' => '-c meetcache.delivery=sync+queue -c meetcache.commit_timeout=300ms',
+	'queue' => '-c meetcache.delivery=queue',);
+my $h = 0;
+for my $case ([ 'sync+queue', 'sq' ], [ 'queue', 'q' ], [ 'sync', 's' ])
+{
+	my ($mode, $tag) = @$case;
+	my $what = "failover, $mode";
+	$node->safe_psql('postgres', qq{
+INSERT INTO users (id, name, email) SELECT 'h-' || g, 'H', 'h-' || g || '\@x' FROM generate_series($h + 1, $h + $P) g;
+INSERT INTO meetings (id, title, host_id, invite_code, status)
+  SELECT 'p-${tag}-' || (g - $h), 't0', 'h-' || g, 'inv-p-${tag}-' || (g - $h), 'ENDED' FROM generate_series($h + 1, $h + $P) g;
+CREATE SEQUENCE seq_${tag};});
+	$h += $P;
+	my $chk = MeetcacheTest::Checker->new($node, $rc);
+	my @pool = $chk->keys_of('meetings', "starts_with(t.id, 'p-${tag}-')");
+	$chk->seed(@pool);
+	my $victim = $rc->master_of($pool[0]);
+	$_->cli('WAIT', '1', '10000') for grep { $_->cli('ROLE') =~ /^master/ } grep { $_->pid } $rc->nodes;
+	my $load = run_load($node,
+		scripts => [
+			[ "UPDATE meetings SET title = 'done' WHERE id = (SELECT 'p-${tag}-' || nextval('seq_${tag}'));\n", 1 ]
+		],
+		clients => 4,
+		seconds => 6,
+		rate => 300,
+		options => $opts{$mode},
+		background => 1);
+	ok(poll_sql($node, 'postgres',
+			"SELECT count(*) >= 20 FROM meetings WHERE starts_with(id, 'p-${tag}-') AND title = 'done'"),
+		"$what: load running");
+	kill 'KILL', $victim->pid;
+	waitpid($victim->pid, 0);
+	$victim->{pid} = undef;
+	my $r = finish_load($load);
+	note sprintf('%s: rc %s, %s transactions, %s failed, max latency %.3fs',
+		$what, $r->{rc}, $r->{processed} // '?', $r->{failed} // '?', $r->{max_latency});
+	is($r->{rc}, 0, "$what: pgbench succeeded") or diag($r->{stdout} . $r->{stderr});
+	ok(defined $r->{processed} && $r->{processed} > 0 && $r->{failed} == 0,
+		"$what: zero failed transactions");
+	unlike($r->{stderr}, qr/ERROR|FATAL|PANIC|abort/i, "$what: no error");
+	ok(eval { $rc->wait_ok }, "$what: the replica was promoted");
+	my $done = $node->safe_psql('postgres',
+		"SELECT count(*) FROM meetings WHERE starts_with(id, 'p-${tag}-') AND title = 'done'");
+	cmp_ok($done, '>', 20, "$what: changes committed ($done)");
+	$chk->must_delete($chk->keys_of('meetings', "starts_with(t.id, 'p-${tag}-') AND t.title = 'done'"));
+	$chk->must_survive(grep { /:p-${tag}-(\d+)$/ && $1 > $done + 50 }
+		  $chk->keys_of('meetings', "starts_with(t.id, 'p-${tag}-') AND t.title <> 'done'"));
+	$chk->verify("$what: every committed change, on the promoted replica", timeout => 40);
+	ok(wait_queue_empty($node, 'postgres', 40), "$what: queue and retry queue empty");
+
+	# the old master rejoins (its nodes.conf) as a replica
+	$victim->start;
+	ok(poll_until(30, sub { $victim->cli('ROLE') =~ /^slave/ && $rc->wait_ok }),
+		"$what: the old master is a replica again");
+}
+
+unlike(slurp_file($node->logfile), qr/PANIC|was terminated by signal|server process .* exited with exit code/,
+	'no crash in the server log');
+done_testing();
