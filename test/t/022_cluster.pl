@@ -279,6 +279,14 @@ CREATE SEQUENCE seq_${tag};});
 		"$what: the old master is a replica again");
 }
 
+# the whole invalidation matrix, both schemas, against the cluster
+for my $variant (qw(snake camel))
+{
+	my ($ok, $diff) = MeetcacheTest::run_matrix($node, $variant);
+	ok($ok, "the invalidation matrix ($variant) on a cluster gives pg_regress's expected output")
+	  or diag($diff);
+}
+
 unlike(slurp_file($node->logfile), qr/PANIC|was terminated by signal|server process .* exited with exit code/,
 	'no crash in the server log');
 done_testing();
