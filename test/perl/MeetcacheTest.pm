@@ -40,6 +40,7 @@ use PostgreSQL::Test::Utils;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT_OK = qw(start_redis new_node setup_schema schema_sql free_port run_matrix
+  kill_under_load
   with_columns fill_sql make_rows
   run_sql refused all_always
   bg_session bg_query bg_send bg_wait_for elapsed
@@ -222,6 +223,30 @@ sub run_matrix
 	chdir $cwd;
 	my $diff = `diff -u '$repo/expected/matrix_$variant.out' '$out'`;
 	return ($rc == 0 && $? == 0, "psql exit $rc\n" . $diff);
+}
+
+# A Redis ($victim, a RedisServer) killed with SIGKILL under a pgbench write
+# load: run_load(%load) in the background, the kill once $running_sql returns
+# t; asserts that pgbench ended without an error or a failed transaction and
+# returns its result (finish_load).
+sub kill_under_load
+{
+	my ($node, $victim, $what, $running_sql, %load) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my $l = run_load($node, %load, background => 1);
+	Test::More::ok(poll_sql($node, 'postgres', $running_sql), "$what: load running");
+	kill 'KILL', $victim->pid;
+	waitpid($victim->pid, 0);
+	$victim->{pid} = undef;
+	my $r = finish_load($l);
+	Test::More::note(sprintf('%s: rc %s, %s transactions, %s failed, max latency %.3fs',
+		$what, $r->{rc}, $r->{processed} // '?', $r->{failed} // '?', $r->{max_latency}));
+	Test::More::is($r->{rc}, 0, "$what: pgbench succeeded")
+	  or Test::More::diag($r->{stdout} . $r->{stderr});
+	Test::More::ok(defined $r->{processed} && $r->{processed} > 0 && $r->{failed} == 0,
+		"$what: zero failed transactions");
+	Test::More::unlike($r->{stderr}, qr/ERROR|FATAL|PANIC|abort/i, "$what: no error");
+	return $r;
 }
 
 # Users u<prefix><g> hosting ENDED meetings m<prefix><g> (invite code

@@ -241,28 +241,15 @@ CREATE SEQUENCE seq_${tag};});
 	$chk->seed(@pool);
 	my $victim = $rc->master_of($pool[0]);
 	$_->cli('WAIT', '1', '10000') for grep { $_->cli('ROLE') =~ /^master/ } grep { $_->pid } $rc->nodes;
-	my $load = run_load($node,
+	my $r = MeetcacheTest::kill_under_load($node, $victim, $what,
+		"SELECT count(*) >= 20 FROM meetings WHERE starts_with(id, 'p-${tag}-') AND title = 'done'",
 		scripts => [
 			[ "UPDATE meetings SET title = 'done' WHERE id = (SELECT 'p-${tag}-' || nextval('seq_${tag}'));\n", 1 ]
 		],
 		clients => 4,
 		seconds => 6,
 		rate => 300,
-		options => $opts{$mode},
-		background => 1);
-	ok(poll_sql($node, 'postgres',
-			"SELECT count(*) >= 20 FROM meetings WHERE starts_with(id, 'p-${tag}-') AND title = 'done'"),
-		"$what: load running");
-	kill 'KILL', $victim->pid;
-	waitpid($victim->pid, 0);
-	$victim->{pid} = undef;
-	my $r = finish_load($load);
-	note sprintf('%s: rc %s, %s transactions, %s failed, max latency %.3fs',
-		$what, $r->{rc}, $r->{processed} // '?', $r->{failed} // '?', $r->{max_latency});
-	is($r->{rc}, 0, "$what: pgbench succeeded") or diag($r->{stdout} . $r->{stderr});
-	ok(defined $r->{processed} && $r->{processed} > 0 && $r->{failed} == 0,
-		"$what: zero failed transactions");
-	unlike($r->{stderr}, qr/ERROR|FATAL|PANIC|abort/i, "$what: no error");
+		options => $opts{$mode});
 	ok(eval { $rc->wait_ok }, "$what: the replica was promoted");
 	my $done = $node->safe_psql('postgres',
 		"SELECT count(*) FROM meetings WHERE starts_with(id, 'p-${tag}-') AND title = 'done'");
