@@ -1057,14 +1057,17 @@ package MeetcacheTest;
 
 # In $dir: a CA (ca.crt), a server certificate it signs for localhost and
 # 127.0.0.1 (server.crt/.key), a client certificate it signs
-# (client.crt/.key), and another CA with a server certificate of its own
-# for the same names (other.crt/.key).  Returns a hash of the paths.
+# (client.crt/.key), another CA with a server certificate of its own
+# for the same names (other.crt/.key), and a server certificate the first CA
+# signed for the same names that expired on 2 January 2020
+# (expired.crt/.key; `openssl ca`, since `openssl x509 -req` of OpenSSL 3.0
+# cannot back-date).  Returns a hash of the paths.
 sub make_tls_certs
 {
 	my ($dir) = @_;
 	my %p = map { $_ => "$dir/$_" }
 	  qw(ca.crt ca.key server.crt server.key client.crt client.key
-	  otherca.crt otherca.key other.crt other.key);
+	  otherca.crt otherca.key other.crt other.key expired.crt expired.key);
 	my $ext = "$dir/san.cnf";
 	open(my $fh, '>', $ext) or die "cannot write $ext: $!";
 	print $fh "subjectAltName=DNS:localhost,IP:127.0.0.1\n";
@@ -1090,12 +1093,26 @@ sub make_tls_certs
 			'-CAkey', $p{"$ca.key"}, '-CAcreateserial', '-out', $p{"$name.crt"},
 			'-days', '2', ($name eq 'client' ? () : ('-extfile', $ext)));
 	}
+	my $cacnf = "$dir/ca.cnf";
+	open($fh, '>', $cacnf) or die "cannot write $cacnf: $!";
+	print $fh "[ca]\ndefault_ca = expired\n[expired]\ndatabase = $dir/index.txt\n"
+	  . "new_certs_dir = $dir\nserial = $dir/serial\ndefault_md = sha256\n"
+	  . "policy = cn\n[cn]\ncommonName = supplied\n";
+	close $fh;
+	PostgreSQL::Test::Utils::append_to_file("$dir/index.txt", '');
+	PostgreSQL::Test::Utils::append_to_file("$dir/serial", "01\n");
+	$run->('req', @ec, '-keyout', $p{'expired.key'}, '-out', "$dir/expired.csr",
+		'-subj', '/CN=localhost');
+	$run->('ca', '-batch', '-notext', '-config', $cacnf, '-cert', $p{'ca.crt'},
+		'-keyfile', $p{'ca.key'}, '-in', "$dir/expired.csr", '-out', $p{'expired.crt'},
+		'-startdate', '20200101000000Z', '-enddate', '20200102000000Z',
+		'-extfile', $ext);
 	chmod 0600, map { $p{$_} } grep { /\.key$/ } keys %p;
 	return \%p;
 }
 
-# A redis-server that also serves TLS on its tls_port: cert => 'server' or
-# 'other' (of make_tls_certs $certs), auth_clients => 'no' (default) or 'yes'.
+# A redis-server that also serves TLS on its tls_port: cert => 'server',
+# 'other' or 'expired' (of make_tls_certs $certs), auth_clients => 'no' (default) or 'yes'.
 sub start_tls_redis
 {
 	my (%o) = @_;

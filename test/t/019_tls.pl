@@ -1,8 +1,8 @@
 # rediss://: TLS with certificates made here by openssl.  verify-full (chain,
 # host name, SNI) passes for the server's names; a name the certificate does
-# not carry, or a certificate from another CA, fails with SQLSTATE 08006 and
-# a message naming the check, while meetcache.redis_tls_verify = 'ca' / 'none'
-# relax exactly that check; client certificates for tls-auth-clients yes;
+# not carry, a certificate from another CA, or an expired one fails with
+# SQLSTATE 08006 and a message naming the check, while
+# meetcache.redis_tls_verify = 'ca' / 'none' relax exactly that check; client certificates for tls-auth-clients yes;
 # invalidation over TLS in sync and queue mode; a frozen TLS Redis gives a
 # bounded COMMIT and a cancellable cache_get; a restarted one is reconnected.
 use strict;
@@ -64,6 +64,19 @@ refused($node, 'postgres', 'SELECT meetcache.cache_ping()', '08006',
 	redis_url => "rediss://localhost:$other->{tls_port}/0");
 $err = refused($node, 'postgres', 'SELECT meetcache.cache_ping()', '08006',
 	'plain TCP to a TLS port', redis_url => "redis://127.0.0.1:$tp/0");
+
+# 3b. a server certificate of the test's CA whose validity ended in 2020;
+# a hang would end in statement_timeout's SQLSTATE 57014, not 08006
+my $expired = MeetcacheTest::start_tls_redis(certs => $certs, cert => 'expired');
+my $eurl = "rediss://localhost:$expired->{tls_port}/0";
+my $ecmd = "SET meetcache.connect_timeout = '60s'; SET statement_timeout = '20s'; "
+  . 'SELECT meetcache.cache_ping()';
+$err = refused($node, 'postgres', $ecmd, '08006', 'an expired server certificate',
+	redis_url => $eurl);
+like($err, qr/could not verify the TLS certificate of redis at localhost:$expired->{tls_port}: certificate has expired/,
+	'expired server certificate: the message names the check');
+is((run_sql($node, 'postgres', "SET meetcache.redis_tls_verify = 'none'; SELECT meetcache.cache_ping()",
+	redis_url => $eurl))[1], 'PONG', 'expired server certificate: verify = none accepts it');
 
 # 4. client certificates
 my $mtls = MeetcacheTest::start_tls_redis(certs => $certs, auth_clients => 'yes');
