@@ -97,8 +97,7 @@ bench_main() { tw_main "$STAGE_ARG" bench_root_stage stage_bench "$@"; }
 bench_root_stage() {
     local rc=0
     if [ "${MEETCACHE_SKIP_APT:-0}" != 1 ]; then
-        tw_apt_missing say "Installing missing packages:" \
-            postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server redis-tools
+        tw_apt_build_deps say "Installing missing packages:" redis-tools openssl
     fi
     tw_pgbin
     [ -x "$PGBIN/pgbench" ] || die "pgbench not found in $PGBIN"

@@ -45,8 +45,8 @@ stage_root() {
 
     if [ "${MEETCACHE_SKIP_APT:-0}" != 1 ]; then
         say "Checking Debian packages"
-        tw_apt_missing info "installing:" postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server
-        ok "postgresql-15 postgresql-server-dev-15 libhiredis-dev redis-server present"
+        tw_apt_build_deps info "installing:"
+        ok "postgresql-15 postgresql-server-dev-15 libhiredis-dev libssl-dev libc-ares-dev redis-server present"
     fi
     tw_pgbin
     [ -x "$PGBIN/initdb" ] || die "PostgreSQL 15 binaries not found in $PGBIN"

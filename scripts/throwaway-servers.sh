@@ -108,6 +108,15 @@ tw_apt_missing() {
     fi
 }
 
+# tw_apt_build_deps ANNOUNCE TEXT [PACKAGE...]: tw_apt_missing for what building the
+# extension (hiredis, OpenSSL, c-ares) and running its servers needs, plus PACKAGEs
+tw_apt_build_deps() {
+    local announce=$1 text=$2
+    shift 2
+    tw_apt_missing "$announce" "$text" postgresql-15 postgresql-server-dev-15 libhiredis-dev \
+        libssl-dev libc-ares-dev redis-server "$@"
+}
+
 tw_pgbin() {
     [ -n "${PGBIN:-}" ] && return 0
     PGBIN=$("${PG_CONFIG:-pg_config}" --bindir 2>/dev/null) && [ -n "$PGBIN" ] ||
