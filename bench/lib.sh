@@ -92,6 +92,18 @@ bench_write_settings() {
     NUSERS=${BENCH_USERS:-5000}
 }
 
+# the settings of the drain backlog that drain.sh and cluster.sh share (see drain.sh), on
+# top of bench_write_settings's CLIENTS, JOBS, HOT, NPART, NUSERS
+bench_drain_settings() {
+    TARGET_KEYS=${BENCH_DRAIN_KEYS:-1000000}
+    NSINGLE=${BENCH_DRAIN_SINGLE:-60000}
+    BULK_ROWS=${BENCH_DRAIN_BULK_ROWS:-10000}
+    POLL_MS=${BENCH_DRAIN_POLL_MS:-10}
+    REPS=${BENCH_DRAIN_REPS:-3}
+    TIMEOUT=${BENCH_DRAIN_TIMEOUT:-300}
+    NMEET=${BENCH_MEETINGS:-100000}
+}
+
 bench_main() { tw_main "$STAGE_ARG" bench_root_stage stage_bench "$@"; }
 
 bench_root_stage() {
@@ -242,6 +254,37 @@ set_delivery() {
 
 qdepth() { Q "SELECT count(*) FROM meetcache.queue"; }
 
+# bench_preload_for MODE...: PRELOAD=1 if a mode is a queue mode (the drains must run)
+bench_preload_for() {
+    local m
+    PRELOAD=0
+    for m in "$@"; do [ "$m" = sync ] || PRELOAD=1; done
+}
+
+# use_redis_url URL WHAT: meetcache.redis_url of the database's new sessions, checked by
+# a PONG; when PRELOAD=1 also of its drains, once those connected with the old setting
+# have left (they leave after 500 ms idle)
+use_redis_url() {
+    local i
+    Q "ALTER DATABASE bench SET meetcache.redis_url = '$1'" >/dev/null
+    [ "$(Q 'SELECT meetcache.cache_ping()')" = PONG ] || die "no PONG from $2"
+    [ "${PRELOAD:-0}" = 1 ] || return 0
+    for i in $(seq 1 100); do
+        [ "$(stat_of drains_running)" != 0 ] || return 0
+        sleep 0.05
+    done
+    die "a drain is still connected 5 s after the switch to $2"
+}
+
+# bench_update_sql: WORK/update.sql, the single-row UPDATE of a random one of the HOT
+# meetings (transport.sh, drain.sh, cluster.sh)
+bench_update_sql() {
+    cat >"$WORK/update.sql" <<EOSQL
+\\set n random(1, $HOT)
+UPDATE meetings SET title = 'bench ' || (:client_id)::text || '-' || (:n)::text WHERE id = 'm' || (:n)::text;
+EOSQL
+}
+
 wait_queue_empty() {
     local wait=${QUEUE_WAIT:-60} t0 t; t0=$(now_s)
     while [ "$(Q 'SELECT EXISTS (SELECT 1 FROM meetcache.queue)')" = t ]; do
@@ -279,3 +322,208 @@ ratio()  { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f\n", a / b; e
 mb()     { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 now_s()  { date +%s.%N; }
 fname()  { echo "${1//+/_}"; }    # sync+queue -> sync_queue (file and variable names)
+
+###########################################################################################
+# Single-row UPDATE rounds against several Redis targets (transport.sh, cluster.sh)
+###########################################################################################
+# bench_target_run MODE TARGET LABEL SECONDS: use_redis_url "$(url_of TARGET)", one
+# pgbench run of WORK/update.sql (TPS, LAT), then in a queue mode until meetcache.queue
+# is empty
+bench_target_run() {
+    use_redis_url "$(url_of "$2")" "$2"
+    bench_pgbench "$3" -c "$CLIENTS" -j "$JOBS" -T "$4" -M "$PROTOCOL" -f "$WORK/update.sql"
+    [ "$1" = sync ] || wait_queue_empty
+}
+
+# bench_target_rounds TARGET...: for each mode of MODES an unmeasured WARMUP s run against
+# every TARGET, then ROUNDS rounds of every mode, each against every TARGET in turn
+# (bench_target_run; url_of TARGET, the caller's, prints its meetcache.redis_url). The
+# first TARGET is the baseline. Prints per mode and TARGET the median TPS, its ratio to
+# the baseline's median, and the median and range (min-max) of the per-round ratios;
+# writes WORK/rounds.env for bench_results: tps_<mode>_<target>,
+# ratio_<mode>_<target>_<baseline> (of the medians), rounds_<mode>_<target>_<baseline>
+# (the per-round ratios).
+bench_target_rounds() {
+    local base=$1 r t m f rr
+    declare -A TPSL=() RR=() MED=() TPSR=()
+    if [ "$WARMUP" -gt 0 ]; then
+        for m in $MODES; do
+            set_delivery "$m"
+            for t in "$@"; do bench_target_run "$m" "$t" "warmup-$(fname "$m")-$t" "$WARMUP"; done
+        done
+    fi
+    say "Single-row UPDATE, $CLIENTS clients, $DURATION s, $ROUNDS rounds of [$MODES] x [$*]"
+    for r in $(seq 1 "$ROUNDS"); do
+        for m in $MODES; do
+            set_delivery "$m"
+            for t in "$@"; do
+                bench_target_run "$m" "$t" "$(fname "$m")-$t-$r" "$DURATION"
+                TPSR[$t]=$TPS
+                TPSL[$m/$t]+="$TPS "
+                printf '    round %d %-10s %-8s %8.0f tps, latency average %s ms%s\n' "$r" "$m" "$t" "$TPS" "$LAT" \
+                    "$([ "$m" = sync ] || echo ", queue empty ${QWAIT_S} s later")"
+            done
+            for t in "${@:2}"; do RR[$m/$t]+="$(ratio "${TPSR[$t]}" "${TPSR[$base]}") "; done
+        done
+    done
+    [ "$(stat_of delivery_failures)" = 0 ] || info "warning: $(stat_of delivery_failures) failed deliveries"
+
+    for m in $MODES; do
+        for t in "$@"; do MED[$m/$t]=$(tr ' ' '\n' <<<"${TPSL[$m/$t]}" | grep . | median %.1f); done
+    done
+    say "Results: TPS per delivery mode and target, as a ratio to $base in the same mode and run"
+    printf '\n  %-10s %-8s %12s %14s %22s %16s\n' mode target "TPS (median)" "ratio to $base" "median per-round ratio" "per-round range"
+    for m in $MODES; do
+        printf '  %-10s %-8s %12.0f %14s %22s %16s\n' "$m" "$base" "${MED[$m/$base]}" 1.000 1.000 -
+        for t in "${@:2}"; do
+            rr=$(tr ' ' '\n' <<<"${RR[$m/$t]}" | grep . | sort -g)
+            printf '  %-10s %-8s %12.0f %14s %22s %16s\n' "$m" "$t" "${MED[$m/$t]}" \
+                "$(ratio "${MED[$m/$t]}" "${MED[$m/$base]}")" "$(median <<<"$rr")" "$(head -n 1 <<<"$rr")-$(tail -n 1 <<<"$rr")"
+        done
+    done
+    printf '\n  higher is better; 1.0 means the same throughput as %s in the same mode.\n' "$base"
+    {
+        for m in $MODES; do
+            f=$(fname "$m")
+            for t in "$@"; do echo "tps_${f}_$t=${MED[$m/$t]}"; done
+            for t in "${@:2}"; do
+                echo "ratio_${f}_${t}_$base=$(ratio "${MED[$m/$t]}" "${MED[$m/$base]}")"
+                echo "rounds_${f}_${t}_$base=\"$(xargs <<<"${RR[$m/$t]}")\""
+            done
+        done
+    } >"$WORK/rounds.env"
+}
+
+###########################################################################################
+# Drain of a backlog (drain.sh, cluster.sh); settings from bench_drain_settings
+###########################################################################################
+# drain_load_data: NUSERS users, NMEET meetings (HOT with NPART participants each, a
+# column n with the meeting's number for the bulk UPDATEs' ranges), the extension with
+# its triggers, and the watcher: drain_watch(poll_ms, timeout_s) polls the oldest queue id
+# until the queue is empty, one transaction per poll (no snapshot held), keeps its samples
+# in memory and writes them to drain_poll at the end; backlog holds a backlog's rows
+drain_load_data() {
+    [ "$HOT" -le "$NMEET" ] || die "BENCH_HOT ($HOT) must not exceed BENCH_MEETINGS ($NMEET)"
+    say "Loading data: $NUSERS users, $NMEET meetings ($HOT with $NPART participants each)"
+    bench_load_data "$NUSERS" "$NMEET" "$HOT" "$NPART" <<'EOSQL'
+ALTER TABLE meetings ADD COLUMN n int;
+UPDATE meetings SET n = substr(id, 2)::int;
+CREATE INDEX ON meetings (n);
+EOSQL
+    PSQL >/dev/null <<'EOSQL'
+SELECT meetcache.attach_defaults();
+CREATE TABLE drain_poll (t double precision, min_id bigint);
+CREATE TABLE backlog (id bigint PRIMARY KEY, nkeys int, npatterns int);
+CREATE PROCEDURE drain_watch(poll_ms int, timeout_s int) LANGUAGE plpgsql AS $$
+DECLARE
+  ts double precision[] := '{}';
+  ids bigint[] := '{}';
+  m bigint;
+  t0 timestamptz := clock_timestamp();
+BEGIN
+  LOOP
+    SELECT min(id) INTO m FROM meetcache.queue;
+    ts := ts || extract(epoch FROM clock_timestamp())::double precision;
+    ids := ids || m;
+    COMMIT;
+    EXIT WHEN m IS NULL OR clock_timestamp() - t0 > make_interval(secs => timeout_s);
+    PERFORM pg_sleep(poll_ms / 1000.0);
+  END LOOP;
+  INSERT INTO drain_poll SELECT * FROM unnest(ts, ids);
+END
+$$;
+EOSQL
+    bench_update_sql
+    DRAIN_LO=1
+}
+
+# for an EXIT hook: stop the watcher of drain_rep, if it runs
+drain_stop_watcher() { [ -z "${POLLER_PID:-}" ] || kill "$POLLER_PID" 2>/dev/null || true; }
+
+# drain_rep LABEL FREEZE THAW: one backlog and its drain, in queue mode against the Redis that
+# FREEZE stops (SIGSTOP; it says what it stops) and THAW continues (commands):
+#   VACUUM, CHECKPOINT, FREEZE; pgbench single-row UPDATEs (NSINGLE transactions, 8 keys
+#   each), then bulk UPDATEs of BULK_ROWS meetings until the queue holds TARGET_KEYS keys;
+#   wait for the drain to give up and the breaker to open; start the watcher, THAW, wait
+#   for an empty queue. Sets DR_TOTAL (keys/s from THAW to an empty queue), DR_STEADY
+#   (from the first committed batch on), DR_SINGLE and DR_ROWS_SINGLE (keys/s and rows/s
+#   on the single-row rows); prints the details. LABEL names its files in WORK.
+drain_rep() {
+    local label=$1 freeze=$2 thaw=$3 per_client=$(( (NSINGLE + CLIENTS - 1) / CLIENTS )) nbulk=0 w=0 st
+    local last_single t_singles single_keys single_rows rows keys pats k0 k1 t_cont t_first t_empty first_done delay sent0 sent1 rows0 rows1 f0 f1 cmd0 cmd1
+    Q "TRUNCATE drain_poll" >/dev/null
+    PSQL -c "VACUUM meetings" -c "VACUUM meetcache.queue" -c "CHECKPOINT" >/dev/null
+    $freeze
+    # single-row transactions first (8 keys each), then bulk ones up to the target
+    bench_pgbench "backlog-$label" -c "$CLIENTS" -j "$JOBS" -t "$per_client" -M prepared -f "$WORK/update.sql"
+    info "single-row UPDATEs: $(( per_client * CLIENTS )) transactions at $(awk -v t="$TPS" 'BEGIN { printf "%.0f", t }') tps (Redis frozen: commits do not touch it)"
+    keys=$(Q "SELECT coalesce(sum(cardinality(keys)), 0) FROM meetcache.queue")
+    last_single=$(Q "SELECT coalesce(max(id), 0) FROM meetcache.queue")
+    while [ "$keys" -lt "$TARGET_KEYS" ]; do
+        [ "$DRAIN_LO" -le "$NMEET" ] || DRAIN_LO=1
+        Q "UPDATE meetings SET title = title || 'y' WHERE n BETWEEN $DRAIN_LO AND $(( DRAIN_LO + BULK_ROWS - 1 ))" >/dev/null
+        DRAIN_LO=$(( DRAIN_LO + BULK_ROWS )); nbulk=$(( nbulk + 1 ))
+        keys=$(Q "SELECT coalesce(sum(cardinality(keys)), 0) FROM meetcache.queue")
+    done
+    info "bulk UPDATEs: $nbulk transactions of $BULK_ROWS meetings"
+
+    # let the failed drain give up and the breaker open, so each repetition starts alike
+    while :; do
+        st=$(Q "SELECT redis_state || ' ' || drains_running FROM meetcache.stats")
+        [ "$st" = "down 0" ] && break
+        w=$(( w + 1 )); [ "$w" -lt 300 ] || { info "warning: still '$st' (redis_state, drains_running) after 30 s"; break; }
+        sleep 0.1
+    done
+    Q "TRUNCATE backlog; INSERT INTO backlog SELECT id, cardinality(keys), coalesce(cardinality(patterns), 0) FROM meetcache.queue;" >/dev/null
+    IFS='|' read -r rows keys pats k0 <<<"$(Q "SELECT count(*), sum(nkeys), sum(npatterns), min(id) FROM backlog")"
+    info "backlog: $rows queue rows, $keys keys, $pats patterns; queue $(Q "SELECT pg_size_pretty(pg_total_relation_size('meetcache.queue'))"); redis_state, drains_running: $st"
+    info "keys per row: $(Q "SELECT string_agg(n || ' keys x ' || c, ', ' ORDER BY n) FROM (SELECT nkeys AS n, count(*) AS c FROM backlog GROUP BY 1 ORDER BY 2 DESC LIMIT 4) x") (most frequent)"
+    [ "$pats" = 0 ] || info "warning: the backlog holds $pats family patterns (SCANs), above meetcache.max_keys"
+    IFS='|' read -r sent0 rows0 f0 cmd0 <<<"$(Q "SELECT queue_keys_sent, queue_rows_done, worker_failures, commands FROM meetcache.stats")"
+
+    # the watcher starts first, then Redis is thawed
+    PSQL -c "CALL drain_watch($POLL_MS, $TIMEOUT)" >"$WORK/watch-$label.out" 2>&1 &
+    POLLER_PID=$!
+    sleep 0.3
+    t_cont=$(now_s)
+    $thaw
+    info "thawed (SIGCONT) at $t_cont; waiting for an empty queue"
+    wait "$POLLER_PID" || { cat "$WORK/watch-$label.out" >&2; die "the watcher failed"; }
+    POLLER_PID=
+    IFS='|' read -r sent1 rows1 f1 cmd1 <<<"$(Q "SELECT queue_keys_sent, queue_rows_done, worker_failures, commands FROM meetcache.stats")"
+    [ "$(Q "SELECT count(*) FROM drain_poll WHERE min_id IS NULL")" = 1 ] \
+        || die "the queue did not empty within $TIMEOUT s ($(Q "SELECT count(*) FROM meetcache.queue") rows left)"
+
+    # progress from the samples: the drain takes rows in id order, so keys done at a
+    # sample are the backlog keys of ids below the queue's oldest id then
+    IFS='|' read -r t_first first_done t_empty k1 <<<"$(Q "
+        WITH s AS (SELECT t, min_id FROM drain_poll WHERE t > $t_cont)
+        SELECT (SELECT min(t) FROM s WHERE min_id IS NULL OR min_id > $k0),
+               (SELECT coalesce(sum(b.nkeys), 0) FROM backlog b
+                 WHERE b.id < coalesce((SELECT min_id FROM s WHERE min_id IS NULL OR min_id > $k0 ORDER BY t LIMIT 1), 9223372036854775807)),
+               (SELECT min(t) FROM s WHERE min_id IS NULL),
+               (SELECT count(*) FROM s)")"
+    DR_TOTAL=$(awk -v k="$keys" -v a="$t_empty" -v b="$t_cont" 'BEGIN { printf "%.0f", k / (a - b) }')
+    if awk -v a="$t_empty" -v b="$t_first" 'BEGIN { exit !(a > b) }'; then
+        DR_STEADY=$(awk -v k="$keys" -v d="$first_done" -v a="$t_empty" -v b="$t_first" 'BEGIN { printf "%.0f", (k - d) / (a - b) }')
+    else
+        DR_STEADY=nan
+    fi
+    delay=$(awk -v a="$t_first" -v b="$t_cont" 'BEGIN { printf "%.3f", a - b }')
+    # the single-row rows come first: their rate, from the samples taken while the
+    # oldest queue row was still one of them (the first one with progress to the last)
+    IFS='|' read -r t_singles single_keys single_rows <<<"$(Q "
+        WITH s AS (SELECT t, min_id FROM drain_poll WHERE t > $t_cont AND min_id > $k0 AND min_id <= $last_single ORDER BY t DESC LIMIT 1)
+        SELECT (SELECT t FROM s), (SELECT sum(nkeys) FROM backlog WHERE id < (SELECT min_id FROM s)),
+               (SELECT count(*) FROM backlog WHERE id < (SELECT min_id FROM s))")"
+    DR_SINGLE=$(awk -v k="$single_keys" -v d="$first_done" -v a="$t_singles" -v b="$t_first" 'BEGIN { if (a > b) printf "%.0f", (k - d) / (a - b); else print "nan" }')
+    DR_ROWS_SINGLE=$(awk -v r="$single_rows" -v k="$single_keys" -v d="$first_done" -v a="$t_singles" -v b="$t_first" 'BEGIN { if (a > b && k > 0) printf "%.0f", r * (1 - d / k) / (a - b); else print "nan" }')
+    info "empty after $(awk -v a="$t_empty" -v b="$t_cont" 'BEGIN { printf "%.3f", a - b }') s ($k1 polls); first batch committed after $delay s ($first_done keys)"
+    info "queue_keys_sent +$(( sent1 - sent0 )) (backlog: $keys), queue_rows_done +$(( rows1 - rows0 )) (backlog: $rows), Redis commands +$(( cmd1 - cmd0 )), worker_failures +$(( f1 - f0 ))"
+    info "=> $DR_TOTAL keys/s from the thaw to empty; $DR_STEADY keys/s from the first committed batch on"
+    info "   while it drained single-row rows (8 keys each): $DR_SINGLE keys/s = $DR_ROWS_SINGLE rows/s"
+    Q "SELECT 'progress: ' || string_agg(format('%s%% at %s s', pct, to_char(dt, 'FM990.000')), ', ' ORDER BY pct)
+       FROM (SELECT pct, (SELECT min(t) FROM drain_poll p WHERE p.t > $t_cont AND (p.min_id IS NULL OR
+               (SELECT coalesce(sum(nkeys), 0) FROM backlog b WHERE b.id < p.min_id) >= pct / 100.0 * $keys)) - $t_cont AS dt
+             FROM unnest(ARRAY[10, 25, 50, 75, 90, 100]) pct) x" | sed 's/^/    /'
+}

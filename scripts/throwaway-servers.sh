@@ -58,16 +58,25 @@
 #   tw_extension_installed      true if meetcache is installed for $PGBIN/pg_config
 #   tw_free_port                prints a free TCP port of 127.0.0.1 (20000-59999)
 #   RCLI ARGS...                redis-cli to the throwaway redis-server
-#   tw_start_redis [--log-on-failure]   sets REDIS_PORT; --log-on-failure: print
-#                               redis.log to stderr before dying when it cannot start
+#   tw_launch_redis NAME [ARG...]  a redis-server on a free port (WORK/NAME.pid, NAME.log,
+#                               plus ARGs), answering PING; sets TW_PORT; fails after 5 ports
+#   tw_start_redis [--log-on-failure]   tw_launch_redis redis; sets REDIS_PORT;
+#                               --log-on-failure: print redis.log to stderr before dying
+#                               when it cannot start
 #   tw_redis_pid                prints the redis-server's pid (WORK/redis.pid); fails if none
-#   tw_kill_redis [-SIGNAL]     kill [-SIGNAL] that pid, if any; never fails
+#   tw_kill_pidfile FILE [-SIGNAL]  kill [-SIGNAL] the pid in FILE, if any; never fails
+#   tw_kill_redis [-SIGNAL]     the same for WORK/redis.pid
+#   tw_start_redis_cluster N [ARG...]  a Redis Cluster of N masters, no replicas, on free
+#                               ports of 127.0.0.1 (nodes WORK/cluster-<i>.*), waited for
+#                               until cluster_state:ok; sets CLUSTER_PORTS ("p1 p2 ...")
+#   tw_kill_redis_cluster [-SIGNAL]  kill [-SIGNAL] every cluster node; never fails
 #   tw_init_pg                  sets PGPORT; initdb WORK/pgdata, appends listen_addresses,
 #                               unix_socket_directories and port to its postgresql.conf
 #                               (the caller appends its own settings after that)
 #   tw_start_pg                 pg_ctl start; PG_STARTED=1; exports PGHOST PGPORT PGUSER
-#   tw_stop_servers RC HEADER   stops PostgreSQL and redis-server; if RC != 0, prints HEADER
-#                               and the last 30 lines of the PostgreSQL log to stderr
+#   tw_stop_servers RC HEADER   stops PostgreSQL, redis-server and the cluster's nodes; if
+#                               RC != 0, prints HEADER and the last 30 lines of the
+#                               PostgreSQL log to stderr
 #   (the benchmarks' EXIT trap: bench_cleanup in bench/lib.sh)
 
 say()  { printf '\n==> %s\n' "$*"; }
@@ -200,21 +209,30 @@ tw_free_port() {
 
 RCLI() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 
-tw_start_redis() {
-    local try i
+# tw_launch_redis NAME [ARG...]: a daemonized redis-server on a free 127.0.0.1 port, no
+# persistence, pid file WORK/NAME.pid, log WORK/NAME.log, plus the ARGs; waits for its
+# PONG; sets TW_PORT. Tries 5 ports (a lost race for one), then fails.
+tw_launch_redis() {
+    local name=$1 try i
+    shift
     for try in 1 2 3 4 5; do
-        REDIS_PORT=$(tw_free_port) || die "no free port"
-        redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode yes \
+        TW_PORT=$(tw_free_port) || return 1
+        redis-server --port "$TW_PORT" --bind 127.0.0.1 --protected-mode yes \
             --save '' --appendonly no --daemonize yes \
-            --pidfile "$WORK/redis.pid" --logfile "$WORK/redis.log" --dir "$WORK" >/dev/null
+            --pidfile "$WORK/$name.pid" --logfile "$WORK/$name.log" --dir "$WORK" "$@" >/dev/null
         for i in $(seq 1 50); do
-            [ "$(RCLI ping 2>/dev/null)" = PONG ] && return 0
+            [ "$(redis-cli -h 127.0.0.1 -p "$TW_PORT" ping 2>/dev/null)" = PONG ] && return 0
             sleep 0.1
         done
         # Lost a race for the port (or something else): clean up and try another port.
-        tw_kill_redis
-        rm -f "$WORK/redis.pid"
+        tw_kill_pidfile "$WORK/$name.pid"
+        rm -f "$WORK/$name.pid"
     done
+    return 1
+}
+
+tw_start_redis() {
+    if tw_launch_redis redis; then REDIS_PORT=$TW_PORT; return 0; fi
     if [ "${1:-}" = --log-on-failure ]; then cat "$WORK/redis.log" >&2 || true; fi
     die "could not start redis-server"
 }
@@ -224,16 +242,62 @@ tw_redis_pid() {
     pid=$(cat "$WORK/redis.pid" 2>/dev/null) && [ -n "$pid" ] && echo "$pid"
 }
 
-# shellcheck disable=SC2120  # bench/drain.sh passes a signal
-tw_kill_redis() {
-    local pid
-    if pid=$(tw_redis_pid); then kill "$@" "$pid" 2>/dev/null || true; fi
+# tw_kill_pidfile FILE [-SIGNAL]: kill [-SIGNAL] the pid in FILE, if any; never fails
+tw_kill_pidfile() {
+    local pid f=$1
+    shift
+    pid=$(cat "$f" 2>/dev/null) && [ -n "$pid" ] && kill "$@" "$pid" 2>/dev/null || true
 }
+
+# shellcheck disable=SC2120  # bench/drain.sh passes a signal
+tw_kill_redis() { tw_kill_pidfile "$WORK/redis.pid" "$@"; }
 
 tw_stop_redis() {
     [ -n "${REDIS_PORT:-}" ] || return 0
     RCLI shutdown nosave >/dev/null 2>&1 || true
     tw_kill_redis
+}
+
+# tw_start_redis_cluster N [ARG...]: N (>= 3) redis-servers in cluster mode (tw_launch_redis
+# cluster-<i>: WORK/cluster-<i>.pid, .log, cluster-<i>-nodes.conf; the bus on a free port
+# of its own, --cluster-port, since port + 10000 may exceed 65535; plus the ARGs), made
+# N masters without replicas by redis-cli --cluster create; waits (60 s) until every node
+# says cluster_state:ok. Sets CLUSTER_PORTS ("p1 p2 ...").
+tw_start_redis_cluster() {
+    local n=$1 i p ok addrs=()
+    shift
+    CLUSTER_PORTS=
+    for i in $(seq 1 "$n"); do
+        p=$(tw_free_port) || die "no free port"
+        tw_launch_redis "cluster-$i" --cluster-enabled yes --cluster-config-file "cluster-$i-nodes.conf" \
+            --cluster-port "$p" "$@" \
+            || { cat "$WORK/cluster-$i.log" >&2 || true; die "could not start redis-server (cluster node $i)"; }
+        CLUSTER_PORTS+="${CLUSTER_PORTS:+ }$TW_PORT"
+        addrs+=("127.0.0.1:$TW_PORT")
+    done
+    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes >"$WORK/cluster-create.log" 2>&1 \
+        || { cat "$WORK/cluster-create.log" >&2; die "redis-cli --cluster create failed"; }
+    for i in $(seq 1 600); do
+        ok=1
+        for p in $CLUSTER_PORTS; do
+            redis-cli -h 127.0.0.1 -p "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || { ok=0; break; }
+        done
+        [ "$ok" = 0 ] || return 0
+        sleep 0.1
+    done
+    die "the redis cluster ($CLUSTER_PORTS) did not reach cluster_state:ok within 60 s"
+}
+
+# tw_kill_redis_cluster [-SIGNAL]: kill [-SIGNAL] every cluster node; never fails
+tw_kill_redis_cluster() {
+    local f
+    for f in "$WORK"/cluster-*.pid; do tw_kill_pidfile "$f" "$@"; done
+}
+
+tw_stop_redis_cluster() {
+    local p
+    for p in ${CLUSTER_PORTS:-}; do redis-cli -h 127.0.0.1 -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
+    tw_kill_redis_cluster
 }
 
 tw_init_pg() {
@@ -277,6 +341,7 @@ tw_stop_pg() {
 tw_stop_servers() {
     tw_stop_pg
     tw_stop_redis
+    tw_stop_redis_cluster
     if [ "$1" != 0 ] && [ -f "$WORK/postgres.log" ]; then
         printf '%s\n' "$2" >&2
         tail -n 30 "$WORK/postgres.log" >&2 || true
