@@ -1,6 +1,6 @@
 # shellcheck shell=bash source-path=SCRIPTDIR
-# bench/lib.sh: the shell code that the benchmarks (bench/run.sh, drain.sh, latency.sh and
-# get_or_set.sh) share, on top of scripts/throwaway-servers.sh (tw_*, RCLI, say/info/die),
+# bench/lib.sh: the shell code that the benchmarks (bench/run.sh, drain.sh, latency.sh,
+# get_or_set.sh, transport.sh and cluster.sh) share, on top of scripts/throwaway-servers.sh (tw_*, RCLI, say/info/die),
 # which it sources. Sourced, never run: it sets PGBIN (unless set; empty: tw_pgbin sets it
 # from `pg_config --bindir` in either stage) and STAGE_ARG, and defines functions; it runs no command and
 # installs no trap. No variable of its own starts with BENCH_: the root stage passes the
@@ -62,6 +62,21 @@
 #                              sets TPS LAT (ms) NTX; warns of failed transactions
 #   median [FMT] / mean [FMT]  of the numbers of stdin (FMT for an average: default %.3f)
 #   ratio A B, mb BYTES, now_s, fname MODE (sync+queue -> sync_queue)
+# Settings: bench_write_settings (DURATION ROUNDS WARMUP CLIENTS JOBS PROTOCOL HOT NPART
+# NUSERS), bench_drain_settings (TARGET_KEYS NSINGLE BULK_ROWS POLL_MS REPS TIMEOUT NMEET),
+# from the BENCH_* variables.
+# Several Redis targets (transport.sh, cluster.sh; the caller defines url_of TARGET):
+#   bench_preload_for MODE...  PRELOAD=1 if a queue mode is among them, else 0
+#   use_redis_url URL WHAT     ALTER DATABASE bench SET meetcache.redis_url, a PONG, and
+#                              (PRELOAD=1) no drain left connected with the old URL
+#   bench_update_sql           WORK/update.sql: the single-row UPDATE of one of HOT meetings
+#   bench_target_rounds TARGET...  warm-up, ROUNDS rounds of MODES x TARGETs, results
+#                              against the first TARGET (printed, and WORK/rounds.env)
+# A backlog and its drain (drain.sh, cluster.sh):
+#   drain_load_data            the data (NMEET meetings, column n), triggers, the watcher
+#   drain_rep LABEL FREEZE THAW  one backlog built with Redis frozen, drained after THAW;
+#                              sets DR_TOTAL DR_STEADY DR_SINGLE DR_ROWS_SINGLE (keys/s)
+#   drain_stop_watcher         for the EXIT hook
 
 PGBIN=${PGBIN:-}
 STAGE_ARG=--as-bench-user
