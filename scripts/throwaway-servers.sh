@@ -296,6 +296,7 @@ tw_kill_redis_cluster() {
 
 tw_stop_redis_cluster() {
     local p
+    [ -n "${CLUSTER_PORTS:-}" ] || return 0
     for p in ${CLUSTER_PORTS:-}; do redis-cli -h 127.0.0.1 -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
     tw_kill_redis_cluster
 }
