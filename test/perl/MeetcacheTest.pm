@@ -20,9 +20,12 @@
 # Fault tests: poll_until / poll_sql (bounded waits), stats($node) (a hash of
 # meetcache.stats), wait_redis_state, wait_queue_empty, run_load/finish_load
 # (pgbench write load: failed transactions, max latency), $redis->set_many /
-# existing_many (thousands of keys at once), and MeetcacheTest::Checker
-# ("nothing lost": keys that committed changes must delete, keys that must
-# survive, a bounded wait, two assertions).
+# existing_many (thousands of keys at once), under_load/kill_under_load (an
+# action under pgbench: zero failed transactions), load_options (PGOPTIONS
+# per delivery mode), and MeetcacheTest::Checker ("nothing lost": keys that
+# committed changes must delete, keys that must survive, a bounded wait,
+# two assertions).  lease_race: the lease stress test (006, 023) against
+# one server or a cluster.
 
 package MeetcacheTest;
 
@@ -45,7 +48,7 @@ our @EXPORT_OK = qw(start_redis new_node setup_schema schema_sql free_port run_m
   run_sql refused all_always
   bg_session bg_query bg_send bg_wait_for elapsed
   poll_until poll_sql stats wait_redis_state wait_queue_empty run_load
-  finish_load lease_race log_since reload_and_wait write_secret_file no_secret);
+  finish_load load_options lease_race log_since reload_and_wait write_secret_file no_secret);
 
 my $repo = $ENV{MEETCACHE_REPO}
   // File::Spec->rel2abs(dirname(__FILE__) . '/../..');
@@ -570,6 +573,15 @@ sub run_load
 		IPC::Run::timeout(($o{seconds} // 3) + 120));
 	return $h if $o{background};
 	return finish_load($h);
+}
+
+# PGOPTIONS of a write load in delivery mode $mode (sync, queue,
+# sync+queue): the modes that deliver at commit wait at most 300 ms
+sub load_options
+{
+	my ($mode) = @_;
+	return "-c meetcache.delivery=$mode"
+	  . ($mode eq 'queue' ? '' : ' -c meetcache.commit_timeout=300ms');
 }
 
 sub finish_load
@@ -1479,7 +1491,7 @@ sub _launch
 1;
 
 ###########################################################################
-# Redis Cluster (022_cluster): $masters masters with $replicas replicas
+# Redis Cluster (022_cluster, 023_cluster_load): $masters masters with $replicas replicas
 # each, on 127.0.0.1 (each node's bus port is a free port of its own).
 #
 #   my $rc = MeetcacheTest::start_redis_cluster(masters => 3, replicas => 1);
@@ -1488,6 +1500,10 @@ sub _launch
 #   $rc->set_many(@keys); $rc->existing_many(@keys);   # as for one server
 #   $rc->master_of('key');          # the node (a MeetcacheTest::Redis) serving it
 #   $rc->wait_ok;                   # every live node says cluster_state:ok
+#   $rc->masters; $rc->node_id($n); $rc->slots_of($n);
+#   $rc->scan_keys('p*'); $rc->flushall;                # every master
+#   my @moved = $rc->reshard($from, $to, 100);          # redis-cli --cluster reshard
+#   $rc->reset_stats; $rc->redirects->{MOVED};          # INFO errorstats
 package MeetcacheTest;
 
 sub start_redis_cluster { return MeetcacheTest::RedisCluster->new(@_); }
