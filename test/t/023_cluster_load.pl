@@ -83,7 +83,7 @@ for my $case ([ 'sync', 's' ], [ 'queue', 'q' ], [ 'sync+queue', 'sq' ])
 	my $done = $node->safe_psql('postgres', $done_sql);
 	my %mv = map { $_ => 1 } @moved;
 	my @del = $chk->keys_of('meetings', "starts_with(t.id, 'm$pfx') AND t.title = 'done'");
-	my @keep = grep { /:m\Q$pfx\E(\d+)$/ && $1 > $done + 50 }
+	my @keep = grep { /\Q$pfx\E(\d+)/ && $1 > $done + 50 }
 	  $chk->keys_of('meetings', "starts_with(t.id, 'm$pfx') AND t.title <> 'done'");
 	# changes committed once the reshard had begun, in moved slots
 	my @del_moved = grep { /\Q$pfx\E(\d+)/ && $1 > $c0 && $mv{ $slot->($_) } } @del;
