@@ -20,9 +20,12 @@
 # Fault tests: poll_until / poll_sql (bounded waits), stats($node) (a hash of
 # meetcache.stats), wait_redis_state, wait_queue_empty, run_load/finish_load
 # (pgbench write load: failed transactions, max latency), $redis->set_many /
-# existing_many (thousands of keys at once), and MeetcacheTest::Checker
-# ("nothing lost": keys that committed changes must delete, keys that must
-# survive, a bounded wait, two assertions).
+# existing_many (thousands of keys at once), under_load/kill_under_load (an
+# action under pgbench: zero failed transactions), load_options (PGOPTIONS
+# per delivery mode), and MeetcacheTest::Checker ("nothing lost": keys that
+# committed changes must delete, keys that must survive, a bounded wait,
+# two assertions).  lease_race: the lease stress test (006, 023) against
+# one server or a cluster.
 
 package MeetcacheTest;
 
@@ -40,12 +43,12 @@ use PostgreSQL::Test::Utils;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT_OK = qw(start_redis new_node setup_schema schema_sql free_port run_matrix
-  kill_under_load
+  under_load kill_under_load
   with_columns fill_sql make_rows
   run_sql refused all_always
   bg_session bg_query bg_send bg_wait_for elapsed
   poll_until poll_sql stats wait_redis_state wait_queue_empty run_load
-  finish_load log_since reload_and_wait write_secret_file no_secret);
+  finish_load load_options lease_race log_since reload_and_wait write_secret_file no_secret);
 
 my $repo = $ENV{MEETCACHE_REPO}
   // File::Spec->rel2abs(dirname(__FILE__) . '/../..');
@@ -225,19 +228,17 @@ sub run_matrix
 	return ($rc == 0 && $? == 0, "psql exit $rc\n" . $diff);
 }
 
-# A Redis ($victim, a RedisServer) killed with SIGKILL under a pgbench write
-# load: run_load(%load) in the background, the kill once $running_sql returns
-# t; asserts that pgbench ended without an error or a failed transaction and
-# returns its result (finish_load).
-sub kill_under_load
+# $action->() under a pgbench write load: run_load(%load) in the
+# background, the action once $running_sql returns t; asserts that pgbench
+# ended without an error or a failed transaction and returns its result
+# (finish_load).
+sub under_load
 {
-	my ($node, $victim, $what, $running_sql, %load) = @_;
+	my ($node, $what, $running_sql, $action, %load) = @_;
 	local $Test::Builder::Level = $Test::Builder::Level + 1;
 	my $l = run_load($node, %load, background => 1);
 	Test::More::ok(poll_sql($node, 'postgres', $running_sql), "$what: load running");
-	kill 'KILL', $victim->pid;
-	waitpid($victim->pid, 0);
-	$victim->{pid} = undef;
+	$action->();
 	my $r = finish_load($l);
 	Test::More::note(sprintf('%s: rc %s, %s transactions, %s failed, max latency %.3fs',
 		$what, $r->{rc}, $r->{processed} // '?', $r->{failed} // '?', $r->{max_latency}));
@@ -247,6 +248,23 @@ sub kill_under_load
 		"$what: zero failed transactions");
 	Test::More::unlike($r->{stderr}, qr/ERROR|FATAL|PANIC|abort/i, "$what: no error");
 	return $r;
+}
+
+# A Redis ($victim, a RedisServer) killed with SIGKILL under a pgbench write
+# load (under_load).
+sub kill_under_load
+{
+	my ($node, $victim, $what, $running_sql, %load) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	return under_load(
+		$node, $what,
+		$running_sql,
+		sub {
+			kill 'KILL', $victim->pid;
+			waitpid($victim->pid, 0);
+			$victim->{pid} = undef;
+		},
+		%load);
 }
 
 # Users u<prefix><g> hosting ENDED meetings m<prefix><g> (invite code
@@ -557,6 +575,15 @@ sub run_load
 	return finish_load($h);
 }
 
+# PGOPTIONS of a write load in delivery mode $mode (sync, queue,
+# sync+queue): the modes that deliver at commit wait at most 300 ms
+sub load_options
+{
+	my ($mode) = @_;
+	return "-c meetcache.delivery=$mode"
+	  . ($mode eq 'queue' ? '' : ' -c meetcache.commit_timeout=300ms');
+}
+
 sub finish_load
 {
 	my ($h) = @_;
@@ -591,6 +618,151 @@ sub finish_load
 	$r{logged} = $n;
 	$r{max_latency} = $max / 1e6;
 	return \%r;
+}
+
+###########################################################################
+# The lease race (006 a, 023): readers call cache_get_or_set on
+# meeting:m1..m$nmeet while writers update those meetings; afterwards no
+# key in Redis may differ from what its query returns now, and with
+# meetcache.lease_check = off the same harness must find stale keys.
+#
+#   lease_race($node, $redis, name => 'cluster', during => sub { ... });
+#
+# $redis is a MeetcacheTest::Redis or ::RedisCluster; the meetings
+# m1..m$nmeet exist.  Options: secs (8), readers (6), sleep (0.005: the
+# readers' query sleeps that long), nmeet (50), name (a prefix of the
+# assertions' names), during (runs while the readers and writers of the
+# lease_check = on run do; the stress waits for it).
+sub lease_race
+{
+	my ($node, $redis, %o) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my $p = defined $o{name} ? "$o{name}: " : '';
+	my $on = lease_stress($node, $redis, %o, label => "${p}leases on", lease_check => 1);
+	Test::More::cmp_ok($on->{reads}, '>', 100, "${p}leases on: readers made progress");
+	Test::More::cmp_ok($on->{writes}, '>', 100, "${p}leases on: writers made progress");
+	Test::More::cmp_ok($on->{checked}, '>', 0, "${p}leases on: some keys are cached at the end");
+	Test::More::is_deeply($on->{stale}, [], "${p}leases on: ZERO stale keys");
+	Test::More::cmp_ok($on->{lease_refused}, '>', 0,
+		"${p}leases on: invalidations overtook lease holders (lease_refused > 0): the race was exercised");
+	Test::More::is_deeply($on->{leases_left}, [], "${p}leases on: no lease key left behind");
+
+	# Without leases about 5 of the 50 keys end up stale (4-10 in trials); a
+	# run with none is rare (under 1 %), so allow up to three runs before
+	# concluding that the harness cannot see the race.
+	my $off;
+	for my $try (1 .. 3)
+	{
+		$off = lease_stress($node, $redis, %o, during => undef,
+			label => "${p}leases off (run $try)", lease_check => 0);
+		last if @{ $off->{stale} };
+	}
+	Test::More::cmp_ok($off->{reads}, '>', 100, "${p}leases off: readers made progress");
+	Test::More::cmp_ok(scalar @{ $off->{stale} }, '>', 0,
+		"${p}leases off: the same harness finds stale keys (it can fail)");
+	Test::More::note("stale with lease_check = off: $_") for @{ $off->{stale} }[ 0 .. 2 ];
+	Test::More::is($off->{lease_refused}, 0, "${p}leases off: no lease refusals counted");
+	return ($on, $off);
+}
+
+# One run of the lease race (options of lease_race, and label,
+# lease_check); returns a hash: reads, writes, stats (a line of
+# counters), lease_refused, checked (keys compared), stale
+# ([ descriptions ]), leases_left ([ lease keys ]).
+sub lease_stress
+{
+	my ($node, $redis, %o) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my ($label, $secs, $readers) = ($o{label}, $o{secs} // 8, $o{readers} // 6);
+	my $nmeet = $o{nmeet} // 50;
+	my $sleep = $o{sleep} // 0.005;
+	my $dir = File::Temp::tempdir('lease_XXXX', DIR => $PostgreSQL::Test::Utils::tmp_check,
+		CLEANUP => 1);
+	my $rq = "SELECT title, status, pg_sleep($sleep)::text AS s FROM meetings WHERE id = \$1";
+	PostgreSQL::Test::Utils::append_to_file("$dir/reader.sql",
+		"\\set id random(1, $nmeet)\n"
+		  . "SELECT meetcache.cache_get_or_set('meeting:m' || :id, '$rq', NULL, 'm' || :id);\n");
+	PostgreSQL::Test::Utils::append_to_file("$dir/writer.sql",
+		"\\set id random(1, $nmeet)\n"
+		  . "\\set st random(1, 3)\n"
+		  . "UPDATE meetings SET title = 'w' || :client_id || '-' || md5(random()::text), "
+		  . "status = (ARRAY['SCHEDULED', 'LIVE', 'ENDED'])[:st] WHERE id = 'm' || :id;\n");
+	my $pgbench = $node->installed_command('pgbench');
+	my @conn = ('-h', $node->host, '-p', $node->port);
+	my $others = "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+	  . 'AND pid <> pg_backend_pid())';
+
+	$redis->flushall;
+	$node->safe_psql('postgres', 'SELECT meetcache.stats_reset()');
+	my ($rout, $rerr, $wout, $werr) = ('', '', '', '');
+	my $rh;
+	{
+		local %ENV = %ENV;
+		if ($o{lease_check}) { delete $ENV{PGOPTIONS}; }
+		else { $ENV{PGOPTIONS} = '-c meetcache.lease_check=off'; }
+		$rh = IPC::Run::start(
+			[
+				$pgbench, '-n', @conn, '-c', $readers, '-j', $readers,
+				'-T', $secs + 1, '-f', "$dir/reader.sql", 'postgres'
+			],
+			'<', \undef, '>', \$rout, '2>', \$rerr,
+			IPC::Run::timeout($secs + 120));
+	}
+	# The writers stop a second before the readers: a stale value stored
+	# during the writes survives (it is a hit), and nothing deletes it.
+	Test::More::ok(poll_sql($node, 'postgres', "SELECT $others >= $readers"),
+		"$label: the readers are connected before the writers start");
+	my $wh = IPC::Run::start(
+		[ $pgbench, '-n', @conn, '-c', 2, '-j', 2, '-T', $secs, '-f', "$dir/writer.sql", 'postgres' ],
+		'<', \undef, '>', \$wout, '2>', \$werr,
+		IPC::Run::timeout($secs + 120));
+	$o{during}->() if $o{during};
+	my $rok = eval { $rh->finish };
+	my $wok = eval { $wh->finish };
+	Test::More::ok($rok, "$label: readers (pgbench) ran without error")
+	  or Test::More::diag("$rout\n$rerr\n$@");
+	Test::More::ok($wok, "$label: writers (pgbench) ran without error")
+	  or Test::More::diag("$wout\n$werr\n$@");
+	$node->poll_query_until('postgres', "SELECT $others = 0")
+	  or Test::More::diag('other client backends still active');
+
+	my %r;
+	($r{reads}) = $rout =~ /number of transactions actually processed: (\d+)/;
+	($r{writes}) = $wout =~ /number of transactions actually processed: (\d+)/;
+	$r{$_} //= 0 for qw(reads writes);
+	my @cols = qw(cache_hits cache_misses cache_bypasses lease_waits lease_refused lease_timeouts);
+	my $s = stats($node, 'postgres', @cols);
+	$r{stats} = join(' ', map { "$_=$s->{$_}" } @cols);
+	$r{lease_refused} = $s->{lease_refused};
+	($r{checked}, $r{stale}) = lease_stale_keys($node, $redis);
+	$r{leases_left} = [ grep { /mc-lease/ } $redis->scan_keys('*mc-lease*') ];
+	Test::More::note(sprintf('%s: %d reads, %d writes; %s; %d keys checked, %d stale',
+		$label, $r{reads}, $r{writes}, $r{stats}, $r{checked}, scalar @{ $r{stale} }));
+	return \%r;
+}
+
+# Keys meeting:mN in Redis whose value differs from what the lease race's
+# query returns now.  Returns (number of such keys checked, [ stale
+# descriptions ]).
+sub lease_stale_keys
+{
+	my ($node, $redis) = @_;
+	my @keys = sort grep { /^meeting:m\d+$/ } $redis->scan_keys('meeting:m*');
+	return (0, []) unless @keys;
+	my @rows;
+	for my $k (@keys)
+	{
+		my $v = $redis->cli('GET', $k);
+		die "unexpected value for $k: $v" if $v =~ /\$mc\$/;
+		push @rows, "('$k', \$mc\$$v\$mc\$)";
+	}
+	my $sql = "SELECT v.k || ' cached ' || v.val || ' now ' || coalesce(cur.j::text, 'null') "
+	  . "FROM (VALUES " . join(', ', @rows) . ") v(k, val) "
+	  . "LEFT JOIN LATERAL (SELECT to_jsonb(t) AS j FROM ("
+	  . "SELECT title, status, pg_sleep(0)::text AS s FROM meetings WHERE id = substr(v.k, 9)) t) cur ON true "
+	  . "WHERE v.val::jsonb IS DISTINCT FROM coalesce(cur.j, 'null'::jsonb) ORDER BY v.k";
+	my $out = $node->safe_psql('postgres', $sql);
+	return (scalar @keys, [ grep { $_ ne '' } split /\n/, $out ]);
 }
 
 ###########################################################################
@@ -815,6 +987,21 @@ sub existing_many
 	my @opt = ref $keys[0] ? (shift @keys) : ();
 	my @r = $self->cli_batch(@opt, map { "EXISTS $_" } @keys);
 	return map { $keys[$_] } grep { $r[$_] eq '1' } 0 .. $#r;
+}
+
+# The keys matching $pattern (redis-cli --scan), and FLUSHALL; a cluster
+# does both on every live master.
+sub scan_keys
+{
+	my ($self, $pattern) = @_;
+	return grep { $_ ne '' } split /\n/, $self->cli('--scan', '--pattern', $pattern);
+}
+
+sub flushall
+{
+	my ($self) = @_;
+	$self->cli('FLUSHALL');
+	return;
 }
 
 sub freeze
@@ -1304,7 +1491,7 @@ sub _launch
 1;
 
 ###########################################################################
-# Redis Cluster (022_cluster): $masters masters with $replicas replicas
+# Redis Cluster (022_cluster, 023_cluster_load): $masters masters with $replicas replicas
 # each, on 127.0.0.1 (each node's bus port is a free port of its own).
 #
 #   my $rc = MeetcacheTest::start_redis_cluster(masters => 3, replicas => 1);
@@ -1313,6 +1500,10 @@ sub _launch
 #   $rc->set_many(@keys); $rc->existing_many(@keys);   # as for one server
 #   $rc->master_of('key');          # the node (a MeetcacheTest::Redis) serving it
 #   $rc->wait_ok;                   # every live node says cluster_state:ok
+#   $rc->masters; $rc->node_id($n); $rc->slots_of($n);
+#   $rc->scan_keys('p*'); $rc->flushall;                # every master
+#   my @moved = $rc->reshard($from, $to, 100);          # redis-cli --cluster reshard
+#   $rc->reset_stats; $rc->redirects->{MOVED};          # INFO errorstats
 package MeetcacheTest;
 
 sub start_redis_cluster { return MeetcacheTest::RedisCluster->new(@_); }
@@ -1415,12 +1606,13 @@ sub key_slot
 	return $crc % 16384;
 }
 
-# slot => port of the live master serving it
+# slot => port of the live master serving it, as node $n (default: the
+# first live one) sees it
 sub _slot_owners
 {
-	my ($self) = @_;
+	my ($self, $n) = @_;
 	my @owner;
-	for my $line (split /\n/, $self->_live->cli('CLUSTER', 'NODES'))
+	for my $line (split /\n/, ($n // $self->_live)->cli('CLUSTER', 'NODES'))
 	{
 		my @f = split ' ', $line;
 		next unless $f[2] =~ /master/ && $f[2] !~ /fail/;
@@ -1463,6 +1655,87 @@ sub wait_ok
 		usleep(100_000);
 	}
 	die 'the redis cluster did not become ok within 60 s';
+}
+
+sub node_id { return $_[1]->cli('CLUSTER', 'MYID'); }
+
+# the slots master $n serves, in order
+sub slots_of
+{
+	my ($self, $n) = @_;
+	my $owner = $self->_slot_owners;
+	return grep { ($owner->[$_] // 0) == $n->port } 0 .. 16383;
+}
+
+# the live masters
+sub masters
+{
+	my ($self) = @_;
+	return grep { $_->pid && $_->cli('ROLE') =~ /^master/ } $self->nodes;
+}
+
+sub scan_keys
+{
+	my ($self, $pattern) = @_;
+	return map { $_->scan_keys($pattern) } $self->masters;
+}
+
+sub flushall
+{
+	my ($self) = @_;
+	$_->cli('FLUSHALL') for $self->masters;
+	return;
+}
+
+# redis-cli --cluster reshard: $nslots slots of master $from (redis-cli
+# takes its lowest) to master $to, keys and all, while clients keep going;
+# then waits (30 s) until every live node sees the new owners.  Returns
+# the slots that moved.
+sub reshard
+{
+	my ($self, $from, $to, $nslots) = @_;
+	my $before = $self->_slot_owners;
+	my $out = '';
+	IPC::Run::run(
+		[
+			'redis-cli', '--cluster', 'reshard', '127.0.0.1:' . $from->port,
+			'--cluster-from', $self->node_id($from), '--cluster-to', $self->node_id($to),
+			'--cluster-slots', $nslots, '--cluster-yes'
+		],
+		'<', \undef, '>&', \$out, IPC::Run::timeout(120))
+	  or die 'redis-cli --cluster reshard failed: ' . substr($out, -2000);
+	my @moved;
+	MeetcacheTest::poll_until(30, sub {
+		my %seen = map { join(',', map { $_ // '' } @{ $self->_slot_owners($_) }) => 1 }
+		  grep { $_->pid } $self->nodes;
+		my $after = $self->_slot_owners;
+		@moved = grep { ($before->[$_] // 0) == $from->port && ($after->[$_] // 0) == $to->port }
+		  0 .. 16383;
+		return keys %seen == 1;
+	}) or die 'the cluster nodes disagree on the slot owners 30 s after a reshard';
+	$self->wait_ok;
+	return @moved;
+}
+
+# CONFIG RESETSTAT on every live node; redirects: the MOVED and ASK
+# replies they sent since (INFO errorstats), as { MOVED => n, ASK => n }
+sub reset_stats
+{
+	my ($self) = @_;
+	$_->cli('CONFIG', 'RESETSTAT') for grep { $_->pid } $self->nodes;
+	return;
+}
+
+sub redirects
+{
+	my ($self) = @_;
+	my %n = (MOVED => 0, ASK => 0);
+	for my $node (grep { $_->pid } $self->nodes)
+	{
+		my $info = $node->cli('INFO', 'errorstats');
+		$n{$1} += $2 while $info =~ /errorstat_(MOVED|ASK):count=(\d+)/g;
+	}
+	return \%n;
 }
 
 1;

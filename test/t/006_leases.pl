@@ -6,6 +6,7 @@
 #      writers update those meetings; afterwards no key in Redis may differ from
 #      what its query returns now.  The same harness with
 #      meetcache.lease_check = off must find stale keys (the test can fail).
+#      The harness is MeetcacheTest::lease_race (023 runs it on a cluster).
 #   b. stampede: 16 sessions miss one slow key at once: its query runs once
 #      (pg_stat_user_functions) and all 16 get the same value.
 #   c. isolation: a transaction that wrote (it must not even read the key),
@@ -22,12 +23,11 @@
 #   MEETCACHE_LEASE_SECS (8)  MEETCACHE_LEASE_READERS (6)  MEETCACHE_LEASE_SLEEP (0.005)
 use strict;
 use warnings;
-use IPC::Run;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
 use MeetcacheTest qw(start_redis new_node setup_schema bg_session bg_query
-  bg_send bg_wait_for elapsed poll_sql);
+  bg_send bg_wait_for elapsed poll_sql lease_race);
 
 my $SECS = $ENV{MEETCACHE_LEASE_SECS} // 8;
 my $READERS = $ENV{MEETCACHE_LEASE_READERS} // 6;
@@ -96,14 +96,6 @@ sub stat_of
 	return $node->safe_psql('postgres', "SELECT $col FROM meetcache.stats");
 }
 
-sub stats_line
-{
-	return $node->safe_psql('postgres',
-		"SELECT format('hits=%s misses=%s bypasses=%s lease_waits=%s lease_refused=%s lease_timeouts=%s', "
-		  . "cache_hits, cache_misses, cache_bypasses, lease_waits, lease_refused, lease_timeouts) "
-		  . "FROM meetcache.stats");
-}
-
 sub wait_sleeping
 {
 	my ($pid, $what) = @_;
@@ -123,130 +115,11 @@ sub wait_lease
 	return;
 }
 
-sub quiesce
-{
-	$node->poll_query_until('postgres',
-		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'client backend' "
-		  . "AND pid <> pg_backend_pid()")
-	  or diag 'other client backends still active';
-	return;
-}
-
-my $pgbench = $node->installed_command('pgbench');
-
 ###########################################################################
 # a. stress
 ###########################################################################
 
-my $RQ = "SELECT title, status, pg_sleep($SLEEP)::text AS s FROM meetings WHERE id = \$1";
-my $CHECKQ = 'SELECT title, status, pg_sleep(0)::text AS s FROM meetings WHERE id = $1';
-
-my $reader_file = "$PostgreSQL::Test::Utils::tmp_check/lease_reader.sql";
-my $writer_file = "$PostgreSQL::Test::Utils::tmp_check/lease_writer.sql";
-PostgreSQL::Test::Utils::append_to_file($reader_file,
-	"\\set id random(1, $NMEET)\n"
-	  . "SELECT meetcache.cache_get_or_set('meeting:m' || :id, '$RQ', NULL, 'm' || :id);\n");
-PostgreSQL::Test::Utils::append_to_file($writer_file,
-	"\\set id random(1, $NMEET)\n"
-	  . "\\set st random(1, 3)\n"
-	  . "UPDATE meetings SET title = 'w' || :client_id || '-' || md5(random()::text), "
-	  . "status = (ARRAY['SCHEDULED', 'LIVE', 'ENDED'])[:st] WHERE id = 'm' || :id;\n");
-
-# Keys meeting:mN in Redis whose value differs from what the query returns now.
-# Returns (number of such keys checked, [ stale descriptions ]).
-sub stale_keys
-{
-	my @keys = sort grep { /^meeting:m\d+$/ }
-	  split /\n/, $redis->cli('--scan', '--pattern', 'meeting:m*');
-	return (0, []) unless @keys;
-	my @rows;
-	for my $k (@keys)
-	{
-		my $v = $redis->cli('GET', $k);
-		die "unexpected value for $k: $v" if $v =~ /\$mc\$/;
-		push @rows, "('$k', \$mc\$$v\$mc\$)";
-	}
-	my $sql = "SELECT v.k || ' cached ' || v.val || ' now ' || coalesce(cur.j::text, 'null') "
-	  . "FROM (VALUES " . join(', ', @rows) . ") v(k, val) "
-	  . "LEFT JOIN LATERAL (SELECT to_jsonb(t) AS j FROM ("
-	  . "SELECT title, status, pg_sleep(0)::text AS s FROM meetings WHERE id = substr(v.k, 9)) t) cur ON true "
-	  . "WHERE v.val::jsonb IS DISTINCT FROM coalesce(cur.j, 'null'::jsonb) ORDER BY v.k";
-	my $out = $node->safe_psql('postgres', $sql);
-	return (scalar @keys, [ grep { $_ ne '' } split /\n/, $out ]);
-}
-
-# Runs readers and writers for $SECS seconds; returns a hash of results.
-sub stress
-{
-	my ($label, $lease_on) = @_;
-	$redis->cli('FLUSHALL');
-	$node->safe_psql('postgres', 'SELECT meetcache.stats_reset()');
-	my @conn = ('-h', $node->host, '-p', $node->port);
-	my ($rout, $rerr, $wout, $werr) = ('', '', '', '');
-	my $rh;
-	{
-		local %ENV = %ENV;
-		if ($lease_on) { delete $ENV{PGOPTIONS}; }
-		else { $ENV{PGOPTIONS} = '-c meetcache.lease_check=off'; }
-		$rh = IPC::Run::start(
-			[
-				$pgbench, '-n', @conn, '-c', $READERS, '-j', $READERS,
-				'-T', $SECS + 1, '-f', $reader_file, 'postgres'
-			],
-			'<', \undef, '>', \$rout, '2>', \$rerr,
-			IPC::Run::timeout($SECS + 60));
-	}
-	# The writers stop a second before the readers: a stale value stored
-	# during the writes survives (it is a hit), and nothing deletes it.
-	ok( poll_sql($node, 'postgres',
-			"SELECT count(*) >= $READERS FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"),
-		"$label: the readers are connected before the writers start");
-	my $wh = IPC::Run::start(
-		[ $pgbench, '-n', @conn, '-c', 2, '-j', 2, '-T', $SECS, '-f', $writer_file, 'postgres' ],
-		'<', \undef, '>', \$wout, '2>', \$werr,
-		IPC::Run::timeout($SECS + 60));
-	my $rok = eval { $rh->finish };
-	my $wok = eval { $wh->finish };
-	ok($rok, "$label: readers (pgbench) ran without error") or diag "$rout\n$rerr\n$@";
-	ok($wok, "$label: writers (pgbench) ran without error") or diag "$wout\n$werr\n$@";
-	quiesce();
-	my %r;
-	($r{reads}) = $rout =~ /number of transactions actually processed: (\d+)/;
-	($r{writes}) = $wout =~ /number of transactions actually processed: (\d+)/;
-	$r{$_} //= 0 for qw(reads writes);
-	$r{stats} = stats_line();
-	$r{lease_refused} = stat_of('lease_refused');
-	($r{checked}, $r{stale}) = stale_keys();
-	my @lk = grep { /mc-lease/ } split /\n/, $redis->cli('--scan', '--pattern', '*mc-lease*');
-	$r{leases_left} = \@lk;
-	note sprintf('%s: %d reads, %d writes; %s; %d keys checked, %d stale',
-		$label, $r{reads}, $r{writes}, $r{stats}, $r{checked}, scalar @{ $r{stale} });
-	return \%r;
-}
-
-my $on = stress('leases on', 1);
-cmp_ok($on->{reads}, '>', 100, 'leases on: readers made progress');
-cmp_ok($on->{writes}, '>', 100, 'leases on: writers made progress');
-cmp_ok($on->{checked}, '>', 0, 'leases on: some keys are cached at the end');
-is_deeply($on->{stale}, [], 'leases on: ZERO stale keys');
-cmp_ok($on->{lease_refused}, '>', 0,
-	'leases on: invalidations overtook lease holders (lease_refused > 0): the race was exercised');
-is_deeply($on->{leases_left}, [], 'leases on: no lease key left behind');
-
-# Without leases about 5 of the 50 keys end up stale (4-10 in trials); a run
-# with none is rare (under 1 %), so allow up to three runs before concluding
-# that the harness cannot see the race.
-my $off;
-for my $try (1 .. 3)
-{
-	$off = stress("leases off (run $try)", 0);
-	last if @{ $off->{stale} };
-}
-cmp_ok($off->{reads}, '>', 100, 'leases off: readers made progress');
-cmp_ok(scalar @{ $off->{stale} }, '>', 0,
-	'leases off: the same harness finds stale keys (it can fail)');
-note "stale with lease_check = off: $_" for @{ $off->{stale} }[ 0 .. 2 ];
-is($off->{lease_refused}, 0, 'leases off: no lease refusals counted');
+lease_race($node, $redis, secs => $SECS, readers => $READERS, sleep => $SLEEP, nmeet => $NMEET);
 
 ###########################################################################
 # b. stampede

@@ -23,7 +23,7 @@ use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use MeetcacheTest qw(new_node setup_schema run_sql refused poll_sql poll_until
-  bg_session bg_query wait_queue_empty run_load finish_load no_secret);
+  bg_session bg_query wait_queue_empty run_load finish_load load_options no_secret);
 
 my $rc = MeetcacheTest::start_redis_cluster(masters => 3, replicas => 1);
 my $node = new_node(
@@ -153,7 +153,6 @@ INSERT INTO meetings (id, title, host_id, invite_code, status)
 
 ###########################################################################
 # Redirects: one session keeps its slot map while slots migrate
-sub node_id { return $_[0]->cli('CLUSTER', 'MYID'); }
 
 # the masters a slot moves between: its own and another
 sub migration
@@ -161,7 +160,7 @@ sub migration
 	my ($key) = @_;
 	my $from = $rc->master_of($key);
 	my ($to) = grep { $_->port != $from->port && $_->cli('ROLE') =~ /^master/ } $rc->nodes;
-	return ($rc->cli('CLUSTER', 'KEYSLOT', $key), $from, $to, node_id($from), node_id($to));
+	return ($rc->cli('CLUSTER', 'KEYSLOT', $key), $from, $to, $rc->node_id($from), $rc->node_id($to));
 }
 {
 	my $bg = bg_session($node);
@@ -221,10 +220,6 @@ sub migration
 # Failover, once per delivery mode: the master of a pool key killed under a
 # write load; it comes back as its replica's replica for the next round
 my $P = 4000;
-my %opts = (
-	'sync' => '-c meetcache.delivery=sync -c meetcache.commit_timeout=300ms',
-	'sync+queue' => '-c meetcache.delivery=sync+queue -c meetcache.commit_timeout=300ms',
-	'queue' => '-c meetcache.delivery=queue',);
 my $h = 0;
 for my $case ([ 'sync+queue', 'sq' ], [ 'queue', 'q' ], [ 'sync', 's' ])
 {
@@ -249,7 +244,7 @@ CREATE SEQUENCE seq_${tag};});
 		clients => 4,
 		seconds => 6,
 		rate => 300,
-		options => $opts{$mode});
+		options => load_options($mode));
 	ok(eval { $rc->wait_ok }, "$what: the replica was promoted");
 	my $done = $node->safe_psql('postgres',
 		"SELECT count(*) FROM meetings WHERE starts_with(id, 'p-${tag}-') AND title = 'done'");
