@@ -24,7 +24,7 @@
  *	    change them, shared to read the ring;
  *	  - dlock guards the delivered set;
  *	  - the breaker is an atomic;
- *	  - topo_mutex (a spinlock) guards the topology, copied in and out whole;
+ *	  - topo_mutex (a spinlock) guards the topology, copied in and out;
  *	  - single writers, unlocked readers (a stale value is harmless):
  *	    worker_url_hash and drains_running (the launcher), breaker_since
  *	    (whoever trips the breaker), the slot mc_db_announce looks at, and
@@ -919,6 +919,13 @@ mc_shared_status(McSharedStatus *st)
 
 static McTopology local_topology;	/* not preloaded: this backend's */
 
+/* the masters in use only: the spinlock is held for a short copy */
+static void
+topology_copy(McTopology *dst, const McTopology *src)
+{
+	memcpy(dst, src, offsetof(McTopology, nodes) + sizeof(src->nodes[0]) * src->nnodes);
+}
+
 /* a slot map was installed; from the commit path too (no allocation) */
 void
 mc_topology_publish(const McTopology *t)
@@ -927,11 +934,11 @@ mc_topology_publish(const McTopology *t)
 
 	if (s == NULL)
 	{
-		local_topology = *t;
+		topology_copy(&local_topology, t);
 		return;
 	}
 	SpinLockAcquire(&s->topo_mutex);
-	s->topology = *t;
+	topology_copy(&s->topology, t);
 	SpinLockRelease(&s->topo_mutex);
 }
 
@@ -942,11 +949,11 @@ mc_topology_read(McTopology *t)
 
 	if (s == NULL)
 	{
-		*t = local_topology;
+		topology_copy(t, &local_topology);
 		return;
 	}
 	SpinLockAcquire(&s->topo_mutex);
-	*t = s->topology;
+	topology_copy(t, &s->topology);
 	SpinLockRelease(&s->topo_mutex);
 }
 
