@@ -187,7 +187,9 @@ CREATE FUNCTION meetcache.stats(
     OUT last_error text, OUT last_error_at timestamptz, OUT stats_reset timestamptz,
     OUT worker_state text, OUT launcher_pid integer, OUT drains_running integer,
     OUT redis_state text, OUT redis_down_since timestamptz,
-    OUT retry_queue_entries bigint, OUT retry_queue_bytes bigint, OUT retry_queue_size bigint)
+    OUT retry_queue_entries bigint, OUT retry_queue_bytes bigint, OUT retry_queue_size bigint,
+    OUT moved_redirects bigint, OUT ask_redirects bigint, OUT slot_map_loads bigint,
+    OUT cluster_nodes integer, OUT cluster_topology text, OUT slot_map_loaded_at timestamptz)
   RETURNS record LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_stats';
 
 CREATE FUNCTION meetcache.stats_reset() RETURNS void

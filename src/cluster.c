@@ -12,6 +12,8 @@
  *	  - A map is built aside and installed whole: a failed or partial
  *		answer leaves the installed map as it was.  A map that does not
  *		cover every slot is refused (the cluster is not ready).
+ *	  - Each map installed is published (mc_topology_publish: its masters
+ *		and their slot counts) and counted, for meetcache.stats.
  *	  - The installed map belongs to one meetcache.redis_url (its
  *		generation): a new URL or TLS setting makes it stale, and so does
  *		any redirect or a node that does not answer; a stale map is asked
@@ -19,7 +21,10 @@
  */
 #include "postgres.h"
 
+#include "utils/timestamp.h"
+
 #include "meetcache.h"
+#include "transport.h"
 
 typedef struct McClusterMap
 {
@@ -32,6 +37,7 @@ static McClusterMap map;		/* installed */
 static McClusterMap next;		/* being built */
 static bool map_valid = false;
 static uint64 map_generation;
+static McTopology topology;		/* what is published of the installed map */
 
 /* CRC16-XMODEM (polynomial 0x1021, initial value 0), as Redis Cluster uses */
 static uint16
@@ -109,6 +115,19 @@ mc_cluster_build_end(void)
 	map = next;
 	map_valid = true;
 	map_generation = mc_url_generation;
+
+	topology.nnodes = map.nnodes;
+	topology.url_hash = mc_url_hash;
+	topology.loaded_at = GetCurrentTimestamp();
+	for (int i = 0; i < map.nnodes; i++)
+	{
+		mc_endpoint_name(&map.nodes[i], topology.nodes[i].name, sizeof(topology.nodes[i].name));
+		topology.nodes[i].slots = 0;
+	}
+	for (int s = 0; s < MC_CLUSTER_SLOTS; s++)
+		topology.nodes[map.owner[s]].slots++;
+	mc_topology_publish(&topology);
+	mc_stat_add(MC_STAT_SLOT_MAP_LOADS, 1);
 	return true;
 }
 

@@ -432,6 +432,9 @@ typedef enum McCounter
 	MC_STAT_FAMILY_FLUSHES,		/* whole-family flushes run by drains */
 	MC_STAT_WORKER_FAILURES,	/* failed worker delivery attempts */
 	MC_STAT_BREAKER_TRIPS,		/* times Redis was marked down */
+	MC_STAT_MOVED_REDIRECTS,	/* -MOVED replies followed (Redis Cluster) */
+	MC_STAT_ASK_REDIRECTS,		/* -ASK replies followed */
+	MC_STAT_SLOT_MAP_LOADS,		/* slot maps asked for and installed */
 	MC_STAT__COUNT
 } McCounter;
 
@@ -456,6 +459,23 @@ typedef struct McSharedStatus
 	uint64		retry_size;
 } McSharedStatus;
 
+/*
+ * A Redis Cluster's slot map as last loaded by some process (cluster.c
+ * publishes it, shared.c keeps it, stats.c shows it): its masters in map
+ * order and the slots each serves.
+ */
+typedef struct McTopology
+{
+	int			nnodes;			/* 0: no map loaded yet */
+	uint64		url_hash;		/* the loader's mc_url_hash */
+	TimestampTz loaded_at;
+	struct
+	{
+		char		name[300];	/* mc_endpoint_name */
+		int			slots;
+	}			nodes[MC_CLUSTER_MAX_NODES];
+} McTopology;
+
 extern void mc_shared_request(void);
 extern bool mc_shared_ready(void);
 extern void mc_shared_status(McSharedStatus *st);
@@ -463,6 +483,8 @@ extern bool mc_breaker_applies(void);
 extern bool mc_breaker_open(void);
 extern void mc_breaker_trip(void);
 extern void mc_breaker_reset(void);
+extern void mc_topology_publish(const McTopology *t);
+extern void mc_topology_read(McTopology *t);
 extern bool mc_retry_push(Oid db, McStr *keys, int nkeys,
 						  McStr *patterns, int npatterns);
 extern void mc_db_wake(Oid db);

@@ -16,8 +16,12 @@
  * command goes to the master of its key's slot, grouped into one pipeline
  * per master, the masters one after the other under the caller's one
  * deadline (cluster_run); -MOVED reloads the map and resends, -ASK resends
- * after ASKING, for MOVED_MAX rounds.  -CLUSTERDOWN, -TRYAGAIN and a
- * master that does not answer are 08006, and make the map stale.
+ * after ASKING, for MOVED_MAX rounds (each one counted in the stats).
+ * -TRYAGAIN (a multi-key command whose keys a slot migration has split) is
+ * sent again after a nap until the migration ends or the deadline passes.
+ * -CLUSTERDOWN and a master that does not answer are 08006, and make the
+ * map stale.  When meetcache.redis_url changes, the next use of any
+ * connection closes the old URL's nodes.
  * With sentinels (redis-sentinel://) every connect first asks them, in
  * order, where the master is (through `sentinel`, closed again at once,
  * or at its next use after a cancel), then connects there and checks
@@ -72,6 +76,7 @@ static char master_seen[sizeof(conn.stream.name)];	/* the last master found */
 static McConn *cur = &conn;		/* the connection of the last round trip, for messages */
 
 #define MOVED_MAX 5				/* rounds of redirects one job follows */
+#define TRYAGAIN_NAP_MS 10		/* between rounds that got -TRYAGAIN */
 
 /* where replies of a round trip go; returns false to report a bad reply */
 typedef bool (*reply_cb) (redisReply *r, void *arg, McErr *err);
@@ -695,12 +700,27 @@ conn_open(McConn *c, bool interruptible, TimestampTz outer_deadline, McErr *err)
 	return true;
 }
 
+/* a new meetcache.redis_url: close the nodes opened for the old one */
+static void
+close_stale_nodes(void)
+{
+	static uint64 checked = 0;
+
+	if (checked == mc_url_generation || !nodes_ready)
+		return;
+	checked = mc_url_generation;
+	for (int i = 0; i < MC_CLUSTER_MAX_NODES; i++)
+		if (mc_stream_is_open(&nodes[i].stream) && nodes[i].generation != mc_url_generation)
+			conn_close(&nodes[i]);
+}
+
 /* make sure a usable connection exists */
 static bool
 conn_ensure(McConn *c, bool interruptible, TimestampTz deadline, McErr *err,
 			bool *fresh)
 {
 	*fresh = false;
+	close_stale_nodes();
 	if (mc_stream_is_open(&c->stream) &&
 		(c->busy || c->generation != mc_url_generation ||
 		 (c->node >= 0 && memcmp(&c->ep, mc_cluster_endpoint(c->node), sizeof(McEndpoint)) != 0)))
@@ -904,6 +924,9 @@ typedef struct RouteState
 	int		   *redo;			/* commands redirected, sent again */
 	int			nredo;
 	int		   *ask;			/* the master to ASK for a command, else -1 */
+	bool		redirects;		/* a command of this round was redirected */
+	bool		tryagain;		/* ... or got -TRYAGAIN */
+	McErr		tryagain_err;	/* the error if the deadline passes so */
 	cmd_cb		cb;
 	void	   *arg;
 } RouteState;
@@ -919,6 +942,8 @@ redirected(redisReply *r, int cmd, RouteState *st)
 
 	if (!is_ask && strncmp(r->str, "MOVED ", 6) != 0)
 		return false;
+	mc_stat_add(is_ask ? MC_STAT_ASK_REDIRECTS : MC_STAT_MOVED_REDIRECTS, 1);
+	st->redirects = true;
 	st->redo[st->nredo++] = cmd;
 	st->ask[cmd] = -1;
 	addr = strchr(r->str + (is_ask ? 4 : 6), ' ');
@@ -948,8 +973,19 @@ route_cb(redisReply *r, void *arg, McErr *err)
 		freeReplyObject(r);		/* ASKING's +OK, or the redirect */
 		return true;
 	}
-	if (r->type == REDIS_REPLY_ERROR &&
-		(strncmp(r->str, "TRYAGAIN", 8) == 0 || strncmp(r->str, "CLUSTERDOWN", 11) == 0))
+	if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "TRYAGAIN", 8) == 0)
+	{
+		/* the same master again (or the one it ASKed for), after a nap */
+		mc_err_set(&st->tryagain_err, ERRCODE_CONNECTION_FAILURE,
+				   "the redis cluster at %s cannot serve the command while its slot migrates",
+				   cur->stream.name);
+		set_said(&st->tryagain_err, r);
+		st->tryagain = true;
+		st->redo[st->nredo++] = cmd;
+		freeReplyObject(r);
+		return true;
+	}
+	if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "CLUSTERDOWN", 11) == 0)
 	{
 		if (err->msg[0] == '\0')
 		{
@@ -969,17 +1005,20 @@ route_cb(redisReply *r, void *arg, McErr *err)
  * ending at len) on a cluster: grouped by master, one pipeline per master,
  * one after the other under the one deadline.  Redirected commands go
  * again (MOVED: to the master of a reloaded map; ASK: after ASKING), for
- * at most MOVED_MAX rounds.  Every other reply goes to cb.  No palloc;
- * no throw unless interruptible and interrupted.
+ * at most MOVED_MAX rounds; those that got -TRYAGAIN go again after a nap,
+ * until the deadline.  Every other reply goes to cb.  No palloc; no throw
+ * unless interruptible and interrupted.
  */
 static bool
 cluster_run(const char *buf, size_t len, const int *start, const int *route, int ncmds,
 			cmd_cb cb, void *arg, TimestampTz deadline, bool interruptible, McErr *err)
 {
 	static const char asking[] = "*1\r\n$6\r\nASKING\r\n";
-	int		   *todo = malloc(sizeof(int) * (5 * ncmds + 1));
+	int		   *todo = malloc(sizeof(int) * (7 * ncmds + 1));
 	RawBuf	   *b = calloc(1, sizeof(RawBuf));	/* outlives a throw: not a local */
 	int		   *ask;
+	int		   *dest;
+	int		   *asking_first;
 	RouteState	st;
 	volatile bool ok = true;
 
@@ -994,6 +1033,9 @@ cluster_run(const char *buf, size_t len, const int *start, const int *route, int
 	st.order = todo + ncmds;	/* a command and its ASKING: 2 * ncmds */
 	st.redo = todo + 3 * ncmds;
 	st.ask = ask = todo + 4 * ncmds;
+	/* where todo[t] goes this round, fixed before a reply redirects it */
+	dest = todo + 5 * ncmds;
+	asking_first = todo + 6 * ncmds;
 	st.cb = cb;
 	st.arg = arg;
 	PG_TRY();
@@ -1005,7 +1047,7 @@ cluster_run(const char *buf, size_t len, const int *start, const int *route, int
 			todo[i] = i;
 			ask[i] = -1;
 		}
-		for (int round = 0; ok && ntodo > 0; round++)
+		for (int round = 0; ok && ntodo > 0;)
 		{
 			if (round == MOVED_MAX)
 			{
@@ -1025,13 +1067,20 @@ cluster_run(const char *buf, size_t len, const int *start, const int *route, int
 					ask[i] = -1;	/* the indexes changed */
 			}
 			for (int t = 0; t < ntodo; t++)
-				if (route_node(route[todo[t]]) >= mc_cluster_nnodes())
+			{
+				int			c = todo[t];
+
+				if (route_node(route[c]) >= mc_cluster_nnodes())
 				{
 					mc_err_set(err, ERRCODE_CONNECTION_FAILURE,
 							   "the masters of the redis cluster changed during the command");
 					ok = false;
 				}
+				asking_first[t] = ask[c] >= 0;
+				dest[t] = ask[c] >= 0 ? ask[c] : route_node(route[c]);
+			}
 			st.nredo = 0;
+			st.redirects = st.tryagain = false;
 			for (int n = 0; ok && n < mc_cluster_nnodes(); n++)
 			{
 				int			nrep = 0;
@@ -1042,9 +1091,9 @@ cluster_run(const char *buf, size_t len, const int *start, const int *route, int
 					int			c = todo[t];
 					size_t		end = c + 1 < ncmds ? start[c + 1] : len;
 
-					if ((ask[c] >= 0 ? ask[c] : route_node(route[c])) != n)
+					if (dest[t] != n)
 						continue;
-					if (ask[c] >= 0)
+					if (asking_first[t])
 					{
 						ok = rawbuf_put(b, asking, sizeof(asking) - 1);
 						st.order[nrep++] = -1;
@@ -1063,6 +1112,17 @@ cluster_run(const char *buf, size_t len, const int *start, const int *route, int
 			}
 			memcpy(todo, st.redo, sizeof(int) * st.nredo);
 			ntodo = st.nredo;
+			if (st.redirects)
+				round++;
+			if (ok && st.tryagain)
+			{
+				mc_nap(TRYAGAIN_NAP_MS, deadline, interruptible);
+				if (mc_ms_left(deadline) <= 0)
+				{
+					*err = st.tryagain_err;
+					ok = false;
+				}
+			}
 		}
 	}
 	PG_FINALLY();
@@ -1214,21 +1274,33 @@ mc_pipe_on_node(McPipe *pipe, int node)
 
 /*
  * How many masters a keyless command (SCAN) must visit: 1, or a cluster's
- * masters (the slot map is loaded when needed; a failure throws).
+ * masters (the slot map is loaded when needed).  -1 with err filled when
+ * it cannot be.
  */
+static int
+masters_try(McErr *err)
+{
+	if (!mc_redis_cluster())
+		return 1;
+	if (!mc_cluster_map_ready() &&
+		!cluster_load_map(true, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															mc_command_timeout), err))
+		return -1;
+	return mc_cluster_nnodes();
+}
+
+/* as masters_try, but a failure throws */
 int
 mc_redis_masters(void)
 {
 	McErr		err;
+	int			n;
 
-	if (!mc_redis_cluster())
-		return 1;
 	memset(&err, 0, sizeof(err));
-	if (!mc_cluster_map_ready() &&
-		!cluster_load_map(true, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-															mc_command_timeout), &err))
+	n = masters_try(&err);
+	if (n < 0)
 		mc_throw(&err);
-	return mc_cluster_nnodes();
+	return n;
 }
 
 void
@@ -1328,31 +1400,38 @@ mc_redis_command(int argc, const char **argv, const size_t *lens)
 static char script_sha[MC_SCRIPT__COUNT][41];
 
 /*
- * SCRIPT LOAD one script where route goes (on a cluster: every master
- * loads it when it first runs it); its SHA1, the same everywhere, is
- * cached for every later EVALSHA.
+ * SCRIPT LOAD one script on the server, or on every master of a cluster
+ * (an -ASK may send its EVALSHA to a master other than its slot's); its
+ * SHA1, the same everywhere, is cached for every later EVALSHA.
  */
 static bool
-script_load(McScript which, int route, McErr *err)
+script_load(McScript which, McErr *err)
 {
 	McPipe		pipe;
 	McReply   **r;
 	const char *argv[3] = {"SCRIPT", "LOAD", mc_lease_script_text(which)};
 	size_t		lens[3] = {6, 4, strlen(mc_lease_script_text(which))};
+	int			nmasters = masters_try(err);
 
+	if (nmasters < 0)
+		return false;
 	mc_pipe_init(&pipe);
-	mc_pipe_add(&pipe, 3, argv, lens);
-	pipe.route[0] = route;
+	for (int n = 0; n < nmasters; n++)
+	{
+		mc_pipe_add(&pipe, 3, argv, lens);
+		pipe.route[n] = MC_ROUTE_NODE(n);
+	}
 	r = mc_pipe_try(&pipe, err);
 	if (r == NULL)
 		return false;
-	if (r[0]->type != MC_REPLY_STRING || r[0]->len != 40)
-	{
-		mc_err_set(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-				"redis at %s refused to load a meetcache script: %.200s",
-				cur->stream.name, r[0]->str ? r[0]->str : "");
-		return false;
-	}
+	for (int n = 0; n < nmasters; n++)
+		if (r[n]->type != MC_REPLY_STRING || r[n]->len != 40)
+		{
+			mc_err_set(err, ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+					"redis refused to load a meetcache script: %.200s",
+					r[n]->str ? r[n]->str : "");
+			return false;
+		}
 	memcpy(script_sha[which], r[0]->str, 40);
 	script_sha[which][40] = '\0';
 	return true;
@@ -1376,9 +1455,7 @@ mc_redis_script(McScript which, int nkeys, int nargs, const char **argv,
 		size_t	   *l = palloc(sizeof(size_t) * (nkeys + nargs + 3));
 		char		nk[16];
 
-		if (script_sha[which][0] == '\0' &&
-			!script_load(which, nkeys > 0 ? mc_cluster_slot(argv[0], (int) lens[0]) : MC_ROUTE_ANY,
-						 err))
+		if (script_sha[which][0] == '\0' && !script_load(which, err))
 			return NULL;
 		snprintf(nk, sizeof(nk), "%d", nkeys);
 		a[0] = "EVALSHA";

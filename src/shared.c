@@ -13,7 +13,9 @@
  *	      deleted (sync+queue), so drains do not delete them twice;
  *	    - the flush epoch: after a crash-restart or an unclean stop keys of
  *	      sync transactions may be lost, so every database flushes its
- *	      families once.
+ *	      families once;
+ *	    - the last Redis Cluster slot map any process loaded (its
+ *	      topology), or without preloading the backend's own.
  *	  stats.c reads the state through mc_shared_status, a snapshot.
  *
  * Locking:
@@ -22,12 +24,14 @@
  *	    change them, shared to read the ring;
  *	  - dlock guards the delivered set;
  *	  - the breaker is an atomic;
+ *	  - topo_mutex (a spinlock) guards the topology, copied in and out;
  *	  - single writers, unlocked readers (a stale value is harmless):
  *	    worker_url_hash and drains_running (the launcher), breaker_since
  *	    (whoever trips the breaker), the slot mc_db_announce looks at, and
  *	    the status snapshot.
- * Everything a commit callback calls here takes an LWLock or an atomic,
- * copies into memory allocated at startup and never throws or allocates.
+ * Everything a commit callback calls here takes an LWLock, a spinlock or
+ * an atomic, copies into memory allocated at startup and never throws or
+ * allocates.
  */
 #include "postgres.h"
 
@@ -47,6 +51,7 @@
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "storage/spin.h"
 #include "utils/timestamp.h"
 
 #include "meetcache.h"
@@ -93,6 +98,8 @@ typedef struct McShared
 	uint32		flush_epoch;	/* bumped when sync keys may be lost */
 	bool		epoch_served;	/* every database flushed for flush_epoch */
 	int			drains_running;
+	slock_t		topo_mutex;
+	McTopology	topology;
 	Size		ring_size;
 	uint64		ring_head;		/* byte positions, only ever grow */
 	uint64		ring_tail;
@@ -232,6 +239,7 @@ shared_init(McShared *s)
 	s->lock = &locks[0].lock;
 	s->dlock = &locks[1].lock;
 	pg_atomic_init_u32(&s->breaker, 0);
+	SpinLockInit(&s->topo_mutex);
 	s->ring_size = ring_bytes();
 	s->flush_epoch = unclean ? 1 : 0;
 	s->epoch_served = !unclean;
@@ -905,6 +913,48 @@ mc_shared_status(McSharedStatus *st)
 	st->retry_bytes = s->ring_tail - s->ring_head;
 	LWLockRelease(s->lock);
 	st->retry_size = s->ring_size;
+}
+
+/* ---- the topology of a Redis Cluster ---- */
+
+static McTopology local_topology;	/* not preloaded: this backend's */
+
+/* the masters in use only: the spinlock is held for a short copy */
+static void
+topology_copy(McTopology *dst, const McTopology *src)
+{
+	memcpy(dst, src, offsetof(McTopology, nodes) + sizeof(src->nodes[0]) * src->nnodes);
+}
+
+/* a slot map was installed; from the commit path too (no allocation) */
+void
+mc_topology_publish(const McTopology *t)
+{
+	McShared   *s = mc_shared;
+
+	if (s == NULL)
+	{
+		topology_copy(&local_topology, t);
+		return;
+	}
+	SpinLockAcquire(&s->topo_mutex);
+	topology_copy(&s->topology, t);
+	SpinLockRelease(&s->topo_mutex);
+}
+
+void
+mc_topology_read(McTopology *t)
+{
+	McShared   *s = mc_shared;
+
+	if (s == NULL)
+	{
+		topology_copy(t, &local_topology);
+		return;
+	}
+	SpinLockAcquire(&s->topo_mutex);
+	topology_copy(t, &s->topology);
+	SpinLockRelease(&s->topo_mutex);
 }
 
 /*

@@ -3,7 +3,12 @@
  *	  Counters behind meetcache.stats: in shared memory when the library is
  *	  preloaded (cluster-wide; shared.c reserves the space and hands it over
  *	  at startup), otherwise in the backend's own memory.  The worker's
- *	  columns come from shared.c's status snapshot.
+ *	  columns come from shared.c's status snapshot, the cluster's from the
+ *	  topology it keeps.
+ *
+ * meetcache.stats() fills the columns its caller's SQL declaration names,
+ * by name: a 0.1.0 installation running this library before ALTER
+ * EXTENSION UPDATE gets its shorter row.
  *
  * Counters are lock-free atomics, safe to bump from a commit callback.  The
  * last error is copied under a spinlock; no allocation happens here.
@@ -20,6 +25,7 @@
 
 #include "access/htup_details.h"
 #include "catalog/pg_authid.h"
+#include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
@@ -153,7 +159,7 @@ mc_stat_error(const char *msg)
 /*
  * The shared state's columns from values[i] on: worker_state, launcher_pid,
  * drains_running, redis_state, redis_down_since, and the retry queue's
- * entries, bytes and size.  Returns the next column.
+ * entries, bytes and size (extra_cols' order).  Returns the next column.
  */
 static int
 put_shared_status(Datum *values, bool *nulls, int i)
@@ -203,20 +209,119 @@ put_shared_status(Datum *values, bool *nulls, int i)
 	return i + 3;
 }
 
+/* the counters' columns */
+static const char *const counter_names[] = {
+	[MC_STAT_KEYS_QUEUED] = "keys_queued",
+	[MC_STAT_PATTERNS_QUEUED] = "patterns_queued",
+	[MC_STAT_OVERFLOWS] = "overflows",
+	[MC_STAT_XACTS_DELIVERED] = "xacts_delivered",
+	[MC_STAT_KEYS_SENT] = "keys_sent",
+	[MC_STAT_KEYS_DELETED] = "keys_deleted",
+	[MC_STAT_COMMANDS] = "commands",
+	[MC_STAT_DELIVERY_FAILURES] = "delivery_failures",
+	[MC_STAT_REDIS_ERRORS] = "redis_errors",
+	[MC_STAT_CACHE_HITS] = "cache_hits",
+	[MC_STAT_CACHE_MISSES] = "cache_misses",
+	[MC_STAT_CACHE_BYPASSES] = "cache_bypasses",
+	[MC_STAT_LEASE_WAITS] = "lease_waits",
+	[MC_STAT_LEASE_REFUSED] = "lease_refused",
+	[MC_STAT_LEASE_TIMEOUTS] = "lease_timeouts",
+	[MC_STAT_QUEUE_ROWS_WRITTEN] = "queue_rows_written",
+	[MC_STAT_QUEUE_ROWS_DONE] = "queue_rows_done",
+	[MC_STAT_QUEUE_ROWS_SKIPPED] = "queue_rows_skipped",
+	[MC_STAT_QUEUE_KEYS_SENT] = "queue_keys_sent",
+	[MC_STAT_HANDOFFS] = "handoffs",
+	[MC_STAT_RETRIES] = "retries",
+	[MC_STAT_RETRY_OVERFLOWS] = "retry_overflows",
+	[MC_STAT_FAMILY_FLUSHES] = "family_flushes",
+	[MC_STAT_WORKER_FAILURES] = "worker_failures",
+	[MC_STAT_BREAKER_TRIPS] = "breaker_trips",
+	[MC_STAT_MOVED_REDIRECTS] = "moved_redirects",
+	[MC_STAT_ASK_REDIRECTS] = "ask_redirects",
+	[MC_STAT_SLOT_MAP_LOADS] = "slot_map_loads",
+};
+
+StaticAssertDecl(lengthof(counter_names) == MC_STAT__COUNT,
+				 "every counter has a column");
+
+/* the other columns, in the order the values are computed */
+static const struct
+{
+	const char *name;
+	Oid			type;
+}			extra_cols[] = {
+	{"scope", TEXTOID},
+	{"last_error", TEXTOID},
+	{"last_error_at", TIMESTAMPTZOID},
+	{"stats_reset", TIMESTAMPTZOID},
+	/* put_shared_status */
+	{"worker_state", TEXTOID},
+	{"launcher_pid", INT4OID},
+	{"drains_running", INT4OID},
+	{"redis_state", TEXTOID},
+	{"redis_down_since", TIMESTAMPTZOID},
+	{"retry_queue_entries", INT8OID},
+	{"retry_queue_bytes", INT8OID},
+	{"retry_queue_size", INT8OID},
+	/* put_topology */
+	{"cluster_nodes", INT4OID},
+	{"cluster_topology", TEXTOID},
+	{"slot_map_loaded_at", TIMESTAMPTZOID},
+};
+
+#define NEXTRA lengthof(extra_cols)
+#define NCOLS (MC_STAT__COUNT + NEXTRA)
+
+/* a column's name and type: the counters first, then extra_cols */
+static const char *
+col_name(int c, Oid *type)
+{
+	*type = c < MC_STAT__COUNT ? INT8OID : extra_cols[c - MC_STAT__COUNT].type;
+	return c < MC_STAT__COUNT ? counter_names[c] : extra_cols[c - MC_STAT__COUNT].name;
+}
+
+/*
+ * The topology's columns from values[i] on: cluster_nodes, cluster_topology
+ * ("host:port=slots,..." in the map's order) and slot_map_loaded_at, when
+ * some process loaded a slot map for this session's meetcache.redis_url;
+ * NULL otherwise (a single server, or no map loaded yet).
+ */
+static void
+put_topology(Datum *values, bool *nulls, int i)
+{
+	McTopology *t = palloc(sizeof(McTopology));
+	StringInfoData buf;
+
+	mc_topology_read(t);
+	if (t->nnodes == 0 || t->url_hash != mc_url_hash)
+	{
+		nulls[i] = nulls[i + 1] = nulls[i + 2] = true;
+		return;
+	}
+	initStringInfo(&buf);
+	for (int n = 0; n < t->nnodes; n++)
+		appendStringInfo(&buf, "%s%s=%d", n ? "," : "", t->nodes[n].name, t->nodes[n].slots);
+	values[i] = Int32GetDatum(t->nnodes);
+	values[i + 1] = CStringGetTextDatum(buf.data);
+	values[i + 2] = TimestampTzGetDatum(t->loaded_at);
+}
+
 PG_FUNCTION_INFO_V1(meetcache_stats);
 Datum
 meetcache_stats(PG_FUNCTION_ARGS)
 {
 	McStatsShared *s = get_stats();
 	TupleDesc	tupdesc;
-#define NEXTRA 12
-	Datum		values[MC_STAT__COUNT + NEXTRA];
-	bool		nulls[MC_STAT__COUNT + NEXTRA] = {0};
+	Datum		all[NCOLS];
+	bool		allnulls[NCOLS] = {0};
+	Datum	   *values;
+	bool	   *nulls;
+	Datum	   *extra = all + MC_STAT__COUNT;
+	bool	   *extranulls = allnulls + MC_STAT__COUNT;
 	char		errbuf[sizeof(s->last_error)];
 	char		shown[4 * sizeof(s->last_error)];
 	TimestampTz errtime,
 				resettime;
-	int			i;
 
 	if (!has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS))
 		ereport(ERROR,
@@ -227,34 +332,49 @@ meetcache_stats(PG_FUNCTION_ARGS)
 						 quote_identifier(GetUserNameFromId(GetUserId(), false)))));
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	if (tupdesc->natts != MC_STAT__COUNT + NEXTRA)
-		elog(ERROR, "meetcache.stats() has %d columns, expected %d",
-			 tupdesc->natts, MC_STAT__COUNT + NEXTRA);
 	tupdesc = BlessTupleDesc(tupdesc);
 
-	values[0] = CStringGetTextDatum(stats_shared ? "cluster" : "backend");
-	for (i = 0; i < MC_STAT__COUNT; i++)
-		values[i + 1] = Int64GetDatum((int64) pg_atomic_read_u64(&s->counters[i]));
+	for (int i = 0; i < MC_STAT__COUNT; i++)
+		all[i] = Int64GetDatum((int64) pg_atomic_read_u64(&s->counters[i]));
+	extra[0] = CStringGetTextDatum(stats_shared ? "cluster" : "backend");
 	SpinLockAcquire(&s->mutex);
 	strlcpy(errbuf, s->last_error, sizeof(errbuf));
 	errtime = s->last_error_time;
 	resettime = s->reset_time;
 	SpinLockRelease(&s->mutex);
-	i = MC_STAT__COUNT + 1;
 	/* written by a process of another database, maybe in another encoding */
 	if (errbuf[0] && mc_excerpt(shown, sizeof(shown), errbuf, strlen(errbuf)) > 0)
-		values[i] = CStringGetTextDatum(shown);
+		extra[1] = CStringGetTextDatum(shown);
 	else
-		nulls[i] = true;
+		extranulls[1] = true;
 	if (errtime)
-		values[i + 1] = TimestampTzGetDatum(errtime);
+		extra[2] = TimestampTzGetDatum(errtime);
 	else
-		nulls[i + 1] = true;
-	values[i + 2] = TimestampTzGetDatum(resettime);
-	i += 3;
-	i = put_shared_status(values, nulls, i);
-	/* every column set, as the SQL declaration has them */
-	Assert(i == MC_STAT__COUNT + NEXTRA);
+		extranulls[2] = true;
+	extra[3] = TimestampTzGetDatum(resettime);
+	put_topology(extra, extranulls, put_shared_status(extra, extranulls, 4));
+
+	/* the columns the caller's declaration has, by name */
+	values = palloc(sizeof(Datum) * Max(1, tupdesc->natts));
+	nulls = palloc(sizeof(bool) * Max(1, tupdesc->natts));
+	for (int a = 0; a < tupdesc->natts; a++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, a);
+		int			c;
+		Oid			type = InvalidOid;
+
+		for (c = 0; c < NCOLS; c++)
+			if (strcmp(col_name(c, &type), NameStr(att->attname)) == 0)
+				break;
+		if (c == NCOLS || type != att->atttypid)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+					 errmsg("meetcache.stats() has a column \"%s\" this meetcache library does not provide",
+							NameStr(att->attname)),
+					 errhint("Install the meetcache library of the extension's version, or run ALTER EXTENSION meetcache UPDATE.")));
+		values[a] = all[c];
+		nulls[a] = allnulls[c];
+	}
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

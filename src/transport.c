@@ -91,6 +91,24 @@ mc_ms_left(TimestampTz deadline)
 	return (long) ((deadline - now + 999) / 1000);
 }
 
+/* wait ms milliseconds, never past deadline, in the caller's discipline */
+void
+mc_nap(long ms, TimestampTz deadline, bool interruptible)
+{
+	ms = Min(ms, mc_ms_left(deadline));
+	if (ms <= 0)
+		return;
+	if (!interruptible)
+	{
+		(void) poll(NULL, 0, (int) ms);
+		return;
+	}
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
+
 void
 mc_endpoint_name(const McEndpoint *ep, char *buf, size_t len)
 {

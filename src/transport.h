@@ -62,6 +62,9 @@ extern void mc_endpoint_name(const McEndpoint *ep, char *buf, size_t len);
 /* milliseconds until deadline, rounded up; 0 once it passed */
 extern long mc_ms_left(TimestampTz deadline);
 
+/* wait ms milliseconds, never past deadline (interruptible: may throw) */
+extern void mc_nap(long ms, TimestampTz deadline, bool interruptible);
+
 /* fill err; the message is made printable (it may quote a server) */
 extern void mc_err_set(McErr *err, int sqlstate, const char *fmt,...) pg_attribute_printf(3, 4);
 

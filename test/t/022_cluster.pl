@@ -11,6 +11,13 @@
 #     cache_del_pattern over every master, cache_ping.
 #   - Redirects: a slot being migrated (ASK) and migrated (MOVED) under a
 #     session that holds the old slot map: no stale key.
+#   - meetcache.stats: the redirects followed (MOVED, ASK) and slot maps
+#     loaded are counted; the topology shows the 3 masters and their slots
+#     (16384 in all), after the failovers the promoted replicas.
+#   - cache_del while its slot migrates (its key moved, its lease on the
+#     source or nowhere: -TRYAGAIN) is retried until the migration ends.
+#   - A session that switches meetcache.redis_url from the cluster to one
+#     server closes its connections to the masters at its next cache call.
 #   - Failover: a master killed under a pgbench write load, once per
 #     delivery mode (sync+queue, queue, sync): zero failed transactions,
 #     and every committed change's keys are gone once its replica is
@@ -151,6 +158,26 @@ INSERT INTO meetings (id, title, host_id, invite_code, status)
 	is($rc->cli('EXISTS', 'mc-lease:u:{meeting:gos1}'), '0', 'cache_del cancels the lease with its key');
 }
 
+# the masters, by port, as the cluster says and as meetcache.stats shows
+# them once a new session's cache call loaded the slot map
+sub master_ports
+{
+	return join(',', sort map { $_->port } grep { $_->pid && $_->cli('ROLE') =~ /^master/ } $rc->nodes);
+}
+
+sub topology
+{
+	my ($out) = $node->safe_psql('postgres',
+		"SELECT meetcache.cache_exists('topo:probe');\n"
+		  . "SELECT cluster_nodes || '|' || cluster_topology FROM meetcache.stats");
+	my (undef, $row) = split /\n/, $out;
+	my ($n, $t) = split /\|/, $row // '';
+	my %slots = map { /^127\.0\.0\.1:(\d+)=(\d+)$/ ? ($1 => $2) : ('?' => $_) } split /,/, $t // '';
+	return ($n // '', \%slots);
+}
+
+my $redirects0 = MeetcacheTest::stats($node, 'postgres', qw(moved_redirects ask_redirects slot_map_loads));
+
 ###########################################################################
 # Redirects: one session keeps its slot map while slots migrate
 
@@ -217,6 +244,86 @@ sub migration
 }
 
 ###########################################################################
+# meetcache.stats: redirects followed, slot maps loaded, the topology
+{
+	my $st = MeetcacheTest::stats($node, 'postgres', qw(moved_redirects ask_redirects slot_map_loads));
+	cmp_ok($st->{$_}, '>', $redirects0->{$_}, "stats: $_ counted ($redirects0->{$_} -> $st->{$_})")
+	  for qw(moved_redirects ask_redirects slot_map_loads);
+	my ($n, $slots) = topology();
+	is($n, '3', 'stats: cluster_nodes is 3');
+	is(join(',', sort keys %$slots), master_ports(), 'stats: cluster_topology names the 3 masters');
+	my $sum = 0;
+	$sum += $_ for values %$slots;
+	is($sum, 16384, 'stats: their slot counts add up to 16384');
+	is($node->safe_psql('postgres', 'SELECT slot_map_loaded_at <= now() FROM meetcache.stats'),
+		't', 'stats: slot_map_loaded_at');
+}
+
+###########################################################################
+# cache_del while its slot migrates: the key moved to the target, its lease
+# still on the source (the source answers -TRYAGAIN), or no lease at all
+# (-ASK to the target, which answers -TRYAGAIN: not all keys there yet).
+# The call waits for the migration to end, within command_timeout.
+{
+	my $bg = bg_session($node);
+	bg_query($bg, "SET meetcache.command_timeout = '30s'");
+	for my $c ([ 'lease on the source', 'sql:mig1', 1 ], [ 'no lease', 'sql:mig2', 0 ])
+	{
+		my ($what, $key, $lease) = @$c;
+		my $lk = "mc-lease:u:{$key}";
+		bg_query($bg, "SELECT meetcache.cache_set('$key', '1', 600)");
+		$rc->cli('SET', $lk, 'a-token', 'PX', '60000') if $lease;
+		my ($slot, $from, $to, $fid, $tid) = migration($key);
+		my $tryagains = sub {
+			my $n = 0;
+			$n += $_ for map { $_->cli('INFO', 'errorstats') =~ /errorstat_TRYAGAIN:count=(\d+)/ ? $1 : 0 } $from, $to;
+			return $n;
+		};
+		my $t0 = $tryagains->();
+		$to->cli('CLUSTER', 'SETSLOT', $slot, 'IMPORTING', $fid);
+		$from->cli('CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $tid);
+		is($from->cli('MIGRATE', '127.0.0.1', $to->port, '', '0', '5000', 'KEYS', $key), 'OK',
+			"cache_del mid-migration ($what): the key moved to the target");
+		my $tag = MeetcacheTest::bg_send($bg, "SELECT meetcache.cache_del('$key')");
+		ok(poll_until(20, sub { $tryagains->() >= $t0 + 2 }),
+			"cache_del mid-migration ($what): -TRYAGAIN, sent again");
+		# the migration ends
+		$from->cli('MIGRATE', '127.0.0.1', $to->port, '', '0', '5000', 'KEYS', $lk) if $lease;
+		$_->cli('CLUSTER', 'SETSLOT', $slot, 'NODE', $tid)
+		  for grep { $_->cli('ROLE') =~ /^master/ } $rc->nodes;
+		my ($done, $out, $err) = MeetcacheTest::bg_wait_for($bg, $tag, 40);
+		ok($done, "cache_del mid-migration ($what): returns");
+		is($err, '', "cache_del mid-migration ($what): no error");
+		is($out, '1', "cache_del mid-migration ($what): the key was deleted");
+		is(scalar($rc->existing_many($key, $lk)), 0, "cache_del mid-migration ($what): key and lease gone");
+	}
+	$bg->quit;
+}
+
+###########################################################################
+# Switching meetcache.redis_url from the cluster to one server: the
+# session's connections to the masters close at its next cache call
+{
+	my $single = MeetcacheTest::start_redis();
+	my $bg = bg_session($node);
+	# cache_keys SCANs every master
+	bg_query($bg, "SELECT count(*) FROM meetcache.cache_keys('*')");
+	my $pid = bg_query($bg, 'SELECT pg_backend_pid()');
+	my @masters = grep { $_->pid && $_->cli('ROLE') =~ /^master/ } $rc->nodes;
+	my $open = sub { scalar grep { $_->cli('CLIENT', 'LIST') =~ /name=meetcache-$pid / } @masters };
+	is($open->(), 3, 'URL switch: the session has a connection to each of the 3 masters');
+	bg_query($bg, "SET meetcache.redis_url = '" . $single->url . "'");
+	my ($out, $err) = bg_query($bg, "SELECT meetcache.cache_set('single:k', '1', 60)");
+	is($err, '', 'URL switch: a cache call on the single server');
+	is($single->cli('EXISTS', 'single:k'), '1', 'URL switch: it went to the single server');
+	ok(poll_until(20, sub { $open->() == 0 }), 'URL switch: no master lists the session any more');
+	$bg->quit;
+	$single->stop;
+}
+
+my %first_masters = map { $_ => 1 } split /,/, master_ports();
+
+###########################################################################
 # Failover, once per delivery mode: the master of a pool key killed under a
 # write load; it comes back as its replica's replica for the next round
 my $P = 4000;
@@ -259,6 +366,18 @@ CREATE SEQUENCE seq_${tag};});
 	$victim->start;
 	ok(poll_until(30, sub { $victim->cli('ROLE') =~ /^slave/ && $rc->wait_ok }),
 		"$what: the old master is a replica again");
+}
+
+# the topology after the failovers: the promoted replicas
+{
+	my $want = master_ports();
+	ok(poll_until(30, sub { join(',', sort keys %{ (topology())[1] }) eq $want }),
+		"stats after the failovers: cluster_topology names the masters ($want)");
+	my ($n, $slots) = topology();
+	ok((grep { !$first_masters{$_} } keys %$slots), 'stats after the failovers: a promoted replica is a master');
+	my $sum = 0;
+	$sum += $_ for values %$slots;
+	is($sum, 16384, 'stats after the failovers: the slots add up to 16384');
 }
 
 # the whole invalidation matrix, both schemas, against the cluster
