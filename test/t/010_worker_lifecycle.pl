@@ -299,12 +299,17 @@ make_rows($node, 'postgres', 'c', 20);
 	cmp_ok($st->{retry_queue_entries}, '>=', 1, 'crash: keys wait in the retry queue');
 
 	my $logpos = -s $node->logfile;
+	my $old_launcher = $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'meetcache launcher'");
 	kill 'KILL', $victim;
+	# a new launcher, not the old one before the postmaster saw the crash
 	ok( poll_sql($node, 'postgres',
-			"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'meetcache launcher'",
+			"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'meetcache launcher'"
+			  . " AND pid <> '$old_launcher'",
 			'1', 60),
 		'crash: the server restarted, with a launcher');
 	eval { $s->quit };
+	poll_until(30, sub { slurp_file($node->logfile, $logpos) =~ /may have been lost/ });
 	my $log = slurp_file($node->logfile, $logpos);
 	like($log, qr/terminated by signal 9/, 'crash: the backend was killed');
 	like($log, qr/invalidations of sync transactions may have been lost/,
