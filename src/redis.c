@@ -5,7 +5,13 @@
  *	  handshake, pipelined round trips under deadlines, the SQL functions'
  *	  command API, scripts, and the post-commit invalidation path.  This is
  *	  the only file that includes hiredis, and hiredis is used as a protocol
- *	  layer only (command formatting and the reply reader) over that stream.
+ *	  layer only (the SQL functions' command formatting and the reply
+ *	  reader) over that stream.  Commands built here (RawBuf) are formatted
+ *	  in place; the commit path's UNLINK pipeline goes into one buffer kept
+ *	  from one transaction to the next, and its plain integer replies are
+ *	  parsed in place: the first other reply of a round trip (an error, a
+ *	  redirect) and everything after it go through hiredis' reader, so
+ *	  errors are handled by the same code on every path.
  *
  * Connections: McConn is one endpoint's connection; the backend uses one
  * (conn), opened lazily for meetcache.redis_url.  Several McConns (Redis
@@ -48,6 +54,7 @@
 #include <hiredis/hiredis.h>
 
 #include "miscadmin.h"
+#include "utils/builtins.h"
 #include "utils/timestamp.h"
 
 #include "meetcache.h"
@@ -80,6 +87,9 @@ static McConn *cur = &conn;		/* the connection of the last round trip, for messa
 
 /* where replies of a round trip go; returns false to report a bad reply */
 typedef bool (*reply_cb) (redisReply *r, void *arg, McErr *err);
+
+/* where a round trip's plain integer replies go, parsed in place */
+typedef void (*int_cb) (long long n, void *arg);
 
 /* "Redis said: <its error text>", as a printable excerpt */
 static void
@@ -124,25 +134,89 @@ check_failover_reply(McConn *c, redisReply *r, McErr *err)
 	c->demoted = true;
 }
 
-/* feed what the stream has to the reader and hand out complete replies */
-static bool
-read_replies(McConn *c, int nreplies, int *received, reply_cb cb, void *arg,
-			 bool *ok, McErr *err, bool *got_any)
+/*
+ * One round trip's replies: who takes them and how many came.  With ints
+ * set, plain integer replies (":N\r\n", UNLINK's) are parsed in place and
+ * handed to it; the first other reply (an error, a redirect) and all that
+ * follows it in the round trip go through hiredis' reader and cb.
+ */
+typedef struct Replies
 {
-	char		rbuf[16384];
-	ssize_t		n = mc_stream_recv(&c->stream, rbuf, sizeof(rbuf), err);
+	int			want;
+	int			received;
+	int_cb		ints;
+	reply_cb	cb;
+	void	   *arg;
+	bool		ok;				/* no callback reported a bad reply */
+	bool	   *got_any;		/* set when a reply arrives */
+	size_t		kept;			/* a split integer reply, at buf's start */
+	char		buf[16384];
+} Replies;
+
+#define INT_DIGITS_MAX 18		/* more: through hiredis, which checks range */
+
+/*
+ * Take the plain integer replies at p in place; returns where the first
+ * other reply starts, or end.  A reply split by the end of the read is
+ * kept for the next one.
+ */
+static const char *
+take_ints(Replies *rp, const char *p, const char *end)
+{
+	while (p < end && rp->received < rp->want && *p == ':')
+	{
+		const char *q = p + 1;
+		const char *digits;
+		bool		neg = (q < end && *q == '-');
+		long long	v = 0;
+
+		q += neg;
+		digits = q;
+		while (q < end && *q >= '0' && *q <= '9' && q - digits < INT_DIGITS_MAX)
+			v = v * 10 + (*q++ - '0');
+		if (q == end || (q + 1 == end && *q == '\r'))
+		{
+			rp->kept = end - p;
+			memmove(rp->buf, p, rp->kept);
+			return end;
+		}
+		if (q == digits || q[0] != '\r' || q[1] != '\n')
+			break;
+		rp->ints(neg ? -v : v, rp->arg);
+		rp->received++;
+		*rp->got_any = true;
+		p = q + 2;
+	}
+	return p;
+}
+
+/* read what the stream has and hand out complete replies */
+static bool
+read_replies(McConn *c, Replies *rp, McErr *err)
+{
+	ssize_t		n = mc_stream_recv(&c->stream, rp->buf + rp->kept,
+								   sizeof(rp->buf) - rp->kept, err);
+	const char *p = rp->buf;
+	const char *end;
 
 	if (n < 0)
 		return false;
 	if (n == 0)
 		return true;			/* nothing yet */
-	if (redisReaderFeed(c->reader, rbuf, n) != REDIS_OK)
+	end = rp->buf + rp->kept + n;
+	rp->kept = 0;
+	if (rp->ints)
+		p = take_ints(rp, p, end);
+	if (p == end)
+		return true;
+	rp->ints = NULL;			/* the rest of the round trip: hiredis */
+	if (redisReaderFeed(c->reader, p, end - p) != REDIS_OK)
 	{
 		mc_err_set(err, ERRCODE_PROTOCOL_VIOLATION,
 				   "could not parse the reply of redis at %s", c->stream.name);
 		return false;
 	}
-	while (*received < nreplies)
+	while (rp->received < rp->want)
 	{
 		void	   *reply = NULL;
 
@@ -155,11 +229,11 @@ read_replies(McConn *c, int nreplies, int *received, reply_cb cb, void *arg,
 		}
 		if (reply == NULL)
 			break;
-		*got_any = true;
-		(*received)++;
+		*rp->got_any = true;
+		rp->received++;
 		check_failover_reply(c, (redisReply *) reply, err);
-		if (!cb((redisReply *) reply, arg, err))
-			*ok = false;		/* keep reading: the stream stays in step */
+		if (!rp->cb((redisReply *) reply, rp->arg, err))
+			rp->ok = false;		/* keep reading: the stream stays in step */
 	}
 	return true;
 }
@@ -167,32 +241,45 @@ read_replies(McConn *c, int nreplies, int *received, reply_cb cb, void *arg,
 /*
  * Send buf and collect exactly nreplies replies, reading while writing so
  * that neither side's buffers fill up.  Each reply is handed to cb, which
- * owns it.  On failure fills err and returns false; *got_any tells whether
- * any reply arrived (a stale connection fails before the first one).
+ * owns it, or with ints set a plain integer reply to ints (see Replies).
+ * On failure fills err and returns false; *got_any tells whether any
+ * reply arrived (a stale connection fails before the first one).
  */
 static bool
-roundtrip(McConn *c, const char *buf, size_t len, int nreplies, reply_cb cb,
-		  void *arg, TimestampTz deadline, bool interruptible, McErr *err,
-		  bool *got_any)
+roundtrip_ints(McConn *c, const char *buf, size_t len, int nreplies, int_cb ints,
+			   reply_cb cb, void *arg, TimestampTz deadline, bool interruptible,
+			   McErr *err, bool *got_any)
 {
 	size_t		sent = 0;
-	int			received = 0;
-	bool		ok = true;
+	Replies		rp;
 	bool		first = true;
 
+	rp.want = nreplies;
+	rp.received = 0;
+	rp.ints = ints;
+	rp.cb = cb;
+	rp.arg = arg;
+	rp.ok = true;
+	rp.got_any = got_any;
+	rp.kept = 0;
 	*got_any = false;
 	c->busy = true;
 	cur = c;
-	while (received < nreplies)
+	while (rp.received < nreplies)
 	{
 		int			want = MC_WAIT_READ;
 		int			ready;
 
 		if (sent < len)
 			want |= MC_WAIT_WRITE;
-		/* the socket is almost always writable: try before polling */
+
+		/*
+		 * The socket is almost always writable: send before polling.  No
+		 * reply can be there before the request went: read only when the
+		 * poll says so.
+		 */
 		if (first)
-			ready = want;
+			ready = MC_WAIT_WRITE;
 		else
 			ready = mc_stream_wait(&c->stream, want, deadline, interruptible);
 		first = false;
@@ -210,14 +297,22 @@ roundtrip(McConn *c, const char *buf, size_t len, int nreplies, reply_cb cb,
 				return false;
 			sent += n;
 		}
-		if ((ready & MC_WAIT_READ) &&
-			!read_replies(c, nreplies, &received, cb, arg, &ok, err, got_any))
+		if ((ready & MC_WAIT_READ) && !read_replies(c, &rp, err))
 			return false;
 	}
 	if (c->demoted)
 		return false;			/* still busy: the connection is dropped */
 	c->busy = false;
-	return ok;
+	return rp.ok;
+}
+
+static bool
+roundtrip(McConn *c, const char *buf, size_t len, int nreplies, reply_cb cb,
+		  void *arg, TimestampTz deadline, bool interruptible, McErr *err,
+		  bool *got_any)
+{
+	return roundtrip_ints(c, buf, len, nreplies, NULL, cb, arg, deadline,
+						  interruptible, err, got_any);
 }
 
 /* ---- connection and handshake ---- */
@@ -366,8 +461,9 @@ handshake_cb(redisReply *r, void *arg, McErr *err)
 }
 
 /*
- * Append one command formatted by hiredis to a malloc'd buffer.  The
- * handshake's AUTH carries the password: no copy is freed unwiped.
+ * Commands formatted (RESP) into a malloc'd buffer, without a copy per
+ * command.  The handshake's AUTH carries the password: no copy is freed
+ * unwiped.
  */
 typedef struct RawBuf
 {
@@ -376,9 +472,11 @@ typedef struct RawBuf
 	size_t		cap;
 } RawBuf;
 
-/* append bytes already formatted to a malloc'd buffer */
+#define RESP_HEADER_MAX 24		/* '*' or '$', a 64-bit count, CRLF */
+
+/* room for n more bytes; false when out of memory */
 static bool
-rawbuf_put(RawBuf *b, const char *data, size_t n)
+rawbuf_reserve(RawBuf *b, size_t n)
 {
 	if (b->len + n > b->cap)
 	{
@@ -396,23 +494,67 @@ rawbuf_put(RawBuf *b, const char *data, size_t n)
 		b->data = nd;
 		b->cap = ncap;
 	}
+	return true;
+}
+
+/* append bytes already formatted */
+static bool
+rawbuf_put(RawBuf *b, const char *data, size_t n)
+{
+	if (!rawbuf_reserve(b, n))
+		return false;
 	memcpy(b->data + b->len, data, n);
 	b->len += n;
+	return true;
+}
+
+/* a RESP header ('*' count, '$' length) into room reserved for it */
+static void
+rawbuf_header(RawBuf *b, char kind, size_t n)
+{
+	char	   *p = b->data + b->len;
+
+	*p++ = kind;
+	p += pg_ulltoa_n((uint64) n, p);
+	*p++ = '\r';
+	*p++ = '\n';
+	b->len = p - b->data;
+}
+
+/*
+ * One argument of a command.  It may have been written into the buffer's
+ * reserved room, RESP_HEADER_MAX bytes past its end (see add_unlink).
+ */
+static bool
+rawbuf_arg(RawBuf *b, const char *arg, size_t n)
+{
+	if (!rawbuf_reserve(b, RESP_HEADER_MAX + n + 2))
+		return false;
+	rawbuf_header(b, '$', n);
+	memmove(b->data + b->len, arg, n);
+	b->data[b->len + n] = '\r';
+	b->data[b->len + n + 1] = '\n';
+	b->len += n + 2;
+	return true;
+}
+
+/* a command's header: the number of arguments that follow */
+static bool
+rawbuf_cmd(RawBuf *b, int argc)
+{
+	if (!rawbuf_reserve(b, RESP_HEADER_MAX))
+		return false;
+	rawbuf_header(b, '*', argc);
 	return true;
 }
 
 static bool
 rawbuf_add(RawBuf *b, int argc, const char **argv, const size_t *lens)
 {
-	char	   *cmd = NULL;
-	long long	n = redisFormatCommandArgv(&cmd, argc, argv, lens);
-	bool		ok;
+	bool		ok = rawbuf_cmd(b, argc);
 
-	if (n < 0 || cmd == NULL)
-		return false;
-	ok = rawbuf_put(b, cmd, n);
-	explicit_bzero(cmd, n);
-	free(cmd);
+	for (int i = 0; ok && i < argc; i++)
+		ok = rawbuf_arg(b, argv[i], lens[i]);
 	return ok;
 }
 
@@ -738,8 +880,9 @@ conn_ensure(McConn *c, bool interruptible, TimestampTz deadline, McErr *err,
  * the slot map stale: a failover may have moved its slots.
  */
 static bool
-exchange(McConn *c, const char *buf, size_t len, int nreplies, reply_cb cb,
-		 void *arg, TimestampTz deadline, bool interruptible, McErr *err)
+exchange_ints(McConn *c, const char *buf, size_t len, int nreplies, int_cb ints,
+			  reply_cb cb, void *arg, TimestampTz deadline, bool interruptible,
+			  McErr *err)
 {
 	bool		fresh;
 	bool		got_any;
@@ -749,8 +892,8 @@ exchange(McConn *c, const char *buf, size_t len, int nreplies, reply_cb cb,
 		if (!conn_ensure(c, interruptible, deadline, err, &fresh))
 			break;
 		err->msg[0] = '\0';
-		if (roundtrip(c, buf, len, nreplies, cb, arg, deadline, interruptible,
-					  err, &got_any))
+		if (roundtrip_ints(c, buf, len, nreplies, ints, cb, arg, deadline,
+						   interruptible, err, &got_any))
 			return true;
 		if (!c->busy)
 			return false;		/* in step: the replies said no */
@@ -762,6 +905,14 @@ exchange(McConn *c, const char *buf, size_t len, int nreplies, reply_cb cb,
 	if (c->node >= 0)
 		mc_cluster_map_stale();
 	return false;
+}
+
+static bool
+exchange(McConn *c, const char *buf, size_t len, int nreplies, reply_cb cb,
+		 void *arg, TimestampTz deadline, bool interruptible, McErr *err)
+{
+	return exchange_ints(c, buf, len, nreplies, NULL, cb, arg, deadline,
+						 interruptible, err);
 }
 
 /* ---- Redis Cluster: the slot map and routing (the map itself: cluster.c) ---- */
@@ -1535,6 +1686,16 @@ typedef struct InvState
 	bool		oom;
 } InvState;
 
+/* UNLINK's reply, parsed in place */
+static void
+unlink_int(long long n, void *arg)
+{
+	InvState   *st = (InvState *) arg;
+
+	st->answered = true;
+	st->res->keys_deleted += n;
+}
+
 static bool
 unlink_cb(redisReply *r, void *arg, McErr *err)
 {
@@ -1543,7 +1704,7 @@ unlink_cb(redisReply *r, void *arg, McErr *err)
 
 	st->answered = true;
 	if (r->type == REDIS_REPLY_INTEGER)
-		st->res->keys_deleted += r->integer;
+		unlink_int(r->integer, arg);
 	else if (r->type == REDIS_REPLY_ERROR && err->msg[0] != '\0')
 		ok = false;
 	else if (r->type == REDIS_REPLY_ERROR &&
@@ -1574,51 +1735,48 @@ unlink_at_cb(redisReply *r, int cmd, void *arg, McErr *err)
 }
 
 #define KEYS_PER_UNLINK 100
+
+/* the commit path's UNLINK pipeline, reused from one transaction to the next */
+static RawBuf unlink_buf = {NULL, 0, 0};
+
+#define UNLINK_BUF_KEEP (64 * 1024) /* larger: freed after use */
 #define SCAN_COUNT "1000"		/* SCAN's COUNT hint per page */
 
 /*
  * One UNLINK of up to KEYS_PER_UNLINK keys and, in the same command (so
  * atomically), their lease keys: an outstanding lease is cancelled with
- * its key.  A lease key given as such is deleted alone.
+ * its key.  A lease key given as such is deleted alone.  Formatted in
+ * place: no allocation but the buffer's growth.
  */
 static bool
 add_unlink(RawBuf *b, McStr *keys, int n)
 {
-	const char *argv[2 * KEYS_PER_UNLINK + 1];
-	size_t		lens[2 * KEYS_PER_UNLINK + 1];
-	size_t		need = 0;
-	char	   *names,
-			   *p;
-	int			argc = 1;
-	bool		ok;
+	const char *base;
+	int			blen;
+	int			argc = 1 + n;
 
 	for (int i = 0; i < n; i++)
-		need += keys[i].len + MC_LEASE_EXTRA;
-	names = malloc(need + 1);
-	if (names == NULL)
+		argc += !mc_lease_base(keys[i].s, keys[i].len, &base, &blen);
+	if (!rawbuf_cmd(b, argc) || !rawbuf_arg(b, "UNLINK", 6))
 		return false;
-	p = names;
-	argv[0] = "UNLINK";
-	lens[0] = 6;
 	for (int i = 0; i < n; i++)
 	{
-		const char *base;
-		int			blen;
+		char	   *lease;
+		int			l;
 
-		argv[argc] = keys[i].s;
-		lens[argc++] = keys[i].len;
-		if (!mc_lease_base(keys[i].s, keys[i].len, &base, &blen))
-		{
-			int			l = mc_lease_key(keys[i].s, keys[i].len, p);
-
-			argv[argc] = p;
-			lens[argc++] = l;
-			p += l + 1;
-		}
+		if (!rawbuf_arg(b, keys[i].s, keys[i].len))
+			return false;
+		if (mc_lease_base(keys[i].s, keys[i].len, &base, &blen))
+			continue;
+		/* the lease key is made past its header's room, then moved in */
+		if (!rawbuf_reserve(b, RESP_HEADER_MAX + keys[i].len + MC_LEASE_EXTRA + 2))
+			return false;
+		lease = b->data + b->len + RESP_HEADER_MAX;
+		l = mc_lease_key(keys[i].s, keys[i].len, lease);
+		if (!rawbuf_arg(b, lease, l))
+			return false;
 	}
-	ok = rawbuf_add(b, argc, argv, lens);
-	free(names);
-	return ok;
+	return true;
 }
 
 /* reply to SCAN: [cursor, [keys...]]; queue UNLINKs for matching keys */
@@ -1726,8 +1884,8 @@ scan_pass(InvState *st, RawBuf *ub, TimestampTz deadline, int step_ms,
 		/* the workers' SCANs may run long, as long as each page is quick */
 		if (step_ms > 0)
 			deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), step_ms);
-		ok = exchange(st->c, cmd.data, cmd.len, nunlink + nscan, scan_cb, st, deadline,
-					  false, err);
+		ok = exchange_ints(st->c, cmd.data, cmd.len, nunlink + nscan, unlink_int, scan_cb,
+						   st, deadline, false, err);
 		res->commands += nunlink + nscan;
 		free(cmd.data);
 		if (!ok)
@@ -1817,7 +1975,6 @@ mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 					TimestampTz deadline, int step_ms, McInvResult *res, McErr *err)
 {
 	InvState	st;
-	RawBuf		b = {NULL, 0, 0};
 	bool		ok = true;
 
 	memset(res, 0, sizeof(*res));
@@ -1833,23 +1990,28 @@ mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 	{
 		int			ncmds = 0;
 
+		unlink_buf.len = 0;
 		for (int i = 0; i < nkeys; i += KEYS_PER_UNLINK)
 		{
-			int			n = Min(KEYS_PER_UNLINK, nkeys - i);
-
-			if (!add_unlink(&b, keys + i, n))
+			if (!add_unlink(&unlink_buf, keys + i, Min(KEYS_PER_UNLINK, nkeys - i)))
 			{
-				free(b.data);
 				mc_err_set(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting UNLINK commands");
 				return false;
 			}
 			ncmds++;
 		}
-		ok = exchange(&conn, b.data, b.len, ncmds, unlink_cb, &st, deadline, false, err);
+		ok = exchange_ints(&conn, unlink_buf.data, unlink_buf.len, ncmds, unlink_int,
+						   unlink_cb, &st, deadline, false, err);
 		res->commands += ncmds;
 		if (ok)
 			res->keys_sent += nkeys;
-		free(b.data);
+		/* a bulk transaction's buffer is not kept */
+		if (unlink_buf.cap > UNLINK_BUF_KEEP)
+		{
+			free(unlink_buf.data);
+			unlink_buf.data = NULL;
+			unlink_buf.len = unlink_buf.cap = 0;
+		}
 	}
 
 	if (ok && npatterns > 0)

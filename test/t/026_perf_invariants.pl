@@ -5,14 +5,19 @@
 #    lookups column, DROP and CREATE EXTENSION;
 #  - drains commit with synchronous_commit = off: a crash that loses a
 #    drain's delete brings its rows back, and they are delivered again
-#    (keys, family patterns and lookups alike); nothing is lost.
+#    (keys, family patterns and lookups alike); nothing is lost;
+#  - the commit path parses UNLINK's integer replies in place: an error
+#    reply among them (here -NOPERM) is still reported and counted, the
+#    other commands of the pipeline still delete their keys, and the
+#    connection stays in step for the session's next transaction.
 # (The bulk shortcut, families covered by their pattern across savepoints,
 # is in the txn regress suite.)
 use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use MeetcacheTest qw(start_redis new_node setup_schema poll_sql poll_until wait_queue_empty);
+use MeetcacheTest qw(start_redis new_node setup_schema poll_sql poll_until wait_queue_empty
+  run_sql stats);
 
 my $redis = start_redis();
 my $node = new_node('perf', $redis, log_statement => 'none',
@@ -106,6 +111,42 @@ for my $name (qw(renamed again))
 }
 $ls->quit;
 ok(poll_sql($node, 'legacy', $legacy_empty, '0', 30), 'legacy queue empty');
+
+# ---- an error reply among the commit path's UNLINK integers ----
+# A Redis user that may not touch meetings:* keys.  One transaction: 150
+# chat messages (only meeting:* keys, the first UNLINKs of 100 keys each),
+# then an UPDATE of the 150 meetings (their hosts' meetings:* keys): one
+# pipeline whose replies are integers, then -NOPERM, then integers.
+$redis->cli('ACL', 'SETUSER', 'mc', 'on', 'nopass', '~meeting:*', '~user:*', '~mc-lease:*',
+	'+@all');
+$node->safe_psql('postgres', q{
+INSERT INTO meetings (id, title, host_id, invite_code, status)
+  SELECT 'p' || i, 't', 'u1', 'ip' || i, 'ENDED' FROM generate_series(1, 150) i;});
+my @allowed = map { ("meeting:p$_", "meeting:invite:ip$_", "meeting:p$_:chats:recent:50") } 1 .. 150;
+$redis->set_many(@allowed, 'meetings:user:u1');
+my $failures = stats($node)->{delivery_failures};
+my $port = $redis->port;
+my ($rc, $out, $err) = run_sql($node, 'postgres', qq{
+BEGIN;
+INSERT INTO chat_messages (id, meeting_id, user_id, message)
+  SELECT 'c' || i, 'p' || i, 'u1', 'hi' FROM generate_series(1, 150) i;
+UPDATE meetings SET title = 'denied' WHERE id LIKE 'p%';
+COMMIT;
+\\! redis-cli -h 127.0.0.1 -p $port SET meeting:p1:chats:recent:50 1 >/dev/null
+INSERT INTO chat_messages (id, meeting_id, user_id, message) VALUES ('c0', 'p1', 'u1', 'hi');},
+	delivery => 'sync', redis_url => $redis->url(user => 'mc', password => undef));
+is($rc, 0, 'an UNLINK refused in the middle of the pipeline: the commits stand');
+like($err, qr/WARNING:  meetcache: could not delete \d+ cache keys after commit: redis at \S+ refused UNLINK: NOPERM/,
+	'the error reply is reported');
+is(() = $err =~ /WARNING/g, 1, 'once: the next transaction of the session is not refused');
+is(stats($node)->{delivery_failures}, $failures + 1, 'the failure is counted');
+is($redis->cli('EXISTS', 'meeting:p2:chats:recent:50'), '0',
+	'the UNLINK answered with an integer before the error deleted its keys');
+my @left = $redis->existing_many(@allowed);
+cmp_ok(scalar @left, '<', 150, 'so did those after it (' . scalar(@left) . ' keys left)');
+is($redis->cli('EXISTS', 'meetings:user:u1'), '1', 'the refused key stays');
+is($redis->cli('EXISTS', 'meeting:p1:chats:recent:50'), '0',
+	'the connection stayed in step: the next transaction deleted its key');
 
 # ---- a drain's delete lost in a crash: its rows come back, delivered again ----
 # The WAL writer is stopped, so nothing flushes the drain's commit record
