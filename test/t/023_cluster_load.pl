@@ -7,7 +7,8 @@
 #     every committed change's keys are deleted; untouched keys survive on
 #     their new master.  Not vacuous: writes committed while the reshard
 #     ran, the load changed keys of moved slots, and the masters answered
-#     meetcache with MOVED or ASK (INFO errorstats) that it followed.
+#     meetcache with MOVED or ASK (INFO errorstats) that it followed
+#     (meetcache.stats' moved_redirects and ask_redirects grew).
 #   - The lease race of 006 (MeetcacheTest::lease_race) on the cluster,
 #     with reshards moving the hot keys' slots back and forth while the
 #     leases are taken (a lease key shares its key's slot, so it migrates
@@ -55,6 +56,8 @@ for my $case ([ 'sync', 's' ], [ 'queue', 'q' ], [ 'sync+queue', 'sq' ])
 	my ($from, $to) = ($m[ $round % 3 ], $m[ ($round + 1) % 3 ]);
 	$round++;
 	$rc->reset_stats;
+	my $redir_sql = 'SELECT moved_redirects + ask_redirects FROM meetcache.stats';
+	my $r0 = $node->safe_psql('postgres', $redir_sql);
 
 	my (@moved, $c0, $c1);
 	under_load(
@@ -79,6 +82,8 @@ for my $case ([ 'sync', 's' ], [ 'queue', 'q' ], [ 'sync+queue', 'sq' ])
 	cmp_ok($c1, '>', $c0, "$what: changes committed while the reshard ran");
 	cmp_ok($red->{MOVED} + $red->{ASK}, '>', 0,
 		"$what: the masters redirected meetcache (MOVED or ASK)");
+	cmp_ok($node->safe_psql('postgres', $redir_sql), '>', $r0,
+		"$what: meetcache.stats counted the redirects it followed");
 
 	my $done = $node->safe_psql('postgres', $done_sql);
 	my %mv = map { $_ => 1 } @moved;
