@@ -53,56 +53,22 @@ CREATE OR REPLACE VIEW meetcache.pending AS
 COMMENT ON VIEW meetcache.pending IS
   'Queue rows a drain worker has not removed yet, oldest first; delivered: the committing backend already deleted the keys (sync+queue); lookups are resolved again by the drain in any case.';
 
--- stats() gains the Redis Cluster columns (redirects, slot map loads,
--- topology): its row type changes, so it and its view are made again;
--- the grants made on the view are kept (and given again below)
-SELECT pg_catalog.set_config('meetcache_upgrade.stats_acl',
-  COALESCE((SELECT c.relacl::pg_catalog.text FROM pg_catalog.pg_class c
-                       WHERE c.oid = 'meetcache.stats'::pg_catalog.regclass), '{}'), true);
-DROP VIEW meetcache.stats;
-DROP FUNCTION meetcache.stats();
-CREATE FUNCTION meetcache.stats(
-    OUT scope text,
-    OUT keys_queued bigint, OUT patterns_queued bigint, OUT overflows bigint,
-    OUT xacts_delivered bigint, OUT keys_sent bigint, OUT keys_deleted bigint,
-    OUT commands bigint, OUT delivery_failures bigint, OUT redis_errors bigint,
-    OUT cache_hits bigint, OUT cache_misses bigint, OUT cache_bypasses bigint,
-    OUT lease_waits bigint, OUT lease_refused bigint, OUT lease_timeouts bigint,
-    OUT queue_rows_written bigint, OUT queue_rows_done bigint, OUT queue_rows_skipped bigint,
-    OUT queue_keys_sent bigint, OUT handoffs bigint, OUT retries bigint,
-    OUT retry_overflows bigint, OUT family_flushes bigint, OUT worker_failures bigint,
-    OUT breaker_trips bigint,
-    OUT last_error text, OUT last_error_at timestamptz, OUT stats_reset timestamptz,
-    OUT worker_state text, OUT launcher_pid integer, OUT drains_running integer,
-    OUT redis_state text, OUT redis_down_since timestamptz,
-    OUT retry_queue_entries bigint, OUT retry_queue_bytes bigint, OUT retry_queue_size bigint,
+-- the Redis Cluster's columns: a function of their own (the same C
+-- function as stats()), appended to the stats view, whose columns, grants
+-- and dependent objects stay as they are
+CREATE FUNCTION meetcache.cluster_stats(
     OUT moved_redirects bigint, OUT ask_redirects bigint, OUT slot_map_loads bigint,
     OUT cluster_nodes integer, OUT cluster_topology text, OUT slot_map_loaded_at timestamptz)
   RETURNS record LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_stats';
-CREATE VIEW meetcache.stats AS
-  SELECT s.*, q.queue_depth, q.oldest_pending_age
+COMMENT ON FUNCTION meetcache.cluster_stats() IS
+  'Redis Cluster: redirects followed, slot map loads, and the masters and their slots in the last slot map loaded for this session''s redis_url.';
+CREATE OR REPLACE VIEW meetcache.stats AS
+  SELECT s.*, q.queue_depth, q.oldest_pending_age, c.*
   FROM meetcache.stats() s,
        LATERAL (SELECT count(*) AS queue_depth,
                        clock_timestamp() - min(p.enqueued_at) AS oldest_pending_age
-                FROM meetcache.pending p WHERE NOT p.delivered) q;
-COMMENT ON VIEW meetcache.stats IS
-  'Counters (cluster-wide when preloaded), worker and Redis state, and this database''s undelivered queue rows.';
-DO $$
-DECLARE
-  g record;
-BEGIN
-  FOR g IN
-    SELECT a.privilege_type, a.is_grantable,
-           CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END AS who
-    FROM pg_catalog.aclexplode(pg_catalog.current_setting('meetcache_upgrade.stats_acl')::pg_catalog.aclitem[]) a
-    LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee
-    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) 'meetcache.stats'::pg_catalog.regclass
-    WHERE a.grantee OPERATOR(pg_catalog.<>) c.relowner
-  LOOP
-    EXECUTE pg_catalog.format('GRANT %s ON meetcache.stats TO %s%s', g.privilege_type, g.who,
-                              CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-  END LOOP;
-END $$;
+                FROM meetcache.pending p WHERE NOT p.delivered) q,
+       meetcache.cluster_stats() c;
 
 REVOKE EXECUTE ON FUNCTION
   meetcache.invalidate_trigger(), meetcache._placeholders(text), meetcache._queue_row_delivered(xid)

@@ -187,10 +187,18 @@ CREATE FUNCTION meetcache.stats(
     OUT last_error text, OUT last_error_at timestamptz, OUT stats_reset timestamptz,
     OUT worker_state text, OUT launcher_pid integer, OUT drains_running integer,
     OUT redis_state text, OUT redis_down_since timestamptz,
-    OUT retry_queue_entries bigint, OUT retry_queue_bytes bigint, OUT retry_queue_size bigint,
+    OUT retry_queue_entries bigint, OUT retry_queue_bytes bigint, OUT retry_queue_size bigint)
+  RETURNS record LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_stats';
+
+-- the Redis Cluster's columns (same C function: it fills the columns its
+-- declaration names); a function of their own, so that the stats view only
+-- gains columns at its end
+CREATE FUNCTION meetcache.cluster_stats(
     OUT moved_redirects bigint, OUT ask_redirects bigint, OUT slot_map_loads bigint,
     OUT cluster_nodes integer, OUT cluster_topology text, OUT slot_map_loaded_at timestamptz)
   RETURNS record LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_stats';
+COMMENT ON FUNCTION meetcache.cluster_stats() IS
+  'Redis Cluster: redirects followed, slot map loads, and the masters and their slots in the last slot map loaded for this session''s redis_url.';
 
 CREATE FUNCTION meetcache.stats_reset() RETURNS void
   LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_stats_reset';
@@ -234,11 +242,12 @@ COMMENT ON VIEW meetcache.pending IS
   'Queue rows a drain worker has not removed yet, oldest first; delivered: the committing backend already deleted the keys (sync+queue); lookups are resolved again by the drain in any case.';
 
 CREATE VIEW meetcache.stats AS
-  SELECT s.*, q.queue_depth, q.oldest_pending_age
+  SELECT s.*, q.queue_depth, q.oldest_pending_age, c.*
   FROM meetcache.stats() s,
        LATERAL (SELECT count(*) AS queue_depth,
                        clock_timestamp() - min(p.enqueued_at) AS oldest_pending_age
-                FROM meetcache.pending p WHERE NOT p.delivered) q;
+                FROM meetcache.pending p WHERE NOT p.delivered) q,
+       meetcache.cluster_stats() c;
 COMMENT ON VIEW meetcache.stats IS
   'Counters (cluster-wide when preloaded), worker and Redis state, and this database''s undelivered queue rows.';
 

@@ -6,9 +6,10 @@
  *	  columns come from shared.c's status snapshot, the cluster's from the
  *	  topology it keeps.
  *
- * meetcache.stats() fills the columns its caller's SQL declaration names,
- * by name: a 0.1.0 installation running this library before ALTER
- * EXTENSION UPDATE gets its shorter row.
+ * meetcache_stats fills the columns its caller's SQL declaration names,
+ * by name: meetcache.stats() and meetcache.cluster_stats() are two
+ * declarations of it, and a 0.1.0 installation running this library before
+ * ALTER EXTENSION UPDATE gets its own row.
  *
  * Counters are lock-free atomics, safe to bump from a commit callback.  The
  * last error is copied under a spinlock; no allocation happens here.
@@ -34,6 +35,7 @@
 #include "storage/spin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
 #include "meetcache.h"
@@ -326,7 +328,8 @@ meetcache_stats(PG_FUNCTION_ARGS)
 	if (!has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for function meetcache.stats()"),
+				 errmsg("permission denied for function meetcache.%s()",
+						get_func_name(fcinfo->flinfo->fn_oid)),
 				 errdetail("Only superusers and roles with the privileges of pg_read_all_stats may read meetcache's cluster-wide counters."),
 				 errhint("A superuser can allow it with: GRANT pg_read_all_stats TO %s;",
 						 quote_identifier(GetUserNameFromId(GetUserId(), false)))));
@@ -369,8 +372,8 @@ meetcache_stats(PG_FUNCTION_ARGS)
 		if (c == NCOLS || type != att->atttypid)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
-					 errmsg("meetcache.stats() has a column \"%s\" this meetcache library does not provide",
-							NameStr(att->attname)),
+					 errmsg("meetcache.%s() has a column \"%s\" this meetcache library does not provide",
+							get_func_name(fcinfo->flinfo->fn_oid), NameStr(att->attname)),
 					 errhint("Install the meetcache library of the extension's version, or run ALTER EXTENSION meetcache UPDATE.")));
 		values[a] = all[c];
 		nulls[a] = allnulls[c];
