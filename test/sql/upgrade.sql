@@ -31,11 +31,12 @@ UPDATE users SET name = 'New' WHERE id = 'h1';
 RESET meetcache.delivery;
 SELECT wait_queue_empty();
 SELECT meetcache.cache_exists('meeting:hm1') AS hosted_meeting_cached_before_update;
--- the 0.2.0 library fills the 0.1.0 declaration of stats(), and a grant
--- made on its view survives the update (which makes the view again)
+-- the 0.2.0 library fills the 0.1.0 declaration of stats(); a grant made
+-- on its view and a view built on it survive the update
 SELECT scope IS NOT NULL AS stats_of_010, breaker_trips >= 0 AS counters_of_010 FROM meetcache.stats;
 CREATE ROLE mc_upgrade_monitor;
 GRANT SELECT ON meetcache.stats TO mc_upgrade_monitor;
+CREATE VIEW mc_upgrade_watch AS SELECT scope, keys_deleted FROM meetcache.stats;
 -- a family and a rule users added, and a queue row still waiting (the
 -- drains of this database talk to a Redis that is not there) survive it
 INSERT INTO meetcache.families (name, template, ttl_seconds) VALUES ('note', 'note:{id}', 60);
@@ -61,6 +62,8 @@ SELECT count(*) AS waiting_rows FROM meetcache.queue;
 ALTER EXTENSION meetcache UPDATE;
 SELECT count(*) AS rows_after_update FROM meetcache.queue;
 SELECT has_table_privilege('mc_upgrade_monitor', 'meetcache.stats', 'SELECT') AS stats_grant_kept;
+SELECT scope IS NOT NULL AS dependent_view_works FROM mc_upgrade_watch;
+DROP VIEW mc_upgrade_watch;
 REVOKE SELECT ON meetcache.stats FROM mc_upgrade_monitor;
 DROP ROLE mc_upgrade_monitor;
 -- the Redis Cluster columns: on a single server, no topology
