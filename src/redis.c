@@ -1991,21 +1991,22 @@ mc_redis_invalidate(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 		int			ncmds = 0;
 
 		unlink_buf.len = 0;
-		for (int i = 0; i < nkeys; i += KEYS_PER_UNLINK)
+		for (int i = 0; ok && i < nkeys; i += KEYS_PER_UNLINK)
 		{
-			if (!add_unlink(&unlink_buf, keys + i, Min(KEYS_PER_UNLINK, nkeys - i)))
-			{
-				mc_err_set(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting UNLINK commands");
-				return false;
-			}
+			ok = add_unlink(&unlink_buf, keys + i, Min(KEYS_PER_UNLINK, nkeys - i));
 			ncmds++;
 		}
-		ok = exchange_ints(&conn, unlink_buf.data, unlink_buf.len, ncmds, unlink_int,
-						   unlink_cb, &st, deadline, false, err);
-		res->commands += ncmds;
-		if (ok)
-			res->keys_sent += nkeys;
-		/* a bulk transaction's buffer is not kept */
+		if (!ok)
+			mc_err_set(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting UNLINK commands");
+		else
+		{
+			ok = exchange_ints(&conn, unlink_buf.data, unlink_buf.len, ncmds, unlink_int,
+							   unlink_cb, &st, deadline, false, err);
+			res->commands += ncmds;
+			if (ok)
+				res->keys_sent += nkeys;
+		}
+		/* a bulk transaction's buffer (or one half grown) is not kept */
 		if (unlink_buf.cap > UNLINK_BUF_KEEP)
 		{
 			free(unlink_buf.data);

@@ -923,7 +923,8 @@ static McTopology local_topology;	/* not preloaded: this backend's */
 static void
 topology_copy(McTopology *dst, const McTopology *src)
 {
-	memcpy(dst, src, offsetof(McTopology, nodes) + sizeof(src->nodes[0]) * src->nnodes);
+	memcpy(dst, src, offsetof(McTopology, nodes) +
+		   sizeof(src->nodes[0]) * Min(Max(src->nnodes, 0), MC_CLUSTER_MAX_NODES));
 }
 
 /* a slot map was installed; from the commit path too (no allocation) */
