@@ -1857,21 +1857,21 @@ cluster_unlink(McStr *keys, int nkeys, InvState *st, TimestampTz deadline, McErr
 {
 	RawBuf		b = {NULL, 0, 0};
 	SlotGroups	g;
-	int		   *ints = malloc(sizeof(int) * (6 * nkeys + 1));
-	int		   *slots = ints + 4 * nkeys + 1;
-	int		   *order = slots + nkeys;
-	int		   *start = ints;
+	int		   *start = malloc(sizeof(int) * (6 * nkeys + 1));
 	bool		ok;
 
 	memset(&g, 0, sizeof(g));
 	g.st = st;
 	g.keys = malloc(sizeof(McStr) * nkeys);
-	g.first = ints + nkeys;
-	g.slot = ints + 2 * nkeys + 1;
-	g.split = ints + 3 * nkeys + 1;
-	ok = ints != NULL && g.keys != NULL;
+	ok = start != NULL && g.keys != NULL;
 	if (ok)
 	{
+		int		   *slots = start + 4 * nkeys + 1;
+		int		   *order = slots + nkeys;
+
+		g.first = start + nkeys;
+		g.slot = start + 2 * nkeys + 1;
+		g.split = start + 3 * nkeys + 1;
 		for (int i = 0; i < nkeys; i++)
 		{
 			slots[i] = mc_cluster_slot(keys[i].s, keys[i].len);
@@ -1906,7 +1906,7 @@ cluster_unlink(McStr *keys, int nkeys, InvState *st, TimestampTz deadline, McErr
 	if (ok)
 		st->res->keys_sent += nkeys;
 	free(g.keys);
-	free(ints);
+	free(start);
 	free(b.data);
 	return ok;
 }
