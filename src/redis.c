@@ -24,7 +24,9 @@
  * deadline (cluster_run); -MOVED reloads the map and resends, -ASK resends
  * after ASKING, for MOVED_MAX rounds (each one counted in the stats).
  * -TRYAGAIN (a multi-key command whose keys a slot migration has split) is
- * sent again after a nap until the migration ends or the deadline passes.
+ * sent again after a nap until the migration ends or the deadline passes;
+ * the commit path's UNLINKs (a slot's keys with their lease keys, one
+ * command) are split into single-name UNLINKs instead (cluster_unlink).
  * -CLUSTERDOWN and a master that does not answer are 08006, and make the
  * map stale.  When meetcache.redis_url changes, the next use of any
  * connection closes the old URL's nodes.
@@ -1077,6 +1079,7 @@ typedef struct RouteState
 	int		   *ask;			/* the master to ASK for a command, else -1 */
 	bool		redirects;		/* a command of this round was redirected */
 	bool		tryagain;		/* ... or got -TRYAGAIN */
+	bool		retry_tryagain; /* -TRYAGAIN: again after a nap, else to cb */
 	McErr		tryagain_err;	/* the error if the deadline passes so */
 	cmd_cb		cb;
 	void	   *arg;
@@ -1124,7 +1127,8 @@ route_cb(redisReply *r, void *arg, McErr *err)
 		freeReplyObject(r);		/* ASKING's +OK, or the redirect */
 		return true;
 	}
-	if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "TRYAGAIN", 8) == 0)
+	if (st->retry_tryagain && r->type == REDIS_REPLY_ERROR &&
+		strncmp(r->str, "TRYAGAIN", 8) == 0)
 	{
 		/* the same master again (or the one it ASKed for), after a nap */
 		mc_err_set(&st->tryagain_err, ERRCODE_CONNECTION_FAILURE,
@@ -1156,13 +1160,14 @@ route_cb(redisReply *r, void *arg, McErr *err)
  * ending at len) on a cluster: grouped by master, one pipeline per master,
  * one after the other under the one deadline.  Redirected commands go
  * again (MOVED: to the master of a reloaded map; ASK: after ASKING), for
- * at most MOVED_MAX rounds; those that got -TRYAGAIN go again after a nap,
- * until the deadline.  Every other reply goes to cb.  No palloc; no throw
- * unless interruptible and interrupted.
+ * at most MOVED_MAX rounds; with retry_tryagain, those that got -TRYAGAIN
+ * go again after a nap, until the deadline.  Every other reply goes to cb.
+ * No palloc; no throw unless interruptible and interrupted.
  */
 static bool
 cluster_run(const char *buf, size_t len, const int *start, const int *route, int ncmds,
-			cmd_cb cb, void *arg, TimestampTz deadline, bool interruptible, McErr *err)
+			cmd_cb cb, void *arg, TimestampTz deadline, bool interruptible,
+			bool retry_tryagain, McErr *err)
 {
 	static const char asking[] = "*1\r\n$6\r\nASKING\r\n";
 	int		   *todo = malloc(sizeof(int) * (7 * ncmds + 1));
@@ -1189,6 +1194,7 @@ cluster_run(const char *buf, size_t len, const int *start, const int *route, int
 	asking_first = todo + 6 * ncmds;
 	st.cb = cb;
 	st.arg = arg;
+	st.retry_tryagain = retry_tryagain;
 	PG_TRY();
 	{
 		int			ntodo = ncmds;
@@ -1494,7 +1500,7 @@ mc_pipe_try(McPipe *pipe, McErr *err)
 		/* exchange() retries only when no reply arrived, so cs.n is exact */
 		if (mc_redis_cluster())
 			ok = cluster_run(pipe->buf.data, pipe->buf.len, pipe->start, pipe->route,
-							 pipe->ncmds, collect_at_cb, &cs, deadline, true, err);
+							 pipe->ncmds, collect_at_cb, &cs, deadline, true, true, err);
 		else
 			ok = exchange(&conn, pipe->buf.data, pipe->buf.len, pipe->ncmds, collect_cb,
 						  &cs, deadline, true, err);
@@ -1896,59 +1902,168 @@ scan_pass(InvState *st, RawBuf *ub, TimestampTz deadline, int step_ms,
 	return true;
 }
 
+/* keys' indexes by slot, then by position (qsort_arg; arg: the slots) */
+static int
+slot_cmp(const void *a, const void *b, void *arg)
+{
+	const int  *slots = (const int *) arg;
+	int			x = *(const int *) a;
+	int			y = *(const int *) b;
+
+	if (slots[x] != slots[y])
+		return slots[x] < slots[y] ? -1 : 1;
+	return x < y ? -1 : x > y;
+}
+
+/* a cluster_unlink's keys grouped by slot, and the groups that got -TRYAGAIN */
+typedef struct SlotGroups
+{
+	McStr	   *keys;			/* the keys, ordered by slot */
+	int		   *first;			/* group g: keys[first[g]..first[g + 1]) */
+	int		   *slot;			/* group g's slot */
+	int			ngroups;
+	int		   *split;			/* groups to send again one name at a time */
+	int			nsplit;
+	InvState   *st;
+} SlotGroups;
+
+/* reply to a group's UNLINK: -TRYAGAIN marks the group to be split */
+static bool
+group_cb(redisReply *r, int cmd, void *arg, McErr *err)
+{
+	SlotGroups *g = (SlotGroups *) arg;
+
+	if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "TRYAGAIN", 8) == 0)
+	{
+		g->st->answered = true;
+		g->split[g->nsplit++] = cmd;
+		freeReplyObject(r);
+		return true;
+	}
+	return unlink_cb(r, g->st, err);
+}
+
 /*
- * A cluster's keys: grouped by master, one UNLINK per key, its lease key's
- * UNLINK (same slot by construction) just before it.  Not one command for
- * both: while their slot migrates, a command whose keys are split between
- * the two masters gets -TRYAGAIN until the migration ends.  The lease goes
- * first, so a lease holder cannot store after the key was deleted.  No
- * throw, no palloc.
+ * One single-name UNLINK per key of the split groups: their lease keys
+ * (leases), or the keys themselves (a lease key given as such is a key).
+ */
+static bool
+unlink_split(SlotGroups *g, bool leases, TimestampTz deadline, McErr *err)
+{
+	RawBuf		b = {NULL, 0, 0};
+	int			nkeys = 0;
+	int		   *start;
+	int		   *route;
+	int			longest = 0;
+	char	   *lease;
+	int			ncmds = 0;
+	bool		ok;
+
+	for (int s = 0; s < g->nsplit; s++)
+		for (int k = g->first[g->split[s]]; k < g->first[g->split[s] + 1]; k++)
+		{
+			nkeys++;
+			longest = Max(longest, g->keys[k].len);
+		}
+	start = malloc(sizeof(int) * 2 * nkeys);
+	route = start + nkeys;
+	lease = malloc(longest + MC_LEASE_EXTRA);
+	ok = start != NULL && lease != NULL;
+	for (int s = 0; ok && s < g->nsplit; s++)
+		for (int k = g->first[g->split[s]]; ok && k < g->first[g->split[s] + 1]; k++)
+		{
+			const char *argv[2] = {"UNLINK", g->keys[k].s};
+			size_t		lens[2] = {6, g->keys[k].len};
+			const char *base;
+			int			blen;
+
+			if (leases && mc_lease_base(g->keys[k].s, g->keys[k].len, &base, &blen))
+				continue;
+			if (leases)
+			{
+				argv[1] = lease;
+				lens[1] = mc_lease_key(g->keys[k].s, g->keys[k].len, lease);
+			}
+			start[ncmds] = (int) b.len;
+			route[ncmds++] = g->slot[g->split[s]];
+			ok = rawbuf_add(&b, 2, argv, lens);
+		}
+	if (!ok)
+		mc_err_set(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting UNLINK commands");
+	else if (ncmds > 0)
+		ok = cluster_run(b.data, b.len, start, route, ncmds, unlink_at_cb, g->st, deadline,
+						 false, true, err);
+	g->st->res->commands += ncmds;
+	free(lease);
+	free(start);
+	free(b.data);
+	return ok;
+}
+
+/*
+ * A cluster's keys: ordered by slot and grouped by master, one UNLINK per
+ * slot of up to KEYS_PER_UNLINK keys with their lease keys (same slot by
+ * construction), so each lease goes atomically with its key.  While a slot
+ * migrates, such a command whose keys are split between the two masters,
+ * or missing on the importing one, gets -TRYAGAIN until the migration
+ * ends: such a group is sent again at once one name per UNLINK, its lease
+ * keys first, then (once every lease is gone, so a lease holder cannot
+ * store after its key was deleted) its keys.  No throw, no palloc.
  */
 static bool
 cluster_unlink(McStr *keys, int nkeys, InvState *st, TimestampTz deadline, McErr *err)
 {
 	RawBuf		b = {NULL, 0, 0};
-	int		   *start = malloc(sizeof(int) * 4 * nkeys);
-	int		   *route = start + 2 * nkeys;
-	int			ncmds = 0;
-	int			longest = 0;
-	char	   *lease;
+	SlotGroups	g;
+	int		   *start = malloc(sizeof(int) * (6 * nkeys + 1));
 	bool		ok;
 
-	for (int i = 0; i < nkeys; i++)
-		longest = Max(longest, keys[i].len);
-	lease = malloc(longest + MC_LEASE_EXTRA);
-	ok = start != NULL && lease != NULL;
-	for (int i = 0; ok && i < nkeys; i++)
+	memset(&g, 0, sizeof(g));
+	g.st = st;
+	g.keys = malloc(sizeof(McStr) * nkeys);
+	ok = start != NULL && g.keys != NULL;
+	if (ok)
 	{
-		const char *argv[2] = {"UNLINK", lease};
-		size_t		lens[2] = {6, 0};
-		const char *base;
-		int			blen;
-		int			slot = mc_cluster_slot(keys[i].s, keys[i].len);
+		int		   *slots = start + 4 * nkeys + 1;
+		int		   *order = slots + nkeys;
 
-		if (!mc_lease_base(keys[i].s, keys[i].len, &base, &blen))
+		g.first = start + nkeys;
+		g.slot = start + 2 * nkeys + 1;
+		g.split = start + 3 * nkeys + 1;
+		for (int i = 0; i < nkeys; i++)
 		{
-			lens[1] = mc_lease_key(keys[i].s, keys[i].len, lease);
-			start[ncmds] = (int) b.len;
-			route[ncmds++] = slot;
-			ok = rawbuf_add(&b, 2, argv, lens);
+			slots[i] = mc_cluster_slot(keys[i].s, keys[i].len);
+			order[i] = i;
 		}
-		argv[1] = keys[i].s;
-		lens[1] = keys[i].len;
-		start[ncmds] = (int) b.len;
-		route[ncmds++] = slot;
-		ok = ok && rawbuf_add(&b, 2, argv, lens);
+		qsort_arg(order, nkeys, sizeof(int), slot_cmp, slots);
+		for (int i = 0; i < nkeys; i++)
+		{
+			g.keys[i] = keys[order[i]];
+			if (i == 0 || slots[order[i]] != g.slot[g.ngroups - 1] ||
+				i - g.first[g.ngroups - 1] == KEYS_PER_UNLINK)
+			{
+				g.first[g.ngroups] = i;
+				g.slot[g.ngroups++] = slots[order[i]];
+			}
+		}
+		g.first[g.ngroups] = nkeys;
+	}
+	for (int n = 0; ok && n < g.ngroups; n++)
+	{
+		start[n] = (int) b.len;
+		ok = add_unlink(&b, g.keys + g.first[n], g.first[n + 1] - g.first[n]);
 	}
 	if (!ok)
 		mc_err_set(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting UNLINK commands");
 	else
-		ok = cluster_run(b.data, b.len, start, route, ncmds, unlink_at_cb, st, deadline,
-						 false, err);
-	st->res->commands += ncmds;
+		ok = cluster_run(b.data, b.len, start, g.slot, g.ngroups, group_cb, &g, deadline,
+						 false, false, err);
+	st->res->commands += g.ngroups;
+	if (ok && g.nsplit > 0)
+		ok = unlink_split(&g, true, deadline, err) && unlink_split(&g, false, deadline, err);
 	if (ok)
 		st->res->keys_sent += nkeys;
-	free(lease);
+	free(g.keys);
 	free(start);
 	free(b.data);
 	return ok;

@@ -16,6 +16,9 @@
 #     (16384 in all), after the failovers the promoted replicas.
 #   - cache_del while its slot migrates (its key moved, its lease on the
 #     source or nowhere: -TRYAGAIN) is retried until the migration ends.
+#   - A sync commit while a slot migrates (its key moved without a lease,
+#     or nowhere: its key-and-lease UNLINK gets -TRYAGAIN) sends that key's
+#     lease and key one name at a time: delivered, no retry-queue entry.
 #   - A session that switches meetcache.redis_url from the cluster to one
 #     server closes its connections to the masters at its next cache call.
 #   - Failover: a master killed under a pgbench write load, once per
@@ -296,6 +299,55 @@ sub migration
 		is($err, '', "cache_del mid-migration ($what): no error");
 		is($out, '1', "cache_del mid-migration ($what): the key was deleted");
 		is(scalar($rc->existing_many($key, $lk)), 0, "cache_del mid-migration ($what): key and lease gone");
+	}
+	$bg->quit;
+}
+
+###########################################################################
+# The commit path while a slot migrates: a key and its lease key go as one
+# UNLINK, which the migration answers -TRYAGAIN when the key moved to the
+# target and has no lease (-ASK, then -TRYAGAIN from the target), or when
+# neither exists (the same).  The commit then sends that key's lease and
+# key one name per UNLINK at once, instead of waiting for the migration to
+# end: the sync delivery succeeds within commit_timeout, nothing goes to
+# the retry queue.
+{
+	my $bg = bg_session($node);
+	bg_query($bg, "SET meetcache.delivery = 'sync'");
+	bg_query($bg, "SET meetcache.commit_timeout = '5s'");
+	my $chk = MeetcacheTest::Checker->new($node, $rc);
+	for my $c ([ 'key on the target, no lease', 'm20', 1 ], [ 'key nowhere', 'm21', 0 ])
+	{
+		my ($what, $id, $exists) = @$c;
+		my $key = "meeting:$id";
+		my @k = $chk->seed($chk->keys_of('meetings', "t.id = '$id'"));
+		$rc->cli('DEL', $key) unless $exists;
+		my ($slot, $from, $to, $fid, $tid) = migration($key);
+		my $tryagains = sub {
+			my $n = 0;
+			$n += $_ for map { $_->cli('INFO', 'errorstats') =~ /errorstat_TRYAGAIN:count=(\d+)/ ? $1 : 0 } $from, $to;
+			return $n;
+		};
+		my $t0 = $tryagains->();
+		my $st0 = MeetcacheTest::stats($node, 'postgres', qw(delivery_failures handoffs));
+		is($to->cli('CLUSTER', 'SETSLOT', $slot, 'IMPORTING', $fid), 'OK', "commit mid-migration ($what): target importing");
+		is($from->cli('CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $tid), 'OK', "commit mid-migration ($what): source migrating");
+		is($from->cli('MIGRATE', '127.0.0.1', $to->port, '', '0', '5000', 'KEYS', $key), 'OK',
+			"commit mid-migration ($what): the key moved to the target")
+		  if $exists;
+		my (undef, $err) = bg_query($bg, "UPDATE meetings SET title = 't4' WHERE id = '$id'");
+		is($err, '', "commit mid-migration ($what): commit without warning");
+		cmp_ok($tryagains->(), '>', $t0, "commit mid-migration ($what): the pair got -TRYAGAIN");
+		is(($to->cli_batch('ASKING', "EXISTS $key"))[1], '0', "commit mid-migration ($what): the key is not on the target");
+		like($from->cli('EXISTS', $key), qr/^ASK /, "commit mid-migration ($what): nor on the source");
+		my $st = MeetcacheTest::stats($node, 'postgres', qw(delivery_failures handoffs));
+		is_deeply($st, $st0, "commit mid-migration ($what): delivered, no failure, no hand-off");
+		$chk->must_delete(grep { $_ ne $key } @k);
+		$chk->verify("commit mid-migration ($what): every other key of the change");
+		# the migration ends
+		$_->cli('CLUSTER', 'SETSLOT', $slot, 'NODE', $tid)
+		  for grep { $_->cli('ROLE') =~ /^master/ } $rc->nodes;
+		ok(poll_until(20, sub { $rc->master_of($key)->port == $to->port }), "commit mid-migration ($what): the slot moved");
 	}
 	$bg->quit;
 }
