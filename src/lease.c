@@ -12,10 +12,16 @@
  *	      K without a hash tag:   mc-lease:u:{K}
  *	      K with a hash tag {T}:  mc-lease:t:K   (the first tag is still {T})
  *	    The two forms cannot collide ("x" and "{x}" get different leases)
- *	    and parse back unambiguously;
- *	  - a key is only ever stored, set or deleted together with its lease,
- *	    atomically, by one of the scripts (lua/NAME.lua, shared with the
- *	    clients): a store whose lease an invalidation cancelled is refused;
+ *	    and parse back unambiguously.  One exception: K without a hash tag
+ *	    that contains a '}' (mc_lease_same_slot is false); Redis takes
+ *	    mc-lease:u:{K}'s tag to end at that '}'.  On a cluster no lease of
+ *	    such a K can exist (every script names both keys: -CROSSSLOT), so
+ *	    invalidations delete K alone there;
+ *	  - a key is only ever stored or set together with its lease, atomically,
+ *	    by one of the scripts (lua/NAME.lua, shared with the clients): a
+ *	    store whose lease an invalidation cancelled is refused.  A key is
+ *	    deleted with its lease in one command, or (a cluster's slot in
+ *	    migration) after it;
  *	  - mc_lease_key, mc_lease_base and mc_lease_script_text neither throw
  *	    nor allocate (the commit path uses them);
  *	  - a backend that exits holding a lease gives it back.
@@ -76,6 +82,25 @@ mc_lease_key(const char *k, int klen, char *out)
 	out[klen + LEASE_UNTAGGED_LEN] = '}';
 	out[klen + LEASE_UNTAGGED_LEN + 1] = '\0';
 	return klen + LEASE_UNTAGGED_LEN + 1;
+}
+
+/*
+ * Is (k, klen)'s lease key in k's Redis Cluster slot?  False only for a key
+ * without a hash tag that contains a '}'.  No allocation.
+ */
+bool
+mc_lease_same_slot(const char *k, int klen)
+{
+	const char *open = memchr(k, '{', klen);
+
+	if (open)
+	{
+		const char *close = memchr(open + 1, '}', klen - (open + 1 - k));
+
+		if (close != NULL && close > open + 1)
+			return true;		/* tagged: mc-lease:t:K has K's tag */
+	}
+	return memchr(k, '}', klen) == NULL;
 }
 
 /* the lease key of a full key, palloc'd */

@@ -268,6 +268,7 @@ typedef enum McLeaseGet
 } McLeaseGet;
 
 extern int	mc_lease_key(const char *k, int klen, char *out);
+extern bool mc_lease_same_slot(const char *k, int klen);
 extern char *mc_lease_of(const char *full);
 extern void mc_lease_globs(const char *glob, char **untagged, char **tagged);
 extern bool mc_lease_base(const char *s, int len, const char **base, int *blen);

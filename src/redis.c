@@ -1748,6 +1748,19 @@ static RawBuf unlink_buf = {NULL, 0, 0};
 #define UNLINK_BUF_KEEP (64 * 1024) /* larger: freed after use */
 #define SCAN_COUNT "1000"		/* SCAN's COUNT hint per page */
 
+/* is a key's lease key deleted with it?  (not for a lease key itself) */
+static bool
+has_lease(const McStr *key)
+{
+	const char *base;
+	int			blen;
+
+	if (mc_lease_base(key->s, key->len, &base, &blen))
+		return false;
+	/* on a cluster, a lease outside its key's slot cannot exist (lease.c) */
+	return !mc_redis_cluster() || mc_lease_same_slot(key->s, key->len);
+}
+
 /*
  * One UNLINK of up to KEYS_PER_UNLINK keys and, in the same command (so
  * atomically), their lease keys: an outstanding lease is cancelled with
@@ -1757,12 +1770,10 @@ static RawBuf unlink_buf = {NULL, 0, 0};
 static bool
 add_unlink(RawBuf *b, McStr *keys, int n)
 {
-	const char *base;
-	int			blen;
 	int			argc = 1 + n;
 
 	for (int i = 0; i < n; i++)
-		argc += !mc_lease_base(keys[i].s, keys[i].len, &base, &blen);
+		argc += has_lease(&keys[i]);
 	if (!rawbuf_cmd(b, argc) || !rawbuf_arg(b, "UNLINK", 6))
 		return false;
 	for (int i = 0; i < n; i++)
@@ -1772,7 +1783,7 @@ add_unlink(RawBuf *b, McStr *keys, int n)
 
 		if (!rawbuf_arg(b, keys[i].s, keys[i].len))
 			return false;
-		if (mc_lease_base(keys[i].s, keys[i].len, &base, &blen))
+		if (!has_lease(&keys[i]))
 			continue;
 		/* the lease key is made past its header's room, then moved in */
 		if (!rawbuf_reserve(b, RESP_HEADER_MAX + keys[i].len + MC_LEASE_EXTRA + 2))
@@ -1974,10 +1985,8 @@ unlink_split(SlotGroups *g, bool leases, TimestampTz deadline, McErr *err)
 		{
 			const char *argv[2] = {"UNLINK", g->keys[k].s};
 			size_t		lens[2] = {6, g->keys[k].len};
-			const char *base;
-			int			blen;
 
-			if (leases && mc_lease_base(g->keys[k].s, g->keys[k].len, &base, &blen))
+			if (leases && !has_lease(&g->keys[k]))
 				continue;
 			if (leases)
 			{

@@ -304,6 +304,27 @@ sub migration
 }
 
 ###########################################################################
+# A key without a hash tag that contains a '}' (an e-mail address in
+# user:email:{email}): its lease key mc-lease:u:{K} hashes to another slot,
+# so no lease of it can exist on a cluster, and its UNLINK names the key
+# alone (with the lease it got -CROSSSLOT and the key stayed).
+{
+	my $chk = MeetcacheTest::Checker->new($node, $rc);
+	$node->safe_psql('postgres',
+		q[INSERT INTO users (id, name, email) VALUES ('ubrace', 'B', 'a}b@x'), ('ubrace2', 'B', 'c}d@x')]);
+	my @k = $chk->seed($chk->keys_of('users', "t.id IN ('ubrace', 'ubrace2')"));
+	ok((grep { /^user:email:a\}b\@x$/ } @k), "a '}' key: user:email:a}b\@x is one of the keys");
+	for my $mode ('sync', 'queue')
+	{
+		@k = $chk->seed(@k);
+		my ($r, $out, $err) = run_sql($node, 'postgres',
+			"UPDATE users SET name = 'B-$mode' WHERE id IN ('ubrace', 'ubrace2')", delivery => $mode);
+		is($err, '', "a '}' key, $mode: commit without warning");
+		$chk->must_delete(@k);
+		$chk->verify("a '}' key, $mode on a cluster");
+	}
+}
+
 # The commit path while a slot migrates: a key and its lease key go as one
 # UNLINK, which the migration answers -TRYAGAIN when the key moved to the
 # target and has no lease (-ASK, then -TRYAGAIN from the target), or when
