@@ -1977,9 +1977,9 @@ unlink_split(SlotGroups *g, bool leases, TimestampTz deadline, McErr *err)
 			longest = Max(longest, g->keys[k].len);
 		}
 	start = malloc(sizeof(int) * 2 * nkeys);
-	route = start + nkeys;
-	lease = malloc(longest + MC_LEASE_EXTRA);
-	ok = start != NULL && lease != NULL;
+	lease = leases ? malloc(longest + MC_LEASE_EXTRA) : NULL;
+	ok = start != NULL && (lease != NULL || !leases);
+	route = ok ? start + nkeys : NULL;
 	for (int s = 0; ok && s < g->nsplit; s++)
 		for (int k = g->first[g->split[s]]; ok && k < g->first[g->split[s] + 1]; k++)
 		{
@@ -2000,9 +2000,11 @@ unlink_split(SlotGroups *g, bool leases, TimestampTz deadline, McErr *err)
 	if (!ok)
 		mc_err_set(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting UNLINK commands");
 	else if (ncmds > 0)
+	{
 		ok = cluster_run(b.data, b.len, start, route, ncmds, unlink_at_cb, g->st, deadline,
 						 false, true, err);
-	g->st->res->commands += ncmds;
+		g->st->res->commands += ncmds;
+	}
 	free(lease);
 	free(start);
 	free(b.data);
@@ -2065,9 +2067,11 @@ cluster_unlink(McStr *keys, int nkeys, InvState *st, TimestampTz deadline, McErr
 	if (!ok)
 		mc_err_set(err, ERRCODE_OUT_OF_MEMORY, "out of memory formatting UNLINK commands");
 	else
+	{
 		ok = cluster_run(b.data, b.len, start, g.slot, g.ngroups, group_cb, &g, deadline,
 						 false, false, err);
-	st->res->commands += g.ngroups;
+		st->res->commands += g.ngroups;
+	}
 	if (ok && g.nsplit > 0)
 		ok = unlink_split(&g, true, deadline, err) && unlink_split(&g, false, deadline, err);
 	if (ok)
