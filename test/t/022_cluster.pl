@@ -192,6 +192,31 @@ sub migration
 	my ($to) = grep { $_->port != $from->port && $_->cli('ROLE') =~ /^master/ } $rc->nodes;
 	return ($rc->cli('CLUSTER', 'KEYSLOT', $key), $from, $to, $rc->node_id($from), $rc->node_id($to));
 }
+
+# the slot starts migrating (both nodes said OK), or is given to the target
+# by every master (the migration ends)
+sub migrate_begin
+{
+	my ($slot, $from, $to, $fid, $tid) = @_;
+	my $a = $to->cli('CLUSTER', 'SETSLOT', $slot, 'IMPORTING', $fid);
+	my $b = $from->cli('CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $tid);
+	return $a eq 'OK' && $b eq 'OK';
+}
+
+sub migrate_end
+{
+	my ($slot, $tid) = @_;
+	$_->cli('CLUSTER', 'SETSLOT', $slot, 'NODE', $tid)
+	  for grep { $_->cli('ROLE') =~ /^master/ } $rc->nodes;
+}
+
+# the -TRYAGAIN replies some nodes sent so far
+sub tryagains
+{
+	my $n = 0;
+	$n += $_ for map { $_->cli('INFO', 'errorstats') =~ /errorstat_TRYAGAIN:count=(\d+)/ ? $1 : 0 } @_;
+	return $n;
+}
 {
 	my $bg = bg_session($node);
 	bg_query($bg, "SET meetcache.delivery = 'sync'");
@@ -206,12 +231,10 @@ sub migration
 	my $key = 'meeting:m10';
 	my ($slot, $from, $to, $fid, $tid) = migration($key);
 	@k = $chk->seed($chk->keys_of('meetings', "t.id = 'm10'"));
-	is($to->cli('CLUSTER', 'SETSLOT', $slot, 'IMPORTING', $fid), 'OK', 'MOVED: target importing');
-	is($from->cli('CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $tid), 'OK', 'MOVED: source migrating');
+	ok(migrate_begin($slot, $from, $to, $fid, $tid), 'MOVED: the slot migrates');
 	is($from->cli('MIGRATE', '127.0.0.1', $to->port, '', '0', '5000', 'KEYS', $key), 'OK',
 		'MOVED: the key moved to the target');
-	$_->cli('CLUSTER', 'SETSLOT', $slot, 'NODE', $tid)
-	  for grep { $_->cli('ROLE') =~ /^master/ } $rc->nodes;
+	migrate_end($slot, $tid);
 	ok(poll_until(20, sub { $rc->master_of($key)->port == $to->port }), 'MOVED: the slot moved');
 	my (undef, $err) = bg_query($bg, "UPDATE meetings SET title = 't3' WHERE id = 'm10'");
 	is($err, '', 'MOVED: commit without warning');
@@ -227,8 +250,7 @@ sub migration
 	($slot, $from, $to, $fid, $tid) = migration($key);
 	@k = $chk->seed($chk->keys_of('meetings', "t.id = 'm15'"));
 	$rc->cli('SET', "mc-lease:u:{$key}", 'a-token', 'PX', '60000');
-	is($to->cli('CLUSTER', 'SETSLOT', $slot, 'IMPORTING', $fid), 'OK', 'ASK: target importing');
-	is($from->cli('CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $tid), 'OK', 'ASK: source migrating');
+	ok(migrate_begin($slot, $from, $to, $fid, $tid), 'ASK: the slot migrates');
 	is($from->cli('MIGRATE', '127.0.0.1', $to->port, '', '0', '5000', 'KEYS', $key), 'OK',
 		'ASK: the key moved to the target');
 	is($from->cli('EXISTS', "mc-lease:u:{$key}"), '1', 'ASK: the lease is still on the source');
@@ -240,8 +262,7 @@ sub migration
 	$chk->must_delete(grep { $_ ne $key } @k);
 	$chk->verify('ASK: every other key of the change');
 	# the migration ends
-	$_->cli('CLUSTER', 'SETSLOT', $slot, 'NODE', $tid)
-	  for grep { $_->cli('ROLE') =~ /^master/ } $rc->nodes;
+	migrate_end($slot, $tid);
 	ok(poll_until(20, sub { $rc->master_of($key)->port == $to->port }), 'ASK: the slot moved');
 	$bg->quit;
 }
@@ -277,23 +298,16 @@ sub migration
 		bg_query($bg, "SELECT meetcache.cache_set('$key', '1', 600)");
 		$rc->cli('SET', $lk, 'a-token', 'PX', '60000') if $lease;
 		my ($slot, $from, $to, $fid, $tid) = migration($key);
-		my $tryagains = sub {
-			my $n = 0;
-			$n += $_ for map { $_->cli('INFO', 'errorstats') =~ /errorstat_TRYAGAIN:count=(\d+)/ ? $1 : 0 } $from, $to;
-			return $n;
-		};
-		my $t0 = $tryagains->();
-		$to->cli('CLUSTER', 'SETSLOT', $slot, 'IMPORTING', $fid);
-		$from->cli('CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $tid);
+		my $t0 = tryagains($from, $to);
+		ok(migrate_begin($slot, $from, $to, $fid, $tid), "cache_del mid-migration ($what): the slot migrates");
 		is($from->cli('MIGRATE', '127.0.0.1', $to->port, '', '0', '5000', 'KEYS', $key), 'OK',
 			"cache_del mid-migration ($what): the key moved to the target");
 		my $tag = MeetcacheTest::bg_send($bg, "SELECT meetcache.cache_del('$key')");
-		ok(poll_until(20, sub { $tryagains->() >= $t0 + 2 }),
+		ok(poll_until(20, sub { tryagains($from, $to) >= $t0 + 2 }),
 			"cache_del mid-migration ($what): -TRYAGAIN, sent again");
 		# the migration ends
 		$from->cli('MIGRATE', '127.0.0.1', $to->port, '', '0', '5000', 'KEYS', $lk) if $lease;
-		$_->cli('CLUSTER', 'SETSLOT', $slot, 'NODE', $tid)
-		  for grep { $_->cli('ROLE') =~ /^master/ } $rc->nodes;
+		migrate_end($slot, $tid);
 		my ($done, $out, $err) = MeetcacheTest::bg_wait_for($bg, $tag, 40);
 		ok($done, "cache_del mid-migration ($what): returns");
 		is($err, '', "cache_del mid-migration ($what): no error");
@@ -344,21 +358,15 @@ sub migration
 		my @k = $chk->seed($chk->keys_of('meetings', "t.id = '$id'"));
 		$rc->cli('DEL', $key) unless $exists;
 		my ($slot, $from, $to, $fid, $tid) = migration($key);
-		my $tryagains = sub {
-			my $n = 0;
-			$n += $_ for map { $_->cli('INFO', 'errorstats') =~ /errorstat_TRYAGAIN:count=(\d+)/ ? $1 : 0 } $from, $to;
-			return $n;
-		};
-		my $t0 = $tryagains->();
+		my $t0 = tryagains($from, $to);
 		my $st0 = MeetcacheTest::stats($node, 'postgres', qw(delivery_failures handoffs));
-		is($to->cli('CLUSTER', 'SETSLOT', $slot, 'IMPORTING', $fid), 'OK', "commit mid-migration ($what): target importing");
-		is($from->cli('CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $tid), 'OK', "commit mid-migration ($what): source migrating");
+		ok(migrate_begin($slot, $from, $to, $fid, $tid), "commit mid-migration ($what): the slot migrates");
 		is($from->cli('MIGRATE', '127.0.0.1', $to->port, '', '0', '5000', 'KEYS', $key), 'OK',
 			"commit mid-migration ($what): the key moved to the target")
 		  if $exists;
 		my (undef, $err) = bg_query($bg, "UPDATE meetings SET title = 't4' WHERE id = '$id'");
 		is($err, '', "commit mid-migration ($what): commit without warning");
-		cmp_ok($tryagains->(), '>', $t0, "commit mid-migration ($what): the pair got -TRYAGAIN");
+		cmp_ok(tryagains($from, $to), '>', $t0, "commit mid-migration ($what): the pair got -TRYAGAIN");
 		is(($to->cli_batch('ASKING', "EXISTS $key"))[1], '0', "commit mid-migration ($what): the key is not on the target");
 		like($from->cli('EXISTS', $key), qr/^ASK /, "commit mid-migration ($what): nor on the source");
 		my $st = MeetcacheTest::stats($node, 'postgres', qw(delivery_failures handoffs));
@@ -366,8 +374,7 @@ sub migration
 		$chk->must_delete(grep { $_ ne $key } @k);
 		$chk->verify("commit mid-migration ($what): every other key of the change");
 		# the migration ends
-		$_->cli('CLUSTER', 'SETSLOT', $slot, 'NODE', $tid)
-		  for grep { $_->cli('ROLE') =~ /^master/ } $rc->nodes;
+		migrate_end($slot, $tid);
 		ok(poll_until(20, sub { $rc->master_of($key)->port == $to->port }), "commit mid-migration ($what): the slot moved");
 	}
 	$bg->quit;
