@@ -7,8 +7,8 @@
 #      so a role cannot poison a key's fills with a fake lease (22023);
 #   b. cache_keys with a huge max_keys on 300k keys: bounded round trips,
 #      each under its own command_timeout;
-#   c. stats() only for superusers and pg_read_all_stats (42501 with a
-#      GRANT hint); stats_reset() only by GRANT;
+#   c. stats() and cluster_stats() only for superusers and pg_read_all_stats
+#      (42501 with a GRANT hint); stats_reset() only by GRANT;
 #   d. the query of cache_get_or_set cannot write: plpgsql INSERT, nextval,
 #      lo_create, lo_unlink, lo_from_bytea, a temporary table (25006), and
 #      nothing it did survives;
@@ -147,6 +147,12 @@ is($redis->cli('EXISTS', $fake), '0', 'still no lease key');
 	is("$state|$out", '|cluster', 'stats(): a member of pg_read_all_stats reads it');
 	($out, $err, $state) = run_as('postgres', 'SELECT scope FROM meetcache.stats()');
 	is("$state|$out", '|cluster', 'stats(): a superuser reads it');
+	# the Redis Cluster columns, the same way
+	($out, $err, $state) = run_as('mc_login', 'SELECT moved_redirects FROM meetcache.cluster_stats()');
+	is($state, '42501', 'cluster_stats(): a LOGIN-only role is refused');
+	like($err, qr/permission denied for function meetcache\.cluster_stats\(\)/, 'cluster_stats(): message');
+	($out, $err, $state) = run_as('mc_monitor', 'SELECT slot_map_loads >= 0 FROM meetcache.cluster_stats()');
+	is("$state|$out", '|t', 'cluster_stats(): a member of pg_read_all_stats reads it');
 
 	($out, $err, $state) = run_as('mc_monitor', 'SELECT meetcache.stats_reset()');
 	is($state, '42501', 'stats_reset(): not for pg_read_all_stats');
