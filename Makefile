@@ -13,7 +13,7 @@
 EXTENSION  = meetcache
 EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big = meetcache
-OBJS       = src/meetcache.o src/redis.o src/cluster.o src/transport.o src/lease.o src/pending.o src/rules.o src/trigger.o \
+OBJS       = src/meetcache.o src/redis.o src/cluster.o src/transport.o src/lease.o src/pending.o src/recheck.o src/rules.o src/trigger.o \
              src/shared.o src/queue.o src/worker.o \
              src/cache.o src/stats.o src/settings.o src/guard.o src/legacy.o src/keys.o src/delivery.o
 # every released full script and upgrade script

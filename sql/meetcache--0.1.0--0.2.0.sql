@@ -62,13 +62,21 @@ CREATE FUNCTION meetcache.cluster_stats(
   RETURNS record LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_stats';
 COMMENT ON FUNCTION meetcache.cluster_stats() IS
   'Redis Cluster: redirects followed, slot map loads, and the masters and their slots in the last slot map loaded for this session''s redis_url.';
+-- the lookups' second resolution (README, "Lookups after commit"): the same
+-- C function again, appended to the stats view after the cluster's columns
+CREATE FUNCTION meetcache.lookup_stats(
+    OUT lookups_settled bigint, OUT lookup_handoffs bigint)
+  RETURNS record LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_stats';
+COMMENT ON FUNCTION meetcache.lookup_stats() IS
+  'Sync transactions whose lookups needed no second resolution after commit, and those whose lookups went to the drain through shared memory.';
 CREATE OR REPLACE VIEW meetcache.stats AS
-  SELECT s.*, q.queue_depth, q.oldest_pending_age, c.*
+  SELECT s.*, q.queue_depth, q.oldest_pending_age, c.*, l.*
   FROM meetcache.stats() s,
        LATERAL (SELECT count(*) AS queue_depth,
                        clock_timestamp() - min(p.enqueued_at) AS oldest_pending_age
                 FROM meetcache.pending p WHERE NOT p.delivered) q,
-       meetcache.cluster_stats() c;
+       meetcache.cluster_stats() c,
+       meetcache.lookup_stats() l;
 
 REVOKE EXECUTE ON FUNCTION
   meetcache.invalidate_trigger(), meetcache._placeholders(text), meetcache._queue_row_delivered(xid)

@@ -199,6 +199,13 @@ CREATE FUNCTION meetcache.cluster_stats(
   RETURNS record LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_stats';
 COMMENT ON FUNCTION meetcache.cluster_stats() IS
   'Redis Cluster: redirects followed, slot map loads, and the masters and their slots in the last slot map loaded for this session''s redis_url.';
+-- the lookups' second resolution (README, "Lookups after commit"): the same
+-- C function again, appended to the stats view after the cluster's columns
+CREATE FUNCTION meetcache.lookup_stats(
+    OUT lookups_settled bigint, OUT lookup_handoffs bigint)
+  RETURNS record LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_stats';
+COMMENT ON FUNCTION meetcache.lookup_stats() IS
+  'Sync transactions whose lookups needed no second resolution after commit, and those whose lookups went to the drain through shared memory.';
 
 CREATE FUNCTION meetcache.stats_reset() RETURNS void
   LANGUAGE c AS 'MODULE_PATHNAME', 'meetcache_stats_reset';
@@ -242,12 +249,13 @@ COMMENT ON VIEW meetcache.pending IS
   'Queue rows a drain worker has not removed yet, oldest first; delivered: the committing backend already deleted the keys (sync+queue); lookups are resolved again by the drain in any case.';
 
 CREATE VIEW meetcache.stats AS
-  SELECT s.*, q.queue_depth, q.oldest_pending_age, c.*
+  SELECT s.*, q.queue_depth, q.oldest_pending_age, c.*, l.*
   FROM meetcache.stats() s,
        LATERAL (SELECT count(*) AS queue_depth,
                        clock_timestamp() - min(p.enqueued_at) AS oldest_pending_age
                 FROM meetcache.pending p WHERE NOT p.delivered) q,
-       meetcache.cluster_stats() c;
+       meetcache.cluster_stats() c,
+       meetcache.lookup_stats() l;
 COMMENT ON VIEW meetcache.stats IS
   'Counters (cluster-wide when preloaded), worker and Redis state, and this database''s undelivered queue rows.';
 

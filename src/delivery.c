@@ -114,10 +114,37 @@ deliver_keys(McCommitted *p)
 			 errhint("Check that Redis is reachable at meetcache.redis_url.")));
 }
 
+/*
+ * Lookups no queue row holds (recheck.c): settled, or handed to the drain
+ * in shared memory, or, when they do not fit there, the database's families
+ * are flushed.
+ */
+static void
+deliver_lookups(McCommitted *p)
+{
+	if (!mc_recheck_changed_after_commit())
+	{
+		mc_stat_add(MC_STAT_LOOKUPS_SETTLED, 1);
+		return;
+	}
+	if (mc_handoff_push(MyDatabaseId, p->lookups, p->nlookups))
+	{
+		mc_stat_add(MC_STAT_LOOKUP_HANDOFFS, 1);
+		mc_db_wake(MyDatabaseId);
+		return;
+	}
+	mc_stat_add(MC_STAT_RETRY_OVERFLOWS, 1);
+	mc_db_request_flush(MyDatabaseId);
+	ereport(LOG,
+			(errmsg("meetcache: no room to hand over the lookups of a committed transaction; every cache family of this database will be flushed")));
+}
+
 void
 mc_deliver(McCommitted *p)
 {
 	deliver_keys(p);
+	if (p->lookups_watched && p->nlookups > 0)
+		deliver_lookups(p);
 	/* the drain resolves the row's lookups again: now, not at its poll */
 	if (p->lookups_queued)
 		mc_db_wake(MyDatabaseId);

@@ -662,7 +662,11 @@ meetcache_guard_start(PG_FUNCTION_ARGS)
 	foreach(lc, attached_relids(f->trigs))
 	{
 		Oid			relid = lfirst_oid(lc);
-		Relation	rel = open_if_free(relid);
+		Relation	rel;
+
+		/* DDL may change what fires on it: a write, for recheck.c */
+		mc_recheck_wrote_relid(relid);
+		rel = open_if_free(relid);
 
 		if (rel == NULL)
 			continue;

@@ -86,6 +86,12 @@ static const struct config_enum_entry delivery_options[] = {
 	{NULL, 0, false}
 };
 
+static const struct config_enum_entry recheck_options[] = {
+	{"auto", MC_RECHECK_AUTO, false},
+	{"always", MC_RECHECK_ALWAYS, false},
+	{NULL, 0, false}
+};
+
 static const struct config_enum_entry tls_verify_options[] = {
 	{"full", MC_TLS_VERIFY_FULL, false},
 	{"ca", MC_TLS_VERIFY_CA, false},
@@ -937,6 +943,17 @@ _PG_init(void)
 							 PGC_SUSET,
 							 0,
 							 check_delivery, NULL, NULL);
+
+	DefineCustomEnumVariable("meetcache.lookup_recheck",
+							 "When a sync transaction's lookups are resolved again after its commit.",
+							 "auto: only when a transaction writing a table they read committed "
+							 "meanwhile; always: every time, by the drain.",
+							 &mc_lookup_recheck,
+							 MC_RECHECK_AUTO,
+							 recheck_options,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomIntVariable("meetcache.poll_interval",
 							"How often the worker looks for queue rows nobody announced.",

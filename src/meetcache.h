@@ -11,6 +11,8 @@
  *	  transport.c  the byte stream: host names, TCP, Unix sockets, TLS,
  *	               deadlines and both waiting disciplines (transport.h)
  *	  pending.c    the per-transaction set of keys and its commit/abort path
+ *	  recheck.c    whether a transaction's lookups must be resolved again
+ *	               after its commit: the per-table write counters
  *	  delivery.c   where committed keys go: Redis, the queue or the retry ring
  *	  rules.c      the rule catalog cache, compiling rules, collecting keys, lookups
  *	  keys.c       the key grammar: templates, rendering, globs, ttl_by_value
@@ -386,6 +388,29 @@ extern void mc_pending_add_lookup(Oid relid, int rule_id, McFamily *family,
 								  const char *value);
 extern bool mc_pending_any(void);
 
+/* ---- recheck.c ---- */
+
+#define MC_WRITE_SLOTS 1024		/* shared write counters, by table hash */
+#define MC_HANDOFF_BYTES 496	/* lookups one hand-off holds */
+
+typedef enum McRecheck
+{
+	MC_RECHECK_AUTO = 0,
+	MC_RECHECK_ALWAYS
+} McRecheck;
+
+extern int	mc_lookup_recheck;
+
+extern void mc_recheck_wrote(Relation rel);
+extern void mc_recheck_wrote_relid(Oid relid);
+extern void mc_recheck_watch(Oid via_relid);
+extern void mc_recheck_unwatched(void);
+extern void mc_recheck_note_trigger_fn(Oid fn);
+extern bool mc_recheck_settled_at_pre_commit(void);
+extern void mc_recheck_pre_commit(void);
+extern bool mc_recheck_changed_after_commit(void);
+extern void mc_recheck_end(void);
+
 /* ---- delivery.c ---- */
 
 /* a committed transaction's keys, as the commit callback hands them over */
@@ -399,6 +424,9 @@ typedef struct McCommitted
 	bool		queued;			/* a queue row holds the keys */
 	TransactionId queue_xid;	/* the row's xmin */
 	bool		lookups_queued; /* a queue row holds lookups to resolve again */
+	bool		lookups_watched;	/* no row: recheck.c decides after commit */
+	McStr	   *lookups;		/* those lookups */
+	int			nlookups;
 } McCommitted;
 
 extern void mc_deliver(McCommitted *c);
@@ -436,6 +464,8 @@ typedef enum McCounter
 	MC_STAT_MOVED_REDIRECTS,	/* -MOVED replies followed (Redis Cluster) */
 	MC_STAT_ASK_REDIRECTS,		/* -ASK replies followed */
 	MC_STAT_SLOT_MAP_LOADS,		/* slot maps asked for and installed */
+	MC_STAT_LOOKUPS_SETTLED,	/* sync transactions whose lookups needed no second resolution */
+	MC_STAT_LOOKUP_HANDOFFS,	/* sync transactions whose lookups went to the drain in memory */
 	MC_STAT__COUNT
 } McCounter;
 
@@ -494,6 +524,14 @@ extern void mc_db_request_flush(Oid db);
 extern void mc_delivered_add(Oid db, TransactionId xid);
 extern bool mc_delivered_take(Oid db, TransactionId xid);
 extern bool mc_delivered_contains(Oid db, TransactionId xid);
+extern void mc_writes_begin(uint32 slot);
+extern void mc_writes_end(uint32 slot);
+extern bool mc_writes_quiet(uint32 slot, uint64 *begun);
+extern uint64 mc_writes_begun(uint32 slot);
+extern Size mc_handoff_size(McStr *entries, int n);
+extern bool mc_handoff_push(Oid db, McStr *entries, int n);
+extern int	mc_handoff_take(Oid db, int max, McStr **entries, bool *more);
+extern void mc_handoff_done(void);
 
 /* ---- queue.c ---- */
 

@@ -78,6 +78,7 @@ typedef struct PendingSet
 	int			mode;			/* meetcache.delivery at PRE_COMMIT */
 	bool		queued;			/* a queue row holds the keys */
 	bool		lookups_queued; /* a queue row holds the lookups */
+	bool		lookups_watched;	/* no row for them: recheck.c decides */
 	TransactionId queue_xid;	/* the row's xmin */
 } PendingSet;
 
@@ -346,6 +347,9 @@ deliver(PendingSet *p)
 	c.queued = p->queued;
 	c.queue_xid = p->queue_xid;
 	c.lookups_queued = p->lookups_queued;
+	c.lookups_watched = p->lookups_watched;
+	c.lookups = p->lookups.v;
+	c.nlookups = p->lookups.n;
 	mc_deliver(&c);
 }
 
@@ -354,14 +358,16 @@ deliver(PendingSet *p)
  * queue any more; its keys are then delivered as in sync mode.
  */
 static void
-write_queue(PendingSet *p, bool missing_ok, bool with_keys)
+write_queue(PendingSet *p, bool missing_ok, bool with_keys, bool with_lookups)
 {
+	int			nlookups = with_lookups ? p->lookups.n : 0;
+
 	if (mc_queue_write(p->keys.v, with_keys ? p->keys.n : 0,
 					   p->patterns, with_keys ? p->npatterns : 0,
-					   p->lookups.v, p->lookups.n, missing_ok) < 0)
+					   p->lookups.v, nlookups, missing_ok) < 0)
 		return;
 	p->queued = with_keys;
-	p->lookups_queued = p->lookups.n > 0;
+	p->lookups_queued = nlookups > 0;
 	p->queue_xid = GetTopTransactionIdIfAny();
 	/* the row exists, so the extension does: let the launcher poll us */
 	mc_db_announce(MyDatabaseId);
@@ -373,21 +379,34 @@ xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_PRE_COMMIT:
-			if (mc_pending_any())
+			if (mc_pending_any() && !XactReadOnly && !RecoveryInProgress())
 			{
+				bool		settled;
+
 				pending->mode = mc_effective_delivery();
+
 				/*
 				 * READ ONLY and standbys cannot write (nor have keys).  In
 				 * sync mode a row is written only for lookups to resolve
-				 * again after commit; the keys take the sync path.
+				 * again after commit; the keys take the sync path.  No row
+				 * holds the lookups when recheck.c may find after commit that
+				 * no second resolution is needed (small sets only: they may
+				 * have to go through shared memory then).
 				 */
-				if (XactReadOnly || RecoveryInProgress())
-					break;
+				settled = pending->lookups.n > 0 &&
+					pending->mode != MC_DELIVERY_QUEUE &&
+					mc_handoff_size(pending->lookups.v, pending->lookups.n) > 0 &&
+					mc_recheck_settled_at_pre_commit();
+				pending->lookups_watched = settled;
 				if (pending->mode != MC_DELIVERY_SYNC)
-					write_queue(pending, true, true);
-				else if (pending->lookups.n > 0)
-					write_queue(pending, true, false);
+					write_queue(pending, true, true, !settled);
+				else if (pending->lookups.n > 0 && !settled)
+					write_queue(pending, true, false, true);
 			}
+			else if (mc_pending_any())
+				pending->mode = mc_effective_delivery();
+			/* last: an error above aborts before any counter moved */
+			mc_recheck_pre_commit();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
 			if (mc_pending_any())
@@ -399,13 +418,14 @@ xact_callback(XactEvent event, void *arg)
 							 errdetail("Its keys must be queued for the background worker, which runs only when meetcache is preloaded."),
 							 errhint("Add meetcache to shared_preload_libraries and restart the server.")));
 				/* delivered once COMMIT PREPARED makes the row visible */
-				write_queue(pending, false, true);
+				write_queue(pending, false, true, true);
 			}
 			break;
 		case XACT_EVENT_COMMIT:
 			if (mc_pending_any())
 				deliver(pending);
 			pending = NULL;
+			mc_recheck_end();
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
@@ -413,6 +433,7 @@ xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			/* memory goes with TopTransactionContext */
 			pending = NULL;
+			mc_recheck_end();
 			break;
 		default:
 			break;

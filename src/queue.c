@@ -13,6 +13,9 @@
  * backend and kept until a relcache invalidation of the table (QueueInfo),
  * so writing a row scans no catalog.
  *
+ * A pass also takes the lookups committed transactions handed over in
+ * shared memory instead of a row (recheck.c), and frees them once it
+ * committed.
  * A drain pass deletes its batch first and commits only after Redis
  * acknowledged the UNLINKs: on any failure the transaction aborts and the
  * rows are still there.  It commits with synchronous_commit = off (set
@@ -72,6 +75,9 @@
 #include "utils/timestamp.h"
 
 #include "meetcache.h"
+
+/* lookup entries a pass takes from the hand-offs in shared memory */
+#define HANDOFF_PASS_MAX 4096
 
 /* raw (detoasted) bytes of keys, patterns and lookups one drain pass takes */
 #define PASS_BYTES (8 * 1024 * 1024)
@@ -502,6 +508,8 @@ mc_queue_forget_delivered(void)
 	for (int i = 0; i < nskipped_xids; i++)
 		(void) mc_delivered_take(MyDatabaseId, skipped_xids[i]);
 	nskipped_xids = 0;
+	/* and the lookups it took from shared memory are done */
+	mc_handoff_done();
 }
 
 /*
@@ -648,6 +656,17 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 			v = array_strs(d, &nv);
 			vec_add(&pats, v, nv);
 		}
+	}
+	/* lookups committed transactions handed over without a row (recheck.c) */
+	{
+		McStr	   *hv;
+		bool		hmore;
+		int			nh = mc_handoff_take(MyDatabaseId, HANDOFF_PASS_MAX, &hv, &hmore);
+
+		if (nh > 0)
+			vec_add(&lookups, hv, nh);
+		if (hmore)
+			*more = true;
 	}
 	/* from a snapshot taken now, after the rows' transactions committed */
 	if (lookups.n > 0)

@@ -1505,8 +1505,13 @@ mc_collect(McRelRules *rr, Relation rel, int event,
 		{
 			if (!grp->index_checked)
 				choose_index(rr, grp);
+			/* before the lookup's snapshot: may its second resolution go? */
+			if (again)
+				mc_recheck_watch(grp->via_relid);
 			lookup_as_owner(rr, g, groupvals[g], event, out, &buf, false);
 		}
+		else
+			mc_recheck_unwatched();
 		/* after the lookup: none for the rules it left covered */
 		if (again)
 			record_again(rr, g, groupvals[g], event, out);

@@ -15,7 +15,11 @@
  *	      sync transactions may be lost, so every database flushes its
  *	      families once;
  *	    - the last Redis Cluster slot map any process loaded (its
- *	      topology), or without preloading the backend's own.
+ *	      topology), or without preloading the backend's own;
+ *	    - the write counters of recheck.c (per table hash slot: writers
+ *	      that began to commit, writers whose commit or abort ended) and
+ *	      the lookups handed from committed transactions to their
+ *	      database's drain (recheck.c's argument says when).
  *	  stats.c reads the state through mc_shared_status, a snapshot.
  *
  * Locking:
@@ -25,6 +29,9 @@
  *	  - dlock guards the delivered set;
  *	  - the breaker is an atomic;
  *	  - topo_mutex (a spinlock) guards the topology, copied in and out;
+ *	  - the write counters are atomics with full barriers (recheck.c);
+ *	  - lock guards the lookup hand-offs too (exclusive to add or free
+ *	    one, shared to copy them);
  *	  - single writers, unlocked readers (a stale value is harmless):
  *	    worker_url_hash and drains_running (the launcher), breaker_since
  *	    (whoever trips the breaker), the slot mc_db_announce looks at, and
@@ -52,6 +59,7 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "meetcache.h"
@@ -64,6 +72,25 @@
 #define DELIVERED_SLOTS 131072	/* power of two */
 #define DELIVERED_WAKE 4096		/* wake the drain every this many entries */
 #define RING_PAD 0xFFFFFFFFu
+
+#define HANDOFF_SLOTS 2048
+#define HANDOFF_BYTES MC_HANDOFF_BYTES
+
+typedef struct McWriteCounter
+{
+	pg_atomic_uint64 begun;		/* writers past PRE_COMMIT */
+	pg_atomic_uint64 ended;		/* of those, committed or aborted */
+	char		pad[PG_CACHE_LINE_SIZE - 2 * sizeof(pg_atomic_uint64)];
+} McWriteCounter;
+
+/* one committed transaction's lookups, for its database's drain */
+typedef struct McHandoff
+{
+	Oid			db;				/* InvalidOid: free */
+	uint32		n;				/* entries */
+	uint32		len;			/* bytes of data used */
+	char		data[HANDOFF_BYTES];	/* n times (uint32 length, bytes) */
+} McHandoff;
 
 typedef struct McDbSlot
 {
@@ -105,6 +132,10 @@ typedef struct McShared
 	uint64		ring_tail;
 	uint32		ring_entries;
 	McDbSlot	dbs[MC_MAX_DBS];
+	McWriteCounter writes[MC_WRITE_SLOTS];
+	int			nhandoffs;		/* slots in use */
+	int			handoff_hint;	/* where the next free slot is looked for */
+	McHandoff	handoffs[HANDOFF_SLOTS];
 	int			ndelivered;
 	McDelivered delivered[DELIVERED_SLOTS];
 	char		ring[FLEXIBLE_ARRAY_MEMBER];
@@ -175,7 +206,7 @@ shared_postmaster_exit(int code, Datum arg)
 	if (!crc_ok || (cf->state != DB_SHUTDOWNED && cf->state != DB_SHUTDOWNED_IN_RECOVERY))
 		clean = false;
 	pfree(cf);
-	if (s->ring_tail != s->ring_head)
+	if (s->ring_tail != s->ring_head || s->nhandoffs > 0)
 		clean = false;
 	for (int i = 0; i < MC_MAX_DBS; i++)
 		if (s->dbs[i].db != InvalidOid && s->dbs[i].flush)
@@ -239,6 +270,11 @@ shared_init(McShared *s)
 	s->lock = &locks[0].lock;
 	s->dlock = &locks[1].lock;
 	pg_atomic_init_u32(&s->breaker, 0);
+	for (int i = 0; i < MC_WRITE_SLOTS; i++)
+	{
+		pg_atomic_init_u64(&s->writes[i].begun, 0);
+		pg_atomic_init_u64(&s->writes[i].ended, 0);
+	}
 	SpinLockInit(&s->topo_mutex);
 	s->ring_size = ring_bytes();
 	s->flush_epoch = unclean ? 1 : 0;
@@ -528,6 +564,198 @@ mc_retry_consume(uint64 end, int nentries)
 	LWLockRelease(s->lock);
 }
 
+/* ---- write counters (recheck.c) ---- */
+
+/*
+ * Writers bump begun before their commit can become visible and ended
+ * after it did (or after their abort): pg_atomic_fetch_add_u64 is a full
+ * barrier.  Readers read ended, then begun, each behind a barrier: see
+ * recheck.c for why that order.  Without shared memory every slot reads
+ * as busy (begun != ended), so nothing is ever skipped.
+ */
+void
+mc_writes_begin(uint32 slot)
+{
+	if (mc_shared)
+		(void) pg_atomic_fetch_add_u64(&mc_shared->writes[slot % MC_WRITE_SLOTS].begun, 1);
+}
+
+void
+mc_writes_end(uint32 slot)
+{
+	if (mc_shared)
+		(void) pg_atomic_fetch_add_u64(&mc_shared->writes[slot % MC_WRITE_SLOTS].ended, 1);
+}
+
+/* no writer of the slot between its PRE_COMMIT and its end?  *begun: now */
+bool
+mc_writes_quiet(uint32 slot, uint64 *begun)
+{
+	McWriteCounter *w;
+	uint64		ended;
+
+	*begun = 0;
+	if (mc_shared == NULL)
+		return false;
+	w = &mc_shared->writes[slot % MC_WRITE_SLOTS];
+	pg_memory_barrier();
+	ended = pg_atomic_read_u64(&w->ended);
+	pg_memory_barrier();
+	*begun = pg_atomic_read_u64(&w->begun);
+	pg_memory_barrier();
+	return ended == *begun;
+}
+
+uint64
+mc_writes_begun(uint32 slot)
+{
+	if (mc_shared == NULL)
+		return PG_UINT64_MAX;
+	pg_memory_barrier();
+	return pg_atomic_read_u64(&mc_shared->writes[slot % MC_WRITE_SLOTS].begun);
+}
+
+/* ---- lookup hand-offs (recheck.c) ---- */
+
+/* the bytes n entries take in a hand-off, or 0 when they do not fit one */
+Size
+mc_handoff_size(McStr *entries, int n)
+{
+	Size		need = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		need += sizeof(uint32) + entries[i].len;
+		if (need > HANDOFF_BYTES)
+			return 0;
+	}
+	return need;
+}
+
+/*
+ * A committed transaction's lookups, for db's drain to resolve again.
+ * False when they do not fit (too large, every slot taken): the caller
+ * then has the database flush its families.  Safe in a commit callback.
+ */
+bool
+mc_handoff_push(Oid db, McStr *entries, int n)
+{
+	McShared   *s = mc_shared;
+	Size		need = mc_handoff_size(entries, n);
+	bool		ok = false;
+
+	if (s == NULL || need == 0)
+		return false;
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	for (int k = 0; s->nhandoffs < HANDOFF_SLOTS && k < HANDOFF_SLOTS; k++)
+	{
+		int			i = (s->handoff_hint + k) % HANDOFF_SLOTS;
+		McHandoff  *h = &s->handoffs[i];
+
+		if (h->db != InvalidOid)
+			continue;
+		h->db = db;
+		h->n = n;
+		h->len = need;
+		(void) put_strings(h->data, entries, n);
+		s->nhandoffs++;
+		s->handoff_hint = (i + 1) % HANDOFF_SLOTS;
+		ok = true;
+		break;
+	}
+	LWLockRelease(s->lock);
+	return ok;
+}
+
+/* the slots the current drain pass copied, to free once it committed */
+static int *taken_handoffs = NULL;
+static int	ntaken_handoffs = 0;
+
+/*
+ * A drain: copy up to max of its database's hand-offs' entries (palloc'd,
+ * in the current context) and remember their slots for
+ * mc_handoff_done.  Returns the number of entries; *more: some were left.
+ */
+int
+mc_handoff_take(Oid db, int max, McStr **entries, bool *more)
+{
+	McShared   *s = mc_shared;
+	int			cap = 16,
+				n = 0;
+	McStr	   *out;
+
+	ntaken_handoffs = 0;
+	*more = false;
+	*entries = NULL;
+	/* unlocked: a push is followed by a wake, and the wake by a lock */
+	if (s == NULL || s->nhandoffs == 0)
+		return 0;
+	if (taken_handoffs == NULL)
+		taken_handoffs = MemoryContextAlloc(TopMemoryContext, sizeof(int) * HANDOFF_SLOTS);
+	out = palloc(sizeof(McStr) * cap);
+	LWLockAcquire(s->lock, LW_SHARED);
+	for (int i = 0; i < HANDOFF_SLOTS; i++)
+	{
+		McHandoff  *h = &s->handoffs[i];
+		char	   *p;
+
+		if (h->db != db)
+			continue;
+		if (n >= max)
+		{
+			*more = true;
+			break;
+		}
+		if (n + (int) h->n > cap)
+		{
+			cap = Max(cap * 2, n + (int) h->n);
+			out = repalloc(out, sizeof(McStr) * cap);
+		}
+		p = h->data;
+		for (uint32 k = 0; k < h->n; k++)
+		{
+			uint32		l;
+			char	   *c;
+
+			memcpy(&l, p, sizeof(l));
+			p += sizeof(l);
+			c = palloc(l + 1);
+			memcpy(c, p, l);
+			c[l] = '\0';
+			out[n].s = c;
+			out[n].len = l;
+			n++;
+			p += l;
+		}
+		taken_handoffs[ntaken_handoffs++] = i;
+	}
+	LWLockRelease(s->lock);
+	*entries = out;
+	return n;
+}
+
+/* the pass that took them committed: free their slots */
+void
+mc_handoff_done(void)
+{
+	McShared   *s = mc_shared;
+
+	if (s == NULL || ntaken_handoffs == 0)
+		return;
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < ntaken_handoffs; i++)
+	{
+		McHandoff  *h = &s->handoffs[taken_handoffs[i]];
+
+		if (h->db == InvalidOid)
+			continue;
+		h->db = InvalidOid;
+		s->nhandoffs--;
+	}
+	LWLockRelease(s->lock);
+	ntaken_handoffs = 0;
+}
+
 /* ---- database slots ---- */
 
 /* caller holds s->lock exclusively; NULL when every slot is taken */
@@ -697,6 +925,22 @@ mc_db_slots_sync(const Oid *dbs, int ndbs)
 		if (!exists && s->dbs[i].drain == NULL)
 			s->dbs[i].db = InvalidOid;
 	}
+	/* lookups of a dropped database have nothing left to invalidate */
+	for (int i = 0; s->nhandoffs > 0 && i < HANDOFF_SLOTS; i++)
+	{
+		bool		exists = false;
+
+		if (s->handoffs[i].db == InvalidOid)
+			continue;
+		for (int j = 0; j < ndbs; j++)
+			if (dbs[j] == s->handoffs[i].db)
+				exists = true;
+		if (!exists)
+		{
+			s->handoffs[i].db = InvalidOid;
+			s->nhandoffs--;
+		}
+	}
 	for (int j = 0; j < ndbs; j++)
 		(void) db_slot(dbs[j], true);
 	LWLockRelease(s->lock);
@@ -836,6 +1080,13 @@ mc_drain_no_extension(void)
 	McShared   *s = mc_shared;
 
 	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	/* no extension: nothing to resolve its lookups with, nor any need */
+	for (int i = 0; s->nhandoffs > 0 && i < HANDOFF_SLOTS; i++)
+		if (s->handoffs[i].db == drain_slot->db)
+		{
+			s->handoffs[i].db = InvalidOid;
+			s->nhandoffs--;
+		}
 	drain_slot->no_ext = true;
 	drain_slot->work = false;
 	drain_slot->flush = false;

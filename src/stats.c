@@ -241,6 +241,8 @@ static const char *const counter_names[] = {
 	[MC_STAT_MOVED_REDIRECTS] = "moved_redirects",
 	[MC_STAT_ASK_REDIRECTS] = "ask_redirects",
 	[MC_STAT_SLOT_MAP_LOADS] = "slot_map_loads",
+	[MC_STAT_LOOKUPS_SETTLED] = "lookups_settled",
+	[MC_STAT_LOOKUP_HANDOFFS] = "lookup_handoffs",
 };
 
 StaticAssertDecl(lengthof(counter_names) == MC_STAT__COUNT,

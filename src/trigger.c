@@ -76,6 +76,9 @@ meetcache_invalidate_trigger(PG_FUNCTION_ARGS)
 				 errhint("Use meetcache.attach() to create the triggers.")));
 
 	rel = trig->tg_relation;
+	/* first: whatever follows, this transaction writes rel (recheck.c) */
+	mc_recheck_note_trigger_fn(fcinfo->flinfo->fn_oid);
+	mc_recheck_wrote(rel);
 	name = trig->tg_trigger->tgnargs >= 1 ? trig->tg_trigger->tgargs[0]
 		: RelationGetRelationName(rel);
 	rr = mc_rel_rules(rel, name, false);

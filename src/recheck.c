@@ -1,0 +1,341 @@
+/*
+ * recheck.c
+ *	  Whether a sync transaction's lookups must be resolved again after its
+ *	  commit (README, "Lookups after commit").  A lookup (a meeting's
+ *	  participants) runs at statement time; a row of its via_table that
+ *	  another transaction L makes visible between that lookup's snapshot
+ *	  and our own commit is missed by it, so the lookups are resolved again
+ *	  after the commit.  That second resolution is needed only if such an L
+ *	  exists, and shared counters tell:
+ *	    - every transaction that wrote an attached table (its meetcache
+ *	      trigger fired) adds 1 to the table's "begun" counter at
+ *	      PRE_COMMIT, before its commit can become visible, and 1 to its
+ *	      "ended" counter once its commit is visible (or it aborted);
+ *	    - before the snapshot of a lookup through table V, the transaction
+ *	      W reads V's ended, then its begun.  Equal means no writer of V was
+ *	      between the two points then: every writer counted had become
+ *	      visible before the snapshot, so the lookup saw its rows.  W keeps
+ *	      the begun it read;
+ *	    - after W's commit is visible, V's begun still at that value (W's own
+ *	      addition aside) means no writer of V reached PRE_COMMIT in the
+ *	      window, so none became visible in it: the lookup missed nothing
+ *	      and needs no second resolution.  Otherwise it is needed.
+ *	  Any other answer (a counter moved, a writer was in flight, a table
+ *	  this cannot speak for) keeps the second resolution.
+ * When W can skip, it decides at PRE_COMMIT (the counters are still
+ * unchanged) to write no queue row for its lookups; if the counters then
+ * move before its commit is visible, the lookups go to the database's
+ * drain through shared memory (mc_handoff_push) from the commit callback.
+ * A crash loses them, and a crash-restart already makes every database
+ * flush its cache families (shared.c's flush epoch), so nothing is lost.
+ * When they do not fit, the database flushes its families.
+ * A via table V qualifies only when every write to it fires its meetcache
+ * triggers: a plain table (not partitioned, no partition, no inheritance
+ * children) with all four meetcache triggers ENABLE ALWAYS, as the guard
+ * keeps them.  W holds V's ACCESS SHARE lock to its end (as any query
+ * does).  A statement on an inheritance parent fires only the parent's
+ * triggers, so it adds to the shared slot 0 as well, which every lookup
+ * watches (a child written through its parent).  Any DDL while an
+ * attached table exists counts as a write of every attached table (the
+ * guard's ddl_command_start), so a trigger dropped or disabled mid-window
+ * cannot go unseen either.
+ * Off, so that every lookup is resolved again as before:
+ *	  - with max_prepared_transactions > 0 (a prepared transaction becomes
+ *	    visible at a COMMIT PREPARED no counter sees);
+ *	  - without shared_preload_libraries (no counters, and no drain);
+ *	  - in a session with meetcache.lookup_recheck = always.
+ * Invariants: the state is per transaction, in static memory (the commit
+ * and abort callbacks use it: no palloc, no catalog access, no throw);
+ * begun is added to at most once per slot and transaction, and ended is
+ * added to exactly where begun was.  Hash collisions between tables only
+ * make the counters move more often.
+ */
+#include "postgres.h"
+
+#include "access/table.h"
+#include "access/twophase.h"
+#include "access/xact.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_trigger.h"
+#include "commands/trigger.h"
+#include "common/hashfn.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "storage/proc.h"
+#include "utils/rel.h"
+
+#include "meetcache.h"
+
+#if PG_VERSION_NUM >= 170000
+#define MY_LXID (MyProc->vxid.lxid)
+#else
+#define MY_LXID (MyProc->lxid)
+#endif
+
+#define MAX_WROTE 32			/* distinct slots before "all of them" */
+#define MAX_WATCH 16
+#define INHERIT_SLOT 0			/* statements on inheritance parents */
+
+int			mc_lookup_recheck = MC_RECHECK_AUTO;
+
+typedef struct Watch
+{
+	uint32		slot;
+	uint64		begun;
+} Watch;
+
+static LocalTransactionId state_lxid = InvalidLocalTransactionId;
+static uint32 wrote[MAX_WROTE];
+static int	nwrote = 0;
+static bool wrote_all = false;
+static bool bumped = false;		/* begun added to for wrote[] */
+static Watch watch[MAX_WATCH];
+static int	nwatch = 0;
+static bool dirty = false;		/* some lookup must be resolved again */
+static Oid	trigger_fn = InvalidOid;
+
+static bool
+enabled(void)
+{
+	return mc_shared_ready() && max_prepared_xacts == 0;
+}
+
+static void
+reset_state(void)
+{
+	nwrote = 0;
+	wrote_all = false;
+	bumped = false;
+	nwatch = 0;
+	dirty = false;
+}
+
+/* the state belongs to the current transaction */
+static void
+check_xact(void)
+{
+	if (state_lxid != MY_LXID)
+	{
+		reset_state();
+		state_lxid = MY_LXID;
+	}
+}
+
+static uint32
+slot_of(Oid relid)
+{
+	uint32		h = hash_combine(hash_uint32((uint32) MyDatabaseId),
+								 hash_uint32((uint32) relid));
+
+	return 1 + h % (MC_WRITE_SLOTS - 1);
+}
+
+static void
+add_wrote(uint32 slot)
+{
+	if (wrote_all)
+		return;
+	for (int i = 0; i < nwrote; i++)
+		if (wrote[i] == slot)
+			return;
+	if (nwrote == MAX_WROTE)
+		wrote_all = true;
+	else
+		wrote[nwrote++] = slot;
+}
+
+/* did this transaction add to slot's begun? */
+static bool
+own(uint32 slot)
+{
+	if (!bumped)
+		return false;
+	if (wrote_all)
+		return true;
+	for (int i = 0; i < nwrote; i++)
+		if (wrote[i] == slot)
+			return true;
+	return false;
+}
+
+/* the trigger function's oid, as the trigger runs (flinfo) */
+void
+mc_recheck_note_trigger_fn(Oid fn)
+{
+	trigger_fn = fn;
+}
+
+/* a meetcache trigger fired on rel: this transaction writes it */
+void
+mc_recheck_wrote(Relation rel)
+{
+	if (!enabled())
+		return;
+	check_xact();
+	add_wrote(slot_of(RelationGetRelid(rel)));
+	if (rel->rd_rel->relkind == RELKIND_RELATION && rel->rd_rel->relhassubclass)
+		add_wrote(INHERIT_SLOT);
+}
+
+/* the guard: DDL counts as a write of every attached table */
+void
+mc_recheck_wrote_relid(Oid relid)
+{
+	if (!enabled())
+		return;
+	check_xact();
+	add_wrote(slot_of(relid));
+}
+
+/* every write to rel fires its meetcache triggers (the header comment) */
+static bool
+qualifies(Relation rel)
+{
+	TriggerDesc *td = rel->trigdesc;
+	int			events = 0;
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relispartition ||
+		rel->rd_rel->relhassubclass || td == NULL || !OidIsValid(trigger_fn))
+		return false;
+	for (int i = 0; i < td->numtriggers; i++)
+	{
+		Trigger    *t = &td->triggers[i];
+
+		if (t->tgfoid != trigger_fn || t->tgenabled != TRIGGER_FIRES_ALWAYS ||
+			!TRIGGER_FOR_AFTER(t->tgtype) || TRIGGER_FOR_ROW(t->tgtype))
+			continue;
+		if (TRIGGER_FOR_INSERT(t->tgtype))
+			events |= 1;
+		if (TRIGGER_FOR_UPDATE(t->tgtype))
+			events |= 2;
+		if (TRIGGER_FOR_DELETE(t->tgtype))
+			events |= 4;
+		if (TRIGGER_FOR_TRUNCATE(t->tgtype))
+			events |= 8;
+	}
+	return events == 15;
+}
+
+static void
+add_watch(uint32 slot)
+{
+	uint64		begun;
+
+	for (int i = 0; i < nwatch; i++)
+		if (watch[i].slot == slot)
+			return;				/* the first lookup's value covers later ones */
+	if (nwatch == MAX_WATCH || !mc_writes_quiet(slot, &begun))
+	{
+		dirty = true;
+		return;
+	}
+	watch[nwatch].slot = slot;
+	watch[nwatch].begun = begun;
+	nwatch++;
+}
+
+/*
+ * Before the snapshot of a lookup through via_relid whose values are kept
+ * for a second resolution: can that resolution be skipped?  Keeps the
+ * via table's ACCESS SHARE lock to the end of the transaction.
+ */
+void
+mc_recheck_watch(Oid via_relid)
+{
+	Relation	via;
+
+	check_xact();
+	if (dirty)
+		return;
+	if (!enabled() || mc_lookup_recheck == MC_RECHECK_ALWAYS)
+	{
+		dirty = true;
+		return;
+	}
+	via = table_open(via_relid, AccessShareLock);
+	if (!qualifies(via))
+		dirty = true;
+	else
+	{
+		add_watch(INHERIT_SLOT);
+		add_watch(slot_of(via_relid));
+	}
+	table_close(via, NoLock);
+}
+
+/* lookups were kept that no statement-time lookup ran for (queue mode) */
+void
+mc_recheck_unwatched(void)
+{
+	check_xact();
+	dirty = true;
+}
+
+/*
+ * PRE_COMMIT, before mc_recheck_pre_commit: may the lookups go without a
+ * queue row?  Only if every one was watched and no counter moved yet.
+ */
+bool
+mc_recheck_settled_at_pre_commit(void)
+{
+	check_xact();
+	if (dirty || nwatch == 0)
+		return false;
+	for (int i = 0; i < nwatch; i++)
+		if (mc_writes_begun(watch[i].slot) != watch[i].begun)
+			return false;
+	return true;
+}
+
+/* PRE_COMMIT: the tables this transaction wrote begin to commit */
+void
+mc_recheck_pre_commit(void)
+{
+	check_xact();
+	if (bumped || (nwrote == 0 && !wrote_all))
+		return;
+	if (wrote_all)
+		for (uint32 s = 0; s < MC_WRITE_SLOTS; s++)
+			mc_writes_begin(s);
+	else
+		for (int i = 0; i < nwrote; i++)
+			mc_writes_begin(wrote[i]);
+	bumped = true;
+}
+
+/*
+ * The commit callback, once the commit is visible: did a writer of a
+ * watched table reach PRE_COMMIT since its lookup?  Then the lookups must
+ * be resolved again.  No throw, no palloc.
+ */
+bool
+mc_recheck_changed_after_commit(void)
+{
+	if (state_lxid != MY_LXID || dirty)
+		return true;
+	for (int i = 0; i < nwatch; i++)
+	{
+		uint64		expect = watch[i].begun + (own(watch[i].slot) ? 1 : 0);
+
+		if (mc_writes_begun(watch[i].slot) != expect)
+			return true;
+	}
+	return false;
+}
+
+/* commit, abort or prepare: end what PRE_COMMIT began.  No throw. */
+void
+mc_recheck_end(void)
+{
+	if (state_lxid == MY_LXID && bumped)
+	{
+		if (wrote_all)
+			for (uint32 s = 0; s < MC_WRITE_SLOTS; s++)
+				mc_writes_end(s);
+		else
+			for (int i = 0; i < nwrote; i++)
+				mc_writes_end(wrote[i]);
+	}
+	reset_state();
+	state_lxid = InvalidLocalTransactionId;
+}
