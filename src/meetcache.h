@@ -410,6 +410,7 @@ extern bool mc_recheck_settled_at_pre_commit(void);
 extern void mc_recheck_pre_commit(void);
 extern bool mc_recheck_changed_after_commit(void);
 extern void mc_recheck_end(void);
+extern void mc_recheck_reset(void);
 
 /* ---- delivery.c ---- */
 

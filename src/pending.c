@@ -422,10 +422,12 @@ xact_callback(XactEvent event, void *arg)
 			}
 			break;
 		case XACT_EVENT_COMMIT:
+			/* our commit is visible: say so before any Redis round trip */
+			mc_recheck_end();
 			if (mc_pending_any())
 				deliver(pending);
 			pending = NULL;
-			mc_recheck_end();
+			mc_recheck_reset();
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
@@ -433,7 +435,7 @@ xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			/* memory goes with TopTransactionContext */
 			pending = NULL;
-			mc_recheck_end();
+			mc_recheck_reset();
 			break;
 		default:
 			break;

@@ -45,7 +45,8 @@
  *	  - without shared_preload_libraries (no counters, and no drain);
  *	  - in a session with meetcache.lookup_recheck = always.
  * Invariants: the state is per transaction, in static memory (the commit
- * and abort callbacks use it: no palloc, no catalog access, no throw);
+ * and abort callbacks use it: no palloc, no catalog access, no throw),
+ * and is reset at every transaction end (mc_recheck_reset);
  * begun is added to at most once per slot and transaction, and ended is
  * added to exactly where begun was.  Hash collisions between tables only
  * make the counters move more often.
@@ -89,6 +90,7 @@ static uint32 wrote[MAX_WROTE];
 static int	nwrote = 0;
 static bool wrote_all = false;
 static bool bumped = false;		/* begun added to for wrote[] */
+static bool ended_done = false;	/* and ended too */
 static Watch watch[MAX_WATCH];
 static int	nwatch = 0;
 static bool dirty = false;		/* some lookup must be resolved again */
@@ -106,6 +108,7 @@ reset_state(void)
 	nwrote = 0;
 	wrote_all = false;
 	bumped = false;
+	ended_done = false;
 	nwatch = 0;
 	dirty = false;
 }
@@ -306,12 +309,14 @@ mc_recheck_pre_commit(void)
 /*
  * The commit callback, once the commit is visible: did a writer of a
  * watched table reach PRE_COMMIT since its lookup?  Then the lookups must
- * be resolved again.  No throw, no palloc.
+ * be resolved again.  No throw, no palloc.  (MyProc's lxid is already
+ * cleared here: the state is the ending transaction's until
+ * mc_recheck_reset.)
  */
 bool
 mc_recheck_changed_after_commit(void)
 {
-	if (state_lxid != MY_LXID || dirty)
+	if (dirty)
 		return true;
 	for (int i = 0; i < nwatch; i++)
 	{
@@ -323,11 +328,15 @@ mc_recheck_changed_after_commit(void)
 	return false;
 }
 
-/* commit, abort or prepare: end what PRE_COMMIT began.  No throw. */
+/*
+ * Commit (first thing: other transactions' lookups wait for no Redis round
+ * trip of ours), abort or prepare: end what PRE_COMMIT began.  Once per
+ * transaction.  No throw.
+ */
 void
 mc_recheck_end(void)
 {
-	if (state_lxid == MY_LXID && bumped)
+	if (bumped && !ended_done)
 	{
 		if (wrote_all)
 			for (uint32 s = 0; s < MC_WRITE_SLOTS; s++)
@@ -336,6 +345,14 @@ mc_recheck_end(void)
 			for (int i = 0; i < nwrote; i++)
 				mc_writes_end(wrote[i]);
 	}
+	ended_done = true;
+}
+
+/* after mc_recheck_end: the transaction is over */
+void
+mc_recheck_reset(void)
+{
+	mc_recheck_end();
 	reset_state();
 	state_lxid = InvalidLocalTransactionId;
 }
