@@ -89,13 +89,8 @@ deliver_keys(McCommitted *p)
 	}
 	if (deliver_now(p, &err))
 	{
-		/* the drain removes the row without sending it: soon, so that the
-		 * queue stays small (it gathers rows under load) */
 		if (p->queued)
-		{
 			mc_delivered_add(MyDatabaseId, p->queue_xid);
-			mc_db_wake(MyDatabaseId);
-		}
 		return;
 	}
 	/* only a Redis that does not answer (no reply in time, a broken

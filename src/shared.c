@@ -70,6 +70,7 @@
 #define RUNNING_FILE "meetcache.running"
 
 #define DELIVERED_SLOTS 131072	/* power of two */
+#define DELIVERED_WAKE 4096		/* wake the drain every this many entries */
 #define RING_PAD 0xFFFFFFFFu
 
 #define HANDOFF_SLOTS 2048
@@ -1269,6 +1270,7 @@ mc_delivered_add(Oid db, TransactionId xid)
 	McShared   *s = mc_shared;
 	McDelivered *e;
 	uint32		pos;
+	bool		wake = false;
 
 	if (s == NULL)
 		return;
@@ -1283,9 +1285,13 @@ mc_delivered_add(Oid db, TransactionId xid)
 			e->xid = xid;
 			e->at = GetCurrentTimestamp();
 			s->ndelivered++;
+			wake = s->ndelivered % DELIVERED_WAKE == 0;
 		}
 	}
 	LWLockRelease(s->dlock);
+	/* delivered rows are removed by the next poll; under heavy load, sooner */
+	if (wake)
+		mc_db_wake(db);
 }
 
 bool
