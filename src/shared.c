@@ -70,7 +70,7 @@
 #define RUNNING_FILE "meetcache.running"
 
 #define DELIVERED_SLOTS 131072	/* power of two */
-#define DELIVERED_WAKE 4096		/* wake the drain every this many entries */
+#define DELIVERED_WAKE 256		/* wake the drain every this many entries */
 #define RING_PAD 0xFFFFFFFFu
 
 #define HANDOFF_SLOTS 2048
