@@ -16,7 +16,9 @@
  * as entries to resolve again after commit (mc_pending_add_lookup): a row
  * linked to the changed one by a transaction that commits between the
  * statement's lookup and our commit is found then.  They travel in the
- * queue row, which is written for them in sync mode too.
+ * queue row, which is written for them in sync mode too unless recheck.c
+ * may find after commit that they need no second resolution.  Past
+ * meetcache.max_keys a lookup is replaced by its family, as keys are.
  *
  * What happens to the committed set (meetcache.delivery) is delivery.c's:
  *	  - queue modes write the set as one row of meetcache.queue at PRE_COMMIT
@@ -316,9 +318,19 @@ void
 mc_pending_add_lookup(Oid relid, int rule_id, McFamily *family, const char *value)
 {
 	PendingSet *p = pending_get();
-	char	   *e = psprintf("%u:%d:%s:%d:%s%s", relid, rule_id, family->name,
-							 (int) strlen(mc_key_prefix), mc_key_prefix, value);
+	char	   *e;
 
+	/*
+	 * Past max_keys the transaction deletes whole families: the lookup's
+	 * too (in queue mode no lookup ran now, so no key of it overflowed).
+	 */
+	if (p->overflowed)
+	{
+		mc_pending_add_family(family);
+		return;
+	}
+	e = psprintf("%u:%d:%s:%d:%s%s", relid, rule_id, family->name,
+				 (int) strlen(mc_key_prefix), mc_key_prefix, value);
 	if (!set_add(&p->lookups, e, strlen(e), p->cxt))
 		mc_pending_add_family(family);
 	pfree(e);

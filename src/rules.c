@@ -1537,7 +1537,11 @@ record_again(McRelRules *rr, int g, List *vals, int event, const McSink *out)
 			rule_covered(out, c))
 			continue;
 		foreach(lc, vals)
+		{
 			mc_pending_add_lookup(rr->relid, c->raw->id, c->raw->family, lfirst(lc));
+			if (rule_covered(out, c))
+				break;			/* its family is deleted whole now */
+		}
 	}
 }
 
