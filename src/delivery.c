@@ -130,8 +130,9 @@ deliver_lookups(McCommitted *p)
 	if (mc_handoff_push(MyDatabaseId, p->lookups, p->nlookups))
 	{
 		mc_stat_add(MC_STAT_LOOKUP_HANDOFFS, 1);
-		mc_db_wake(MyDatabaseId);
-		return;
+		if (mc_db_wake(MyDatabaseId))
+			return;
+		/* no database slot: no drain will take them; every database flushes */
 	}
 	mc_stat_add(MC_STAT_RETRY_OVERFLOWS, 1);
 	mc_db_request_flush(MyDatabaseId);
@@ -142,9 +143,10 @@ deliver_lookups(McCommitted *p)
 void
 mc_deliver(McCommitted *p)
 {
-	deliver_keys(p);
+	/* first: decided before a Redis round trip can widen the window */
 	if (p->lookups_watched && p->nlookups > 0)
 		deliver_lookups(p);
+	deliver_keys(p);
 	/* the drain resolves the row's lookups again: now, not at its poll */
 	if (p->lookups_queued)
 		mc_db_wake(MyDatabaseId);

@@ -519,7 +519,7 @@ extern void mc_topology_publish(const McTopology *t);
 extern void mc_topology_read(McTopology *t);
 extern bool mc_retry_push(Oid db, McStr *keys, int nkeys,
 						  McStr *patterns, int npatterns);
-extern void mc_db_wake(Oid db);
+extern bool mc_db_wake(Oid db);
 extern void mc_db_announce(Oid db);
 extern void mc_db_request_flush(Oid db);
 extern void mc_delivered_add(Oid db, TransactionId xid);
@@ -539,7 +539,8 @@ extern void mc_handoff_done(void);
 extern int64 mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 							McStr *lookups, int nlookups, bool missing_ok);
 extern bool mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
-								int64 *first_id, bool *more, McErr *err);
+								int64 *first_id, bool *more, int *handoffs,
+								McErr *err);
 extern void mc_queue_forget_delivered(void);
 extern McStr *mc_queue_family_patterns(int *n);
 extern bool mc_queue_flush(McStr *pats, int n, McErr *err);

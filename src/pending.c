@@ -398,8 +398,7 @@ xact_callback(XactEvent event, void *arg)
 				pending->mode = mc_effective_delivery();
 
 				/*
-				 * READ ONLY and standbys cannot write (nor have keys).  In
-				 * sync mode a row is written only for lookups to resolve
+				 * In sync mode a row is written only for lookups to resolve
 				 * again after commit; the keys take the sync path.  No row
 				 * holds the lookups when recheck.c may find after commit that
 				 * no second resolution is needed (small sets only: they may
@@ -410,13 +409,24 @@ xact_callback(XactEvent event, void *arg)
 					mc_handoff_size(pending->lookups.v, pending->lookups.n) > 0 &&
 					mc_recheck_settled_at_pre_commit();
 				pending->lookups_watched = settled;
-				if (pending->mode != MC_DELIVERY_SYNC)
+				if (pending->mode != MC_DELIVERY_SYNC &&
+					(!settled || pending->keys.n > 0 || pending->npatterns > 0))
 					write_queue(pending, true, true, !settled);
 				else if (pending->lookups.n > 0 && !settled)
 					write_queue(pending, true, false, true);
 			}
 			else if (mc_pending_any())
+			{
+				/*
+				 * SET TRANSACTION READ ONLY after the writes: no row can be
+				 * written now (nextval is refused).  The keys take the sync
+				 * path; the lookups are decided after commit, and go to the
+				 * drain unless their statement-time lookups need no second
+				 * resolution (recheck.c).  A standby has no keys.
+				 */
 				pending->mode = mc_effective_delivery();
+				pending->lookups_watched = pending->lookups.n > 0 && !RecoveryInProgress();
+			}
 			/* last: an error above aborts before any counter moved */
 			mc_recheck_pre_commit();
 			break;

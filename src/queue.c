@@ -520,11 +520,12 @@ mc_queue_forget_delivered(void)
  * refused); rows whose backend already deleted their keys are removed
  * without sending.  *rows is the number of rows taken, *first_id the
  * lowest id taken; *more says the pass stopped at one of its limits, so
- * more rows may be waiting.
+ * more rows may be waiting; *handoffs is the number of lookups it took
+ * from the hand-offs in shared memory.
  */
 bool
 mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
-					int64 *first_id, bool *more, McErr *err)
+					int64 *first_id, bool *more, int *handoffs, McErr *err)
 {
 	static SPIPlanPtr take_plans[2] = {NULL, NULL};	/* [legacy] */
 	static SPIPlanPtr delete_plan = NULL;
@@ -548,6 +549,7 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 	memset(err, 0, sizeof(*err));
 	*rows = 0;
 	*first_id = 0;
+	*handoffs = 0;
 	for (int i = 0; i < nskip; i++)
 		skipd[i] = Int64GetDatum(skip[i]);
 	args[0] = Int32GetDatum(batch);
@@ -663,6 +665,7 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 		bool		hmore;
 		int			nh = mc_handoff_take(MyDatabaseId, HANDOFF_PASS_MAX, &hv, &hmore);
 
+		*handoffs = nh;
 		if (nh > 0)
 			vec_add(&lookups, hv, nh);
 		if (hmore)

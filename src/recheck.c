@@ -31,11 +31,9 @@
  * When they do not fit, the database flushes its families.
  * A via table V qualifies only when every write to it fires its meetcache
  * triggers: a plain table (not partitioned, no partition, no inheritance
- * children) with all four meetcache triggers ENABLE ALWAYS, as the guard
- * keeps them.  W holds V's ACCESS SHARE lock to its end (as any query
- * does).  A statement on an inheritance parent fires only the parent's
- * triggers, so it adds to the shared slot 0 as well, which every lookup
- * watches (a child written through its parent).  Any DDL while an
+ * parent or child, not written by a logical replication subscription,
+ * whose apply worker fires no statement trigger) with all four meetcache
+ * triggers ENABLE ALWAYS, as the guard keeps them.  Any DDL while an
  * attached table exists counts as a write of every attached table (the
  * guard's ddl_command_start), so a trigger dropped or disabled mid-window
  * cannot go unseen either.
@@ -47,22 +45,29 @@
  * Invariants: the state is per transaction, in static memory (the commit
  * and abort callbacks use it: no palloc, no catalog access, no throw),
  * and is reset at every transaction end (mc_recheck_reset);
- * begun is added to at most once per slot and transaction, and ended is
- * added to exactly where begun was.  Hash collisions between tables only
+ * begun is added to at most once per slot and transaction (twice when
+ * wrote[] overflowed into "every slot"), and ended exactly where begun was;
+ * a table written after PRE_COMMIT (another extension's callback) has
+ * begun added to at once.  Hash collisions between tables only
  * make the counters move more often.
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/table.h"
 #include "access/twophase.h"
 #include "access/xact.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_inherits.h"
+#include "catalog/pg_subscription_rel.h"
 #include "catalog/pg_trigger.h"
 #include "commands/trigger.h"
 #include "common/hashfn.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "storage/proc.h"
+#include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/rel.h"
 
 #include "meetcache.h"
@@ -75,7 +80,6 @@
 
 #define MAX_WROTE 32			/* distinct slots before "all of them" */
 #define MAX_WATCH 16
-#define INHERIT_SLOT 0			/* statements on inheritance parents */
 
 int			mc_lookup_recheck = MC_RECHECK_AUTO;
 
@@ -88,9 +92,11 @@ typedef struct Watch
 static LocalTransactionId state_lxid = InvalidLocalTransactionId;
 static uint32 wrote[MAX_WROTE];
 static int	nwrote = 0;
-static bool wrote_all = false;
-static bool bumped = false;		/* begun added to for wrote[] */
-static bool ended_done = false;	/* and ended too */
+static int	nbegun = 0;			/* wrote[0 .. nbegun-1] had begun added to */
+static bool wrote_all = false;	/* every slot too (wrote[] overflowed) */
+static bool all_begun = false;	/* and begun was added to every slot */
+static bool bumped = false;		/* PRE_COMMIT has been */
+static bool ended_done = false;	/* ended added to where begun was */
 static Watch watch[MAX_WATCH];
 static int	nwatch = 0;
 static bool dirty = false;		/* some lookup must be resolved again */
@@ -106,7 +112,9 @@ static void
 reset_state(void)
 {
 	nwrote = 0;
+	nbegun = 0;
 	wrote_all = false;
+	all_begun = false;
 	bumped = false;
 	ended_done = false;
 	nwatch = 0;
@@ -130,7 +138,21 @@ slot_of(Oid relid)
 	uint32		h = hash_combine(hash_uint32((uint32) MyDatabaseId),
 								 hash_uint32((uint32) relid));
 
-	return 1 + h % (MC_WRITE_SLOTS - 1);
+	return h % MC_WRITE_SLOTS;
+}
+
+/* begin what was written and not begun yet (PRE_COMMIT, or a write after it) */
+static void
+begin_written(void)
+{
+	for (; nbegun < nwrote; nbegun++)
+		mc_writes_begin(wrote[nbegun]);
+	if (wrote_all && !all_begun)
+	{
+		for (uint32 s = 0; s < MC_WRITE_SLOTS; s++)
+			mc_writes_begin(s);
+		all_begun = true;
+	}
 }
 
 static void
@@ -145,20 +167,21 @@ add_wrote(uint32 slot)
 		wrote_all = true;
 	else
 		wrote[nwrote++] = slot;
+	/* written after PRE_COMMIT (another extension's callback): begin it now */
+	if (bumped)
+		begin_written();
 }
 
-/* did this transaction add to slot's begun? */
-static bool
+/* how often this transaction added to slot's begun (0, 1 or 2) */
+static int
 own(uint32 slot)
 {
-	if (!bumped)
-		return false;
-	if (wrote_all)
-		return true;
-	for (int i = 0; i < nwrote; i++)
+	int			n = all_begun ? 1 : 0;
+
+	for (int i = 0; i < nbegun; i++)
 		if (wrote[i] == slot)
-			return true;
-	return false;
+			return n + 1;
+	return n;
 }
 
 /* the trigger function's oid, as the trigger runs (flinfo) */
@@ -176,8 +199,6 @@ mc_recheck_wrote(Relation rel)
 		return;
 	check_xact();
 	add_wrote(slot_of(RelationGetRelid(rel)));
-	if (rel->rd_rel->relkind == RELKIND_RELATION && rel->rd_rel->relhassubclass)
-		add_wrote(INHERIT_SLOT);
 }
 
 /* the guard: DDL counts as a write of every attached table */
@@ -190,7 +211,34 @@ mc_recheck_wrote_relid(Oid relid)
 	add_wrote(slot_of(relid));
 }
 
-/* every write to rel fires its meetcache triggers (the header comment) */
+/*
+ * Does a logical replication subscription write relid?  Its apply worker
+ * fires row triggers only, never statement triggers (PostgreSQL's rule).
+ */
+static bool
+subscribed(Oid relid)
+{
+	Relation	r = table_open(SubscriptionRelRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	bool		found;
+
+	ScanKeyInit(&key, Anum_pg_subscription_rel_srrelid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(relid));
+	scan = systable_beginscan(r, SubscriptionRelSrrelidSrsubidIndexId, true, NULL, 1, &key);
+	found = HeapTupleIsValid(systable_getnext(scan));
+	systable_endscan(scan);
+	table_close(r, AccessShareLock);
+	return found;
+}
+
+/*
+ * Every write to rel fires its meetcache triggers (the header comment):
+ * a plain table, no partition, no inheritance parent or child (a statement
+ * on a parent fires only the parent's triggers), not written by logical
+ * replication, with all four meetcache triggers ENABLE ALWAYS and without
+ * column lists or WHEN conditions.
+ */
 static bool
 qualifies(Relation rel)
 {
@@ -205,7 +253,8 @@ qualifies(Relation rel)
 		Trigger    *t = &td->triggers[i];
 
 		if (t->tgfoid != trigger_fn || t->tgenabled != TRIGGER_FIRES_ALWAYS ||
-			!TRIGGER_FOR_AFTER(t->tgtype) || TRIGGER_FOR_ROW(t->tgtype))
+			!TRIGGER_FOR_AFTER(t->tgtype) || TRIGGER_FOR_ROW(t->tgtype) ||
+			t->tgnattr != 0 || t->tgqual != NULL)
 			continue;
 		if (TRIGGER_FOR_INSERT(t->tgtype))
 			events |= 1;
@@ -216,7 +265,8 @@ qualifies(Relation rel)
 		if (TRIGGER_FOR_TRUNCATE(t->tgtype))
 			events |= 8;
 	}
-	return events == 15;
+	return events == 15 && !has_superclass(RelationGetRelid(rel)) &&
+		!subscribed(RelationGetRelid(rel));
 }
 
 static void
@@ -239,8 +289,8 @@ add_watch(uint32 slot)
 
 /*
  * Before the snapshot of a lookup through via_relid whose values are kept
- * for a second resolution: can that resolution be skipped?  Keeps the
- * via table's ACCESS SHARE lock to the end of the transaction.
+ * for a second resolution: can that resolution be skipped?  (No lock is
+ * kept: DDL on the table moves its counter, through the guard.)
  */
 void
 mc_recheck_watch(Oid via_relid)
@@ -255,15 +305,17 @@ mc_recheck_watch(Oid via_relid)
 		dirty = true;
 		return;
 	}
+	for (int i = 0; i < nwatch; i++)
+		if (watch[i].slot == slot_of(via_relid))
+			return;				/* checked at this transaction's first lookup */
+	/* what fires on it now, even if we hold its lock already */
+	AcceptInvalidationMessages();
 	via = table_open(via_relid, AccessShareLock);
 	if (!qualifies(via))
 		dirty = true;
 	else
-	{
-		add_watch(INHERIT_SLOT);
 		add_watch(slot_of(via_relid));
-	}
-	table_close(via, NoLock);
+	table_close(via, AccessShareLock);
 }
 
 /* lookups were kept that no statement-time lookup ran for (queue mode) */
@@ -282,7 +334,7 @@ bool
 mc_recheck_settled_at_pre_commit(void)
 {
 	check_xact();
-	if (dirty || nwatch == 0)
+	if (dirty || nwatch == 0 || mc_lookup_recheck == MC_RECHECK_ALWAYS)
 		return false;
 	for (int i = 0; i < nwatch; i++)
 		if (mc_writes_begun(watch[i].slot) != watch[i].begun)
@@ -295,15 +347,10 @@ void
 mc_recheck_pre_commit(void)
 {
 	check_xact();
-	if (bumped || (nwrote == 0 && !wrote_all))
+	if (bumped)
 		return;
-	if (wrote_all)
-		for (uint32 s = 0; s < MC_WRITE_SLOTS; s++)
-			mc_writes_begin(s);
-	else
-		for (int i = 0; i < nwrote; i++)
-			mc_writes_begin(wrote[i]);
 	bumped = true;
+	begin_written();
 }
 
 /*
@@ -320,7 +367,7 @@ mc_recheck_changed_after_commit(void)
 		return true;
 	for (int i = 0; i < nwatch; i++)
 	{
-		uint64		expect = watch[i].begun + (own(watch[i].slot) ? 1 : 0);
+		uint64		expect = watch[i].begun + own(watch[i].slot);
 
 		if (mc_writes_begun(watch[i].slot) != expect)
 			return true;
@@ -336,14 +383,13 @@ mc_recheck_changed_after_commit(void)
 void
 mc_recheck_end(void)
 {
-	if (bumped && !ended_done)
+	if (!ended_done)
 	{
-		if (wrote_all)
+		for (int i = 0; i < nbegun; i++)
+			mc_writes_end(wrote[i]);
+		if (all_begun)
 			for (uint32 s = 0; s < MC_WRITE_SLOTS; s++)
 				mc_writes_end(s);
-		else
-			for (int i = 0; i < nwrote; i++)
-				mc_writes_end(wrote[i]);
 	}
 	ended_done = true;
 }

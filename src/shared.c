@@ -87,6 +87,7 @@ typedef struct McWriteCounter
 typedef struct McHandoff
 {
 	Oid			db;				/* InvalidOid: free */
+	uint32		gen;			/* bumped at each use of the slot */
 	uint32		n;				/* entries */
 	uint32		len;			/* bytes of data used */
 	char		data[HANDOFF_BYTES];	/* n times (uint32 length, bytes) */
@@ -655,6 +656,7 @@ mc_handoff_push(Oid db, McStr *entries, int n)
 		if (h->db != InvalidOid)
 			continue;
 		h->db = db;
+		h->gen++;
 		h->n = n;
 		h->len = need;
 		(void) put_strings(h->data, entries, n);
@@ -668,7 +670,12 @@ mc_handoff_push(Oid db, McStr *entries, int n)
 }
 
 /* the slots the current drain pass copied, to free once it committed */
-static int *taken_handoffs = NULL;
+typedef struct TakenHandoff
+{
+	int			slot;
+	uint32		gen;
+} TakenHandoff;
+static TakenHandoff *taken_handoffs = NULL;
 static int	ntaken_handoffs = 0;
 
 /*
@@ -691,7 +698,7 @@ mc_handoff_take(Oid db, int max, McStr **entries, bool *more)
 	if (s == NULL || s->nhandoffs == 0)
 		return 0;
 	if (taken_handoffs == NULL)
-		taken_handoffs = MemoryContextAlloc(TopMemoryContext, sizeof(int) * HANDOFF_SLOTS);
+		taken_handoffs = MemoryContextAlloc(TopMemoryContext, sizeof(TakenHandoff) * HANDOFF_SLOTS);
 	out = palloc(sizeof(McStr) * cap);
 	LWLockAcquire(s->lock, LW_SHARED);
 	for (int i = 0; i < HANDOFF_SLOTS; i++)
@@ -727,7 +734,9 @@ mc_handoff_take(Oid db, int max, McStr **entries, bool *more)
 			n++;
 			p += l;
 		}
-		taken_handoffs[ntaken_handoffs++] = i;
+		taken_handoffs[ntaken_handoffs].slot = i;
+		taken_handoffs[ntaken_handoffs].gen = h->gen;
+		ntaken_handoffs++;
 	}
 	LWLockRelease(s->lock);
 	*entries = out;
@@ -745,15 +754,61 @@ mc_handoff_done(void)
 	LWLockAcquire(s->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < ntaken_handoffs; i++)
 	{
-		McHandoff  *h = &s->handoffs[taken_handoffs[i]];
+		McHandoff  *h = &s->handoffs[taken_handoffs[i].slot];
 
-		if (h->db == InvalidOid)
+		/* freed and used again meanwhile (the database was dropped): not ours */
+		if (h->db == InvalidOid || h->gen != taken_handoffs[i].gen)
 			continue;
 		h->db = InvalidOid;
 		s->nhandoffs--;
 	}
 	LWLockRelease(s->lock);
 	ntaken_handoffs = 0;
+}
+
+/*
+ * The launcher: the databases hand-offs wait for (at most max), to check
+ * which of them were dropped.
+ */
+int
+mc_handoff_dbs(Oid *dbs, int max)
+{
+	McShared   *s = mc_shared;
+	int			n = 0;
+
+	if (s == NULL || s->nhandoffs == 0)
+		return 0;
+	LWLockAcquire(s->lock, LW_SHARED);
+	for (int i = 0; i < HANDOFF_SLOTS && n < max; i++)
+	{
+		Oid			db = s->handoffs[i].db;
+		bool		seen = false;
+
+		if (db == InvalidOid)
+			continue;
+		for (int k = 0; k < n; k++)
+			seen |= dbs[k] == db;
+		if (!seen)
+			dbs[n++] = db;
+	}
+	LWLockRelease(s->lock);
+	return n;
+}
+
+/* db was dropped: its lookups have nothing left to invalidate */
+void
+mc_handoff_forget_db(Oid db)
+{
+	McShared   *s = mc_shared;
+
+	LWLockAcquire(s->lock, LW_EXCLUSIVE);
+	for (int i = 0; s->nhandoffs > 0 && i < HANDOFF_SLOTS; i++)
+		if (s->handoffs[i].db == db)
+		{
+			s->handoffs[i].db = InvalidOid;
+			s->nhandoffs--;
+		}
+	LWLockRelease(s->lock);
 }
 
 /* ---- database slots ---- */
@@ -812,19 +867,25 @@ db_mark(Oid db, bool work, bool flush, PGPROC **drain, int *index)
 	return slot != NULL;
 }
 
-/* queue rows were committed in db: wake its drain, or the launcher */
-void
+/*
+ * queue rows were committed in db: wake its drain, or the launcher.  False
+ * when every database slot is taken (the launcher polls the database all
+ * the same; work only in shared memory would wait forever).
+ */
+bool
 mc_db_wake(Oid db)
 {
 	PGPROC	   *drain = NULL;
+	bool		ok;
 
 	if (mc_shared == NULL)
-		return;
-	(void) db_mark(db, true, false, &drain, NULL);
+		return false;
+	ok = db_mark(db, true, false, &drain, NULL);
 	if (drain)
 		SetLatch(&drain->procLatch);
 	else
 		wake_launcher();
+	return ok;
 }
 
 /*
@@ -925,22 +986,7 @@ mc_db_slots_sync(const Oid *dbs, int ndbs)
 		if (!exists && s->dbs[i].drain == NULL)
 			s->dbs[i].db = InvalidOid;
 	}
-	/* lookups of a dropped database have nothing left to invalidate */
-	for (int i = 0; s->nhandoffs > 0 && i < HANDOFF_SLOTS; i++)
-	{
-		bool		exists = false;
 
-		if (s->handoffs[i].db == InvalidOid)
-			continue;
-		for (int j = 0; j < ndbs; j++)
-			if (dbs[j] == s->handoffs[i].db)
-				exists = true;
-		if (!exists)
-		{
-			s->handoffs[i].db = InvalidOid;
-			s->nhandoffs--;
-		}
-	}
 	for (int j = 0; j < ndbs; j++)
 		(void) db_slot(dbs[j], true);
 	LWLockRelease(s->lock);

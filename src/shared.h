@@ -38,6 +38,8 @@ extern void mc_db_clear_backoff(void);
 extern int	mc_retry_peek(McRetryEntry **entries, uint64 *end);
 extern void mc_retry_consume(uint64 end, int nentries);
 extern void mc_delivered_purge(TimestampTz cutoff);
+extern int	mc_handoff_dbs(Oid *dbs, int max);
+extern void mc_handoff_forget_db(Oid db);
 
 /* a drain, for the database of its slot */
 extern bool mc_drain_attach(Oid db);

@@ -182,17 +182,23 @@ start_drain(Oid db)
 	return true;
 }
 
-/* connectable databases; slots of dropped ones are freed */
+/* connectable databases; slots and lookup hand-offs of dropped ones are freed */
 static void
 refresh_databases(void)
 {
 	Oid			dbs[MC_MAX_DBS * 4];
 	int			ndbs = 0;
+	Oid			hdbs[MC_MAX_DBS];
+	bool		hfound[MC_MAX_DBS] = {false};
+	int			nhdbs;
 	Relation	rel;
 	TableScanDesc scan;
 	HeapTuple	tup;
 	MemoryContext oldcxt = CurrentMemoryContext;
 
+	/* before the scan: a database whose hand-offs were read and that the
+	 * scan does not see was dropped (a session of it made them) */
+	nhdbs = mc_handoff_dbs(hdbs, lengthof(hdbs));
 	StartTransactionCommand();
 	(void) GetTransactionSnapshot();
 	rel = table_open(DatabaseRelationId, AccessShareLock);
@@ -201,6 +207,8 @@ refresh_databases(void)
 	{
 		Form_pg_database d = (Form_pg_database) GETSTRUCT(tup);
 
+		for (int i = 0; i < nhdbs; i++)
+			hfound[i] |= hdbs[i] == d->oid;
 		/* -2: a database left invalid by an interrupted DROP DATABASE */
 		if (!d->datallowconn || d->datistemplate || d->datconnlimit == -2)
 			continue;
@@ -212,6 +220,9 @@ refresh_databases(void)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(oldcxt);
 	mc_db_slots_sync(dbs, ndbs);
+	for (int i = 0; i < nhdbs; i++)
+		if (!hfound[i])
+			mc_handoff_forget_db(hdbs[i]);
 }
 
 static int
@@ -545,6 +556,7 @@ typedef struct PassArgs
 	int			rows;			/* rows taken */
 	int64		first_id;		/* lowest id taken */
 	bool		more;			/* the pass stopped at a limit */
+	int			handoffs;		/* lookups taken from shared memory */
 } PassArgs;
 
 static bool
@@ -553,7 +565,7 @@ pass_fn(void *arg, McErr *err)
 	PassArgs   *a = (PassArgs *) arg;
 
 	return mc_queue_drain_pass(a->batch, a->skip, a->nskip, &a->rows,
-							   &a->first_id, &a->more, err);
+							   &a->first_id, &a->more, &a->handoffs, err);
 }
 
 static bool
@@ -584,6 +596,7 @@ typedef struct Drain
 	int64		skip[MAX_SKIP]; /* rows Redis refused, set aside */
 	int			nskip;
 	int64		since_vacuum;	/* rows drained since the last vacuum */
+	bool		handoffs_alone; /* next pass: the hand-offs without rows */
 	bool		did_work;
 	TimestampTz idle_since;
 } Drain;
@@ -672,6 +685,29 @@ pass_refused(Drain *dr, PassArgs *pa, McErr *err)
 }
 
 /*
+ * Redis answered a pass that held lookup hand-offs (recheck.c) but refused:
+ * find out whether they are to blame, with a pass of them alone first.
+ * If that one is refused too, they are dropped and the database's families
+ * flushed instead (the hand-offs have no row to set aside).
+ */
+static void
+handoffs_refused(Drain *dr, PassArgs *pa, McErr *err)
+{
+	mc_stat_add(MC_STAT_WORKER_FAILURES, 1);
+	mc_stat_error(err->msg);
+	if (pa->rows > 0)
+	{
+		dr->handoffs_alone = true;
+		return;
+	}
+	mc_handoff_done();
+	mc_db_request_flush(dr->db);
+	ereport(WARNING,
+			(errmsg("meetcache drain: redis refused to delete the keys of handed-over lookups: %s", err->msg),
+			 errdetail("Every cache family of this database will be flushed instead.")));
+}
+
+/*
  * A pass takes up to drain_batch rows, and stops early at its byte budget
  * (queue.c): a few rows of a bulk transaction can hold a hundred thousand
  * keys each, and a pass holds its keys in memory.  After a refusal the
@@ -682,11 +718,17 @@ drain_pass(Drain *dr, PassArgs *pa)
 {
 	McErr		err;
 
-	pa->batch = Min(dr->batch, mc_drain_batch);
+	pa->batch = dr->handoffs_alone ? 0 : Min(dr->batch, mc_drain_batch);
 	pa->skip = dr->skip;
 	pa->nskip = dr->nskip;
+	dr->handoffs_alone = false;
 	if (!in_xact("meetcache drain: deleting the keys of queue rows", pass_fn, pa, &err))
 	{
+		if (err.sqlstate != ERRCODE_CONNECTION_FAILURE && pa->handoffs > 0)
+		{
+			handoffs_refused(dr, pa, &err);
+			return false;
+		}
 		pass_refused(dr, pa, &err);
 		return false;
 	}
@@ -755,7 +797,7 @@ mc_drain_main(Datum arg)
 			continue;			/* refused: again, smaller or without the row */
 		if (pa.more)
 			continue;			/* more to come */
-		if (pa.rows > 0 || flush)
+		if (pa.rows > 0 || pa.handoffs > 0 || flush)
 			drain_gather(&dr);
 		if (drain_idle(&dr))
 		{
