@@ -7,7 +7,7 @@
 #      so a role cannot poison a key's fills with a fake lease (22023);
 #   b. cache_keys with a huge max_keys on 300k keys: bounded round trips,
 #      each under its own command_timeout;
-#   c. stats() and cluster_stats() only for superusers and pg_read_all_stats
+#   c. stats(), cluster_stats() and lookup_stats() only for superusers and pg_read_all_stats
 #      (42501 with a GRANT hint); stats_reset() only by GRANT;
 #   d. the query of cache_get_or_set cannot write: plpgsql INSERT, nextval,
 #      lo_create, lo_unlink, lo_from_bytea, a temporary table (25006), and
@@ -153,6 +153,12 @@ is($redis->cli('EXISTS', $fake), '0', 'still no lease key');
 	like($err, qr/permission denied for function meetcache\.cluster_stats\(\)/, 'cluster_stats(): message');
 	($out, $err, $state) = run_as('mc_monitor', 'SELECT slot_map_loads >= 0 FROM meetcache.cluster_stats()');
 	is("$state|$out", '|t', 'cluster_stats(): a member of pg_read_all_stats reads it');
+	# and the lookups' columns
+	($out, $err, $state) = run_as('mc_login', 'SELECT lookups_settled FROM meetcache.lookup_stats()');
+	is($state, '42501', 'lookup_stats(): a LOGIN-only role is refused');
+	like($err, qr/permission denied for function meetcache\.lookup_stats\(\)/, 'lookup_stats(): message');
+	($out, $err, $state) = run_as('mc_monitor', 'SELECT lookup_handoffs >= 0 FROM meetcache.lookup_stats()');
+	is("$state|$out", '|t', 'lookup_stats(): a member of pg_read_all_stats reads it');
 
 	($out, $err, $state) = run_as('mc_monitor', 'SELECT meetcache.stats_reset()');
 	is($state, '42501', 'stats_reset(): not for pg_read_all_stats');

@@ -1,0 +1,388 @@
+# Lookups after commit without a second resolution (recheck.c, README
+# "Lookups after commit").  In sync and sync+queue delivery a transaction
+# whose lookups ran while no writer of their via table was between its
+# PRE_COMMIT and its commit becoming visible writes no queue row for them;
+# after its own commit is visible it settles them (lookups_settled) when no
+# writer of those tables reached PRE_COMMIT meanwhile, or hands them to the
+# database's drain (lookup_handoffs).  017_lookup_race.pl covers a link that
+# commits before our PRE_COMMIT; this test covers what it cannot reach:
+#
+#   1. quiet: no other writer.  A meeting's new title settles its lookups
+#      with no queue row (sync), and still deletes the participant's
+#      user:{U}:participations; meetcache.lookup_recheck = always and queue
+#      delivery take the old path (a row with the lookups, resolved by the
+#      drain).
+#   2. window: A's commit waits in SyncRep (synchronous_standby_names names
+#      a standby that does not exist), after its PRE_COMMIT and its commit
+#      record but before it is visible.  B links a row to A's target and
+#      commits (synchronous_commit = local), C caches the old value, then
+#      A is released: its commit callback must see B's PRE_COMMIT and hand
+#      the lookups over, and the drain must delete the key.
+#   3. in flight: B's commit waits in SyncRep while A runs its lookup, so the
+#      lookup cannot vouch for B's rows: A writes a row with its lookups as
+#      before (no settling, no hand-off), and the key ends absent or fresh.
+#   4. no crash in the server log.
+# The hold begins once a probe session's commit waits (the setting reaches
+# commits through the checkpointer's reload) and ends once it is done.
+# Fixtures as in 017 (fill_sql, with_columns, the same rows), on the snake
+# and camel schemas.
+use strict;
+use warnings;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+use MeetcacheTest qw(start_redis new_node setup_schema with_columns fill_sql
+  bg_session bg_query bg_send bg_wait_for);
+
+my $redis = start_redis();
+# max_wal_senders > 0, or no commit waits for a synchronous standby; no
+# autovacuum, whose commits would wait too
+my $node = new_node('lookup_recheck', $redis,
+	log_statement => 'none',
+	conf => "meetcache.poll_interval = 100\n"
+	  . "wal_level = replica\nmax_wal_senders = 2\nautovacuum = off\n");
+my %db = (snake => 'postgres', camel => 'camel');
+$node->safe_psql('postgres', 'CREATE DATABASE camel');
+for my $v (sort keys %db)
+{
+	setup_schema($node, $db{$v}, $v);
+	$node->safe_psql($db{$v}, fill_sql($v));
+}
+
+my $reset = <<'SQL';
+DELETE FROM chat_messages; DELETE FROM participants; DELETE FROM meetings; DELETE FROM users;
+INSERT INTO users (id, name, email) VALUES
+  ('u1', 'OldName', 'u1@x'), ('u2', 'Host2', 'u2@x'), ('u3', 'User3', 'u3@x');
+INSERT INTO meetings (id, title, {host_id}, {invite_code}, status) VALUES
+  ('m9', 'OldTitle', 'u2', 'inv-m9', 'LIVE'), ('m8', 'T8', 'u2', 'inv-m8', 'SCHEDULED');
+INSERT INTO participants (id, {meeting_id}, {user_id}) VALUES ('p1', 'm9', 'u2'), ('p2', 'm8', 'u3');
+INSERT INTO chat_messages (id, {meeting_id}, {user_id}, message) VALUES ('c1', 'm9', 'u2', 'hello'), ('c2', 'm8', 'u2', 'hi');
+SQL
+
+my $retitle = "UPDATE meetings SET title = 'NewTitle' WHERE id = 'm9'";
+my $rename_user = "UPDATE users SET name = 'NewName' WHERE id = 'u1'";
+my $join_u3 = "INSERT INTO participants (id, {meeting_id}, {user_id}) VALUES ('p9', 'm9', 'u3')";
+my $move_u3 = "UPDATE participants SET {meeting_id} = 'm9' WHERE id = 'p2'";
+# [ name, A's statement, B's statement, key C fills, what C must cache ]
+my @participations = (
+	[ 'user_participations (participant inserted)', $retitle, $join_u3,
+		'user:u3:participations', 'OldTitle' ],
+	[ 'user_participations (participant moved)', $retitle, $move_u3,
+		'user:u3:participations', 'OldTitle' ],
+);
+my @window_cases = (
+	@participations,
+	[ 'meeting (host moved)', $rename_user, "UPDATE meetings SET {host_id} = 'u1' WHERE id = 'm9'",
+		'meeting:m9', 'OldName' ],
+	[ 'meeting_participants (participant inserted)', $rename_user,
+		"INSERT INTO participants (id, {meeting_id}, {user_id}) VALUES ('p9', 'm9', 'u1')",
+		'meeting:m9:participants', 'OldName' ],
+);
+
+# Polls $sql in session $s until it returns 't' (at most $secs, default 15 s).
+sub wait_true
+{
+	my ($s, $sql, $secs) = @_;
+	my $deadline = time + ($secs // 15);
+	while (time < $deadline)
+	{
+		return 1 if bg_query($s, $sql) eq 't';
+		usleep(10_000);
+	}
+	return 0;
+}
+my $all_drained = 'SELECT count(*) = 0 FROM meetcache.pending';
+my $all_delivered = 'SELECT count(*) = 0 FROM meetcache.pending WHERE NOT delivered';
+
+# absent, fresh, or STALE ... (as 017)
+sub key_state
+{
+	my ($s, $key) = @_;
+	my ($out, $err) = bg_query($s,
+		"SELECT CASE WHEN meetcache.cache_get('$key') IS NULL THEN 'absent' "
+		  . "WHEN meetcache.cache_get('$key') = fill_now('$key') THEN 'fresh' "
+		  . "ELSE 'STALE ' || meetcache.cache_get('$key')::text || ' now ' || fill_now('$key')::text END");
+	return $err eq '' ? $out : "error: $err";
+}
+
+# Polls (at most 15 s) until $key is absent or fresh; '' if it got there,
+# else its last state.
+sub settles
+{
+	my ($s, $key) = @_;
+	my $deadline = time + 15;
+	my $state;
+	while (1)
+	{
+		$state = key_state($s, $key);
+		return '' if $state =~ /^(absent|fresh)$/;
+		return $state if time >= $deadline;
+		usleep(20_000);
+	}
+}
+
+my @counters = qw(lookups_settled lookup_handoffs queue_rows_written);
+sub counters
+{
+	my ($s) = @_;
+	my %h;
+	@h{@counters} = split /\|/,
+	  bg_query($s, 'SELECT ' . join(" || '|' || ", @counters) . ' FROM meetcache.stats');
+	return \%h;
+}
+sub delta
+{
+	my ($before, $after) = @_;
+	return { map { $_ => $after->{$_} - $before->{$_} } @counters };
+}
+sub show { my ($d) = @_; return join(' ', map { "$_ +$d->{$_}" } @counters); }
+
+# The rows of 017, delivered in sync; the drain has nothing left; Redis empty.
+sub reset_rows
+{
+	my ($s, $v) = @_;
+	my (undef, $err) = bg_query($s->{b},
+		"BEGIN; SET LOCAL meetcache.delivery = 'sync';\n" . with_columns($v, $reset) . 'COMMIT;');
+	return "reset failed: $err" if $err ne '';
+	return 'reset: queue not drained' unless wait_true($s->{c}, $all_drained);
+	$redis->cli('FLUSHALL');
+	return '';
+}
+
+# Commits of sessions with synchronous_commit = on wait for a standby that
+# never comes, from hold until release.  The setting reaches the commits
+# through the checkpointer's reload: hold returns once a probe session's
+# commit waits (it retries the probe while its commits do not wait; false
+# after 10 s), release once the probe's commit is done.
+sub waits_in_syncrep
+{
+	my ($s, $pid) = @_;
+	return bg_query($s,
+		"SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $pid AND wait_event = 'SyncRep')"
+	) eq 't';
+}
+sub hold
+{
+	my ($s) = @_;
+	bg_query($s->{c}, "ALTER SYSTEM SET synchronous_standby_names = 'mc_nobody'");
+	bg_query($s->{c}, 'SELECT pg_reload_conf()');
+	# (a query first: it restarts the session's timer, which bg_send does not)
+	bg_query($s->{p}, 'SET synchronous_commit = on');
+	my $deadline = time + 10;
+	while (time < $deadline)
+	{
+		# a transaction that writes WAL: its commit waits, once the reload is seen
+		my $tag = $s->{probe_tag} = bg_send($s->{p},
+			"SELECT pg_logical_emit_message(true, 'meetcache_probe', '') > '0/0'");
+		while (1)
+		{
+			return 1 if waits_in_syncrep($s->{c}, $s->{pid}{p});
+			my ($done) = bg_wait_for($s->{p}, $tag, 0.02);
+			last if $done;
+			return 0 if time >= $deadline;
+		}
+	}
+	return 0;
+}
+sub release
+{
+	my ($s) = @_;
+	bg_query($s->{c}, 'ALTER SYSTEM RESET synchronous_standby_names');
+	bg_query($s->{c}, 'SELECT pg_reload_conf()');
+	my ($done) = bg_wait_for($s->{p}, $s->{probe_tag}, 15);
+	return $done;
+}
+# Polls until backend $pid waits in SyncRep (10 s); true if it does.
+sub in_syncrep
+{
+	my ($s, $pid) = @_;
+	my $deadline = time + 10;
+	while (time < $deadline)
+	{
+		return 1 if waits_in_syncrep($s, $pid);
+		usleep(10_000);
+	}
+	return 0;
+}
+
+my $t0 = time;
+my $runs = 0;
+
+# 1. quiet
+{
+	my $v = 'snake';
+	my %s = map { $_ => bg_session($node, $db{$v}) } qw(a b c);
+	my $key = 'user:u2:participations';
+	for my $run ([ 'sync', 'auto' ], [ 'sync+queue', 'auto' ], [ 'sync', 'always' ],
+		[ 'sync+queue', 'always' ], [ 'queue', 'auto' ])
+	{
+		my ($mode, $recheck) = @$run;
+		my $what = "quiet, $mode, lookup_recheck = $recheck";
+		$runs++;
+		bg_query($s{$_}, "SET meetcache.delivery = '$mode'") for qw(a b c);
+		bg_query($s{a}, "SET meetcache.lookup_recheck = $recheck");
+		my $r = reset_rows(\%s, $v);
+		is($r, '', "$what: reset");
+		$redis->cli('SET', $key, '"cached"');
+		my $before = counters($s{c});
+		my (undef, $err) = bg_query($s{a}, "BEGIN; $retitle; COMMIT;");
+		is($err, '', "$what: A's transaction");
+		ok(wait_true($s{c}, $all_drained), "$what: queue drained");
+		is($redis->cli('EXISTS', $key), '0', "$what: $key deleted");
+		my $d = delta($before, counters($s{c}));
+		my $settles = $mode ne 'queue' && $recheck eq 'auto';
+		is($d->{lookups_settled}, $settles ? 1 : 0,
+			"$what: lookups_settled " . ($settles ? '+1' : '+0') . ' (' . show($d) . ')');
+		is($d->{lookup_handoffs}, 0, "$what: lookup_handoffs +0");
+		is($d->{queue_rows_written}, $settles ? 0 : 1,
+			"$what: queue_rows_written " . ($settles ? '+0 (no row at all)' : '+1'))
+		  if $mode eq 'sync';
+	}
+	$_->quit for values %s;
+}
+
+# 2. window and 3. in flight, on both schemas, in both modes that deliver
+# at commit
+for my $v (sort keys %db)
+{
+	my %s = map { $_ => bg_session($node, $db{$v}) } qw(a b c p);
+	my %pid = map { $_ => scalar bg_query($s{$_}, 'SELECT pg_backend_pid()') } qw(a b p);
+	$s{pid} = \%pid;
+	my $q = sub { with_columns($v, $_[0]) };
+	for my $mode ('sync', 'sync+queue')
+	{
+		bg_query($s{$_}, "SET meetcache.delivery = '$mode'") for qw(a b c);
+
+		# 2. window: A's commit hangs between PRE_COMMIT and visibility
+		bg_query($s{a}, 'SET synchronous_commit = on');
+		bg_query($s{$_}, 'SET synchronous_commit = local') for qw(b c);
+		my @fail;
+		for my $c (@window_cases)
+		{
+			my ($name, $asql, $bsql, $key, $old) = @$c;
+			my $what = "$v/$mode/$name";
+			$runs++;
+			my $r = reset_rows(\%s, $v);
+			if ($r ne '')
+			{
+				push @fail, "$what: $r";
+				next;
+			}
+			unless (hold(\%s))
+			{
+				push @fail, "$what: no commit waits in SyncRep";
+				release(\%s);
+				next;
+			}
+			# a. A's lookup, quiet
+			my ($out, $err) = bg_query($s{a}, 'BEGIN; ' . $q->($asql));
+			push @fail, "$what: A: $err" if $err ne '';
+			my $before = counters($s{c});
+			# b. A's COMMIT waits for the standby
+			my $atag = bg_send($s{a}, 'COMMIT');
+			unless (in_syncrep($s{c}, $pid{a}))
+			{
+				push @fail, "$what: A's COMMIT did not wait in SyncRep";
+				release(\%s);
+				bg_wait_for($s{a}, $atag, 15);
+				next;
+			}
+			# c. B links a row and commits (its own keys delivered)
+			my $btag = bg_send($s{b}, $q->($bsql));
+			my ($done, $bout, $berr) = bg_wait_for($s{b}, $btag, 10);
+			push @fail, "$what: B did not finish while A's commit waited" unless $done;
+			push @fail, "$what: B: $berr" if $done && $berr ne '';
+			push @fail, "$what: B's keys not delivered" unless wait_true($s{c}, $all_delivered);
+			# d. C caches the old value (A is not visible yet)
+			($out, $err) = bg_query($s{c},
+				"SELECT meetcache.cache_get_or_set('$key', fill_query('$key'), 600)");
+			push @fail, "$what: C: $err" if $err ne '';
+			my $cached = $redis->cli('GET', $key);
+			push @fail, "$what: precondition: C did not cache '$old' in $key (got '$cached')"
+			  unless index($cached, $old) >= 0;
+			# e. A becomes visible
+			push @fail, "$what: the probe's COMMIT did not finish once released"
+			  unless release(\%s);
+			my ($adone, $aout, $aerr) = bg_wait_for($s{a}, $atag, 15);
+			push @fail, "$what: A's COMMIT did not finish once released" unless $adone;
+			push @fail, "$what: A: COMMIT: $aerr" if $adone && $aerr ne '';
+			# f. the drain resolves the handed-over lookups
+			my $state = settles($s{c}, $key);
+			push @fail, "$what: $key $state" if $state ne '';
+			my $d = delta($before, counters($s{c}));
+			push @fail, "$what: lookup_handoffs +$d->{lookup_handoffs}, not +1 (" . show($d) . ')'
+			  unless $d->{lookup_handoffs} == 1;
+		}
+		is(scalar @fail, 0, "$v, $mode: window: a link committed while A's commit was not "
+			  . 'visible yet is handed over, no stale key (' . scalar(@window_cases) . ' cases)');
+		diag $_ for @fail;
+
+		# 3. in flight: B's commit hangs while A looks up
+		bg_query($s{a}, 'SET synchronous_commit = local');
+		bg_query($s{b}, 'SET synchronous_commit = on');
+		@fail = ();
+		for my $c (@participations)
+		{
+			my ($name, $asql, $bsql, $key, $old) = @$c;
+			my $what = "$v/$mode/$name";
+			$runs++;
+			my $r = reset_rows(\%s, $v);
+			if ($r ne '')
+			{
+				push @fail, "$what: $r";
+				next;
+			}
+			unless (hold(\%s))
+			{
+				push @fail, "$what: no commit waits in SyncRep";
+				release(\%s);
+				next;
+			}
+			my ($out, $err) = bg_query($s{b}, 'BEGIN; ' . $q->($bsql));
+			push @fail, "$what: B: $err" if $err ne '';
+			my $btag = bg_send($s{b}, 'COMMIT');
+			unless (in_syncrep($s{c}, $pid{b}))
+			{
+				push @fail, "$what: B's COMMIT did not wait in SyncRep";
+				release(\%s);
+				bg_wait_for($s{b}, $btag, 15);
+				next;
+			}
+			# A's lookup while B is between PRE_COMMIT and visibility
+			($out, $err) = bg_query($s{a}, 'BEGIN; ' . $q->($asql));
+			push @fail, "$what: A: $err" if $err ne '';
+			push @fail, "$what: the probe's COMMIT did not finish once released"
+			  unless release(\%s);
+			my ($done, $bout, $berr) = bg_wait_for($s{b}, $btag, 15);
+			push @fail, "$what: B's COMMIT did not finish once released" unless $done;
+			push @fail, "$what: B: COMMIT: $berr" if $done && $berr ne '';
+			push @fail, "$what: B's keys not delivered" unless wait_true($s{c}, $all_delivered);
+			($out, $err) = bg_query($s{c},
+				"SELECT meetcache.cache_get_or_set('$key', fill_query('$key'), 600)");
+			push @fail, "$what: C: $err" if $err ne '';
+			my $cached = $redis->cli('GET', $key);
+			push @fail, "$what: precondition: C did not cache '$old' in $key (got '$cached')"
+			  unless index($cached, $old) >= 0;
+			my $before = counters($s{c});
+			($out, $err) = bg_query($s{a}, 'COMMIT');
+			push @fail, "$what: A: COMMIT: $err" if $err ne '';
+			my $state = settles($s{c}, $key);
+			push @fail, "$what: $key $state" if $state ne '';
+			my $d = delta($before, counters($s{c}));
+			push @fail, "$what: not the queue row's path: " . show($d)
+			  unless $d->{lookups_settled} == 0 && $d->{lookup_handoffs} == 0
+			  && ($mode ne 'sync' || $d->{queue_rows_written} == 1);
+		}
+		bg_query($s{b}, 'SET synchronous_commit = local');
+		is(scalar @fail, 0, "$v, $mode: in flight: a lookup beside an invisible writer "
+			  . 'takes the queue row, no stale key (' . scalar(@participations) . ' cases)');
+		diag $_ for @fail;
+	}
+	$s{$_}->quit for qw(a b c p);
+}
+note sprintf('%d runs in %.1fs', $runs, time - $t0);
+
+my $log = slurp_file($node->logfile);
+unlike($log, qr/PANIC|was terminated by signal|server process .* exited with exit code [^0]/,
+	'no crash in the server log');
+done_testing();
