@@ -104,14 +104,14 @@ set_mode() {
 }
 redis_cmds() { RCLI info stats | tr -d '\r' | awk -F: '$1 == "total_commands_processed" { print $2 }'; }
 # counters of meetcache.stats that tell the modes apart (cluster-wide when preloaded)
-STAT_COLS="xacts_delivered, queue_rows_written, queue_rows_skipped, queue_rows_done, queue_keys_sent, delivery_failures"
+STAT_COLS="xacts_delivered, queue_rows_written, queue_rows_skipped, queue_rows_done, queue_keys_sent, delivery_failures, lookups_settled, lookup_handoffs"
 stats_now() { Q "SELECT $STAT_COLS FROM meetcache.stats"; }
 # stats_delta BEFORE AFTER -> "delivered 123, queued 0, ..."
 stats_delta() {
     awk -v a="$1" -v b="$2" 'BEGIN {
         split(a, x, "|"); split(b, y, "|")
-        split("delivered|rows queued|skipped|rows drained|keys drained|failures", name, "|")
-        for (i = 1; i <= 6; i++) { d = y[i] - x[i]; if (d != 0 || i <= 2) { printf "%s%s %d", sep, name[i], d; sep = ", " } }
+        split("delivered|rows queued|skipped|rows drained|keys drained|failures|lookups settled|lookups handed off", name, "|")
+        for (i = 1; i <= 8; i++) { d = y[i] - x[i]; if (d != 0 || i <= 2) { printf "%s%s %d", sep, name[i], d; sep = ", " } }
     }'
 }
 qsize()  { Q "SELECT pg_total_relation_size('meetcache.queue')"; }
