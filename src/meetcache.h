@@ -337,6 +337,7 @@ typedef struct McSink
 	bool		(*covered) (void *arg, McFamily *family);
 	void	   *arg;
 	const char *prefix;
+	bool		(*full) (void *arg);	/* past max_keys (NULL: never) */
 } McSink;
 
 #define MC_EV_INSERT	0x01
@@ -382,6 +383,7 @@ extern void mc_pending_init(void);
 extern void mc_pending_sink(void *arg, const char *key, int len,
 							McFamily *family, int rule_id);
 extern bool mc_pending_covered(void *arg, McFamily *family);
+extern bool mc_pending_full(void *arg);
 extern void mc_pending_add_pattern(const char *pat, int len);
 extern void mc_pending_add_family(McFamily *family);
 extern void mc_pending_add_lookup(Oid relid, int rule_id, McFamily *family,

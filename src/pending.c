@@ -254,6 +254,13 @@ mc_pending_covered(void *arg, McFamily *family)
 	return false;
 }
 
+/* has the set overflowed meetcache.max_keys (families replace keys now)? */
+bool
+mc_pending_full(void *arg)
+{
+	return pending != NULL && pending->overflowed;
+}
+
 /*
  * A whole family, deleted after commit: by name when its template has no
  * placeholder (meetings:live), else by its SCAN pattern under the prefix.
@@ -300,7 +307,7 @@ mc_pending_sink(void *arg, const char *key, int len, McFamily *family, int rule_
 		ereport(NOTICE,
 				(errmsg("meetcache: more than %d keys in this transaction, invalidating whole families instead",
 						mc_max_keys),
-				 errdetail("Keys of family \"%s\" and later families are deleted by SCAN after commit.",
+				 errdetail("Keys of family \"%s\", of the other families of this statement's table and of later families are deleted by SCAN after commit.",
 						   family->name),
 				 errhint("Raise meetcache.max_keys to keep exact keys for bulk writes.")));
 	}

@@ -1174,6 +1174,15 @@ scan_table(McRelRules *rr, int event, Tuplestorestate *tab, TupleTableSlot *slot
 		}
 		if (!live)
 			return false;
+		/* past max_keys: every family this statement's rules produce goes
+		 * whole, so the rest of the rows need not be read */
+		if (out->full && out->full(out->arg))
+		{
+			for (int i = 0; i < rr->nrules; i++)
+				if ((rr->rules[i].raw->events & event) && !rule_covered(out, &rr->rules[i]))
+					out->key(out->arg, NULL, 0, rr->rules[i].raw->family, rr->rules[i].raw->id);
+			return false;
+		}
 	}
 	return true;
 }

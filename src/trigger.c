@@ -108,7 +108,8 @@ meetcache_invalidate_trigger(PG_FUNCTION_ARGS)
 		TupleDesc	desc = RelationGetDescr(rel);
 		TupleTableSlot *oldslot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
 		TupleTableSlot *newslot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
-		McSink		sink = {mc_pending_sink, mc_pending_covered, NULL, mc_key_prefix};
+		McSink		sink = {mc_pending_sink, mc_pending_covered, NULL, mc_key_prefix,
+		mc_pending_full};
 
 		mc_collect(rr, rel, event, trig->tg_oldtable, trig->tg_newtable,
 				   oldslot, newslot, &sink,
