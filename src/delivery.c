@@ -130,9 +130,7 @@ deliver_lookups(McCommitted *p)
 	if (mc_handoff_push(MyDatabaseId, p->lookups, p->nlookups))
 	{
 		mc_stat_add(MC_STAT_LOOKUP_HANDOFFS, 1);
-		if (mc_db_wake(MyDatabaseId))
-			return;
-		/* no database slot: no drain will take them; every database flushes */
+		return;
 	}
 	mc_stat_add(MC_STAT_RETRY_OVERFLOWS, 1);
 	mc_db_request_flush(MyDatabaseId);

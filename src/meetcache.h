@@ -389,6 +389,7 @@ extern void mc_pending_add_family(McFamily *family);
 extern void mc_pending_add_lookup(Oid relid, int rule_id, McFamily *family,
 								  const char *value);
 extern bool mc_pending_any(void);
+extern void mc_pending_check_not_committing(Relation rel);
 
 /* ---- recheck.c ---- */
 
@@ -521,7 +522,7 @@ extern void mc_topology_publish(const McTopology *t);
 extern void mc_topology_read(McTopology *t);
 extern bool mc_retry_push(Oid db, McStr *keys, int nkeys,
 						  McStr *patterns, int npatterns);
-extern bool mc_db_wake(Oid db);
+extern void mc_db_wake(Oid db);
 extern void mc_db_announce(Oid db);
 extern void mc_db_request_flush(Oid db);
 extern void mc_delivered_add(Oid db, TransactionId xid);
@@ -541,8 +542,8 @@ extern void mc_handoff_done(void);
 extern int64 mc_queue_write(McStr *keys, int nkeys, McStr *patterns, int npatterns,
 							McStr *lookups, int nlookups, bool missing_ok);
 extern bool mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
-								int64 *first_id, bool *more, int *handoffs,
-								McErr *err);
+								int64 *first_id, bool *more, bool take_handoffs,
+								int *handoffs, McErr *err);
 extern void mc_queue_forget_delivered(void);
 extern McStr *mc_queue_family_patterns(int *n);
 extern bool mc_queue_flush(McStr *pats, int n, McErr *err);

@@ -41,6 +41,7 @@
 #include "common/hashfn.h"
 #include "miscadmin.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 #include "utils/timestamp.h"
 
 #include "meetcache.h"
@@ -51,6 +52,7 @@ typedef struct SubStart
 	int			nkeys;
 	int			npatterns;
 	int			nlookups;
+	bool		overflowed;
 } SubStart;
 
 /* a deduplicated set of strings in insertion order (open addressing) */
@@ -392,6 +394,26 @@ write_queue(PendingSet *p, bool missing_ok, bool with_keys, bool with_lookups)
 	mc_db_announce(MyDatabaseId);
 }
 
+/*
+ * Between our PRE_COMMIT (or PRE_PREPARE) and the transaction's end: the
+ * queue row and the counters are done, so a write now (another
+ * extension's commit hook, called after ours) would go unseen.
+ */
+static bool committing = false;
+
+/* the trigger: refuse a write whose keys could no longer be delivered */
+void
+mc_pending_check_not_committing(Relation rel)
+{
+	if (committing)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
+				 errmsg("cannot write table \"%s\" while the transaction commits",
+						RelationGetRelationName(rel)),
+				 errdetail("meetcache has already queued the transaction's cache invalidations; keys of this write would be lost."),
+				 errhint("Write attached tables before COMMIT, not from a commit hook.")));
+}
+
 static void
 xact_callback(XactEvent event, void *arg)
 {
@@ -436,8 +458,10 @@ xact_callback(XactEvent event, void *arg)
 			}
 			/* last: an error above aborts before any counter moved */
 			mc_recheck_pre_commit();
+			committing = true;
 			break;
 		case XACT_EVENT_PRE_PREPARE:
+			committing = true;
 			if (mc_pending_any())
 			{
 				if (!mc_shared_ready())
@@ -451,6 +475,7 @@ xact_callback(XactEvent event, void *arg)
 			}
 			break;
 		case XACT_EVENT_COMMIT:
+			committing = false;
 			/* our commit is visible: say so before any Redis round trip */
 			mc_recheck_end();
 			if (mc_pending_any())
@@ -464,6 +489,7 @@ xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			/* memory goes with TopTransactionContext */
 			pending = NULL;
+			committing = false;
 			mc_recheck_reset();
 			break;
 		default:
@@ -498,6 +524,7 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			p->subs[p->nsubs].nkeys = p->keys.n;
 			p->subs[p->nsubs].npatterns = p->npatterns;
 			p->subs[p->nsubs].nlookups = p->lookups.n;
+			p->subs[p->nsubs].overflowed = p->overflowed;
 			p->nsubs++;
 			break;
 		case SUBXACT_EVENT_COMMIT_SUB:
@@ -506,15 +533,14 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			break;
 		case SUBXACT_EVENT_ABORT_SUB:
 			{
-				SubStart	start = {0, 0, 0, 0};
+				SubStart	start = {0, 0, 0, 0, false};
 
 				if (p->nsubs > 0 && p->subs[p->nsubs - 1].level >= level)
 					start = p->subs[--p->nsubs];
 				set_truncate(&p->keys, start.nkeys, p->cxt);
 				set_truncate(&p->lookups, start.nlookups, p->cxt);
 				p->npatterns = start.npatterns;
-				if (p->keys.n < mc_max_keys)
-					p->overflowed = false;
+				p->overflowed = start.overflowed;
 				break;
 			}
 		default:

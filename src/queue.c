@@ -521,11 +521,12 @@ mc_queue_forget_delivered(void)
  * without sending.  *rows is the number of rows taken, *first_id the
  * lowest id taken; *more says the pass stopped at one of its limits, so
  * more rows may be waiting; *handoffs is the number of lookups it took
- * from the hand-offs in shared memory.
+ * from the hand-offs in shared memory (take_handoffs: none otherwise).
  */
 bool
 mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
-					int64 *first_id, bool *more, int *handoffs, McErr *err)
+					int64 *first_id, bool *more, bool take_handoffs,
+					int *handoffs, McErr *err)
 {
 	static SPIPlanPtr take_plans[2] = {NULL, NULL};	/* [legacy] */
 	static SPIPlanPtr delete_plan = NULL;
@@ -661,9 +662,11 @@ mc_queue_drain_pass(int batch, int64 *skip, int nskip, int *rows,
 	}
 	/* lookups committed transactions handed over without a row (recheck.c) */
 	{
-		McStr	   *hv;
-		bool		hmore;
-		int			nh = mc_handoff_take(MyDatabaseId, HANDOFF_PASS_MAX, &hv, &hmore);
+		McStr	   *hv = NULL;
+		bool		hmore = false;
+		int			nh = mc_handoff_take(MyDatabaseId,
+										 take_handoffs ? HANDOFF_PASS_MAX : 0,
+										 &hv, &hmore);
 
 		*handoffs = nh;
 		if (nh > 0)

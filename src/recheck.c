@@ -99,6 +99,8 @@ static bool bumped = false;		/* PRE_COMMIT has been */
 static bool ended_done = false;	/* ended added to where begun was */
 static Watch watch[MAX_WATCH];
 static int	nwatch = 0;
+static Oid	checked[MAX_WATCH];	/* via tables found to qualify */
+static int	nchecked = 0;
 static bool dirty = false;		/* some lookup must be resolved again */
 static Oid	trigger_fn = InvalidOid;
 
@@ -118,6 +120,7 @@ reset_state(void)
 	bumped = false;
 	ended_done = false;
 	nwatch = 0;
+	nchecked = 0;
 	dirty = false;
 }
 
@@ -305,16 +308,19 @@ mc_recheck_watch(Oid via_relid)
 		dirty = true;
 		return;
 	}
-	for (int i = 0; i < nwatch; i++)
-		if (watch[i].slot == slot_of(via_relid))
+	for (int i = 0; i < nchecked; i++)
+		if (checked[i] == via_relid)
 			return;				/* checked at this transaction's first lookup */
 	/* what fires on it now, even if we hold its lock already */
 	AcceptInvalidationMessages();
 	via = table_open(via_relid, AccessShareLock);
-	if (!qualifies(via))
+	if (!qualifies(via) || nchecked == MAX_WATCH)
 		dirty = true;
 	else
-		add_watch(slot_of(via_relid));
+	{
+		checked[nchecked++] = via_relid;
+		add_watch(slot_of(via_relid));	/* a slot two tables share: the first's value */
+	}
 	table_close(via, AccessShareLock);
 }
 

@@ -152,6 +152,9 @@ typedef struct RingHdr
 
 static McShared *mc_shared = NULL;
 
+static McDbSlot *db_slot(Oid db, bool create);
+static void wake_launcher(void);
+
 #if PG_VERSION_NUM >= 150000
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 #endif
@@ -634,9 +637,10 @@ mc_handoff_size(McStr *entries, int n)
 }
 
 /*
- * A committed transaction's lookups, for db's drain to resolve again.
- * False when they do not fit (too large, every slot taken): the caller
- * then has the database flush its families.  Safe in a commit callback.
+ * A committed transaction's lookups, for db's drain to resolve again; wakes
+ * the drain.  False when they do not fit (too large, every hand-off or
+ * database slot taken): the caller then has the database flush its
+ * families.  Safe in a commit callback.
  */
 bool
 mc_handoff_push(Oid db, McStr *entries, int n)
@@ -644,11 +648,15 @@ mc_handoff_push(Oid db, McStr *entries, int n)
 	McShared   *s = mc_shared;
 	Size		need = mc_handoff_size(entries, n);
 	bool		ok = false;
+	McDbSlot   *slot;
+	PGPROC	   *drain = NULL;
 
 	if (s == NULL || need == 0)
 		return false;
 	LWLockAcquire(s->lock, LW_EXCLUSIVE);
-	for (int k = 0; s->nhandoffs < HANDOFF_SLOTS && k < HANDOFF_SLOTS; k++)
+	/* the database's slot first: without one no drain would take them */
+	slot = db_slot(db, true);
+	for (int k = 0; slot != NULL && s->nhandoffs < HANDOFF_SLOTS && k < HANDOFF_SLOTS; k++)
 	{
 		int			i = (s->handoff_hint + k) % HANDOFF_SLOTS;
 		McHandoff  *h = &s->handoffs[i];
@@ -662,10 +670,18 @@ mc_handoff_push(Oid db, McStr *entries, int n)
 		(void) put_strings(h->data, entries, n);
 		s->nhandoffs++;
 		s->handoff_hint = (i + 1) % HANDOFF_SLOTS;
+		/* and wake its drain, as mc_db_wake does */
+		slot->no_ext = false;
+		slot->work = true;
+		drain = slot->drain;
 		ok = true;
 		break;
 	}
 	LWLockRelease(s->lock);
+	if (drain)
+		SetLatch(&drain->procLatch);
+	else if (ok)
+		wake_launcher();
 	return ok;
 }
 
@@ -680,8 +696,9 @@ static int	ntaken_handoffs = 0;
 
 /*
  * A drain: copy up to max of its database's hand-offs' entries (palloc'd,
- * in the current context) and remember their slots for
- * mc_handoff_done.  Returns the number of entries; *more: some were left.
+ * in the current context) and remember their slots for mc_handoff_done
+ * (and only those: max 0 takes none).  Returns the number of entries;
+ * *more: some were left.
  */
 int
 mc_handoff_take(Oid db, int max, McStr **entries, bool *more)
@@ -695,7 +712,7 @@ mc_handoff_take(Oid db, int max, McStr **entries, bool *more)
 	*more = false;
 	*entries = NULL;
 	/* unlocked: a push is followed by a wake, and the wake by a lock */
-	if (s == NULL || s->nhandoffs == 0)
+	if (s == NULL || s->nhandoffs == 0 || max == 0)
 		return 0;
 	if (taken_handoffs == NULL)
 		taken_handoffs = MemoryContextAlloc(TopMemoryContext, sizeof(TakenHandoff) * HANDOFF_SLOTS);
@@ -867,25 +884,19 @@ db_mark(Oid db, bool work, bool flush, PGPROC **drain, int *index)
 	return slot != NULL;
 }
 
-/*
- * queue rows were committed in db: wake its drain, or the launcher.  False
- * when every database slot is taken (the launcher polls the database all
- * the same; work only in shared memory would wait forever).
- */
-bool
+/* queue rows were committed in db: wake its drain, or the launcher */
+void
 mc_db_wake(Oid db)
 {
 	PGPROC	   *drain = NULL;
-	bool		ok;
 
 	if (mc_shared == NULL)
-		return false;
-	ok = db_mark(db, true, false, &drain, NULL);
+		return;
+	(void) db_mark(db, true, false, &drain, NULL);
 	if (drain)
 		SetLatch(&drain->procLatch);
 	else
 		wake_launcher();
-	return ok;
 }
 
 /*

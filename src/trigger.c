@@ -76,6 +76,7 @@ meetcache_invalidate_trigger(PG_FUNCTION_ARGS)
 				 errhint("Use meetcache.attach() to create the triggers.")));
 
 	rel = trig->tg_relation;
+	mc_pending_check_not_committing(rel);
 	/* first: whatever follows, this transaction writes rel (recheck.c) */
 	mc_recheck_note_trigger_fn(fcinfo->flinfo->fn_oid);
 	mc_recheck_wrote(rel);

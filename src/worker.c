@@ -556,6 +556,7 @@ typedef struct PassArgs
 	int			rows;			/* rows taken */
 	int64		first_id;		/* lowest id taken */
 	bool		more;			/* the pass stopped at a limit */
+	bool		take_handoffs;	/* take the lookups handed over in memory */
 	int			handoffs;		/* lookups taken from shared memory */
 } PassArgs;
 
@@ -565,7 +566,8 @@ pass_fn(void *arg, McErr *err)
 	PassArgs   *a = (PassArgs *) arg;
 
 	return mc_queue_drain_pass(a->batch, a->skip, a->nskip, &a->rows,
-							   &a->first_id, &a->more, &a->handoffs, err);
+							   &a->first_id, &a->more, a->take_handoffs,
+							   &a->handoffs, err);
 }
 
 static bool
@@ -596,7 +598,8 @@ typedef struct Drain
 	int64		skip[MAX_SKIP]; /* rows Redis refused, set aside */
 	int			nskip;
 	int64		since_vacuum;	/* rows drained since the last vacuum */
-	bool		handoffs_alone; /* next pass: the hand-offs without rows */
+	int			split;			/* after a refusal of rows with hand-offs: 2, next
+								 * pass the hand-offs alone; 1, rows alone */
 	bool		did_work;
 	TimestampTz idle_since;
 } Drain;
@@ -686,9 +689,10 @@ pass_refused(Drain *dr, PassArgs *pa, McErr *err)
 
 /*
  * Redis answered a pass that held lookup hand-offs (recheck.c) but refused:
- * find out whether they are to blame, with a pass of them alone first.
- * If that one is refused too, they are dropped and the database's families
- * flushed instead (the hand-offs have no row to set aside).
+ * find out whether they are to blame, with a pass of them alone first
+ * (split 2), then passes of rows alone (split 1: a row Redis refuses is
+ * set aside there as usual).  Hand-offs refused alone are dropped and the
+ * database's families flushed instead (they have no row to set aside).
  */
 static void
 handoffs_refused(Drain *dr, PassArgs *pa, McErr *err)
@@ -697,9 +701,11 @@ handoffs_refused(Drain *dr, PassArgs *pa, McErr *err)
 	mc_stat_error(err->msg);
 	if (pa->rows > 0)
 	{
-		dr->handoffs_alone = true;
+		dr->split = 2;
 		return;
 	}
+	if (dr->split == 2)
+		dr->split = 1;			/* then the rows, without them */
 	mc_handoff_done();
 	mc_db_request_flush(dr->db);
 	ereport(WARNING,
@@ -718,10 +724,10 @@ drain_pass(Drain *dr, PassArgs *pa)
 {
 	McErr		err;
 
-	pa->batch = dr->handoffs_alone ? 0 : Min(dr->batch, mc_drain_batch);
+	pa->batch = dr->split == 2 ? 0 : Min(dr->batch, mc_drain_batch);
+	pa->take_handoffs = dr->split != 1;
 	pa->skip = dr->skip;
 	pa->nskip = dr->nskip;
-	dr->handoffs_alone = false;
 	if (!in_xact("meetcache drain: deleting the keys of queue rows", pass_fn, pa, &err))
 	{
 		if (err.sqlstate != ERRCODE_CONNECTION_FAILURE && pa->handoffs > 0)
@@ -733,7 +739,9 @@ drain_pass(Drain *dr, PassArgs *pa)
 		return false;
 	}
 	mc_queue_forget_delivered();
-	if (pa->rows >= pa->batch)
+	if (dr->split > 0)
+		dr->split--;			/* the hand-offs went through: the rows next */
+	else if (pa->rows >= pa->batch)
 		dr->batch = Min(dr->batch * 2, mc_drain_batch);
 	dr->since_vacuum += pa->rows;
 	if (dr->since_vacuum >= VACUUM_EVERY_ROWS)
