@@ -691,21 +691,30 @@ find_trig(List *trigs, Oid tgoid)
 	return NULL;
 }
 
-static bool
-trigger_exists(Oid tgoid)
+/*
+ * Has catalog a row whose oid column attnum (the first column of index)
+ * is value?  (Also recheck.c's.)
+ */
+bool
+mc_catalog_has_row(Oid catalog, Oid index, AttrNumber attnum, Oid value)
 {
-	Relation	r = table_open(TriggerRelationId, AccessShareLock);
+	Relation	r = table_open(catalog, AccessShareLock);
 	ScanKeyData key;
 	SysScanDesc scan;
 	bool		found;
 
-	ScanKeyInit(&key, Anum_pg_trigger_oid, BTEqualStrategyNumber,
-				F_OIDEQ, ObjectIdGetDatum(tgoid));
-	scan = systable_beginscan(r, TriggerOidIndexId, true, NULL, 1, &key);
+	ScanKeyInit(&key, attnum, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(value));
+	scan = systable_beginscan(r, index, true, NULL, 1, &key);
 	found = HeapTupleIsValid(systable_getnext(scan));
 	systable_endscan(scan);
 	table_close(r, AccessShareLock);
 	return found;
+}
+
+static bool
+trigger_exists(Oid tgoid)
+{
+	return mc_catalog_has_row(TriggerRelationId, TriggerOidIndexId, Anum_pg_trigger_oid, tgoid);
 }
 
 static int

@@ -376,6 +376,7 @@ extern List *mc_family_globs(const char *prefix);
 
 extern void mc_invalidate_families(List *families);
 extern void mc_guard_init(void);
+extern bool mc_catalog_has_row(Oid catalog, Oid index, AttrNumber attnum, Oid value);
 
 /* ---- pending.c ---- */
 

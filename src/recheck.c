@@ -53,7 +53,6 @@
  */
 #include "postgres.h"
 
-#include "access/genam.h"
 #include "access/table.h"
 #include "access/twophase.h"
 #include "access/xact.h"
@@ -66,7 +65,6 @@
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "storage/proc.h"
-#include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/rel.h"
 
@@ -221,18 +219,8 @@ mc_recheck_wrote_relid(Oid relid)
 static bool
 subscribed(Oid relid)
 {
-	Relation	r = table_open(SubscriptionRelRelationId, AccessShareLock);
-	ScanKeyData key;
-	SysScanDesc scan;
-	bool		found;
-
-	ScanKeyInit(&key, Anum_pg_subscription_rel_srrelid, BTEqualStrategyNumber,
-				F_OIDEQ, ObjectIdGetDatum(relid));
-	scan = systable_beginscan(r, SubscriptionRelSrrelidSrsubidIndexId, true, NULL, 1, &key);
-	found = HeapTupleIsValid(systable_getnext(scan));
-	systable_endscan(scan);
-	table_close(r, AccessShareLock);
-	return found;
+	return mc_catalog_has_row(SubscriptionRelRelationId, SubscriptionRelSrrelidSrsubidIndexId,
+							  Anum_pg_subscription_rel_srrelid, relid);
 }
 
 /*

@@ -812,20 +812,27 @@ mc_handoff_dbs(Oid *dbs, int max)
 	return n;
 }
 
-/* db was dropped: its lookups have nothing left to invalidate */
-void
-mc_handoff_forget_db(Oid db)
+/* free db's hand-offs; the caller holds lock exclusively */
+static void
+forget_handoffs_locked(Oid db)
 {
 	McShared   *s = mc_shared;
 
-	LWLockAcquire(s->lock, LW_EXCLUSIVE);
 	for (int i = 0; s->nhandoffs > 0 && i < HANDOFF_SLOTS; i++)
 		if (s->handoffs[i].db == db)
 		{
 			s->handoffs[i].db = InvalidOid;
 			s->nhandoffs--;
 		}
-	LWLockRelease(s->lock);
+}
+
+/* db was dropped: its lookups have nothing left to invalidate */
+void
+mc_handoff_forget_db(Oid db)
+{
+	LWLockAcquire(mc_shared->lock, LW_EXCLUSIVE);
+	forget_handoffs_locked(db);
+	LWLockRelease(mc_shared->lock);
 }
 
 /* ---- database slots ---- */
@@ -1138,12 +1145,7 @@ mc_drain_no_extension(void)
 
 	LWLockAcquire(s->lock, LW_EXCLUSIVE);
 	/* no extension: nothing to resolve its lookups with, nor any need */
-	for (int i = 0; s->nhandoffs > 0 && i < HANDOFF_SLOTS; i++)
-		if (s->handoffs[i].db == drain_slot->db)
-		{
-			s->handoffs[i].db = InvalidOid;
-			s->nhandoffs--;
-		}
+	forget_handoffs_locked(drain_slot->db);
 	drain_slot->no_ext = true;
 	drain_slot->work = false;
 	drain_slot->flush = false;
