@@ -44,7 +44,7 @@ use Time::HiRes qw(time usleep);
 
 our @EXPORT_OK = qw(start_redis new_node setup_schema schema_sql free_port run_matrix
   under_load kill_under_load
-  with_columns fill_sql make_rows
+  with_columns fill_sql lookup_rows_sql make_rows
   run_sql refused all_always
   bg_session bg_query bg_send bg_wait_for elapsed
   poll_until poll_sql stats wait_redis_state wait_queue_empty run_load
@@ -94,6 +94,22 @@ sub with_columns
 	$sql =~ s/\{(\w+)\}/
 	  exists $camel_cols{$1} ? ($variant eq 'camel' ? $camel_cols{$1} : $1) : "{$1}"/ge;
 	return $sql;
+}
+
+# The rows of the lookup race tests (017, 027), with with_columns
+# placeholders: users u1 (hosts, joins and writes nothing), u2 (hosts m9 and
+# m8, joins m9, writes both chats) and u3 (joins m8); m9 LIVE, m8 SCHEDULED.
+sub lookup_rows_sql
+{
+	return <<'SQL';
+DELETE FROM chat_messages; DELETE FROM participants; DELETE FROM meetings; DELETE FROM users;
+INSERT INTO users (id, name, email) VALUES
+  ('u1', 'OldName', 'u1@x'), ('u2', 'Host2', 'u2@x'), ('u3', 'User3', 'u3@x');
+INSERT INTO meetings (id, title, {host_id}, {invite_code}, status) VALUES
+  ('m9', 'OldTitle', 'u2', 'inv-m9', 'LIVE'), ('m8', 'T8', 'u2', 'inv-m8', 'SCHEDULED');
+INSERT INTO participants (id, {meeting_id}, {user_id}) VALUES ('p1', 'm9', 'u2'), ('p2', 'm8', 'u3');
+INSERT INTO chat_messages (id, {meeting_id}, {user_id}, message) VALUES ('c1', 'm9', 'u2', 'hello'), ('c2', 'm8', 'u2', 'hi');
+SQL
 }
 
 # SQL creating, in schema $variant, the application's queries of the default

@@ -26,7 +26,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 use MeetcacheTest qw(start_redis new_node setup_schema with_columns fill_sql
-  bg_session bg_query bg_send bg_wait_for);
+  lookup_rows_sql bg_session bg_query bg_send bg_wait_for);
 
 my $redis = start_redis();
 my $node = new_node('lookup_race', $redis,
@@ -52,15 +52,7 @@ DO $$ DECLARE i regclass; BEGIN
   END LOOP;
 END $$;});
 
-my $reset = <<'SQL';
-DELETE FROM chat_messages; DELETE FROM participants; DELETE FROM meetings; DELETE FROM users;
-INSERT INTO users (id, name, email) VALUES
-  ('u1', 'OldName', 'u1@x'), ('u2', 'Host2', 'u2@x'), ('u3', 'User3', 'u3@x');
-INSERT INTO meetings (id, title, {host_id}, {invite_code}, status) VALUES
-  ('m9', 'OldTitle', 'u2', 'inv-m9', 'LIVE'), ('m8', 'T8', 'u2', 'inv-m8', 'SCHEDULED');
-INSERT INTO participants (id, {meeting_id}, {user_id}) VALUES ('p1', 'm9', 'u2'), ('p2', 'm8', 'u3');
-INSERT INTO chat_messages (id, {meeting_id}, {user_id}, message) VALUES ('c1', 'm9', 'u2', 'hello'), ('c2', 'm8', 'u2', 'hi');
-SQL
+my $reset = lookup_rows_sql();
 
 # u1 hosts, joins and writes nothing when A renames it, so A's lookups find
 # nothing; B then links a row to u1.

@@ -21,7 +21,15 @@
 #   3. in flight: B's commit waits in SyncRep while A runs its lookup, so the
 #      lookup cannot vouch for B's rows: A writes a row with its lookups as
 #      before (no settling, no hand-off), and the key ends absent or fresh.
-#   4. no crash in the server log.
+#   4. no crash in the server log (checked last, after 5).
+#   5. refused hand-off (snake, sync): as in 2, but Redis (an ACL) refuses
+#      every write to user:u3:participations and its lease key, so the
+#      drain's pass of A's hand-off is refused: lookup_handoffs +1, the
+#      drain's WARNING about handed-over lookups, a family flush instead
+#      (family_flushes grows, "flushed every cache family" logged after
+#      the WARNING), and a later queue row is still drained.  B's own
+#      keys are refused too (the launcher flushes for them): that settles
+#      before A is released.  The ACL is restored at the end.
 # The hold begins once a probe session's commit waits (the setting reaches
 # commits through the checkpointer's reload) and ends once it is done.
 # Fixtures as in 017 (fill_sql, with_columns, the same rows), on the snake
@@ -32,7 +40,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 use MeetcacheTest qw(start_redis new_node setup_schema with_columns fill_sql
-  bg_session bg_query bg_send bg_wait_for);
+  lookup_rows_sql bg_session bg_query bg_send bg_wait_for poll_until log_since);
 
 my $redis = start_redis();
 # max_wal_senders > 0, or no commit waits for a synchronous standby; no
@@ -49,15 +57,7 @@ for my $v (sort keys %db)
 	$node->safe_psql($db{$v}, fill_sql($v));
 }
 
-my $reset = <<'SQL';
-DELETE FROM chat_messages; DELETE FROM participants; DELETE FROM meetings; DELETE FROM users;
-INSERT INTO users (id, name, email) VALUES
-  ('u1', 'OldName', 'u1@x'), ('u2', 'Host2', 'u2@x'), ('u3', 'User3', 'u3@x');
-INSERT INTO meetings (id, title, {host_id}, {invite_code}, status) VALUES
-  ('m9', 'OldTitle', 'u2', 'inv-m9', 'LIVE'), ('m8', 'T8', 'u2', 'inv-m8', 'SCHEDULED');
-INSERT INTO participants (id, {meeting_id}, {user_id}) VALUES ('p1', 'm9', 'u2'), ('p2', 'm8', 'u3');
-INSERT INTO chat_messages (id, {meeting_id}, {user_id}, message) VALUES ('c1', 'm9', 'u2', 'hello'), ('c2', 'm8', 'u2', 'hi');
-SQL
+my $reset = lookup_rows_sql();
 
 my $retitle = "UPDATE meetings SET title = 'NewTitle' WHERE id = 'm9'";
 my $rename_user = "UPDATE users SET name = 'NewName' WHERE id = 'u1'";
@@ -378,6 +378,87 @@ for my $v (sort keys %db)
 			  . 'takes the queue row, no stale key (' . scalar(@participations) . ' cases)');
 		diag $_ for @fail;
 	}
+	$s{$_}->quit for qw(a b c p);
+}
+
+# 5. refused hand-off: Redis answers the drain's pass of A's handed-over
+# lookups (the window of 2, snake, sync) with -NOPERM for
+# user:u3:participations: the drain drops them with a WARNING, flushes the
+# database's families instead, and goes on draining queue rows.
+{
+	my $v = 'snake';
+	my %s = map { $_ => bg_session($node, $db{$v}) } qw(a b c p);
+	my %pid = map { $_ => scalar bg_query($s{$_}, 'SELECT pg_backend_pid()') } qw(a p);
+	$s{pid} = \%pid;
+	my $what = 'refused hand-off';
+	$runs++;
+	bg_query($s{$_}, "SET meetcache.delivery = 'sync'") for qw(a b c);
+	bg_query($s{a}, 'SET synchronous_commit = on');
+	bg_query($s{$_}, 'SET synchronous_commit = local') for qw(b c);
+	is(reset_rows(\%s, $v), '', "$what: reset");
+	# every key readable, every key writable but user:u3:participations
+	# and its lease key (ACL patterns cannot be negated: their complement)
+	my @deny_u3 = ('%R~*', '%W~meeting*', '%W~user:u[^3]*', '%W~mc-lease:u:{meeting*',
+		'%W~mc-lease:u:{user:u[^3]*', '%W~mc-lease:t:*');
+	$redis->cli('ACL', 'SETUSER', 'default', 'reset', 'on', 'nopass', '&*', '+@all', @deny_u3);
+	like($redis->cli('UNLINK', 'user:u3:participations'), qr/^NOPERM/,
+		"$what: precondition: redis refuses UNLINK user:u3:participations");
+	is($redis->cli('UNLINK', 'user:u2:participations'), '0',
+		"$what: precondition: redis takes UNLINK user:u2:participations");
+	my $flushes = sub {
+		return bg_query($s{c}, 'SELECT family_flushes FROM meetcache.stats');
+	};
+	my $logpos = -s $node->logfile;
+	my $log_has = sub {
+		my ($re, $from) = @_;
+		return poll_until(15, sub { log_since($node, $from // $logpos) =~ $re ? 1 : 0 });
+	};
+	ok(hold(\%s), "$what: a commit waits in SyncRep");
+	my (undef, $err) = bg_query($s{a}, "BEGIN; $retitle");
+	is($err, '', "$what: A's statement");
+	my $before = counters($s{c});
+	my $atag = bg_send($s{a}, 'COMMIT');
+	ok(in_syncrep($s{c}, $pid{a}), "$what: A's COMMIT waits in SyncRep");
+	# B's own keys are refused too (a commit WARNING, the launcher's retry
+	# refused, a flush): let that settle first, so that what follows is A's
+	my $f0 = $flushes->();
+	my ($bdone, undef, $berr) = bg_wait_for($s{b}, bg_send($s{b}, with_columns($v, $join_u3)), 10);
+	ok($bdone && $berr !~ /ERROR/, "$what: B committed while A's commit waited")
+	  or diag $berr;
+	ok($log_has->(qr/launcher: redis refused to delete \d+ keys of a committed transaction/)
+		  && poll_until(15, sub { $flushes->() > $f0 }),
+		"$what: B's refused keys: the launcher's flush is done");
+	my $f1 = $flushes->();
+	ok(release(\%s), "$what: the probe's COMMIT finished once released");
+	my ($adone, undef, $aerr) = bg_wait_for($s{a}, $atag, 15);
+	ok($adone && $aerr !~ /ERROR/, "$what: A's COMMIT finished once released")
+	  or diag $aerr;
+	# a. handed over, and refused
+	my $d = delta($before, counters($s{c}));
+	is($d->{lookup_handoffs}, 1, "$what: lookup_handoffs +1 (" . show($d) . ')');
+	my $warned = $log_has->(
+		qr/WARNING:  meetcache drain: redis refused to delete the keys of handed-over lookups: .*NOPERM/);
+	ok($warned, "$what: WARNING: redis refused to delete the keys of handed-over lookups");
+	# c. the families flushed instead: family_flushes grows past B's flush,
+	# and the drain logs the flush after the WARNING
+	ok(poll_until(15, sub { $flushes->() > $f1 }),
+		"$what: family_flushes grew after the refused hand-off ($f1 -> " . $flushes->() . ')');
+	my $after = log_since($node, $logpos)
+	  =~ /WARNING:  meetcache drain: redis refused to delete the keys of handed-over lookups/
+	  ? $logpos + $+[0] : undef;
+	ok(defined $after
+		  && $log_has->(qr/LOG:  meetcache drain: flushed every cache family/, $after),
+		"$what: the drain logged a family flush after the WARNING");
+	# b. the drain goes on: an unrelated row, in queue mode, is drained
+	my $key = 'meeting:m9:chats:recent:50';
+	$redis->cli('SET', $key, '"cached"');
+	bg_query($s{c}, "SET meetcache.delivery = 'queue'");
+	(undef, $err) = bg_query($s{c}, "UPDATE chat_messages SET message = 'hello again' WHERE id = 'c1'");
+	is($err, '', "$what: an unrelated UPDATE in queue mode");
+	ok(wait_true($s{c}, $all_drained), "$what: its queue row drained (meetcache.pending empty)");
+	is($redis->cli('EXISTS', $key), '0', "$what: $key deleted by the drain");
+	$redis->cli('ACL', 'SETUSER', 'default', 'reset', 'on', 'nopass', '~*', '&*', '+@all');
+	is($redis->cli('UNLINK', 'user:u3:participations'), '0', "$what: ACL restored");
 	$s{$_}->quit for qw(a b c p);
 }
 note sprintf('%d runs in %.1fs', $runs, time - $t0);
