@@ -44,7 +44,7 @@ use Time::HiRes qw(time usleep);
 
 our @EXPORT_OK = qw(start_redis new_node setup_schema schema_sql free_port run_matrix
   under_load kill_under_load
-  with_columns fill_sql lookup_rows_sql make_rows
+  with_columns fill_sql lookup_rows_sql cache_old make_rows
   run_sql refused all_always
   bg_session bg_query bg_send bg_wait_for elapsed
   poll_until poll_sql stats wait_redis_state wait_queue_empty run_load
@@ -110,6 +110,22 @@ INSERT INTO meetings (id, title, {host_id}, {invite_code}, status) VALUES
 INSERT INTO participants (id, {meeting_id}, {user_id}) VALUES ('p1', 'm9', 'u2'), ('p2', 'm8', 'u3');
 INSERT INTO chat_messages (id, {meeting_id}, {user_id}, message) VALUES ('c1', 'm9', 'u2', 'hello'), ('c2', 'm8', 'u2', 'hi');
 SQL
+}
+
+# Session $s (bg_session, with fill_sql's functions) fills $key with
+# cache_get_or_set; returns the failures (none: it holds $old, the value
+# a stale read would keep), each prefixed with $what.
+sub cache_old
+{
+	my ($s, $redis, $key, $old, $what) = @_;
+	my @fail;
+	my ($out, $err) = bg_query($s,
+		"SELECT meetcache.cache_get_or_set('$key', fill_query('$key'), 600)");
+	push @fail, "$what: C: $err" if $err ne '';
+	my $cached = $redis->cli('GET', $key);
+	push @fail, "$what: precondition: C did not cache '$old' in $key (got '$cached')"
+	  unless index($cached, $old) >= 0;
+	return @fail;
 }
 
 # SQL creating, in schema $variant, the application's queries of the default

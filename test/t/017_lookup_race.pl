@@ -26,7 +26,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 use MeetcacheTest qw(start_redis new_node setup_schema with_columns fill_sql
-  lookup_rows_sql bg_session bg_query bg_send bg_wait_for);
+  lookup_rows_sql cache_old bg_session bg_query bg_send bg_wait_for);
 
 my $redis = start_redis();
 my $node = new_node('lookup_race', $redis,
@@ -162,12 +162,7 @@ for my $v (sort keys %db)
 			push @fail, "$what: B: $berr" if $done && $berr ne '';
 			push @fail, "$what: B's keys not delivered" unless wait_true($s{c}, $all_delivered);
 			# 3. C caches the key with the committed (old) value
-			($out, $err) = bg_query($s{c},
-				"SELECT meetcache.cache_get_or_set('$key', fill_query('$key'), 600)");
-			push @fail, "$what: C: $err" if $err ne '';
-			my $cached = $redis->cli('GET', $key);
-			push @fail, "$what: precondition: C did not cache '$old' in $key (got '$cached')"
-			  unless index($cached, $old) >= 0;
+			push @fail, cache_old($s{c}, $redis, $key, $old, $what);
 			# 4. A commits
 			($out, $err) = bg_query($s{a}, 'COMMIT');
 			push @fail, "$what: A: COMMIT: $err" if $err ne '';

@@ -40,7 +40,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 use MeetcacheTest qw(start_redis new_node setup_schema with_columns fill_sql
-  lookup_rows_sql bg_session bg_query bg_send bg_wait_for poll_until log_since);
+  lookup_rows_sql cache_old bg_session bg_query bg_send bg_wait_for poll_until log_since);
 
 my $redis = start_redis();
 # max_wal_senders > 0, or no commit waits for a synchronous standby; no
@@ -184,6 +184,18 @@ sub hold
 	}
 	return 0;
 }
+# A case's start: the rows reset, then commits held; the failures, if any
+# (then nothing is held).
+sub reset_and_hold
+{
+	my ($s, $v, $what) = @_;
+	my $r = reset_rows($s, $v);
+	return ("$what: $r") if $r ne '';
+	return () if hold($s);
+	release($s);
+	return ("$what: no commit waits in SyncRep");
+}
+
 sub release
 {
 	my ($s) = @_;
@@ -262,16 +274,10 @@ for my $v (sort keys %db)
 			my ($name, $asql, $bsql, $key, $old) = @$c;
 			my $what = "$v/$mode/$name";
 			$runs++;
-			my $r = reset_rows(\%s, $v);
-			if ($r ne '')
+			my @f = reset_and_hold(\%s, $v, $what);
+			if (@f)
 			{
-				push @fail, "$what: $r";
-				next;
-			}
-			unless (hold(\%s))
-			{
-				push @fail, "$what: no commit waits in SyncRep";
-				release(\%s);
+				push @fail, @f;
 				next;
 			}
 			# a. A's lookup, quiet
@@ -294,12 +300,7 @@ for my $v (sort keys %db)
 			push @fail, "$what: B: $berr" if $done && $berr ne '';
 			push @fail, "$what: B's keys not delivered" unless wait_true($s{c}, $all_delivered);
 			# d. C caches the old value (A is not visible yet)
-			($out, $err) = bg_query($s{c},
-				"SELECT meetcache.cache_get_or_set('$key', fill_query('$key'), 600)");
-			push @fail, "$what: C: $err" if $err ne '';
-			my $cached = $redis->cli('GET', $key);
-			push @fail, "$what: precondition: C did not cache '$old' in $key (got '$cached')"
-			  unless index($cached, $old) >= 0;
+			push @fail, cache_old($s{c}, $redis, $key, $old, $what);
 			# e. A becomes visible
 			push @fail, "$what: the probe's COMMIT did not finish once released"
 			  unless release(\%s);
@@ -326,16 +327,10 @@ for my $v (sort keys %db)
 			my ($name, $asql, $bsql, $key, $old) = @$c;
 			my $what = "$v/$mode/$name";
 			$runs++;
-			my $r = reset_rows(\%s, $v);
-			if ($r ne '')
+			my @f = reset_and_hold(\%s, $v, $what);
+			if (@f)
 			{
-				push @fail, "$what: $r";
-				next;
-			}
-			unless (hold(\%s))
-			{
-				push @fail, "$what: no commit waits in SyncRep";
-				release(\%s);
+				push @fail, @f;
 				next;
 			}
 			my ($out, $err) = bg_query($s{b}, 'BEGIN; ' . $q->($bsql));
@@ -357,12 +352,7 @@ for my $v (sort keys %db)
 			push @fail, "$what: B's COMMIT did not finish once released" unless $done;
 			push @fail, "$what: B: COMMIT: $berr" if $done && $berr ne '';
 			push @fail, "$what: B's keys not delivered" unless wait_true($s{c}, $all_delivered);
-			($out, $err) = bg_query($s{c},
-				"SELECT meetcache.cache_get_or_set('$key', fill_query('$key'), 600)");
-			push @fail, "$what: C: $err" if $err ne '';
-			my $cached = $redis->cli('GET', $key);
-			push @fail, "$what: precondition: C did not cache '$old' in $key (got '$cached')"
-			  unless index($cached, $old) >= 0;
+			push @fail, cache_old($s{c}, $redis, $key, $old, $what);
 			my $before = counters($s{c});
 			($out, $err) = bg_query($s{a}, 'COMMIT');
 			push @fail, "$what: A: COMMIT: $err" if $err ne '';
