@@ -55,7 +55,6 @@
 
 #include "access/table.h"
 #include "access/twophase.h"
-#include "access/xact.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_subscription_rel.h"
@@ -63,7 +62,6 @@
 #include "commands/trigger.h"
 #include "common/hashfn.h"
 #include "miscadmin.h"
-#include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "utils/inval.h"
 #include "utils/rel.h"
