@@ -39,7 +39,9 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "common/hashfn.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
@@ -326,8 +328,9 @@ mc_pending_sink(void *arg, const char *key, int len, McFamily *family, int rule_
 void
 mc_pending_add_lookup(Oid relid, int rule_id, McFamily *family, const char *value)
 {
+	static StringInfoData e = {NULL, 0, 0, 0};	/* reused: set_add copies */
 	PendingSet *p = pending_get();
-	char	   *e;
+	char		num[MAXINT8LEN + 1];
 
 	/*
 	 * Past max_keys the transaction deletes whole families: the lookup's
@@ -338,11 +341,30 @@ mc_pending_add_lookup(Oid relid, int rule_id, McFamily *family, const char *valu
 		mc_pending_add_family(family);
 		return;
 	}
-	e = psprintf("%u:%d:%s:%d:%s%s", relid, rule_id, family->name,
-				 (int) strlen(mc_key_prefix), mc_key_prefix, value);
-	if (!set_add(&p->lookups, e, strlen(e), p->cxt))
+	if (e.data == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		initStringInfo(&e);
+		MemoryContextSwitchTo(old);
+	}
+	/* no format string: this runs once per matched value */
+	resetStringInfo(&e);
+	pg_lltoa((int64) relid, num);
+	appendStringInfoString(&e, num);
+	appendStringInfoChar(&e, ':');
+	pg_lltoa(rule_id, num);
+	appendStringInfoString(&e, num);
+	appendStringInfoChar(&e, ':');
+	appendStringInfoString(&e, family->name);
+	appendStringInfoChar(&e, ':');
+	pg_lltoa((int64) strlen(mc_key_prefix), num);
+	appendStringInfoString(&e, num);
+	appendStringInfoChar(&e, ':');
+	appendStringInfoString(&e, mc_key_prefix);
+	appendStringInfoString(&e, value);
+	if (!set_add(&p->lookups, e.data, e.len, p->cxt))
 		mc_pending_add_family(family);
-	pfree(e);
 }
 
 bool

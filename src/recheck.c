@@ -98,7 +98,30 @@ static int	nwatch = 0;
 static Oid	checked[MAX_WATCH];	/* via tables found to qualify */
 static int	nchecked = 0;
 static bool dirty = false;		/* some lookup must be resolved again */
+static bool ran_ddl = false;	/* the guard saw DDL in this transaction */
 static Oid	trigger_fn = InvalidOid;
+
+/*
+ * What qualifies() found for a via table, kept across transactions (not
+ * transaction state): valid while the table's begun counter is still the
+ * value read, quiet, before it was computed.  Whatever can change the
+ * answer is DDL, which counts as a write of every attached table (the
+ * guard) and so moves that counter at its PRE_COMMIT; a DDL already past
+ * its PRE_COMMIT but not yet visible keeps the counter from being quiet.
+ * A relcache invalidation of the table drops its entry too.  Not kept
+ * from a transaction that ran DDL itself: its catalog reads see its own
+ * changes, which a rollback undoes without moving any counter.
+ */
+typedef struct Qualified
+{
+	Oid			relid;
+	uint64		begun;
+	bool		qualifies;
+} Qualified;
+
+static Qualified qualified[MAX_WATCH];
+static int	nqualified = 0;
+static int	next_qualified = 0;	/* the entry replaced when all are taken */
 
 static bool
 enabled(void)
@@ -118,6 +141,7 @@ reset_state(void)
 	nwatch = 0;
 	nchecked = 0;
 	dirty = false;
+	ran_ddl = false;
 }
 
 /* the state belongs to the current transaction */
@@ -207,7 +231,49 @@ mc_recheck_wrote_relid(Oid relid)
 	if (!enabled())
 		return;
 	check_xact();
+	ran_ddl = true;
 	add_wrote(slot_of(relid));
+}
+
+/* a relcache invalidation (rules.c's callback; InvalidOid: of everything) */
+void
+mc_recheck_relcache_inval(Oid relid)
+{
+	for (int i = 0; i < nqualified; i++)
+		if (!OidIsValid(relid) || qualified[i].relid == relid)
+			qualified[i].relid = InvalidOid;
+}
+
+static Qualified *
+qualified_entry(Oid relid)
+{
+	for (int i = 0; i < nqualified; i++)
+		if (qualified[i].relid == relid)
+			return &qualified[i];
+	return NULL;
+}
+
+static void
+remember_qualified(Oid relid, uint64 begun, bool ok)
+{
+	Qualified  *q = qualified_entry(relid);
+
+	if (q == NULL)
+	{
+		for (int i = 0; i < nqualified && q == NULL; i++)
+			if (!OidIsValid(qualified[i].relid))
+				q = &qualified[i];
+	}
+	if (q == NULL && nqualified < MAX_WATCH)
+		q = &qualified[nqualified++];
+	if (q == NULL)
+	{
+		q = &qualified[next_qualified];
+		next_qualified = (next_qualified + 1) % MAX_WATCH;
+	}
+	q->relid = relid;
+	q->begun = begun;
+	q->qualifies = ok;
 }
 
 /*
@@ -258,33 +324,42 @@ qualifies(Relation rel)
 		!subscribed(RelationGetRelid(rel));
 }
 
-static void
-add_watch(uint32 slot)
+/*
+ * The begun value this transaction watches slot at: read now, when the
+ * slot is quiet (ended, then begun), or the value an earlier lookup read
+ * (a slot two tables share keeps the first).  False: not quiet, or no room.
+ */
+static bool
+watch_slot(uint32 slot, uint64 *begun)
 {
-	uint64		begun;
-
 	for (int i = 0; i < nwatch; i++)
 		if (watch[i].slot == slot)
-			return;				/* the first lookup's value covers later ones */
-	if (nwatch == MAX_WATCH || !mc_writes_quiet(slot, &begun))
-	{
-		dirty = true;
-		return;
-	}
+		{
+			*begun = watch[i].begun;
+			return true;
+		}
+	if (nwatch == MAX_WATCH || !mc_writes_quiet(slot, begun))
+		return false;
 	watch[nwatch].slot = slot;
-	watch[nwatch].begun = begun;
+	watch[nwatch].begun = *begun;
 	nwatch++;
+	return true;
 }
 
 /*
  * Before the snapshot of a lookup through via_relid whose values are kept
- * for a second resolution: can that resolution be skipped?  (No lock is
- * kept: DDL on the table moves its counter, through the guard.)
+ * for a second resolution: can that resolution be skipped?  The counter
+ * is read first, then whether the table qualifies: from the cache while
+ * the counter has not moved since the answer was found (Qualified), else
+ * from the catalogs.  (No lock is kept: DDL on the table moves its
+ * counter, through the guard.)
  */
 void
 mc_recheck_watch(Oid via_relid)
 {
-	Relation	via;
+	uint64		begun;
+	Qualified  *q;
+	bool		ok;
 
 	check_xact();
 	if (dirty)
@@ -297,17 +372,30 @@ mc_recheck_watch(Oid via_relid)
 	for (int i = 0; i < nchecked; i++)
 		if (checked[i] == via_relid)
 			return;				/* checked at this transaction's first lookup */
-	/* what fires on it now, even if we hold its lock already */
-	AcceptInvalidationMessages();
-	via = table_open(via_relid, AccessShareLock);
-	if (!qualifies(via) || nchecked == MAX_WATCH)
+	if (nchecked == MAX_WATCH || !watch_slot(slot_of(via_relid), &begun))
+	{
 		dirty = true;
+		return;
+	}
+	q = qualified_entry(via_relid);
+	if (q != NULL && q->begun == begun)
+		ok = q->qualifies;
 	else
 	{
-		checked[nchecked++] = via_relid;
-		add_watch(slot_of(via_relid));	/* a slot two tables share: the first's value */
+		Relation	via;
+
+		/* what fires on it now, even if we hold its lock already */
+		AcceptInvalidationMessages();
+		via = table_open(via_relid, AccessShareLock);
+		ok = qualifies(via);
+		table_close(via, AccessShareLock);
+		if (!ran_ddl)
+			remember_qualified(via_relid, begun, ok);
 	}
-	table_close(via, AccessShareLock);
+	if (!ok)
+		dirty = true;
+	else
+		checked[nchecked++] = via_relid;
 }
 
 /* lookups were kept that no statement-time lookup ran for (queue mode) */

@@ -194,8 +194,9 @@ rules_inval_callback(Datum arg, Oid relid)
 		rules_valid = false;
 		rules_inval_count++;
 	}
-	/* one callback slot of the process's ten serves the queue's cache too */
+	/* one callback slot of the process's ten serves the queue's and recheck.c's caches too */
 	mc_queue_relcache_inval(relid);
+	mc_recheck_relcache_inval(relid);
 }
 
 void

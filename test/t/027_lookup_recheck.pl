@@ -21,7 +21,7 @@
 #   3. in flight: B's commit waits in SyncRep while A runs its lookup, so the
 #      lookup cannot vouch for B's rows: A writes a row with its lookups as
 #      before (no settling, no hand-off), and the key ends absent or fresh.
-#   4. no crash in the server log (checked last, after 5).
+#   4. no crash in the server log (checked last, after 6).
 #   5. refused hand-off (snake, sync): as in 2, but Redis (an ACL) refuses
 #      every write to user:u3:participations and its lease key, so the
 #      drain's pass of A's hand-off is refused: lookup_handoffs +1, the
@@ -30,6 +30,11 @@
 #      the WARNING), and a later queue row is still drained.  B's own
 #      keys are refused too (the launcher flushes for them): that settles
 #      before A is released.  The ACL is restored at the end.
+#   6. the answer to "does participants qualify" is kept across
+#      transactions only while nothing can have changed it: after another
+#      session makes participants a child of an attached table, and after
+#      A's own NO INHERIT rolled back, a retitle does not settle; once the
+#      parent is gone it settles again.
 # The hold begins once a probe session's commit waits (the setting reaches
 # commits through the checkpointer's reload) and ends once it is done.
 # Fixtures as in 017 (fill_sql, with_columns, the same rows), on the snake
@@ -451,6 +456,49 @@ for my $v (sort keys %db)
 	is($redis->cli('UNLINK', 'user:u3:participations'), '0', "$what: ACL restored");
 	$s{$_}->quit for qw(a b c p);
 }
+# 6. what qualifies() found is kept across transactions (recheck.c,
+# Qualified) only while nothing can have changed it: participants made a
+# child of an attached table by another session, and A's own NO INHERIT
+# rolled back, each stop the next retitle from settling; once the parent
+# is gone it settles again.  Both schemas, sync.
+for my $v (sort keys %db)
+{
+	my %s = map { $_ => bg_session($node, $db{$v}) } qw(a b c);
+	bg_query($s{$_}, "SET meetcache.delivery = 'sync'; SET synchronous_commit = local") for qw(a b c);
+	my $step = sub {
+		my ($what, $sql, $settles, $rows) = @_;
+		$rows //= $settles ? 0 : 1;
+		$what = "qualification, $v: $what";
+		$runs++;
+		my $before = counters($s{c});
+		my (undef, $err) = bg_query($s{a}, $sql);
+		is($err, '', "$what: A's transaction");
+		ok(wait_true($s{c}, $all_drained), "$what: queue drained");
+		my $d = delta($before, counters($s{c}));
+		is($d->{lookups_settled}, $settles ? 1 : 0,
+			"$what: lookups_settled " . ($settles ? '+1' : '+0') . ' (' . show($d) . ')');
+		is($d->{queue_rows_written}, $rows, "$what: queue_rows_written +$rows");
+	};
+	my $b_sql = sub {
+		my ($what, $sql) = @_;
+		my (undef, $err) = bg_query($s{b}, $sql);
+		is($err, '', "qualification, $v: B: $what");
+	};
+	$step->('first retitle (answer found)', $retitle, 1);
+	$step->('second retitle (answer kept)', $retitle, 1);
+	$b_sql->('participants made a child of an attached table',
+		"CREATE TABLE pp (LIKE participants); SELECT meetcache.attach('pp', 'participants'); "
+		  . 'ALTER TABLE participants INHERIT pp;');
+	$step->('retitle after B made participants a child', $retitle, 0);
+	$step->('retitle while A undoes that and rolls back',
+		"BEGIN; ALTER TABLE participants NO INHERIT pp; $retitle; ROLLBACK;", 0, 0);
+	$step->('retitle after A rolled back', $retitle, 0);
+	$b_sql->('the parent removed',
+		"ALTER TABLE participants NO INHERIT pp; SELECT meetcache.detach('pp'); DROP TABLE pp;");
+	$step->('retitle after B removed the parent', $retitle, 1);
+	$_->quit for values %s;
+}
+
 note sprintf('%d runs in %.1fs', $runs, time - $t0);
 
 my $log = slurp_file($node->logfile);
