@@ -1032,6 +1032,7 @@ _PG_init(void)
 	mc_pending_init();
 	mc_guard_init();
 	mc_rules_init();
+	mc_recheck_init();
 	if (process_shared_preload_libraries_in_progress)
 	{
 		mc_shared_request();

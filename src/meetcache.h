@@ -408,6 +408,7 @@ extern int	mc_lookup_recheck;
 extern void mc_recheck_wrote(Relation rel);
 extern void mc_recheck_wrote_relid(Oid relid);
 extern void mc_recheck_relcache_inval(Oid relid);
+extern void mc_recheck_init(void);
 extern void mc_recheck_watch(Oid via_relid);
 extern void mc_recheck_unwatched(void);
 extern void mc_recheck_note_trigger_fn(Oid fn);

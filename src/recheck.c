@@ -36,7 +36,9 @@
  * triggers ENABLE ALWAYS, as the guard keeps them.  Any DDL while an
  * attached table exists counts as a write of every attached table (the
  * guard's ddl_command_start), so a trigger dropped or disabled mid-window
- * cannot go unseen either.
+ * cannot go unseen either.  The same counter lets a backend keep the
+ * answer across transactions (Qualified): it holds while the table's
+ * begun is where it was read, quiet, before the answer was found.
  * Off, so that every lookup is resolved again as before:
  *	  - with max_prepared_transactions > 0 (a prepared transaction becomes
  *	    visible at a COMMIT PREPARED no counter sees);
@@ -65,6 +67,7 @@
 #include "storage/proc.h"
 #include "utils/inval.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 
 #include "meetcache.h"
 
@@ -108,9 +111,14 @@ static Oid	trigger_fn = InvalidOid;
  * answer is DDL, which counts as a write of every attached table (the
  * guard) and so moves that counter at its PRE_COMMIT; a DDL already past
  * its PRE_COMMIT but not yet visible keeps the counter from being quiet.
- * A relcache invalidation of the table drops its entry too.  Not kept
- * from a transaction that ran DDL itself: its catalog reads see its own
- * changes, which a rollback undoes without moving any counter.
+ * A relcache invalidation of the table drops its entry too, and so does
+ * any change of pg_subscription_rel (which sends none); an answer found
+ * while an invalidation arrived is not kept (qualified_gen).  Neither is
+ * one found in a transaction that ran DDL itself: its catalog reads see
+ * its own changes, which a rollback undoes without moving any counter.
+ * Changes that bypass DDL (a superuser editing the catalogs, or DDL with
+ * the guard's event triggers disabled) are not seen until the table's
+ * counter moves or its relcache entry is invalidated.
  */
 typedef struct Qualified
 {
@@ -122,6 +130,12 @@ typedef struct Qualified
 static Qualified qualified[MAX_WATCH];
 static int	nqualified = 0;
 static int	next_qualified = 0;	/* the entry replaced when all are taken */
+
+/*
+ * Bumped by every invalidation that drops entries: an answer found while
+ * one arrived (it may predate what the invalidation announced) is not kept.
+ */
+static uint64 qualified_gen = 0;
 
 static bool
 enabled(void)
@@ -239,9 +253,26 @@ mc_recheck_wrote_relid(Oid relid)
 void
 mc_recheck_relcache_inval(Oid relid)
 {
+	qualified_gen++;
 	for (int i = 0; i < nqualified; i++)
 		if (!OidIsValid(relid) || qualified[i].relid == relid)
 			qualified[i].relid = InvalidOid;
+}
+
+/*
+ * pg_subscription_rel changed (a subscription added or dropped tables):
+ * that sends no relcache invalidation of the tables, so every entry goes.
+ */
+static void
+subscription_rel_inval(Datum arg, int cacheid, uint32 hashvalue)
+{
+	mc_recheck_relcache_inval(InvalidOid);
+}
+
+void
+mc_recheck_init(void)
+{
+	CacheRegisterSyscacheCallback(SUBSCRIPTIONRELMAP, subscription_rel_inval, (Datum) 0);
 }
 
 static Qualified *
@@ -382,14 +413,17 @@ mc_recheck_watch(Oid via_relid)
 		ok = q->qualifies;
 	else
 	{
+		uint64		gen = qualified_gen;
 		Relation	via;
 
 		/* what fires on it now, even if we hold its lock already */
 		AcceptInvalidationMessages();
 		via = table_open(via_relid, AccessShareLock);
 		ok = qualifies(via);
+		elog(DEBUG2, "meetcache: via table \"%s\" %s a second resolution of its lookups (read from the catalogs)",
+			 RelationGetRelationName(via), ok ? "may skip" : "always needs");
 		table_close(via, AccessShareLock);
-		if (!ran_ddl)
+		if (!ran_ddl && gen == qualified_gen)
 			remember_qualified(via_relid, begun, ok);
 	}
 	if (!ok)
