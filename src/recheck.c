@@ -116,9 +116,13 @@ static Oid	trigger_fn = InvalidOid;
  * while an invalidation arrived is not kept (qualified_gen).  Neither is
  * one found in a transaction that ran DDL itself: its catalog reads see
  * its own changes, which a rollback undoes without moving any counter.
- * Changes that bypass DDL (a superuser editing the catalogs, or DDL with
- * the guard's event triggers disabled) are not seen until the table's
- * counter moves or its relcache entry is invalidated.
+ * A DDL's counter ends in its commit callback, before its invalidations
+ * are sent: an answer read in between comes from the catalogs as they
+ * were (as it did before there was a cache), and its entry goes when those
+ * invalidations arrive, which every lookup accepts before it consults the
+ * cache.  Changes that bypass DDL (a superuser editing the catalogs, or
+ * DDL with the guard's event triggers disabled) are not seen until the
+ * table's counter moves or its relcache entry is invalidated.
  */
 typedef struct Qualified
 {
@@ -389,6 +393,7 @@ void
 mc_recheck_watch(Oid via_relid)
 {
 	uint64		begun;
+	uint64		gen;
 	Qualified  *q;
 	bool		ok;
 
@@ -408,16 +413,19 @@ mc_recheck_watch(Oid via_relid)
 		dirty = true;
 		return;
 	}
+	/*
+	 * What fires on it now, even if we hold its lock already: invalidations
+	 * sent since drop what they announce, before the cache is consulted.
+	 */
+	gen = qualified_gen;
+	AcceptInvalidationMessages();
 	q = qualified_entry(via_relid);
 	if (q != NULL && q->begun == begun)
 		ok = q->qualifies;
 	else
 	{
-		uint64		gen = qualified_gen;
 		Relation	via;
 
-		/* what fires on it now, even if we hold its lock already */
-		AcceptInvalidationMessages();
 		via = table_open(via_relid, AccessShareLock);
 		ok = qualifies(via);
 		elog(DEBUG2, "meetcache: via table \"%s\" %s a second resolution of its lookups (read from the catalogs)",

@@ -463,6 +463,10 @@ for my $v (sort keys %db)
 # nothing; participants made a child of an attached table by B, and A's
 # own NO INHERIT rolled back, make the next retitle read it again and not
 # settle; once the parent is gone it settles again.  Both schemas, sync.
+# (The "nothing read" steps assume meetings and participants use different
+# counter slots, which their OIDs decide: A's own retitle moves meetings'.
+# The rolled-back NO INHERIT also invalidates participants' relcache entry
+# locally, so that step does not tell ran_ddl's part from the callback's.)
 for my $v (sort keys %db)
 {
 	my %s = map { $_ => bg_session($node, $db{$v}) } qw(a b c);
