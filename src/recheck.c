@@ -136,8 +136,9 @@ static int	nqualified = 0;
 static int	next_qualified = 0;	/* the entry replaced when all are taken */
 
 /*
- * Bumped by every invalidation that drops entries: an answer found while
- * one arrived (it may predate what the invalidation announced) is not kept.
+ * Bumped by every invalidation that may drop entries: an answer found
+ * while one arrived (it may predate what the invalidation announced) is
+ * not kept.
  */
 static uint64 qualified_gen = 0;
 
@@ -416,9 +417,11 @@ mc_recheck_watch(Oid via_relid)
 	/*
 	 * What fires on it now, even if we hold its lock already: invalidations
 	 * sent since drop what they announce, before the cache is consulted.
+	 * One processed after this (while the catalogs are read) may announce
+	 * a change the reads missed: then the answer is not kept.
 	 */
-	gen = qualified_gen;
 	AcceptInvalidationMessages();
+	gen = qualified_gen;
 	q = qualified_entry(via_relid);
 	if (q != NULL && q->begun == begun)
 		ok = q->qualifies;
