@@ -223,6 +223,33 @@ sub in_syncrep
 	return 0;
 }
 
+# Sends session $who's COMMIT, which must wait in SyncRep: returns its tag,
+# or undef after pushing the failure to @$fail, releasing the hold and
+# waiting for the COMMIT.
+sub held_commit
+{
+	my ($s, $who, $what, $fail) = @_;
+	my $tag = bg_send($s->{$who}, 'COMMIT');
+	return $tag if in_syncrep($s->{c}, $s->{pid}{$who});
+	push @$fail, "$what: " . uc($who) . "'s COMMIT did not wait in SyncRep";
+	release($s);
+	bg_wait_for($s->{$who}, $tag, 15);
+	return undef;
+}
+# Releases the hold; session $who's COMMIT (tag $tag) must finish cleanly.
+# Returns the failures.
+sub finish_held
+{
+	my ($s, $who, $tag, $what) = @_;
+	my @fail;
+	push @fail, "$what: the probe's COMMIT did not finish once released"
+	  unless release($s);
+	my ($done, undef, $err) = bg_wait_for($s->{$who}, $tag, 15);
+	push @fail, "$what: " . uc($who) . "'s COMMIT did not finish once released" unless $done;
+	push @fail, "$what: " . uc($who) . ": COMMIT: $err" if $done && $err ne '';
+	return @fail;
+}
+
 my $t0 = time;
 my $runs = 0;
 
@@ -291,14 +318,7 @@ for my $v (sort keys %db)
 			push @fail, "$what: A: $err" if $err ne '';
 			my $before = counters($s{c});
 			# b. A's COMMIT waits for the standby
-			my $atag = bg_send($s{a}, 'COMMIT');
-			unless (in_syncrep($s{c}, $pid{a}))
-			{
-				push @fail, "$what: A's COMMIT did not wait in SyncRep";
-				release(\%s);
-				bg_wait_for($s{a}, $atag, 15);
-				next;
-			}
+			my $atag = held_commit(\%s, 'a', $what, \@fail) // next;
 			# c. B links a row and commits (its own keys delivered)
 			my $btag = bg_send($s{b}, $q->($bsql));
 			my ($done, $bout, $berr) = bg_wait_for($s{b}, $btag, 10);
@@ -308,11 +328,7 @@ for my $v (sort keys %db)
 			# d. C caches the old value (A is not visible yet)
 			push @fail, cache_old($s{c}, $redis, $key, $old, $what);
 			# e. A becomes visible
-			push @fail, "$what: the probe's COMMIT did not finish once released"
-			  unless release(\%s);
-			my ($adone, $aout, $aerr) = bg_wait_for($s{a}, $atag, 15);
-			push @fail, "$what: A's COMMIT did not finish once released" unless $adone;
-			push @fail, "$what: A: COMMIT: $aerr" if $adone && $aerr ne '';
+			push @fail, finish_held(\%s, 'a', $atag, $what);
 			# f. the drain resolves the handed-over lookups
 			my $state = settles($s{c}, $key);
 			push @fail, "$what: $key $state" if $state ne '';
@@ -341,22 +357,11 @@ for my $v (sort keys %db)
 			}
 			my ($out, $err) = bg_query($s{b}, 'BEGIN; ' . $q->($bsql));
 			push @fail, "$what: B: $err" if $err ne '';
-			my $btag = bg_send($s{b}, 'COMMIT');
-			unless (in_syncrep($s{c}, $pid{b}))
-			{
-				push @fail, "$what: B's COMMIT did not wait in SyncRep";
-				release(\%s);
-				bg_wait_for($s{b}, $btag, 15);
-				next;
-			}
+			my $btag = held_commit(\%s, 'b', $what, \@fail) // next;
 			# A's lookup while B is between PRE_COMMIT and visibility
 			($out, $err) = bg_query($s{a}, 'BEGIN; ' . $q->($asql));
 			push @fail, "$what: A: $err" if $err ne '';
-			push @fail, "$what: the probe's COMMIT did not finish once released"
-			  unless release(\%s);
-			my ($done, $bout, $berr) = bg_wait_for($s{b}, $btag, 15);
-			push @fail, "$what: B's COMMIT did not finish once released" unless $done;
-			push @fail, "$what: B: COMMIT: $berr" if $done && $berr ne '';
+			push @fail, finish_held(\%s, 'b', $btag, $what);
 			push @fail, "$what: B's keys not delivered" unless wait_true($s{c}, $all_delivered);
 			push @fail, cache_old($s{c}, $redis, $key, $old, $what);
 			my $before = counters($s{c});
